@@ -1,0 +1,27 @@
+"""Batch-invariant ops shared by onpolicy's sampler and trainer (one op a file).
+
+Each public op runs a Triton kernel on CUDA tensors and a batch-invariant torch path on CPU tensors; inside
+`invariant_mode(False)` it runs its `*_reference` (torch default ops) instead. See docs/invariance.md.
+"""
+from kernels._common import invariant_mode, is_invariant
+from kernels.activation import silu_mul, silu_mul_reference
+from kernels.attention import attention, attention_reference, attention_varlen
+from kernels.logprobs import (
+    lm_logits,
+    lm_logits_reference,
+    log_softmax,
+    log_softmax_reference,
+    token_logprobs,
+    token_logprobs_reference,
+)
+from kernels.matmul import linear, linear_reference, matmul, matmul_reference
+from kernels.rmsnorm import rms_norm, rms_norm_reference
+from kernels.rope import rope, rope_cache, rope_reference
+
+__all__ = [
+    "attention", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",
+    "linear", "linear_reference", "lm_logits", "lm_logits_reference", "log_softmax",
+    "log_softmax_reference", "matmul", "matmul_reference", "rms_norm", "rms_norm_reference", "rope",
+    "rope_cache", "rope_reference", "silu_mul", "silu_mul_reference", "token_logprobs",
+    "token_logprobs_reference",
+]

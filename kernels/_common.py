@@ -1,0 +1,87 @@
+"""Shared plumbing for the batch-invariant ops: mode switch, dispatch, checks, CPU row tiling.
+
+Dispatch: a CUDA tensor runs the op's Triton kernel; a CPU tensor runs its batch-invariant torch path. Inside
+`invariant_mode(False)` every op runs its `*_reference` (torch default ops) instead -- that is the
+"usual stack" the engine and trainer offer for comparison.
+
+CPU invariance (measured on this project's CPUs): MKL `torch.mm` is not batch invariant (row 0 changes for
+M >= 4), but a matmul of one *fixed* shape is invariant to which row of it a vector sits in and to the thread
+count. So CPU paths run every reduction on fixed-shape row tiles (`CPU_ROW_TILE` rows, zero padded), looping
+in Python. Transcendentals use exp/log/rsqrt only: torch's vectorised and scalar-tail sigmoid differ in the
+last ulp, exp/log/rsqrt were found equal.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from typing import Callable, Sequence
+
+import torch
+
+CPU_ROW_TILE = 32
+
+_INVARIANT = contextvars.ContextVar("onpolicy_invariant", default=True)
+
+
+def is_invariant() -> bool:
+    """True (default) when ops run their batch-invariant kernels, False inside `invariant_mode(False)`."""
+    return _INVARIANT.get()
+
+
+@contextlib.contextmanager
+def invariant_mode(enabled: bool = True):
+    """Run the enclosed ops with batch-invariant kernels (True) or torch's default ops (False)."""
+    token = _INVARIANT.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _INVARIANT.reset(token)
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """Whether the Triton path runs: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 when forced."""
+    return all(t.is_cuda for t in tensors)
+
+
+def check(cond: bool, op: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"kernels.{op}: {msg}")
+
+
+def check_float(op: str, name: str, t: torch.Tensor, dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16, torch.float16)) -> None:
+    check(isinstance(t, torch.Tensor), op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+    check(t.dtype in dtypes, op, f"{name} has dtype {str(t.dtype).replace('torch.', '')}; allowed: {allowed}")
+
+
+def check_same_device(op: str, **tensors: torch.Tensor) -> None:
+    devs = {name: t.device for name, t in tensors.items() if t is not None}
+    check(len(set(devs.values())) <= 1, op, "tensors must be on one device, got " + ", ".join(f"{k}={v}" for k, v in devs.items()))
+
+
+def pad_rows(x: torch.Tensor, tile: int = CPU_ROW_TILE) -> torch.Tensor:
+    """Zero-pad dim 0 of a 2-D tensor up to a multiple of `tile`."""
+    m = x.shape[0]
+    padded = -(-m // tile) * tile if m else tile
+    if padded == m:
+        return x
+    out = x.new_zeros((padded,) + tuple(x.shape[1:]))
+    out[:m] = x
+    return out
+
+
+def cpu_row_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = CPU_ROW_TILE) -> torch.Tensor:
+    """Apply `fn` to fixed-shape [tile, ...] row blocks of 2-D `x` and stitch the rows back.
+
+    `fn` must map a [tile, ...] block to a [tile, ...] block row by row; every call sees the same shape, so
+    a row's result does not depend on how many rows (or which) came with it.
+    """
+    m = x.shape[0]
+    xp = pad_rows(x.contiguous(), tile)
+    outs = [fn(xp[i : i + tile]) for i in range(0, xp.shape[0], tile)]
+    return torch.cat(outs, 0)[:m]

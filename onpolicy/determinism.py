@@ -1,0 +1,67 @@
+"""Every global numerics switch of onpolicy, in one place.
+
+`enable()` is called once by recipes, scripts and tests before any compute. It turns TF32 off (our kernels
+never use it either: fp32 dots run with `input_precision="ieee"`), asks torch for deterministic algorithms,
+sets the cuBLAS workspace so the trainer's backward (which may use cuBLAS) is run-to-run deterministic, and
+seeds python/numpy/torch. What it does not do: make third-party ops batch invariant -- that is the job of
+`kernels/`, which avoid cuBLAS/MKL shape heuristics altogether on the forward path.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import torch
+
+CUBLAS_WORKSPACE = ":4096:8"
+# Fixed CPU thread count: the CPU kernels are invariant for any fixed count (tested), and a fixed count
+# also makes run-to-run results independent of the machine's core count.
+DEFAULT_CPU_THREADS = 2
+
+
+def enable(seed: int | None = 0, cpu_threads: int | None = DEFAULT_CPU_THREADS) -> None:
+    """Turn on every determinism switch; idempotent. `seed=None` leaves RNGs alone."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+    torch.set_float32_matmul_precision("highest")
+    torch.use_deterministic_algorithms(True, warn_only=False)
+    if cpu_threads is not None and torch.get_num_threads() != cpu_threads:
+        torch.set_num_threads(cpu_threads)
+    if seed is not None:
+        seed_everything(seed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # numpy is optional for the core
+        pass
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """All RNG states, for checkpoints."""
+    import numpy as np
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
