@@ -1,23 +1,271 @@
-"""PLACEHOLDER: reference-only logprob ops."""
+"""Batch-invariant log-probabilities over the vocabulary: `log_softmax`, `lm_logits`, `token_logprobs`.
+
+Every row's log-sum-exp is an online (running max, running sum of exp) reduction over the vocabulary in fixed
+chunks, visited from column 0 upward; the chunk width is a constant, never derived from the number of rows.
+
+GPU: `log_softmax` is one Triton program per row looping over `LOG_SOFTMAX_BLOCK`-wide chunks (pass 1: max and
+sum, pass 2: write x - lse). `token_logprobs` loops over `VOCAB_CHUNK` rows of the LM head in Python: the chunk
+logits come from `kernels.linear` (invariant GEMM) then `.float() / temperature` in torch (skipped at T == 1,
+where it is the identity; the kernel upcasts on load), and one Triton program per row folds the chunk into
+that row's (max, sum, target logit) state in place.
+CPU: the same chunked algorithm in torch; every rounding reduction (the sum of exp) runs on fixed-shape
+[CPU_ROW_TILE, chunk] row tiles (`cpu_row_tiled`); max is exact; only exp/log are used.
+
+Backward of `token_logprobs` (autograd wrt hidden and weight) recomputes each chunk's logits with plain
+`F.linear` and accumulates d_hidden in fp32 in fixed chunk order and d_weight chunk by chunk: deterministic,
+not batch invariant. Left out: fused GEMM + softmax kernel, logits with -inf entries (a row whose first
+chunk is all -inf gives NaN), label smoothing / ignore_index, entropy.
+"""
+from __future__ import annotations
+
+import math
+
 import torch
 import torch.nn.functional as F
 
+from kernels._common import check, check_float, check_same_device, cpu_row_tiled, is_invariant, use_triton
+from kernels.matmul import linear
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs without triton
+    triton = None
+
+# Rows of the LM head per step of token_logprobs (fixed; never derived from M). 151936 = 37 * 4096 + 384.
 VOCAB_CHUNK = 4096
+# Columns per step of the Triton log_softmax loop (and of the CPU path's chunked sum).
+LOG_SOFTMAX_BLOCK = 4096
+
+if triton is not None:
+
+    @triton.jit
+    def _log_softmax_kernel(x_ptr, out_ptr, V, stride_x, stride_out, BLOCK: tl.constexpr):
+        """One program per row: running (max, sum exp) over BLOCK-wide chunks, then out = x - lse."""
+        row = tl.program_id(0).to(tl.int64)
+        x_row = x_ptr + row * stride_x
+        out_row = out_ptr + row * stride_out
+        offs = tl.arange(0, BLOCK)
+        m = float("-inf")
+        s = 0.0
+        for start in range(0, V, BLOCK):
+            cols = start + offs
+            x = tl.load(x_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        lse = m + tl.log(s)
+        for start in range(0, V, BLOCK):
+            cols = start + offs
+            x = tl.load(x_row + cols, mask=cols < V, other=0.0).to(tl.float32)
+            tl.store(out_row + cols, x - lse, mask=cols < V)
+
+    @triton.jit
+    def _chunk_update_kernel(logits_ptr, stride_l, C, c0, targets_ptr, m_ptr, s_ptr, tgt_ptr,
+                             BLOCK: tl.constexpr):
+        """One program per row: fold chunk logits [C] (any float dtype, upcast exactly) into the row's fp32
+        (max, sum exp, target logit) state, in place."""
+        row = tl.program_id(0).to(tl.int64)
+        l_row = logits_ptr + row * stride_l
+        offs = tl.arange(0, BLOCK)
+        x = tl.load(l_row + offs, mask=offs < C, other=float("-inf")).to(tl.float32)
+        m = tl.load(m_ptr + row)
+        s = tl.load(s_ptr + row)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+        tl.store(m_ptr + row, m_new)
+        tl.store(s_ptr + row, s)
+        t = tl.load(targets_ptr + row) - c0
+        hit = (t >= 0) & (t < C)
+        x_t = tl.load(l_row + t, mask=hit, other=0.0).to(tl.float32)
+        tl.store(tgt_ptr + row, x_t, mask=hit)
 
 
-def log_softmax_reference(x):
+def _require_triton(op: str) -> None:
+    if triton is None:
+        raise RuntimeError(f"kernels.{op}: triton is not installed")
+
+
+def _log_softmax_triton(x: torch.Tensor, block: int = LOG_SOFTMAX_BLOCK) -> torch.Tensor:
+    """Triton log_softmax of 2-D x (unit stride along V) -> fp32; one program per row."""
+    _require_triton("log_softmax")
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    M, V = x.shape
+    out = torch.empty((M, V), device=x.device, dtype=torch.float32)
+    if M:
+        _log_softmax_kernel[(M,)](x, out, V, x.stride(0), out.stride(0), BLOCK=block, num_warps=8)
+    return out
+
+
+def _chunk_update_triton(logits: torch.Tensor, c0: int, targets: torch.Tensor, m: torch.Tensor,
+                         s: torch.Tensor, tgt: torch.Tensor) -> None:
+    M, C = logits.shape
+    block = triton.next_power_of_2(max(VOCAB_CHUNK, C))
+    _chunk_update_kernel[(M,)](logits, logits.stride(0), C, c0, targets, m, s, tgt, BLOCK=block, num_warps=8)
+
+
+def _cpu_row_sum(x: torch.Tensor) -> torch.Tensor:
+    """Row sums of x[M, C] on fixed-shape [CPU_ROW_TILE, C] tiles, so a row's summation order never sees M."""
+    return cpu_row_tiled(lambda b: b.sum(-1, keepdim=True), x)[:, 0]
+
+
+def _cpu_online_update(logits: torch.Tensor, m: torch.Tensor, s: torch.Tensor):
+    """Fold fp32 chunk logits [M, C] into running (max, sum exp); max is exact, the sum is tile-bound."""
+    m_new = torch.maximum(m, logits.amax(dim=-1))
+    # exp is elementwise and measured equal on torch's vectorised and scalar-tail paths (unlike sigmoid)
+    return m_new, s * torch.exp(m - m_new) + _cpu_row_sum(torch.exp(logits - m_new[:, None]))
+
+
+def _log_softmax_cpu(x: torch.Tensor) -> torch.Tensor:
+    xf = x.float()
+    M, V = xf.shape
+    m = torch.full((M,), float("-inf"))
+    s = torch.zeros(M)
+    for c0 in range(0, V, LOG_SOFTMAX_BLOCK):
+        m, s = _cpu_online_update(xf[:, c0 : c0 + LOG_SOFTMAX_BLOCK], m, s)
+    return xf - (m + torch.log(s))[:, None]
+
+
+def _check_temperature(op: str, temperature) -> float:
+    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    ok = ok and math.isfinite(temperature) and temperature > 0
+    check(ok, op, f"temperature must be a finite number > 0, got {temperature!r}")
+    return float(temperature)
+
+
+def _check_head(op: str, hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    check_float(op, "hidden", hidden)
+    check_float(op, "weight", weight)
+    check(hidden.dim() == 2, op, f"hidden must be 2-D [M, H], got shape {tuple(hidden.shape)}")
+    check(weight.dim() == 2 and weight.shape[0] > 0, op,
+          f"weight must be 2-D [V, H] with V > 0, got shape {tuple(weight.shape)}")
+    check(hidden.shape[1] == weight.shape[1], op,
+          f"hidden.shape[1] ({hidden.shape[1]}) must equal weight.shape[1] (H={weight.shape[1]})")
+    check(hidden.dtype == weight.dtype, op, f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have one dtype")
+
+
+def _check_targets(hidden: torch.Tensor, targets: torch.Tensor, V: int) -> None:
+    op, M = "token_logprobs", hidden.shape[0]
+    check(isinstance(targets, torch.Tensor), op, f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    check(targets.dtype in (torch.int64, torch.int32), op, f"targets has dtype {targets.dtype}; allowed: int64, int32")
+    check(targets.shape == (M,), op, f"targets must have shape [M]=({M},), got {tuple(targets.shape)}")
+    check_same_device(op, hidden=hidden, targets=targets)
+    capturing = targets.is_cuda and torch.cuda.is_current_stream_capturing()
+    if M and not capturing:  # the range check syncs; skipped inside CUDA-graph capture
+        lo, hi = int(targets.min()), int(targets.max())
+        check(lo >= 0 and hi < V, op, f"targets must lie in [0, V={V}), got values in [{lo}, {hi}]")
+
+
+def log_softmax_reference(x: torch.Tensor) -> torch.Tensor:
+    """torch's default log_softmax in fp32 (not batch invariant on CUDA)."""
     return torch.log_softmax(x.float(), dim=-1)
 
 
-def lm_logits_reference(hidden, weight, temperature=1.0):
+def lm_logits_reference(hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return F.linear(hidden, weight).float() / temperature
 
 
-def token_logprobs_reference(hidden, weight, targets, temperature=1.0):
+def token_logprobs_reference(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                             temperature: float = 1.0) -> torch.Tensor:
+    """Full [M, V] logits, log_softmax, gather (plain torch autograd)."""
     logp = torch.log_softmax(lm_logits_reference(hidden, weight, temperature), dim=-1)
     return logp.gather(-1, targets.long()[:, None])[:, 0]
 
 
-log_softmax = log_softmax_reference
-lm_logits = lm_logits_reference
-token_logprobs = token_logprobs_reference
+def log_softmax(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise log_softmax of x[M, V] -> fp32 [M, V]; batch invariant (fixed vocab chunks). No autograd."""
+    check_float("log_softmax", "x", x)
+    check(x.dim() == 2 and x.shape[1] > 0, "log_softmax", f"x must be 2-D [M, V] with V > 0, got shape {tuple(x.shape)}")
+    if not is_invariant():
+        return log_softmax_reference(x)
+    return _log_softmax_triton(x) if use_triton(x) else _log_softmax_cpu(x)
+
+
+def lm_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Full logits `linear(hidden, weight).float() / temperature` -> fp32 [M, V] (for sampling)."""
+    _check_head("lm_logits", hidden, weight)
+    temperature = _check_temperature("lm_logits", temperature)
+    check_same_device("lm_logits", hidden=hidden, weight=weight)
+    if not is_invariant():
+        return lm_logits_reference(hidden, weight, temperature)
+    return _scale_logits(linear(hidden, weight), temperature)
+
+
+def _scale_logits(raw: torch.Tensor, temperature: float, keep_dtype: bool = False) -> torch.Tensor:
+    """raw.float() / temperature. x / 1.0 == x exactly, so T == 1 skips the pass (and, with keep_dtype, the
+    fp32 copy too: the Triton update kernel upcasts on load, which is exact)."""
+    if temperature == 1.0:
+        return raw if keep_dtype else raw.float()
+    return raw.float() / temperature
+
+
+def _token_logprobs_forward(hidden, weight, targets, temperature, triton_update=None):
+    """-> (logprobs fp32 [M], lse fp32 [M]); never holds more than one chunk of logits.
+
+    `triton_update` (default: CUDA tensors) folds chunks with the Triton kernel; tests force it on CPU
+    under TRITON_INTERPRET=1."""
+    M, V = hidden.shape[0], weight.shape[0]
+    dev = hidden.device
+    m = torch.full((M,), float("-inf"), device=dev)
+    s = torch.zeros(M, device=dev)
+    tgt = torch.zeros(M, device=dev)
+    gpu = use_triton(hidden, weight) if triton_update is None else triton_update
+    for c0 in range(0, V, VOCAB_CHUNK):
+        logits = _scale_logits(linear(hidden, weight[c0 : c0 + VOCAB_CHUNK]), temperature, keep_dtype=gpu)
+        if gpu:
+            _chunk_update_triton(logits, c0, targets, m, s, tgt)
+            continue
+        m, s = _cpu_online_update(logits, m, s)
+        rel = targets - c0
+        hit = (rel >= 0) & (rel < logits.shape[1])
+        picked = logits.gather(1, rel.clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
+        tgt = torch.where(hit, picked, tgt)
+    lse = m + torch.log(s)
+    return tgt - lse, lse
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature):
+        out, lse = _token_logprobs_forward(hidden, weight, targets, temperature)
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.temperature = temperature
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets, lse = ctx.saved_tensors
+        T = ctx.temperature
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        g = grad_out.float()
+        d_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32) if need_h else None
+        d_weight = torch.empty_like(weight) if need_w else None
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        for c0 in range(0, weight.shape[0], VOCAB_CHUNK):
+            w_c = weight[c0 : c0 + VOCAB_CHUNK]
+            logits = _scale_logits(F.linear(hidden, w_c), T)
+            d_logits = torch.exp(logits - lse[:, None]) * -g[:, None]  # d/dlogit of (x_t - lse) is onehot - p
+            rel = targets - c0
+            hit = (rel >= 0) & (rel < w_c.shape[0])
+            d_logits[rows[hit], rel[hit]] += g[hit]
+            d_logits = (d_logits / T).to(weight.dtype)
+            if need_h:
+                d_hidden += (d_logits @ w_c).float()
+            if need_w:
+                d_weight[c0 : c0 + VOCAB_CHUNK] = d_logits.t() @ hidden
+        return (d_hidden.to(hidden.dtype) if need_h else None), d_weight, None, None
+
+
+def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log softmax(hidden @ weight.T / temperature)[i, targets[i]] -> fp32 [M]; batch invariant; autograd.
+
+    hidden [M, H] and weight [V, H] share a float dtype; targets [M] int64/int32 in [0, V).
+    """
+    _check_head("token_logprobs", hidden, weight)
+    temperature = _check_temperature("token_logprobs", temperature)
+    check_same_device("token_logprobs", hidden=hidden, weight=weight)
+    _check_targets(hidden, targets, weight.shape[0])
+    if not is_invariant():
+        return token_logprobs_reference(hidden, weight, targets, temperature)
+    return _TokenLogprobs.apply(hidden.contiguous(), weight.contiguous(), targets.long().contiguous(), temperature)

@@ -1,15 +1,101 @@
-"""PLACEHOLDER: reference-only RoPE."""
+"""Rotary position embedding (NeoX / HF `rotate_half` layout) in fp32, rounded once to x's dtype.
+
+`rope_cache(max_positions, head_dim, theta, device)` builds the fp32 table once (HF inv_freq formula): row p
+is [cos(p * inv_freq) | sin(p * inv_freq)], each half head_dim // 2 wide. `rope(x[T, heads, D], positions[T],
+cache)` rotates every head of token t by position positions[t]:
+    out = x * cos + rotate_half(x) * sin,  rotate_half(x) = [-x2, x1]
+Elementwise per token, so batch invariant by construction; the Triton kernel runs one program per token (all
+heads at once). The CPU path is the same torch math (exp/sin-free: only mul/add of fp32, which have no
+vectorised-vs-scalar differences). Backward wrt x is the inverse rotation (sin -> -sin), plain torch.
+Left out: partial rotary (rotary_dim < head_dim), rope scaling variants (YaRN, llama3), the GPT-J interleaved
+layout, bounds checks of positions on CUDA (they would force a host sync; CPU positions are checked).
+"""
+from __future__ import annotations
+
+import numbers
+
 import torch
 
+from kernels._common import check, check_same_device, is_invariant, use_triton
 
-def rope_cache(max_positions, head_dim, theta, device="cpu"):
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float32) / head_dim))
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def rope_cache(max_positions: int, head_dim: int, theta: float, device="cpu") -> torch.Tensor:
+    """fp32 [max_positions, head_dim]: cos(p * inv_freq) in the first half, sin in the second (HF formula)."""
+    check(isinstance(max_positions, numbers.Integral) and max_positions > 0, "rope_cache",
+          f"max_positions must be a positive int, got {max_positions!r}")
+    check(isinstance(head_dim, numbers.Integral) and head_dim > 0 and head_dim % 2 == 0, "rope_cache",
+          f"head_dim must be a positive even int, got {head_dim!r}")
+    check(theta > 0, "rope_cache", f"theta must be > 0, got {theta!r}")
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float32) / head_dim
+    inv_freq = 1.0 / (theta ** exponent)
     pos = torch.arange(max_positions, device=device, dtype=torch.float32)
     freqs = pos[:, None] * inv_freq[None, :]
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1)
+    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).contiguous()
 
 
-def rope_reference(x, positions, cache):
+if triton is not None:
+
+    @triton.jit
+    def _rope_kernel(x_ptr, pos_ptr, cache_ptr, y_ptr, n_heads, stride_xt, stride_xh, stride_yt, stride_yh,
+                     HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+        """One program = one token: rotate all its heads with the cos/sin row of its position."""
+        t = tl.program_id(0).to(tl.int64)
+        p = tl.load(pos_ptr + t).to(tl.int64)
+        d = tl.arange(0, BLOCK_D)
+        h = tl.arange(0, BLOCK_H)
+        dmask = d < HALF
+        cos = tl.load(cache_ptr + p * (2 * HALF) + d, mask=dmask, other=0.0)[None, :]
+        sin = tl.load(cache_ptr + p * (2 * HALF) + HALF + d, mask=dmask, other=0.0)[None, :]
+        mask = (h[:, None] < n_heads) & dmask[None, :]
+        x_row = x_ptr + t * stride_xt + h[:, None] * stride_xh + d[None, :]
+        x1 = tl.load(x_row, mask=mask, other=0.0).to(tl.float32)
+        x2 = tl.load(x_row + HALF, mask=mask, other=0.0).to(tl.float32)
+        y1 = x1 * cos - x2 * sin
+        y2 = x2 * cos + x1 * sin
+        y_row = y_ptr + t * stride_yt + h[:, None] * stride_yh + d[None, :]
+        tl.store(y_row, y1.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_row + HALF, y2.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _rope_triton(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """Launch one program per token; x[T, heads, D] may be strided in T and heads (last dim contiguous)."""
+    if triton is None:
+        raise RuntimeError("kernels.rope: triton is not installed")
+    T, H, D = x.shape
+    y = torch.empty((T, H, D), device=x.device, dtype=x.dtype)
+    if T == 0 or H == 0:
+        return y
+    block_h = triton.next_power_of_2(H)
+    block_d = triton.next_power_of_2(D // 2)
+    _rope_kernel[(T,)](x, positions, cache, y, H, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
+                       HALF=D // 2, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4)
+    return y
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """fp32 x * [cos|cos] + rotate_half(x) * [sin|sin]; cos/sin are [T, 1, D/2]."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+def _rope_torch(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    cs = cache[positions.long()]
+    cos, sin = cs[:, None, :half], cs[:, None, half:]
+    return _rotate(x.float(), cos, -sin if inverse else sin).to(x.dtype)
+
+
+def rope_reference(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """HF apply_rotary_pos_emb math (rotate_half) in fp32, cast to x.dtype."""
     half = x.shape[-1] // 2
     cs = cache[positions.long()]
     cos = torch.cat([cs[:, :half], cs[:, :half]], -1)[:, None, :]
@@ -19,4 +105,42 @@ def rope_reference(x, positions, cache):
     return (xf * cos + rot * sin).to(x.dtype)
 
 
-rope = rope_reference
+class _Rope(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, positions, cache):
+        ctx.save_for_backward(positions, cache)
+        if use_triton(x, positions, cache):
+            return _rope_triton(x, positions, cache)
+        return _rope_torch(x, positions, cache)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        positions, cache = ctx.saved_tensors
+        return _rope_torch(grad_y, positions, cache, inverse=True), None, None
+
+
+def _check_rope(x, positions, cache):
+    check(isinstance(x, torch.Tensor) and x.dtype in _FLOATS, "rope",
+          f"x must be a float32/bfloat16/float16 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    check(x.dim() == 3 and x.shape[-1] % 2 == 0, "rope", f"x must be [T, heads, D] with even D, got {tuple(x.shape)}")
+    check(isinstance(positions, torch.Tensor) and positions.dtype in (torch.int32, torch.int64), "rope",
+          f"positions must be an int32/int64 tensor, got {getattr(positions, 'dtype', type(positions).__name__)}")
+    check(positions.shape == (x.shape[0],), "rope", f"positions must be [T]=({x.shape[0]},), got {tuple(positions.shape)}")
+    check(isinstance(cache, torch.Tensor) and cache.dtype == torch.float32 and cache.dim() == 2, "rope",
+          "cache must be the fp32 [max_positions, head_dim] tensor from rope_cache")
+    check(cache.shape[1] == x.shape[-1], "rope", f"cache head_dim ({cache.shape[1]}) must equal x's D ({x.shape[-1]})")
+    check_same_device("rope", x=x, positions=positions, cache=cache)
+    if not positions.is_cuda and positions.numel():
+        lo, hi = int(positions.min()), int(positions.max())
+        check(lo >= 0 and hi < cache.shape[0], "rope",
+              f"positions must lie in [0, {cache.shape[0]}) (cache max_positions), got range [{lo}, {hi}]")
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
+    """Rotate x[T, heads, D] by positions[T] using `rope_cache` -> x.dtype, contiguous; autograd wrt x."""
+    _check_rope(x, positions, cache)
+    if not is_invariant():
+        return rope_reference(x, positions, cache)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    return _Rope.apply(x, positions.contiguous(), cache.contiguous())

@@ -1,0 +1,211 @@
+"""LLM: the offline engine front end -- validate, enqueue, step until done, detokenise, stop.
+
+`generate` validates every request (prompt, SamplingParams, context limit, cache size) before any compute,
+then runs `step()` until all finish. `add_request` + `step` allow requests to join mid-run. Stop rules: eos
+(unless ignore_eos) and stop_token_ids -> "stop"; a stop string in the incrementally detokenised text ->
+"stop" (the string and what follows are cut from the text, the tokens stay); max_tokens -> "length".
+Left out: streaming outputs, abort, async/online serving, chat templates (the caller applies them).
+"""
+from __future__ import annotations
+
+import torch
+
+from onpolicy.engine.kv_cache import BlockManager
+from onpolicy.engine.params import CompletionOutput, EngineConfig, RequestOutput, SamplingParams
+from onpolicy.engine.runner import ModelRunner
+from onpolicy.engine.scheduler import Scheduler, Sequence
+
+
+def _to_int64(seed: int) -> int:
+    seed &= (1 << 64) - 1
+    return seed - (1 << 64) if seed >= (1 << 63) else seed
+
+
+class LLM:
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None):
+        config = EngineConfig() if config is None else config
+        if not isinstance(config, EngineConfig):
+            raise ValueError(f"LLM: config must be an EngineConfig, got {type(config).__name__}")
+        config.validate()
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.runner = ModelRunner(model, config)
+        self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.seed_generator = torch.Generator().manual_seed(config.seed)
+        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        self.requests: dict[int, tuple[RequestOutput, list[Sequence]]] = {}
+        self._next_id = 0
+        self.stats = {"steps": 0, "forward_tokens": 0, "generated_tokens": 0}
+
+    # ---- validation -------------------------------------------------------------------------------
+    def _prompt_ids(self, prompt, i: int) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError(f"prompts[{i}]: a str prompt needs a tokenizer; pass token ids or LLM(tokenizer=...)")
+            ids = list(self.tokenizer.encode(prompt, add_special_tokens=False))
+            text = prompt
+        elif isinstance(prompt, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids, text = list(prompt), None
+        else:
+            raise ValueError(f"prompts[{i}]: must be a str or a list of int token ids, got {type(prompt).__name__}")
+        if not ids:
+            raise ValueError(f"prompts[{i}]: empty prompt (0 tokens); need at least 1 token")
+        vocab = self.model.config.vocab_size
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompts[{i}]: token ids must be in [0, {vocab}), got {bad[:5]}")
+        return text, ids
+
+    def _validate(self, prompt_ids: list[int], params: SamplingParams, i: int) -> None:
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params[{i}]: must be a SamplingParams, got {type(params).__name__}")
+        params.validate()
+        if params.stop and self.tokenizer is None:
+            raise ValueError(f"params[{i}].stop: stop strings need a tokenizer (LLM(tokenizer=...)); use stop_token_ids")
+        limit = self.model.config.max_position_embeddings
+        total = len(prompt_ids) + params.max_tokens
+        if total > limit:
+            raise ValueError(f"prompts[{i}]: prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) = "
+                             f"{total} exceeds the context limit max_position_embeddings={limit}")
+        capacity = self.runner.num_blocks * self.config.block_size
+        if total - 1 > capacity:
+            raise ValueError(f"prompts[{i}]: needs {total - 1} KV slots but the cache holds {capacity} "
+                             f"(EngineConfig.num_blocks={self.runner.num_blocks} x block_size={self.config.block_size})")
+
+    # ---- requests ---------------------------------------------------------------------------------
+    def add_request(self, prompt, params: SamplingParams) -> int:
+        """Validate and enqueue one request (its n sequences); returns its request id."""
+        text, ids = self._prompt_ids(prompt, 0)
+        self._validate(ids, params, 0)
+        return self._enqueue(text, ids, params)
+
+    def _enqueue(self, text, ids, params) -> int:
+        rid = self._next_id
+        self._next_id += 1
+        if params.seed is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=self.seed_generator))
+        else:
+            seed = _to_int64(params.seed)
+        seqs = [Sequence(rid, j, ids, params, seed) for j in range(params.n)]
+        self.requests[rid] = (RequestOutput(rid, text, list(ids)), seqs)
+        for s in seqs:
+            self.scheduler.add(s)
+        return rid
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes (call after the weights change)."""
+        self.block_manager.reset_prefix_cache()
+
+    # ---- stepping ---------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """One scheduling step + forward; returns the requests that finished in it."""
+        chunks = self.scheduler.schedule()
+        if not chunks:
+            if self.scheduler.has_unfinished() and not self.scheduler.running:
+                raise RuntimeError("LLM.step: no sequence fits the KV cache; raise EngineConfig.num_blocks")
+            return []
+        tokens, logprobs = self.runner.step(chunks)
+        self.scheduler.advance(chunks)
+        self.stats["steps"] += 1
+        self.stats["forward_tokens"] += sum(c.num_tokens for c in chunks)
+        done: list[RequestOutput] = []
+        for c, tok, lp in zip([c for c in chunks if c.samples], tokens, logprobs):
+            seq = c.seq
+            seq.token_ids.append(tok)
+            if lp is not None:
+                seq.logprobs.append(lp)
+            self.stats["generated_tokens"] += 1
+            reason = self._check_stop(seq, tok)
+            if reason is not None:
+                self.scheduler.finish(seq, reason)
+                out = self._maybe_finish_request(seq.request_id)
+                if out is not None:
+                    done.append(out)
+        return done
+
+    def _check_stop(self, seq: Sequence, tok: int) -> str | None:
+        p = seq.params
+        if self.tokenizer is not None:
+            self._detokenize(seq)
+        if not p.ignore_eos and self.eos_token_id is not None and tok == self.eos_token_id:
+            return "stop"
+        if p.stop_token_ids and tok in p.stop_token_ids:
+            return "stop"
+        if p.stop:
+            window = max(len(s) for s in p.stop) + 32
+            tail_start = max(0, len(seq.text) - window)
+            hits = [pos for s in p.stop if (pos := seq.text.find(s, tail_start)) >= 0]
+            if hits:
+                seq.text = seq.text[: min(hits)]
+                return "stop"
+        if seq.num_output >= p.max_tokens:
+            return "length"
+        return None
+
+    def _detokenize(self, seq: Sequence) -> None:
+        """Incremental decode (prefix/read offsets as vLLM): only the last few tokens are re-decoded."""
+        out = seq.output_ids
+        tok = self.tokenizer
+        prefix = tok.decode(out[seq.prefix_offset : seq.read_offset], skip_special_tokens=True)
+        full = tok.decode(out[seq.prefix_offset :], skip_special_tokens=True)
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            seq.text += full[len(prefix) :]
+            seq.prefix_offset, seq.read_offset = seq.read_offset, len(out)
+
+    def _maybe_finish_request(self, rid: int) -> RequestOutput | None:
+        req, seqs = self.requests[rid]
+        if any(s.finish_reason is None for s in seqs):
+            return None
+        req.outputs = [
+            CompletionOutput(
+                index=s.index,
+                token_ids=s.output_ids,
+                logprobs=torch.tensor(s.logprobs, dtype=torch.float32) if s.params.logprobs else None,
+                text=s.text,
+                finish_reason=s.finish_reason,
+            )
+            for s in seqs
+        ]
+        del self.requests[rid]
+        return req
+
+    def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = False) -> list[RequestOutput]:
+        """Generate for every prompt; outputs in prompt order. All requests are validated first."""
+        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+            raise ValueError(f"prompts: must be a list of str or of token-id lists, got {type(prompts).__name__}")
+        if not prompts:
+            raise ValueError("prompts: empty list; need at least one prompt")
+        if isinstance(prompts[0], int):
+            raise ValueError("prompts: got a flat list of ints; wrap one tokenised prompt as [[ids...]]")
+        params = SamplingParams() if params is None else params
+        if isinstance(params, (list, tuple)):
+            if len(params) != len(prompts):
+                raise ValueError(f"params: list of {len(params)} SamplingParams for {len(prompts)} prompts; lengths must match")
+            plist = list(params)
+        else:
+            plist = [params] * len(prompts)
+        checked = []
+        for i, (prompt, p) in enumerate(zip(prompts, plist)):
+            text, ids = self._prompt_ids(prompt, i)
+            self._validate(ids, p, i)
+            checked.append((text, ids, p))
+        rids = [self._enqueue(text, ids, p) for text, ids, p in checked]
+        results: dict[int, RequestOutput] = {}
+        bar = None
+        if use_tqdm:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(rids), desc="generate")
+        wanted = set(rids)
+        while wanted - results.keys():
+            for out in self.step():
+                results[out.request_id] = out
+                if bar is not None and out.request_id in wanted:
+                    bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [results[r] for r in rids]

@@ -1,0 +1,122 @@
+"""User-facing engine types: SamplingParams, EngineConfig, RequestOutput / CompletionOutput.
+
+Validation raises ValueError naming the field and the allowed values; `LLM.generate` calls it for every
+request before any compute. Left out: beam search, logit bias, min_tokens, presence/frequency penalties,
+top-logprobs lists, per-request LoRA.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _fail(owner: str, name: str, msg: str) -> None:
+    raise ValueError(f"{owner}.{name}: {msg}")
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one prompt. temperature 0 is greedy (argmax, lowest id on ties); its reported logprobs are
+    taken at temperature 1.0, the same convention the trainer uses. `stop` strings are cut from the text (the
+    tokens stay); `seed=None` draws a seed from the engine's seeded generator when the request arrives."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 16
+    stop: list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    seed: int | None = None
+    logprobs: bool = True
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        own = "SamplingParams"
+        if not _is_int(self.n) or self.n < 1:
+            _fail(own, "n", f"must be an int >= 1, got {self.n!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not self.temperature >= 0:
+            _fail(own, "temperature", f"must be a number >= 0 (0 = greedy), got {self.temperature!r}")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            _fail(own, "top_p", f"must be in (0, 1], got {self.top_p!r}")
+        if not _is_int(self.top_k) or not (self.top_k == -1 or self.top_k >= 1):
+            _fail(own, "top_k", f"must be -1 (off) or an int >= 1, got {self.top_k!r}")
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            _fail(own, "max_tokens", f"must be an int >= 1, got {self.max_tokens!r}")
+        if self.stop is not None:
+            if isinstance(self.stop, str):
+                self.stop = [self.stop]
+            if not isinstance(self.stop, (list, tuple)) or not all(isinstance(s, str) and s for s in self.stop):
+                _fail(own, "stop", f"must be None, a non-empty str or a list of non-empty str, got {self.stop!r}")
+        if self.stop_token_ids is not None:
+            if not isinstance(self.stop_token_ids, (list, tuple)) or not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
+                _fail(own, "stop_token_ids", f"must be None or a list of ints >= 0, got {self.stop_token_ids!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            _fail(own, "seed", f"must be None or an int, got {self.seed!r}")
+        for name in ("logprobs", "ignore_eos"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(own, name, f"must be a bool, got {getattr(self, name)!r}")
+
+
+@dataclass
+class EngineConfig:
+    """Engine limits. `num_blocks=None` sizes the paged KV cache automatically: enough blocks for
+    max_num_seqs sequences of max_position_embeddings tokens, capped by `kv_cache_memory_fraction` of free
+    GPU memory (CUDA) or of physical RAM capped at 4 GiB (CPU). `seed` seeds the generator that gives
+    unseeded requests their seeds. `invariant=False` runs every model call with torch's default ops."""
+
+    block_size: int = 16
+    num_blocks: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+    enable_prefix_caching: bool = True
+    invariant: bool = True
+    use_cuda_graphs: bool = True
+    seed: int = 0
+    kv_cache_memory_fraction: float = 0.4
+
+    def validate(self) -> None:
+        own = "EngineConfig"
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            v = getattr(self, name)
+            if not _is_int(v) or v < 1:
+                _fail(own, name, f"must be an int >= 1, got {v!r}")
+        if self.num_blocks is not None and (not _is_int(self.num_blocks) or self.num_blocks < 1):
+            _fail(own, "num_blocks", f"must be None (auto) or an int >= 1, got {self.num_blocks!r}")
+        for name in ("enable_prefix_caching", "invariant", "use_cuda_graphs"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(own, name, f"must be a bool, got {getattr(self, name)!r}")
+        if not _is_int(self.seed):
+            _fail(own, "seed", f"must be an int, got {self.seed!r}")
+        f = self.kv_cache_memory_fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
+            _fail(own, "kv_cache_memory_fraction", f"must be in (0, 1], got {f!r}")
+
+
+@dataclass
+class CompletionOutput:
+    """One sample. `logprobs[i]` is the logprob of token_ids[i] at the request's temperature (1.0 when
+    greedy), computed by `model.token_logprobs` -- the trainer's function; None when params.logprobs=False."""
+
+    index: int
+    token_ids: list[int]
+    logprobs: torch.Tensor | None
+    text: str
+    finish_reason: str  # "stop" | "length"
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return all(o.finish_reason is not None for o in self.outputs)

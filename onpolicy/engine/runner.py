@@ -1,0 +1,118 @@
+"""ModelRunner: packs one step's chunks into a single forward, then samples and scores the new tokens.
+
+Per step: `input_ids`/`positions` [T] of every chunk back to back, `AttentionMetadata` (cu_seqlens_q,
+seqlens_k = computed + new, block tables padded with block 0, kv_offsets = 0, slot_mapping of each new token),
+one `model(...)` call, then for the sequences that sample: `model.logits` -> `sampling.sample_tokens` and
+`model.token_logprobs` (the trainer's function), grouped by temperature because both take a scalar.
+Temperature 0 samples argmax of the temperature-1 logits and reports temperature-1 logprobs.
+`invariant=False` runs all of it inside `kernels.invariant_mode(False)`. Pure-decode steps on CUDA may replay a
+captured CUDA graph (graphs.py). Left out: tensor/pipeline parallelism, async output processing.
+"""
+from __future__ import annotations
+
+import torch
+
+import kernels
+from onpolicy.engine.kv_cache import allocate_kv_caches, auto_num_blocks
+from onpolicy.engine.params import EngineConfig
+from onpolicy.engine.sampling import sample_tokens
+from onpolicy.engine.scheduler import ScheduledChunk
+from onpolicy.model.metadata import AttentionMetadata
+
+
+class ModelRunner:
+    def __init__(self, model, config: EngineConfig):
+        self.model = model
+        self.config = config
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        mc = model.config
+        self.block_size = config.block_size
+        self.num_blocks = config.num_blocks or auto_num_blocks(
+            mc, config.block_size, config.max_num_seqs, self.dtype, self.device, config.kv_cache_memory_fraction)
+        self.max_blocks_per_seq = -(-mc.max_position_embeddings // config.block_size)
+        self.kv_caches = allocate_kv_caches(mc, self.num_blocks, config.block_size, self.dtype, self.device)
+        model.rope_table(self.device)  # build outside inference mode / before any graph capture
+        self.graphs = None
+        if config.use_cuda_graphs and self.device.type == "cuda":
+            from onpolicy.engine.graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self)
+
+    def build_inputs(self, chunks: list[ScheduledChunk]):
+        """(input_ids int64 [T], positions int64 [T], AttentionMetadata) for the chunks, on the model's device."""
+        ids, pos, slots, cu, seqlens = [], [], [], [0], []
+        bs = self.block_size
+        width = max(1, max(len(c.seq.block_table) for c in chunks))
+        table = torch.zeros((len(chunks), width), dtype=torch.int32)
+        for b, c in enumerate(chunks):
+            seq, end = c.seq, c.start + c.num_tokens
+            ids.extend(seq.token_ids[c.start : end])
+            pos.extend(range(c.start, end))
+            bt = seq.block_table
+            slots.extend(bt[p // bs] * bs + p % bs for p in range(c.start, end))
+            cu.append(cu[-1] + c.num_tokens)
+            seqlens.append(end)
+            table[b, : len(bt)] = torch.tensor(bt, dtype=torch.int32)
+        dev = self.device
+        meta = AttentionMetadata(
+            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
+            seqlens_k=torch.tensor(seqlens, dtype=torch.int32, device=dev),
+            block_table=table.to(dev),
+            kv_offsets=torch.zeros(len(chunks), dtype=torch.int32, device=dev),
+            block_size=bs,
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            max_seqlen_q=max(c.num_tokens for c in chunks),
+        )
+        return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev), meta)
+
+    def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
+        """hidden [T, H] of the packed step."""
+        input_ids, positions, meta = self.build_inputs(chunks)
+        if self.graphs is not None and all(c.num_tokens == 1 for c in chunks):
+            out = self.graphs.run(input_ids, positions, meta)
+            if out is not None:
+                return out
+        return self.model(input_ids, positions, meta, self.kv_caches)
+
+    @torch.inference_mode()
+    def step(self, chunks: list[ScheduledChunk]) -> tuple[list[int], list[float | None]]:
+        """Run one packed forward; return (token, logprob) for each chunk with `samples` True, in order."""
+        with kernels.invariant_mode(self.config.invariant):
+            hidden = self.forward(chunks)
+            sampling = [c for c in chunks if c.samples]
+            if not sampling:
+                return [], []
+            ends = torch.tensor([0] + [c.num_tokens for c in chunks], device=self.device).cumsum(0)[1:] - 1
+            rows = [i for i, c in enumerate(chunks) if c.samples]
+            h_last = hidden[ends[rows]]
+            return self.sample(h_last, [c.seq for c in sampling])
+
+    def sample(self, h_last: torch.Tensor, seqs) -> tuple[list[int], list[float | None]]:
+        tokens: list[int] = [0] * len(seqs)
+        logprobs: list[float | None] = [None] * len(seqs)
+        groups: dict[float, list[int]] = {}
+        for i, s in enumerate(seqs):
+            groups.setdefault(float(s.params.temperature), []).append(i)
+        dev = self.device
+        for temp, idx in groups.items():
+            t_eff = temp if temp > 0 else 1.0
+            h = h_last[torch.tensor(idx, device=dev)]
+            group = [seqs[i] for i in idx]
+            logits = self.model.logits(h, t_eff)
+            tok = sample_tokens(
+                logits,
+                greedy=torch.full((len(idx),), temp == 0, dtype=torch.bool, device=dev),
+                top_k=torch.tensor([s.params.top_k for s in group], device=dev),
+                top_p=torch.tensor([float(s.params.top_p) for s in group], dtype=torch.float64, device=dev),
+                seeds=torch.tensor([s.seed for s in group], dtype=torch.int64, device=dev),
+                sample_index=torch.tensor([s.index for s in group], dtype=torch.int64, device=dev),
+                positions=torch.tensor([s.num_output for s in group], dtype=torch.int64, device=dev),
+            )
+            want_lp = [j for j, s in enumerate(group) if s.params.logprobs]
+            lp = self.model.token_logprobs(h, tok, t_eff).tolist() if want_lp else []
+            for j, (i, t) in enumerate(zip(idx, tok.tolist())):
+                tokens[i] = t
+                if group[j].params.logprobs:
+                    logprobs[i] = lp[j]
+        return tokens, logprobs

@@ -1,0 +1,140 @@
+"""Continuous batching: which sequences run in the next forward and how many of their tokens.
+
+One uniform rule (as vLLM v1): a sequence has `token_ids` (prompt + generated) of which `num_computed` have
+k/v in the cache; each step schedules up to `num_tokens - num_computed` of them -- a prefill chunk, a single
+decode token, or the recompute of a preempted sequence -- within the step's token budget
+(max_num_batched_tokens) and max_num_seqs. Running sequences go first (in arrival order), then waiting ones
+(prefix-cache hits skip their cached blocks). When blocks run out, the most recently admitted running
+sequence is preempted: its blocks are released, `num_computed` goes back to 0, and it re-queues at the front;
+its generated tokens are recomputed as part of its prompt. A sequence samples only in a step that computes
+its last token. Left out: priorities, swap-out, async scheduling, speculative decoding.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from onpolicy.engine.kv_cache import BlockManager
+from onpolicy.engine.params import SamplingParams
+
+WAITING, RUNNING, FINISHED = "waiting", "running", "finished"
+
+
+class Sequence:
+    """One sample of one request (a request with n=G has G sequences)."""
+
+    def __init__(self, request_id: int, index: int, prompt_ids: list[int], params: SamplingParams, seed: int):
+        self.request_id = request_id
+        self.index = index
+        self.token_ids = list(prompt_ids)
+        self.num_prompt_tokens = len(prompt_ids)
+        self.params = params
+        self.seed = seed
+        self.status = WAITING
+        self.num_computed = 0
+        self.block_table: list[int] = []
+        self.block_keys: list[bytes] = []
+        self.num_registered = 0
+        self.logprobs: list[float] = []
+        self.finish_reason: str | None = None
+        self.num_preemptions = 0
+        # incremental detokenisation state (see llm.py)
+        self.text = ""
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+
+@dataclass
+class ScheduledChunk:
+    seq: Sequence
+    start: int        # first position computed this step (= seq.num_computed before the step)
+    num_tokens: int   # tokens computed this step
+
+    @property
+    def samples(self) -> bool:
+        """True when this chunk reaches the sequence's last token, so a new token is sampled."""
+        return self.start + self.num_tokens == self.seq.num_tokens
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.blocks = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.blocks.release(seq)
+        seq.num_computed = 0
+        seq.status = WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def schedule(self) -> list[ScheduledChunk]:
+        budget = self.max_num_batched_tokens
+        chunks: list[ScheduledChunk] = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            while self.blocks.blocks_needed(seq, n) > self.blocks.num_free:
+                victim = self.running.pop()
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            else:
+                start = seq.num_computed
+                self.blocks.allocate(seq, n)
+                chunks.append(ScheduledChunk(seq, start, n))
+                budget -= n
+                i += 1
+        # Admit waiting sequences (not in a step that had to preempt: there is no room).
+        while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            hits = self.blocks.match_prefix(seq)
+            n = min(seq.num_tokens - len(hits) * self.blocks.block_size, budget)
+            if not self.blocks.can_admit(seq, hits, n):
+                break
+            self.waiting.popleft()
+            self.blocks.admit(seq, hits)
+            start = seq.num_computed
+            self.blocks.allocate(seq, n)
+            seq.status = RUNNING
+            self.running.append(seq)
+            chunks.append(ScheduledChunk(seq, start, n))
+            budget -= n
+        return chunks
+
+    def advance(self, chunks: list[ScheduledChunk]) -> None:
+        """Mark the chunks' tokens computed (after the forward)."""
+        for c in chunks:
+            c.seq.num_computed = c.start + c.num_tokens
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        seq.status = FINISHED
+        self.blocks.release(seq)
+        self.running.remove(seq)

@@ -1,0 +1,206 @@
+"""Run logging: console lines, `<output_dir>/metrics.jsonl`, optional W&B, PNG plots at the end.
+
+`RunLogger(cfg)` writes `config.yaml` into `cfg.logging.output_dir`, then `log(metrics, step)` appends one
+JSON object per step (every step) and prints one compact console line every `log_every` steps (a tqdm bar over
+`trainer.steps` when stderr is a terminal). With "wandb" in `report_to` it starts a run (lazy import); when no
+API key is configured (`WANDB_API_KEY` or a netrc entry) and `WANDB_MODE` is unset it runs offline. `close()`
+finishes W&B and, with `logging.plot`, writes PNGs through `plot_metrics` (also `scripts/plot_run.py`).
+Only the main process should log: pass `enabled=False` elsewhere. Left out: TensorBoard, system metrics,
+logging of rollouts/text samples.
+"""
+from __future__ import annotations
+
+import json
+import math
+import netrc
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+METRIC_NAMES = (
+    "step", "onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/logprob_diff/mean", "onpolicy/mismatch_frac",
+    "reward/mean", "reward/std", "loss", "grad_norm", "throughput/tokens_per_s", "time/sample", "time/train",
+    "time/step",
+)
+# Console line: (metric, short label); missing metrics are skipped.
+_CONSOLE = (("reward/mean", "reward"), ("reward/std", "std"), ("onpolicy/kl", "kl"),
+            ("onpolicy/logprob_diff/max", "lp_diff_max"), ("loss", "loss"), ("grad_norm", "gnorm"),
+            ("throughput/tokens_per_s", "tok/s"), ("time/step", "s/step"))
+
+
+def _to_number(name: str, value: Any) -> float | int:
+    if hasattr(value, "item"):  # torch / numpy scalars
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"RunLogger.log: metric {name!r} must be a number, got {type(value).__name__}")
+    return value
+
+
+def wandb_api_key_configured() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _fmt(v: float | int) -> str:
+    if isinstance(v, int):
+        return str(v)
+    if v == 0 or math.isnan(v) or math.isinf(v):
+        return f"{v:g}"
+    return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.2e}"
+
+
+class RunLogger:
+    """Console + metrics.jsonl + optional W&B for one run (see module doc)."""
+
+    def __init__(self, cfg, enabled: bool = True, stream=None):
+        self.cfg, self.enabled = cfg, enabled
+        largs = cfg.logging
+        self.output_dir = Path(largs.output_dir)
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+        self.stream = stream or sys.stdout
+        self.console = "console" in largs.report_to
+        self._wandb = None
+        self._bar = None
+        self._closed = False
+        self._t0 = time.time()
+        if not enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "config.yaml").write_text(cfg.to_yaml())
+        self._file = self.metrics_path.open("a")
+        if self.console and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=cfg.trainer.steps, desc=largs.run_name or "train", unit="step", leave=False)
+        if "wandb" in largs.report_to:
+            self._start_wandb()
+
+    def _start_wandb(self) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ValueError("logging.report_to: 'wandb' needs the wandb package (pip install wandb); "
+                             "allowed without it: [console]") from None
+        if not os.environ.get("WANDB_MODE") and not wandb_api_key_configured():
+            os.environ["WANDB_MODE"] = "offline"
+            self.print("wandb: no API key configured -> WANDB_MODE=offline (sync later with `wandb sync`)")
+        largs = self.cfg.logging
+        self._wandb = wandb.init(project=largs.project, name=largs.run_name, config=self.cfg.to_dict(),
+                                 dir=str(self.output_dir))
+
+    def print(self, text: str) -> None:
+        if not (self.enabled and self.console):
+            return
+        if self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        else:
+            print(text, file=self.stream, flush=True)
+
+    def log(self, metrics: dict[str, Any], step: int) -> dict:
+        """Record `metrics` for `step` (every step to jsonl/W&B; console every `log_every`); returns the row."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"RunLogger.log: step must be an int >= 0, got {step!r}")
+        if not isinstance(metrics, dict):
+            raise ValueError(f"RunLogger.log: metrics must be a dict, got {type(metrics).__name__}")
+        row = {"step": step, **{k: _to_number(k, v) for k, v in metrics.items() if k != "step"}}
+        if not self.enabled or self._closed:
+            return row
+        self._file.write(json.dumps(row, allow_nan=True) + "\n")
+        self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log(row, step=step)
+        if self._bar is not None:
+            self._bar.update(1)
+        if self.console and step % self.cfg.logging.log_every == 0:
+            self.print(self.format_line(row))
+        return row
+
+    @staticmethod
+    def format_line(row: dict) -> str:
+        parts = [f"step {row['step']}"] + [f"{label} {_fmt(row[k])}" for k, label in _CONSOLE if k in row]
+        return " | ".join(parts)
+
+    def close(self) -> list[str]:
+        """Flush and close sinks; returns the PNG paths written (empty when plotting is off)."""
+        if not self.enabled or self._closed:
+            return []
+        self._closed = True
+        self._file.close()
+        if self._bar is not None:
+            self._bar.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+        paths: list[str] = []
+        if self.cfg.logging.plot and self.metrics_path.exists() and self.metrics_path.stat().st_size:
+            paths = plot_metrics(self.metrics_path, self.output_dir / "plots")
+            self.print(f"plots: {', '.join(paths)}")
+        return paths
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_metrics(jsonl_path: str | Path) -> list[dict]:
+    with open(jsonl_path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    pts = [(r["step"], r[key]) for r in rows if key in r and "step" in r and r[key] is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_metrics(jsonl_path: str | Path, out_dir: str | Path) -> list[str]:
+    """metrics.jsonl -> reward.png (mean +- std), parity.png (KL, logprob diffs, mismatch), loss.png.
+
+    A figure is skipped when none of its metrics were logged. Parity values are drawn on a symlog axis so the
+    expected exact zeros sit on a visible line.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(jsonl_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {
+        "reward": ["reward/mean"],
+        "parity": ["onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/logprob_diff/mean", "onpolicy/mismatch_frac"],
+        "loss": ["loss", "grad_norm"],
+    }
+    paths = []
+    for name, keys in figures.items():
+        present = [k for k in keys if _series(rows, k)[0]]
+        if not present:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for k in present:
+            xs, ys = _series(rows, k)
+            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=k)
+            if k == "reward/mean":
+                sx, sd = _series(rows, "reward/std")
+                if sx == xs:
+                    ax.fill_between(xs, [m - s for m, s in zip(ys, sd)], [m + s for m, s in zip(ys, sd)],
+                                    alpha=0.25, label="reward/std")
+        if name == "parity":
+            ax.set_yscale("symlog", linthresh=1e-8)
+            ax.set_title("sampler vs trainer (0 = bitwise on-policy)")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(str(path))
+    return paths

@@ -1,0 +1,137 @@
+"""Load / save HF-format checkpoints (config.json + safetensors) for CausalLM, and the tokenizer.
+
+Reads single-file and sharded (`model.safetensors.index.json`) checkpoints of Qwen3ForCausalLM /
+LlamaForCausalLM; HF's separate q/k/v and gate/up projections are copied into our fused parameters through
+each parameter's `weight_loader`. Writes one `model.safetensors` with HF names (unfused) so
+`transformers.AutoModelForCausalLM.from_pretrained` loads it. Left out: `.bin` (pickle) checkpoints, hub
+downloads (pass a local directory), quantised weights, writing sharded checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from onpolicy.model.config import DTYPES, ModelConfig
+from onpolicy.model.transformer import CausalLM
+
+_FUSED = {  # HF projection name -> (our fused name, shard id)
+    "self_attn.q_proj": ("self_attn.qkv_proj", "q"),
+    "self_attn.k_proj": ("self_attn.qkv_proj", "k"),
+    "self_attn.v_proj": ("self_attn.qkv_proj", "v"),
+    "mlp.gate_proj": ("mlp.gate_up_proj", "gate"),
+    "mlp.up_proj": ("mlp.gate_up_proj", "up"),
+}
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+def hf_to_ours(name: str) -> tuple[str, str | None]:
+    """Map a HF parameter name to (our parameter name, shard id or None)."""
+    for hf, (ours, shard) in _FUSED.items():
+        token = f".{hf}."
+        if token in name:
+            return name.replace(token, f".{ours}."), shard
+    return name, None
+
+
+def _safetensor_files(path: str) -> list[str]:
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        return [os.path.join(path, name) for name in sorted(set(weight_map.values()))]
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(single):
+        return [single]
+    raise ValueError(f"load_pretrained: path {path!r} has neither model.safetensors nor "
+                     "model.safetensors.index.json (only safetensors checkpoints are supported)")
+
+
+def load_config(path: str, dtype: str | None = None) -> ModelConfig:
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise ValueError(f"load_pretrained: path {path!r} must be a local HF model directory with config.json")
+    with open(cfg_file) as f:
+        return ModelConfig.from_hf(json.load(f), dtype=dtype)
+
+
+def load_pretrained(path: str, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
+                    ) -> tuple[CausalLM, ModelConfig]:
+    """Build CausalLM from a local HF directory. `dtype` ("float32" | "bfloat16" or the torch dtype; None =
+    the checkpoint's dtype when supported, else float32) overrides the saved one."""
+    if isinstance(dtype, torch.dtype):
+        names = {v: k for k, v in DTYPES.items()}
+        if dtype not in names:
+            raise ValueError(f"load_pretrained: dtype {dtype} not supported; allowed: {', '.join(DTYPES)}")
+        dtype = names[dtype]
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"load_pretrained: dtype {dtype!r} not supported; allowed: {', '.join(DTYPES)}")
+    from safetensors import safe_open
+
+    config = load_config(path, dtype)
+    model = CausalLM(config, init=False)
+    params = dict(model.named_parameters())
+    pending = {name: set(_shard_ids(model, name)) for name in params}
+    unexpected = []
+    for file in _safetensor_files(path):
+        with safe_open(file, framework="pt", device="cpu") as f:
+            for key in f.keys():
+                if key.endswith(_IGNORED_SUFFIXES) or (key == "lm_head.weight" and config.tie_word_embeddings):
+                    continue
+                name, shard = hf_to_ours(key)
+                if name not in params:
+                    unexpected.append(key)
+                    continue
+                param = params[name]
+                param.weight_loader(param, f.get_tensor(key).to(param.dtype), shard)
+                pending[name].discard(shard)
+    missing = sorted(f"{n}[{s}]" if s else n for n, shards in pending.items() for s in shards)
+    if unexpected or missing:
+        raise ValueError(f"load_pretrained: checkpoint at {path!r} does not match the config: "
+                         f"unexpected keys {unexpected[:8]}, missing parameters {missing[:8]}")
+    return model.to(device), config
+
+
+def _shard_ids(model: CausalLM, param_name: str) -> list:
+    """Shard ids a parameter is loaded from ([None] for an unfused one)."""
+    shards = getattr(model.get_submodule(param_name.rpartition(".")[0]), "shards", None)
+    return list(shards) if shards else [None]
+
+
+def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
+    """Our parameters under HF names (CPU copies), fused projections split back into q/k/v and gate/up."""
+    out = {}
+    for name, p in model.named_parameters():
+        module_name, _, leaf = name.rpartition(".")
+        shards = getattr(model.get_submodule(module_name), "shards", None)
+        if not shards:
+            out[name] = p.detach()
+            continue
+        for hf, (ours, shard) in _FUSED.items():
+            if module_name.endswith(ours):
+                start, rows = shards[shard]
+                out[f"{module_name[: -len(ours)]}{hf}.{leaf}"] = p.detach()[start : start + rows]
+    return {k: v.contiguous().cpu().clone() for k, v in out.items()}
+
+
+def save_pretrained(model: CausalLM, path: str) -> None:
+    """Write config.json + model.safetensors (HF names) into `path` (created if missing)."""
+    if not isinstance(model, CausalLM):
+        raise ValueError(f"save_pretrained: model must be a CausalLM, got {type(model).__name__}")
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    hf_config = model.config.to_hf()
+    dtype = next(model.parameters()).dtype
+    hf_config["dtype"] = hf_config["torch_dtype"] = str(dtype).replace("torch.", "")
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf_config, f, indent=2)
+    save_file(hf_state_dict(model), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+
+
+def load_tokenizer(path: str):
+    """`transformers.AutoTokenizer.from_pretrained(path)` (local directory)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)

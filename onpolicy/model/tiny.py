@@ -1,0 +1,66 @@
+"""Tiny models for CPU tests and the embedded task, plus the Qwen3-0.6B shape for GPU benches.
+
+`CharTokenizer()` is a `transformers.PreTrainedTokenizerFast` built offline: one token per character of a
+fixed set, specials `<pad>` `<bos>` `<eos>` `<unk>` first (ids 0..3). Left out: any subword merging, chat
+templates, characters outside `CHARS` (they map to `<unk>`).
+"""
+from __future__ import annotations
+
+import string
+
+from onpolicy.model.config import ModelConfig
+from onpolicy.model.transformer import CausalLM, init_weights
+
+SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+CHARS = string.digits + string.ascii_lowercase + string.ascii_uppercase + " " + "+-*/=()<>.,:;?!#'\"\n"
+
+
+def CharTokenizer(chars: str = CHARS):  # noqa: N802 -- a factory named like the class it stands for
+    """A PreTrainedTokenizerFast with one id per character of `chars` (no specials added on encode)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+        raise ValueError("CharTokenizer: chars must be a non-empty string of distinct characters")
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for ch in chars:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+        clean_up_tokenization_spaces=False, model_max_length=1 << 30,
+    )
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """Qwen3-style tiny config (vocab = CharTokenizer size); unknown override names raise ValueError."""
+    base = ModelConfig(
+        architecture="qwen3", vocab_size=len(SPECIAL_TOKENS) + len(CHARS), hidden_size=128,
+        intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+        rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=256, tie_word_embeddings=True,
+        attention_bias=False, dtype="float32",
+    )
+    return base.replace(**overrides)
+
+
+def qwen3_0_6b_config(**overrides) -> ModelConfig:
+    """Qwen3-0.6B's shape (random weights via `init_weights`; bf16 by default)."""
+    base = ModelConfig(
+        architecture="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+        num_attention_heads=16, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6,
+        max_position_embeddings=40960, tie_word_embeddings=True, attention_bias=False, dtype="bfloat16",
+    )
+    return base.replace(**overrides)
+
+
+def build_tiny(seed: int = 0, **overrides):
+    """(CausalLM, CharTokenizer) with deterministic N(0, 0.02) weights from `seed`."""
+    tokenizer = CharTokenizer()
+    config = tiny_config(**overrides)
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(f"build_tiny: vocab_size {config.vocab_size} is smaller than the tokenizer ({len(tokenizer)})")
+    model = CausalLM(config, init=False)
+    init_weights(model, seed=seed)
+    return model, tokenizer

@@ -1,0 +1,247 @@
+"""CausalLM: the Qwen3 / Llama decoder written once on `kernels/` ops, for both the sampler and the trainer.
+
+Two call modes of one module (see docs/architecture.md): training (`kv_caches=None`: attention over the
+packed fresh k/v with `kernels.attention_varlen`, autograd) and engine (k/v written into each layer's slot
+cache at `meta.slot_mapping`, then `kernels.attention` over the cache). Every matmul, norm, RoPE, activation
+and attention is a `kernels` op; embedding gather and residual adds are elementwise torch.
+Parameters mirror HF names except the fused `qkv_proj` and `gate_up_proj`; each parameter carries a
+`weight_loader(param, tensor, shard_id=None)` used by `loading.py`.
+Left out: rope scaling, sliding windows, MoE, dropout, MLP bias, tensor parallelism.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+import kernels
+from onpolicy.model.config import ModelConfig
+from onpolicy.model.metadata import AttentionMetadata
+
+
+def _default_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    if shard_id is not None:
+        raise ValueError(f"weight_loader: this parameter is not fused; got shard_id {shard_id!r}")
+    if tuple(loaded.shape) != tuple(param.shape):
+        raise ValueError(f"weight_loader: checkpoint tensor has shape {tuple(loaded.shape)}, parameter expects {tuple(param.shape)}")
+    with torch.no_grad():
+        param.copy_(loaded)
+
+
+def _fused_loader(shards: dict[str, tuple[int, int]]):
+    """weight_loader for a parameter made of row blocks: shard_id -> (row offset, rows)."""
+
+    def load(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if shard_id not in shards:
+            raise ValueError(f"weight_loader: shard_id must be one of {list(shards)}, got {shard_id!r}")
+        start, rows = shards[shard_id]
+        if tuple(loaded.shape) != (rows,) + tuple(param.shape[1:]):
+            raise ValueError(f"weight_loader: shard {shard_id!r} has shape {tuple(loaded.shape)}, expected "
+                             f"{(rows,) + tuple(param.shape[1:])}")
+        with torch.no_grad():
+            param[start : start + rows].copy_(loaded)
+
+    return load
+
+
+def _param(shape, dtype, loader=_default_loader, fill=None) -> nn.Parameter:
+    p = nn.Parameter(torch.empty(shape, dtype=dtype) if fill is None else torch.full(shape, fill, dtype=dtype))
+    p.weight_loader = loader
+    return p
+
+
+class Linear(nn.Module):
+    """y = kernels.linear(x, weight, bias); `shards` names the row blocks of a fused projection."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
+                 shards: dict[str, tuple[int, int]] | None = None):
+        super().__init__()
+        loader = _fused_loader(shards) if shards else _default_loader
+        self.shards = shards
+        self.weight = _param((out_features, in_features), dtype, loader)
+        self.bias = _param((out_features,), dtype, loader, fill=0.0) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.linear(x, self.weight, self.bias)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float, dtype: torch.dtype):
+        super().__init__()
+        self.eps = eps
+        self.weight = _param((size,), dtype, fill=1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.rms_norm(x, self.weight, self.eps)
+
+
+def _shards(**sizes: int) -> dict[str, tuple[int, int]]:
+    out, start = {}, 0
+    for name, rows in sizes.items():
+        out[name] = (start, rows)
+        start += rows
+    return out
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dt, d = cfg.torch_dtype, cfg.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
+        self.scale = 1.0 / math.sqrt(d)
+        shards = _shards(q=self.n_heads * d, k=self.n_kv_heads * d, v=self.n_kv_heads * d)
+        self.qkv_proj = Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv_heads) * d, cfg.attention_bias, dt, shards)
+        self.o_proj = Linear(self.n_heads * d, cfg.hidden_size, cfg.attention_bias, dt)
+        self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dt) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dt) if cfg.qk_norm else None
+
+    def forward(self, x, positions, rope_table, meta: AttentionMetadata, kv_cache=None):
+        t, d = x.shape[0], self.head_dim
+        q, k, v = self.qkv_proj(x).split([self.n_heads * d, self.n_kv_heads * d, self.n_kv_heads * d], dim=-1)
+        q = q.reshape(t, self.n_heads, d).contiguous()
+        k = k.reshape(t, self.n_kv_heads, d).contiguous()
+        v = v.reshape(t, self.n_kv_heads, d).contiguous()
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = kernels.rope(q, positions, rope_table)
+        k = kernels.rope(k, positions, rope_table)
+        if kv_cache is None:
+            out = kernels.attention_varlen(q, k, v, meta.cu_seqlens_q, scale=self.scale)
+        else:
+            k_cache, v_cache = kv_cache
+            k_cache.index_copy_(0, meta.slot_mapping, k)
+            v_cache.index_copy_(0, meta.slot_mapping, v)
+            out = kernels.attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seqlens_k, meta.block_table,
+                                    meta.kv_offsets, meta.block_size, scale=self.scale)
+        return self.o_proj(out.reshape(t, self.n_heads * d))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        i, dt = cfg.intermediate_size, cfg.torch_dtype
+        self.intermediate_size = i
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * i, False, dt, _shards(gate=i, up=i))
+        self.down_proj = Linear(i, cfg.hidden_size, False, dt)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split([self.intermediate_size, self.intermediate_size], dim=-1)
+        return self.down_proj(kernels.silu_mul(gate.contiguous(), up.contiguous()))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
+        self.mlp = MLP(cfg)
+
+    def forward(self, h, positions, rope_table, meta, kv_cache=None):
+        h = h + self.self_attn(self.input_layernorm(h), positions, rope_table, meta, kv_cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Module()
+        self.embed_tokens.weight = _param((cfg.vocab_size, cfg.hidden_size), cfg.torch_dtype)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
+
+
+class CausalLM(nn.Module):
+    """Decoder-only LM. `forward` returns the final-normed hidden states; logits/logprobs come from
+    `token_logprobs` / `logits` so the vocab projection is one kernel shared by sampler and trainer.
+
+    `init=True` fills the weights with `init_weights(self, seed=0)` (std 0.02 normal); `init=False` leaves
+    them uninitialised for a checkpoint to fill.
+    """
+
+    def __init__(self, config: ModelConfig, init: bool = True):
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise ValueError(f"CausalLM: config must be a ModelConfig, got {type(config).__name__}")
+        config.validate()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = None
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Module()
+            self.lm_head.weight = _param((config.vocab_size, config.hidden_size), config.torch_dtype)
+        self._rope_tables: dict[torch.device, torch.Tensor] = {}
+        if init:
+            init_weights(self, seed=0)
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def rope_table(self, device: torch.device) -> torch.Tensor:
+        """fp32 [max_position_embeddings, head_dim] cos|sin table, built once per device (outside
+        inference mode so training may reuse it; build it before CUDA-graph capture)."""
+        device = torch.device(device)
+        table = self._rope_tables.get(device)
+        if table is None:
+            with torch.inference_mode(False):
+                c = self.config
+                table = kernels.rope_cache(c.max_position_embeddings, c.head_dim, c.rope_theta, device)
+            self._rope_tables[device] = table
+        return table
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
+                kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        """input_ids/positions [T] -> hidden [T, H]. No data-dependent checks (CUDA-graph safe): positions
+        must be < max_position_embeddings and slots must lie in the caches."""
+        self._check_inputs(input_ids, positions, meta, kv_caches)
+        rope_table = self.rope_table(input_ids.device)
+        h = F.embedding(input_ids, self.model.embed_tokens.weight)
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, positions, rope_table, meta, None if kv_caches is None else kv_caches[i])
+        return self.model.norm(h)
+
+    def token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return kernels.token_logprobs(hidden, self.lm_head_weight, targets, temperature)
+
+    def logits(self, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return kernels.lm_logits(hidden, self.lm_head_weight, temperature)
+
+    def _check_inputs(self, input_ids, positions, meta, kv_caches) -> None:
+        def bad(msg):
+            raise ValueError(f"CausalLM.forward: {msg}")
+
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 1 or input_ids.dtype not in (torch.int32, torch.int64):
+            bad("input_ids must be a 1-D int32/int64 tensor [T]")
+        if not isinstance(positions, torch.Tensor) or positions.shape != input_ids.shape or positions.dtype not in (torch.int32, torch.int64):
+            bad(f"positions must be an int32/int64 tensor of input_ids' shape {tuple(input_ids.shape)}")
+        if not isinstance(meta, AttentionMetadata):
+            bad(f"meta must be an AttentionMetadata, got {type(meta).__name__}")
+        if kv_caches is None:
+            return
+        n_layers = self.config.num_hidden_layers
+        if not isinstance(kv_caches, (list, tuple)) or len(kv_caches) != n_layers:
+            bad(f"kv_caches must be None or a list of {n_layers} (k_cache, v_cache) pairs")
+        if meta.slot_mapping is None or meta.slot_mapping.shape != input_ids.shape:
+            bad("meta.slot_mapping must be an int64 tensor [T] in engine mode (kv_caches given)")
+        want = (self.config.num_key_value_heads, self.config.head_dim)
+        k0 = kv_caches[0][0]
+        if k0.dim() != 3 or tuple(k0.shape[1:]) != want:
+            bad(f"kv_caches tensors must be [num_slots, {want[0]}, {want[1]}], got {tuple(k0.shape)}")
+        if k0.dtype != self.model.embed_tokens.weight.dtype:
+            bad(f"kv_caches dtype {k0.dtype} must equal the model dtype {self.model.embed_tokens.weight.dtype}")
+
+
+@torch.no_grad()
+def init_weights(model: CausalLM, seed: int = 0, std: float = 0.02) -> CausalLM:
+    """Deterministic init: matrices ~ N(0, std) from a seeded CPU generator (fp32, then cast, so the values
+    do not depend on the device), norms = 1, biases = 0. Parameters are visited in `named_parameters` order."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    for name, p in model.named_parameters():
+        if p.dim() == 1:
+            p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+        else:
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std))
+    return model

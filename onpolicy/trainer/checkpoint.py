@@ -1,0 +1,189 @@
+"""Atomic training checkpoints: `save_checkpoint` / `load_checkpoint`, keep-last-K, a `latest` pointer.
+
+Layout of `<ckpt_dir>/step-N/`: `policy/` (an HF directory written by `onpolicy.model.save_pretrained`, plus
+the tokenizer when given: loadable by transformers and by `onpolicy.model.load_pretrained`) and
+`trainer_state.pt` (step, optimizer and scheduler state dicts, `onpolicy.determinism.rng_state()`, `extra`:
+e.g. the prompt iterator state and the config dict). Atomicity: everything is written to `tmp-step-N/`, every
+file and the directory are fsynced, then `os.replace` renames it to `step-N/`, then the `latest` file is
+rewritten through `latest.tmp` + `os.replace`. A crash at any point leaves the previous checkpoint and pointer
+intact; stale `tmp-step-*` directories are removed by the next save. `trainer_state.pt` is a pickle (the RNG
+states are not tensors): load only checkpoints you wrote. Left out: sharded/distributed optimizer state,
+async saving, remote storage.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LATEST = "latest"
+STATE_FILE = "trainer_state.pt"
+POLICY_DIR = "policy"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    """Completed checkpoints `(step, path)` in `ckpt_dir`, oldest first."""
+    root = Path(ckpt_dir)
+    if not root.is_dir():
+        return []
+    out = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return sorted(out)
+
+
+def _write_latest(root: Path, name: str) -> None:
+    tmp = root / (LATEST + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / LATEST)
+    _fsync_dir(root)
+
+
+def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, scheduler=None,
+                    extra: dict | None = None, keep: int = 2, tokenizer=None) -> Path:
+    """Write `<ckpt_dir>/step-<step>` atomically, point `latest` at it, keep the newest `keep`; returns its path."""
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"save_checkpoint: step must be an int >= 0, got {step!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"save_checkpoint: keep must be an int >= 1, got {keep!r}")
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(f"save_checkpoint: extra must be a dict or None, got {type(extra).__name__}")
+    from onpolicy import determinism
+    from onpolicy.model import save_pretrained
+
+    root = Path(ckpt_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    name = f"step-{step}"
+    tmp, final = root / f"tmp-{name}", root / name
+    try:
+        save_pretrained(model, str(tmp / POLICY_DIR))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / POLICY_DIR))
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "rng": determinism.rng_state(),
+            "extra": extra or {},
+        }
+        torch.save(state, tmp / STATE_FILE)
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving a step (e.g. after a resume): move the old one aside first
+            old = root / f"tmp-old-{name}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_latest(root, name)
+    for _, path in list_checkpoints(root)[:-keep]:
+        if path != final:
+            shutil.rmtree(path, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A step directory from: a step directory, a checkpoint root holding `latest`, or the `latest` file."""
+    p = Path(path)
+    if p.is_file() and p.name == LATEST:
+        p = p.parent
+    if (p / STATE_FILE).is_file():
+        return p
+    if (p / LATEST).is_file():
+        target = p / (p / LATEST).read_text().strip()
+        if (target / STATE_FILE).is_file():
+            return target
+        raise ValueError(f"load_checkpoint: {str(p / LATEST)!r} points to {target.name!r}, which is incomplete")
+    raise ValueError(f"load_checkpoint: {str(p)!r} is neither a checkpoint step directory (with {STATE_FILE}) "
+                     f"nor a checkpoint root with a '{LATEST}' file")
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    path: Path
+    policy_path: Path
+    optimizer: dict | None
+    scheduler: dict | None
+    rng: dict
+    extra: dict = field(default_factory=dict)
+    model: Any = None  # the CausalLM passed in (weights loaded in place) or a newly loaded one; None if skipped
+
+    def __getitem__(self, key: str):
+        """Dict-style access too: `ck["step"]`, `ck["extra"]`."""
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
+def load_checkpoint(path: str | Path, model=None, optimizer=None, scheduler=None, restore_rng: bool = True,
+                    load_model: bool = True, device: str | torch.device = "cpu") -> Checkpoint:
+    """Read a checkpoint (see `resolve_checkpoint` for `path`); objects passed in get their state loaded.
+
+    `model`: its weights are replaced by the saved ones (same shapes/dtype required); without it a new model is
+    loaded with `onpolicy.model.load_pretrained` unless `load_model=False`. `restore_rng` restores python/
+    numpy/torch(/cuda) RNG states.
+    """
+    step_dir = resolve_checkpoint(path)
+    state = torch.load(step_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    ck = Checkpoint(step=state["step"], path=step_dir, policy_path=step_dir / POLICY_DIR,
+                    optimizer=state["optimizer"], scheduler=state["scheduler"], rng=state["rng"],
+                    extra=state.get("extra") or {})
+    if model is not None or load_model:
+        from onpolicy.model import load_pretrained
+
+        loaded, _ = load_pretrained(str(ck.policy_path), device=device)
+        if model is not None:
+            model.load_state_dict(loaded.state_dict())
+            loaded = model
+        ck.model = loaded
+    if optimizer is not None:
+        if ck.optimizer is None:
+            raise ValueError(f"load_checkpoint: {str(step_dir)!r} holds no optimizer state")
+        optimizer.load_state_dict(ck.optimizer)
+    if scheduler is not None:
+        if ck.scheduler is None:
+            raise ValueError(f"load_checkpoint: {str(step_dir)!r} holds no scheduler state")
+        scheduler.load_state_dict(ck.scheduler)
+    if restore_rng:
+        from onpolicy import determinism
+
+        determinism.set_rng_state(ck.rng)
+    return ck

@@ -1,0 +1,67 @@
+"""One step's rollouts: G seeded samples per prompt from the engine, flattened prompt-major.
+
+Seeds: completion group i of step s gets `sampling_seed(run_seed, s, i)`, so a resumed run (or the same
+prompts in another batch) samples the same tokens. The engine numbers the G samples of a request 0..G-1 in
+its counter-based hash, so the G samples differ. Left out: multi-turn / tool rollouts, partial rollouts.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+
+def sampling_seed(run_seed: int, step: int, prompt_index: int) -> int:
+    """A 62-bit seed determined by (run seed, step, prompt index) only."""
+    digest = hashlib.sha256(f"onpolicy:{run_seed}:{step}:{prompt_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
+
+
+@dataclass
+class Rollout:
+    """Flat lists of length N * G (prompt-major: prompt 0's G samples first)."""
+
+    group_size: int
+    prompt_ids: list[list[int]] = field(default_factory=list)
+    completion_ids: list[list[int]] = field(default_factory=list)
+    sampler_logprobs: list[torch.Tensor] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    finish_reasons: list[str] = field(default_factory=list)
+    group_index: list[int] = field(default_factory=list)
+
+    @property
+    def seq_lens(self) -> list[int]:
+        return [len(c) for c in self.completion_ids]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.seq_lens)
+
+
+def generate_rollouts(llm, prompt_ids: list[list[int]], *, group_size: int, temperature: float, top_p: float,
+                      top_k: int, max_tokens: int, stop: list[str] | None, run_seed: int, step: int) -> Rollout:
+    """Sample `group_size` completions per prompt (logprobs at `temperature`) and flatten them."""
+    from onpolicy.engine import SamplingParams
+
+    params = [SamplingParams(n=group_size, temperature=temperature, top_p=top_p, top_k=top_k,
+                             max_tokens=max_tokens, stop=list(stop) or None,
+                             seed=sampling_seed(run_seed, step, i), logprobs=True)
+              for i in range(len(prompt_ids))]
+    outputs = llm.generate(prompt_ids, params)
+    if len(outputs) != len(prompt_ids):
+        raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(prompt_ids)} prompts")
+    ro = Rollout(group_size=group_size)
+    for i, (ids, req) in enumerate(zip(prompt_ids, outputs)):
+        if len(req.outputs) != group_size:
+            raise RuntimeError(f"engine returned {len(req.outputs)} samples for prompt {i}, expected {group_size}")
+        for comp in sorted(req.outputs, key=lambda c: c.index):
+            if comp.logprobs is None or comp.logprobs.numel() != len(comp.token_ids):
+                raise RuntimeError(f"prompt {i} sample {comp.index}: sampler logprobs missing or of wrong length")
+            ro.prompt_ids.append(list(ids))
+            ro.completion_ids.append(list(comp.token_ids))
+            ro.sampler_logprobs.append(comp.logprobs.detach().float().cpu())
+            ro.texts.append(comp.text)
+            ro.finish_reasons.append(comp.finish_reason)
+            ro.group_index.append(i)
+    return ro

@@ -1,0 +1,279 @@
+"""Benchmark onpolicy's batch-invariant kernels against torch's default ops, measured in the same run.
+
+Per op and shape: median time of ours and of the baseline, TFLOP/s (GEMM-like ops) or GB/s (memory-bound
+ops), the throughput ratio ours/baseline (>1 = ours faster), and whether each side was batch invariant on that
+shape (row / sequence 0 computed alone vs inside the full batch, `torch.equal`). Writes a table to stdout and
+`results.json` + `ratios.png` to `--out`.
+
+    python scripts/bench_kernels.py                # CUDA: Qwen3-0.6B/1.7B/8B shapes (H100)
+    python scripts/bench_kernels.py --quick        # tiny shapes; also runs on CPU
+    python scripts/bench_kernels.py --ops linear,token_logprobs
+
+Baselines: linear -> F.linear (cuBLAS/MKL), rms_norm / silu_mul -> the torch reference ops, attention ->
+torch SDPA (causal prefill on equal-length sequences = varlen-equivalent; decode = one query over a dense
+KV), token_logprobs -> F.linear + log_softmax + gather. Left out: backward passes, fp16, CUDA graphs (each
+call is timed eagerly), cold-cache timing, multi-GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import kernels  # noqa: E402
+from onpolicy import determinism  # noqa: E402
+
+QWEN3 = {"0.6B": (1024, 3072, 16, 8), "1.7B": (2048, 6144, 16, 8), "8B": (4096, 12288, 32, 8)}  # H, I, Hq, Hkv
+HEAD_DIM, VOCAB, EPS = 128, 151936, 1e-6
+OPS = ("linear", "rms_norm", "silu_mul", "attention_prefill", "attention_decode", "token_logprobs")
+
+
+def shapes(quick: bool) -> dict:
+    """Cases per op. Full: Qwen3 shapes on CUDA; quick: scaled-down shapes that run on CPU in seconds."""
+    bf, f32 = torch.bfloat16, torch.float32
+    if quick:
+        return {
+            "linear": [(m, 256, 512, bf) for m in (1, 16, 64)] + [(16, 256, 512, f32)],
+            "rms_norm": [(m, 256, bf) for m in (1, 64)],
+            "silu_mul": [(m, 512, bf) for m in (1, 64)],
+            "attention_prefill": [(2, 64, 4, 2, 64, bf)],
+            "attention_decode": [(b, 128, 4, 2, 64, bf) for b in (1, 4)],
+            "token_logprobs": [(m, 64, 5000, bf) for m in (1, 16)],
+        }
+    kn = [(h, i) for h, i, _, _ in QWEN3.values()] + [(i, h) for h, i, _, _ in QWEN3.values()] + [(6144, 2048)]
+    return {
+        "linear": [(m, k, n, bf) for k, n in kn for m in (1, 16, 64, 256, 1024, 4096)]
+        + [(m, 1024, 3072, f32) for m in (16, 1024)],
+        "rms_norm": [(m, h, bf) for h in (1024, 2048, 4096) for m in (1, 64, 1024, 4096)] + [(1024, 1024, f32)],
+        "silu_mul": [(m, i, bf) for i in (3072, 6144, 12288) for m in (1, 64, 1024, 4096)] + [(1024, 3072, f32)],
+        "attention_prefill": [(b, s, hq, hkv, HEAD_DIM, bf) for b, s in ((1, 512), (4, 1024), (8, 2048))
+                              for hq, hkv in ((16, 8), (32, 8))],
+        "attention_decode": [(b, L, 16, 8, HEAD_DIM, bf) for b in (1, 16, 64, 256) for L in (1024, 4096)],
+        "token_logprobs": [(m, h, VOCAB, bf) for h in (1024, 4096) for m in (1, 64, 1024, 4096)]
+        + [(64, 1024, VOCAB, f32)],
+    }
+
+
+def bench(fn, device: str, reps: int) -> float:
+    """Median milliseconds of fn(): triton.testing.do_bench on CUDA, a perf_counter loop on CPU."""
+    if device == "cuda":
+        import triton.testing
+
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def rows_invariant(fn_batch, fn_one) -> bool:
+    """Whether row/sequence 0 of the full batch equals the same input computed alone (bitwise)."""
+    return bool(torch.equal(fn_batch()[: 1], fn_one()[: 1]))
+
+
+def _rand(*shape, dtype, device, scale=1.0):
+    return (torch.randn(*shape, device=device) * scale).to(dtype)
+
+
+def case_linear(m, k, n, dtype, dev):
+    x, w = _rand(m, k, dtype=dtype, device=dev), _rand(n, k, dtype=dtype, device=dev, scale=k**-0.5)
+    return dict(shape=f"M={m} K={k} N={n}", work=2 * m * k * n, unit="TFLOP/s",
+                ours=lambda: kernels.linear(x, w), base=lambda: F.linear(x, w),
+                ours_one=lambda: kernels.linear(x[:1], w), base_one=lambda: F.linear(x[:1], w))
+
+
+def case_rms_norm(m, h, dtype, dev):
+    x, w = _rand(m, h, dtype=dtype, device=dev), _rand(h, dtype=dtype, device=dev)
+    ref = kernels.rms_norm_reference
+    return dict(shape=f"M={m} H={h}", work=(2 * m * h + h) * x.element_size(), unit="GB/s",
+                ours=lambda: kernels.rms_norm(x, w, EPS), base=lambda: ref(x, w, EPS),
+                ours_one=lambda: kernels.rms_norm(x[:1], w, EPS), base_one=lambda: ref(x[:1], w, EPS))
+
+
+def case_silu_mul(m, i, dtype, dev):
+    g, u = _rand(m, i, dtype=dtype, device=dev), _rand(m, i, dtype=dtype, device=dev)
+    ref = kernels.silu_mul_reference
+    return dict(shape=f"M={m} I={i}", work=3 * m * i * g.element_size(), unit="GB/s",
+                ours=lambda: kernels.silu_mul(g, u), base=lambda: ref(g, u),
+                ours_one=lambda: kernels.silu_mul(g[:1], u[:1]), base_one=lambda: ref(g[:1], u[:1]))
+
+
+def _sdpa(q, k, v, causal):
+    """q [B, S, Hq, D], k/v [B, L, Hkv, D] -> [B, S, Hq, D] via torch SDPA (GQA by repeating K/V heads)."""
+    rep = q.shape[2] // k.shape[2]
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2)
+
+
+def case_attention_prefill(b, s, hq, hkv, d, dtype, dev):
+    q = _rand(b * s, hq, d, dtype=dtype, device=dev)
+    k, v = _rand(b * s, hkv, d, dtype=dtype, device=dev), _rand(b * s, hkv, d, dtype=dtype, device=dev)
+    cu = torch.arange(0, b * s + 1, s, device=dev, dtype=torch.int32)
+    qb, kb, vb = (t.view(b, s, *t.shape[1:]) for t in (q, k, v))
+    return dict(shape=f"B={b} S={s} Hq={hq} Hkv={hkv} D={d}", work=2 * b * hq * d * s * (s + 1), unit="TFLOP/s",
+                ours=lambda: kernels.attention_varlen(q, k, v, cu), base=lambda: _sdpa(qb, kb, vb, True),
+                ours_one=lambda: kernels.attention_varlen(q[:s], k[:s], v[:s], cu[:2]),
+                base_one=lambda: _sdpa(qb[:1], kb[:1], vb[:1], True))
+
+
+def case_attention_decode(b, L, hq, hkv, d, dtype, dev, block_size=16):
+    nb = -(-L // block_size)
+    q = _rand(b, hq, d, dtype=dtype, device=dev)
+    k_cache = _rand(b * nb * block_size, hkv, d, dtype=dtype, device=dev)
+    v_cache = _rand(b * nb * block_size, hkv, d, dtype=dtype, device=dev)
+    table = torch.arange(b * nb, device=dev, dtype=torch.int32).view(b, nb)
+    cu, lens = torch.arange(b + 1, device=dev, dtype=torch.int32), torch.full((b,), L, device=dev, dtype=torch.int32)
+    offs = torch.zeros(b, device=dev, dtype=torch.int32)
+    kd = k_cache.view(b, nb * block_size, hkv, d)[:, :L]
+    vd = v_cache.view(b, nb * block_size, hkv, d)[:, :L]
+
+    def ours(n=b):
+        return kernels.attention(q[:n], k_cache, v_cache, cu[: n + 1], lens[:n], table[:n], offs[:n], block_size)
+
+    return dict(shape=f"B={b} L={L} Hq={hq} Hkv={hkv} D={d}", work=2 * b * L * hkv * d * q.element_size(),
+                unit="GB/s", ours=ours, base=lambda: _sdpa(q[:, None], kd, vd, False),
+                ours_one=lambda: ours(1), base_one=lambda: _sdpa(q[:1, None], kd[:1], vd[:1], False))
+
+
+def _torch_token_logprobs(h, w, t):
+    return torch.log_softmax(F.linear(h, w).float(), -1).gather(-1, t[:, None])[:, 0]
+
+
+def case_token_logprobs(m, h, v, dtype, dev):
+    x, w = _rand(m, h, dtype=dtype, device=dev), _rand(v, h, dtype=dtype, device=dev, scale=h**-0.5)
+    t = torch.randint(0, v, (m,), device=dev)
+    return dict(shape=f"M={m} H={h} V={v}", work=2 * m * h * v, unit="TFLOP/s",
+                ours=lambda: kernels.token_logprobs(x, w, t), base=lambda: _torch_token_logprobs(x, w, t),
+                ours_one=lambda: kernels.token_logprobs(x[:1], w, t[:1]),
+                base_one=lambda: _torch_token_logprobs(x[:1], w, t[:1]))
+
+
+CASES = {name: globals()[f"case_{name}"] for name in OPS}
+
+
+def run_case(op: str, args: tuple, dev: str, reps: int) -> dict:
+    dtype = args[-1]
+    rec = dict(op=op, dtype=str(dtype).replace("torch.", ""))
+    try:
+        with torch.inference_mode():
+            c = CASES[op](*args, dev)
+            rec.update(shape=c["shape"], unit=c["unit"])
+            rec["base_invariant"] = rows_invariant(c["base"], c["base_one"])
+            rec["ours_invariant"] = rows_invariant(c["ours"], c["ours_one"])
+            rec["ours_ms"], rec["base_ms"] = bench(c["ours"], dev, reps), bench(c["base"], dev, reps)
+        scale = 1e-9 if c["unit"] == "TFLOP/s" else 1e-6  # work per ms -> TFLOP/s or GB/s
+        rec["ours_rate"] = c["work"] / rec["ours_ms"] * scale
+        rec["base_rate"] = c["work"] / rec["base_ms"] * scale
+        rec["ratio"] = rec["base_ms"] / rec["ours_ms"]
+    except Exception as exc:  # a placeholder or a failing kernel must not hide the other results
+        rec.update(shape=rec.get("shape", str(args[:-1])), error=f"{type(exc).__name__}: {exc}"[:300])
+    finally:
+        if dev == "cuda":
+            torch.cuda.empty_cache()
+    return rec
+
+
+def format_row(r: dict) -> str:
+    if "error" in r:
+        return f"{r['op']:<18} {r['dtype']:<8} {r['shape']:<34} ERROR {r['error']}"
+    inv = lambda b: "yes" if b else "NO"  # noqa: E731
+    return (f"{r['op']:<18} {r['dtype']:<8} {r['shape']:<34} {r['ours_ms']:>9.4f} {r['base_ms']:>9.4f} "
+            f"{r['ours_rate']:>9.2f} {r['base_rate']:>9.2f} {r['unit']:<8} {r['ratio']:>6.2f} "
+            f"{inv(r['ours_invariant']):>6} {inv(r['base_invariant']):>6}")
+
+
+HEADER = (f"{'op':<18} {'dtype':<8} {'shape':<34} {'ours_ms':>9} {'base_ms':>9} {'ours':>9} {'base':>9} "
+          f"{'unit':<8} {'ratio':>6} {'ours=':>6} {'base=':>6}")
+
+
+def plot(records: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in records if "ratio" in r]
+    if not ok:
+        return
+    fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(ok)), 5))
+    colors = ["tab:green" if r["ratio"] >= 1 else "tab:red" for r in ok]
+    ax.bar(range(len(ok)), [r["ratio"] for r in ok], color=colors)
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_xticks(range(len(ok)))
+    ax.set_xticklabels([f"{r['op']} {r['dtype']} {r['shape']}" for r in ok], rotation=90, fontsize=6)
+    ax.set_ylabel("throughput ours / baseline")
+    ax.set_yscale("log")
+    ax.set_title("batch-invariant kernels vs torch defaults (>1: ours faster)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny shapes (runs on CPU in seconds)")
+    p.add_argument("--ops", default=",".join(OPS), help=f"comma-separated subset of {','.join(OPS)}")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default="bench_out", help="directory for results.json and ratios.png")
+    p.add_argument("--reps", type=int, default=5, help="timed repetitions per case on CPU (CUDA uses do_bench)")
+    args = p.parse_args(argv)
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    bad = [o for o in ops if o not in OPS]
+    if bad:
+        p.error(f"--ops: unknown {bad}; allowed: {', '.join(OPS)}")
+    if args.reps < 1:
+        p.error("--reps must be >= 1")
+    args.ops = ops
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    if args.device == "cpu" and not args.quick:
+        print("note: full shapes on CPU are very slow; consider --quick", file=sys.stderr)
+    return args
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    determinism.enable(seed=0)
+    dev = args.device
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    print(f"device: {name}  torch {torch.__version__}  ratio = baseline_ms / ours_ms  "
+          f"(ours= / base=: row 0 alone == row 0 in batch)")
+    print(HEADER)
+    records = []
+    for op, cases in shapes(args.quick).items():
+        if op not in args.ops:
+            continue
+        for case in cases:
+            rec = run_case(op, case, dev, args.reps)
+            records.append(rec)
+            print(format_row(rec), flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    meta = dict(device=name, torch=torch.__version__, quick=args.quick)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(dict(meta=meta, results=records), f, indent=1)
+    plot(records, os.path.join(args.out, "ratios.png"))
+    ok = [r["ratio"] for r in records if "ratio" in r]
+    if ok:
+        geo = math.exp(sum(math.log(x) for x in ok) / len(ok))
+        print(f"geomean ratio over {len(ok)} cases: {geo:.3f}; errors: {len(records) - len(ok)}; "
+              f"wrote {args.out}/results.json and ratios.png")
+    return records
+
+
+if __name__ == "__main__":
+    main()

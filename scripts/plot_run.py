@@ -1,0 +1,34 @@
+"""Plot a run: `python scripts/plot_run.py outputs/run/metrics.jsonl [--out DIR]` -> reward/parity/loss PNGs.
+
+The plotting code lives in `onpolicy.logging.plot_metrics` (so `RunLogger.close()` can use it without
+importing scripts/); this file re-exports it and adds the command line. Left out: comparing several runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from onpolicy.logging import plot_metrics  # noqa: E402
+
+__all__ = ["plot_metrics", "main"]
+
+
+def main(argv: list[str] | None = None) -> list[str]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("metrics", help="path to metrics.jsonl")
+    parser.add_argument("--out", default=None, help="output directory (default: <metrics dir>/plots)")
+    args = parser.parse_args(argv)
+    path = Path(args.metrics)
+    if not path.is_file():
+        parser.error(f"metrics: file not found: {path}")
+    paths = plot_metrics(path, args.out or path.parent / "plots")
+    for p in paths:
+        print(p)
+    return paths
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""Batch invariance of kernels.logprobs: a row's result computed alone is bitwise equal (`torch.equal`) to the
+same row inside batches of 1..512 rows at random positions. CPU here; `gpu`-marked tests use the Qwen3 vocab
+(151936) and hidden 1024 in bf16 on CUDA."""
+import pytest
+import torch
+
+import kernels
+from kernels import logprobs as L
+from kernels._common import invariant_mode
+
+BATCH_SIZES = [1, 2, 3, 4, 7, 16, 33, 64, 100, 257, 512]
+V_RAGGED = 2 * L.VOCAB_CHUNK + 77
+
+
+PROBES = 4  # rows computed alone, then placed together at random positions of every batch
+
+
+def _check_rows_invariant(fn, make_rows, sizes, seed=0):
+    """fn on each of PROBES rows alone vs the same rows inside batches of each size at random positions.
+
+    make_rows(n, g) -> tuple of per-row tensors (dim 0 = rows). Returns the sizes where any probe differed."""
+    g = torch.Generator().manual_seed(seed)
+    probes = make_rows(PROBES, g)
+    alone = [fn(*[p[i : i + 1] for p in probes]) for i in range(PROBES)]
+    differed = []
+    for n in sizes:
+        k = min(n, PROBES)
+        batch = list(make_rows(n, g))
+        pos = torch.randperm(n, generator=g)[:k]
+        for b, p in zip(batch, probes):
+            b[pos] = p[:k]
+        out = fn(*batch)
+        if not all(torch.equal(out[int(pos[i]) : int(pos[i]) + 1], alone[i]) for i in range(k)):
+            differed.append(n)
+    return differed
+
+
+def _rows(V, H, dtype, device="cpu", scale=3.0):
+    def make(n, g):
+        h = (torch.randn(n, H, generator=g) * scale).to(device=device, dtype=dtype)
+        t = torch.randint(0, V, (n,), generator=g).to(device)
+        return h, t
+    return make
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_token_logprobs_cpu_batch_invariant(dtype, temperature):
+    w = (torch.randn(V_RAGGED, 64, generator=torch.Generator().manual_seed(1)) / 8).to(dtype)
+    fn = lambda h, t: kernels.token_logprobs(h, w, t, temperature)  # noqa: E731
+    assert _check_rows_invariant(fn, _rows(V_RAGGED, 64, dtype), BATCH_SIZES) == []
+
+
+def test_lm_logits_and_log_softmax_cpu_batch_invariant():
+    w = torch.randn(V_RAGGED, 32, generator=torch.Generator().manual_seed(2)).bfloat16()
+    logits = lambda h, t: kernels.lm_logits(h, w, 0.7)  # noqa: E731
+    assert _check_rows_invariant(logits, _rows(V_RAGGED, 32, torch.bfloat16), BATCH_SIZES[:8]) == []
+    lsm = lambda x, t: kernels.log_softmax(x)  # noqa: E731
+    assert _check_rows_invariant(lsm, _rows(10, V_RAGGED, torch.float32, scale=4.0), BATCH_SIZES) == []
+
+
+def test_harness_detects_non_invariant_reference():
+    """The same check on torch's default path (MKL GEMM) must find a difference, or the test above proves nothing."""
+    w = torch.randn(V_RAGGED, 256, generator=torch.Generator().manual_seed(3)) / 16
+    fn = lambda h, t: kernels.token_logprobs(h, w, t)  # noqa: E731
+    with invariant_mode(False):
+        differed = _check_rows_invariant(fn, _rows(V_RAGGED, 256, torch.float32), BATCH_SIZES)
+    if not differed:
+        pytest.skip("torch's default CPU GEMM happened to be batch invariant on this machine")
+    assert _check_rows_invariant(fn, _rows(V_RAGGED, 256, torch.float32), BATCH_SIZES) == []
+
+
+def test_log_softmax_triton_interpreted_invariant():
+    lsm = lambda x, t: L._log_softmax_triton(x, block=64)  # noqa: E731
+    assert _check_rows_invariant(lsm, _rows(10, 300, torch.float32, scale=4.0), [1, 3, 8]) == []
+
+
+QWEN3_VOCAB, QWEN3_HIDDEN = 151936, 1024
+GPU_SIZES = [1, 2, 3, 5, 8, 16, 31, 64, 127, 256, 512]
+
+
+@pytest.fixture(scope="module")
+def qwen3_head():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(QWEN3_VOCAB, QWEN3_HIDDEN, generator=g) * 0.02).to("cuda", torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_token_logprobs_cuda_batch_invariant(qwen3_head, temperature):
+    fn = lambda h, t: kernels.token_logprobs(h, qwen3_head, t, temperature)  # noqa: E731
+    assert _check_rows_invariant(fn, _rows(QWEN3_VOCAB, QWEN3_HIDDEN, torch.bfloat16, "cuda"), GPU_SIZES) == []
+
+
+@pytest.mark.gpu
+def test_lm_logits_and_log_softmax_cuda_batch_invariant(qwen3_head):
+    logits = lambda h, t: kernels.lm_logits(h, qwen3_head, 0.7)  # noqa: E731
+    make = _rows(QWEN3_VOCAB, QWEN3_HIDDEN, torch.bfloat16, "cuda")
+    assert _check_rows_invariant(logits, make, GPU_SIZES) == []
+    lsm = lambda h, t: kernels.log_softmax(kernels.lm_logits(h, qwen3_head))  # noqa: E731
+    assert _check_rows_invariant(lsm, make, GPU_SIZES) == []
+
+
+@pytest.mark.gpu
+def test_cuda_matches_reference(qwen3_head):
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(64, QWEN3_HIDDEN, generator=g).to("cuda", torch.bfloat16)
+    t = torch.randint(0, QWEN3_VOCAB, (64,), generator=g).cuda()
+    for T in (0.7, 1.0):
+        out = kernels.token_logprobs(h, qwen3_head, t, T)
+        torch.testing.assert_close(out, L.token_logprobs_reference(h, qwen3_head, t, T), atol=3e-2, rtol=1e-2)
+        x = kernels.lm_logits(h, qwen3_head, T)
+        torch.testing.assert_close(kernels.log_softmax(x), L.log_softmax_reference(x), atol=1e-4, rtol=1e-5)
+    hf = h.float().requires_grad_()
+    wf = qwen3_head[:20000].float().requires_grad_()
+    tf = t % 20000
+    kernels.token_logprobs(hf, wf, tf, 0.7).sum().backward()
+    gh, gw = hf.grad, wf.grad
+    hf.grad = wf.grad = None
+    L.token_logprobs_reference(hf, wf, tf, 0.7).sum().backward()
+    torch.testing.assert_close(gh, hf.grad, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(gw, wf.grad, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.gpu
+def test_cuda_harness_detects_non_invariant_reference(qwen3_head):
+    fn = lambda h, t: L.token_logprobs_reference(h, qwen3_head, t)  # noqa: E731
+    differed = _check_rows_invariant(fn, _rows(QWEN3_VOCAB, QWEN3_HIDDEN, torch.bfloat16, "cuda"), GPU_SIZES)
+    if not differed:
+        pytest.skip("cuBLAS + torch log_softmax happened to be batch invariant on these sizes")

@@ -1,0 +1,32 @@
+"""CharTokenizer: one id per character, decode round-trip, save / AutoTokenizer round-trip."""
+from onpolicy.model.tiny import CHARS, CharTokenizer, tiny_config
+
+TEXT = "Q: 12+7=? A: (19)!\n#'x' <y>; \"z\", a/b*c-d."
+
+
+def test_one_id_per_char_and_round_trip():
+    tok = CharTokenizer()
+    ids = tok.encode(TEXT)
+    assert len(ids) == len(TEXT) and len(set(ids)) == len(set(TEXT))
+    assert tok.decode(ids) == TEXT
+    assert tok.decode(tok.encode(CHARS)) == CHARS
+    assert len(tok) == tiny_config().vocab_size == len(CHARS) + 4
+    assert tok.convert_ids_to_tokens(tok.encode("ab")) == ["a", "b"]
+
+
+def test_special_tokens():
+    tok = CharTokenizer()
+    assert (tok.pad_token, tok.bos_token, tok.eos_token) == ("<pad>", "<bos>", "<eos>")
+    assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    assert tok.decode([5, tok.eos_token_id], skip_special_tokens=True) == tok.decode([5])
+    assert tok.encode("~") == [tok.unk_token_id]  # outside the character set
+
+
+def test_save_and_autotokenizer_round_trip(tmp_path):
+    from transformers import AutoTokenizer
+
+    CharTokenizer().save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.encode(TEXT) == CharTokenizer().encode(TEXT)
+    assert loaded.decode(loaded.encode(TEXT)) == TEXT
+    assert loaded.eos_token_id == 2 and loaded.pad_token_id == 0
