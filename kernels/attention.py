@@ -70,7 +70,8 @@ def _attn_fwd_kernel(
     q_pos = ctx_len - q_len + rows
     d = tl.arange(0, HEAD_DIM)
     q_tok = (q_begin + rows).to(tl.int64)
-    q = tl.load(q_ptr + q_tok[:, None] * stride_qt + head * stride_qh + d[None, :], mask=row_ok[:, None], other=0.0)
+    q_ptrs = q_ptr + q_tok[:, None] * stride_qt + head * stride_qh + d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
 
     m = tl.full([BQ], float("-inf"), tl.float32)
     l = tl.zeros([BQ], tl.float32)
@@ -81,11 +82,12 @@ def _attn_fwd_kernel(
         k_ok = k_pos < ctx_len
         blk = tl.load(block_table_ptr + b * stride_bt + k_pos // block_size, mask=k_ok, other=0)
         slot = kv_off + blk.to(tl.int64) * block_size + (k_pos % block_size)
-        kt = tl.load(k_ptr + slot[None, :] * stride_kt + kv_head * stride_kh + d[:, None], mask=k_ok[None, :], other=0.0)
+        kv_mask = k_ok[:, None]
+        kk = tl.load(k_ptr + slot[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=kv_mask, other=0.0)
         if IEEE:
-            s = tl.dot(q, kt, input_precision="ieee")
+            s = tl.dot(q, tl.trans(kk), input_precision="ieee")
         else:
-            s = tl.dot(q, kt)
+            s = tl.dot(q, tl.trans(kk))
         s = s * qk_scale_log2
         keep = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
         s = tl.where(keep, s, float("-inf"))
@@ -93,7 +95,7 @@ def _attn_fwd_kernel(
         alpha = tl.exp2(m - m_new)
         p = tl.exp2(s - m_new[:, None])
         l = l * alpha + tl.sum(p, 1)
-        vt = tl.load(v_ptr + slot[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=k_ok[:, None], other=0.0)
+        vt = tl.load(v_ptr + slot[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None]
         if IEEE:
             acc = tl.dot(p.to(vt.dtype), vt, acc, input_precision="ieee")
@@ -101,7 +103,8 @@ def _attn_fwd_kernel(
             acc = tl.dot(p.to(vt.dtype), vt, acc)
         m = m_new
     out = acc / l[:, None]
-    tl.store(o_ptr + q_tok[:, None] * stride_ot + head * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+    o_ptrs = o_ptr + q_tok[:, None] * stride_ot + head * stride_oh + d[None, :]
+    tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
     if WRITE_LSE:  # natural-log logsumexp of the scaled scores, [T, Hq] contiguous
         lse = (m + tl.log2(l)) / 1.4426950408889634
         tl.store(lse_ptr + q_tok * tl.num_programs(1) + head, lse, mask=row_ok)
@@ -233,36 +236,49 @@ def attention_reference(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offset
 
 # ----------------------------------------------------------------------------------------------- launchers
 def check_attention_args(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale) -> None:
-    """Shape/dtype/device checks (host syncs only for the block-table length check)."""
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    """Shape/dtype/device checks, then value checks of the metadata (one host sync; skipped while a CUDA
+    graph is being captured)."""
+    qkv = (("q", q), ("k", k), ("v", v))
+    for name, t in qkv:
         check_float(_OP, name, t, (torch.float32, torch.bfloat16))
         check(t.dim() == 3, _OP, f"{name} must be 3-D [tokens, heads, head_dim], got shape {tuple(t.shape)}")
-    check(k.dtype == q.dtype and v.dtype == q.dtype, _OP, f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check(k.dtype == q.dtype and v.dtype == q.dtype, _OP,
+          f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     check(q.shape[2] in (64, 128), _OP, f"head_dim must be 64 or 128, got {q.shape[2]}")
     check(k.shape == v.shape, _OP, f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     check(k.shape[2] == q.shape[2], _OP, f"k head_dim {k.shape[2]} != q head_dim {q.shape[2]}")
-    check(k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0, _OP, f"q heads ({q.shape[1]}) must be a multiple of kv heads ({k.shape[1]})")
-    for name, t in (("q", q), ("k", k), ("v", v)):
+    check(k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0, _OP,
+          f"q heads ({q.shape[1]}) must be a multiple of kv heads ({k.shape[1]})")
+    for name, t in qkv:
         check(t.stride(2) == 1, _OP, f"{name} must be contiguous in head_dim (stride 1), got stride {t.stride(2)}")
-    for name, t in (("cu_seqlens_q", cu_seqlens_q), ("seqlens_k", seqlens_k), ("block_table", block_table), ("kv_offsets", kv_offsets)):
-        check(isinstance(t, torch.Tensor) and t.dtype == torch.int32, _OP, f"{name} must be an int32 tensor, got {getattr(t, 'dtype', type(t).__name__)}")
-    check_same_device(_OP, q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, seqlens_k=seqlens_k, block_table=block_table, kv_offsets=kv_offsets)
-    n = seqlens_k.shape[0] if seqlens_k.dim() == 1 else -1
+    meta = dict(cu_seqlens_q=cu_seqlens_q, seqlens_k=seqlens_k, block_table=block_table, kv_offsets=kv_offsets)
+    for name, t in meta.items():
+        check(isinstance(t, torch.Tensor) and t.dtype == torch.int32, _OP,
+              f"{name} must be an int32 tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    check_same_device(_OP, q=q, k=k, v=v, **meta)
     check(seqlens_k.dim() == 1, _OP, f"seqlens_k must be 1-D [B], got shape {tuple(seqlens_k.shape)}")
-    check(cu_seqlens_q.shape == (n + 1,), _OP, f"cu_seqlens_q must have shape [B+1] = [{n + 1}], got {tuple(cu_seqlens_q.shape)}")
+    n = seqlens_k.shape[0]
+    check(cu_seqlens_q.shape == (n + 1,), _OP,
+          f"cu_seqlens_q must have shape [B+1] = [{n + 1}], got {tuple(cu_seqlens_q.shape)}")
     check(kv_offsets.shape == (n,), _OP, f"kv_offsets must have shape [B] = [{n}], got {tuple(kv_offsets.shape)}")
     check(block_table.dim() == 2 and block_table.shape[0] == n and block_table.shape[1] > 0, _OP,
           f"block_table must have shape [B={n}, max_blocks>0], got {tuple(block_table.shape)}")
     check(block_table.stride(1) == 1, _OP, "block_table must be contiguous along its last dim")
     check(isinstance(block_size, int) and block_size > 0, _OP, f"block_size must be a positive int, got {block_size!r}")
-    check(scale is None or (isinstance(scale, (int, float)) and scale > 0), _OP, f"scale must be None or a positive float, got {scale!r}")
+    check(scale is None or (isinstance(scale, (int, float)) and scale > 0), _OP,
+          f"scale must be None or a positive float, got {scale!r}")
+    if q.is_cuda and torch.cuda.is_current_stream_capturing():
+        return  # value checks below need a host sync, not allowed while a CUDA graph is captured
     cu, lens = cu_seqlens_q.tolist(), seqlens_k.tolist()
-    check(cu[0] == 0 and cu[-1] == q.shape[0], _OP, f"cu_seqlens_q must start at 0 and end at q.shape[0]={q.shape[0]}, got {cu[0]}..{cu[-1]}")
+    check(cu[0] == 0 and cu[-1] == q.shape[0], _OP,
+          f"cu_seqlens_q must start at 0 and end at q.shape[0]={q.shape[0]}, got {cu[0]}..{cu[-1]}")
     q_lens = [cu[i + 1] - cu[i] for i in range(n)]
     check(all(x >= 0 for x in q_lens), _OP, "cu_seqlens_q must be non-decreasing")
-    check(all(ql <= kl for ql, kl in zip(q_lens, lens)), _OP, "every query count (cu_seqlens_q diff) must be <= its seqlens_k")
+    check(all(ql <= kl for ql, kl in zip(q_lens, lens)), _OP,
+          "every query count (cu_seqlens_q diff) must be <= its seqlens_k")
     need = max([-(-kl // block_size) for kl in lens] + [0])
-    check(need <= block_table.shape[1], _OP, f"block_table too short: seqlens_k needs {need} blocks of {block_size}, table has {block_table.shape[1]}")
+    check(need <= block_table.shape[1], _OP,
+          f"block_table too short: seqlens_k needs {need} blocks of {block_size}, table has {block_table.shape[1]}")
 
 
 def attention(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale=None):

@@ -27,6 +27,12 @@ BWD_BLOCK_N = 64  # key tile of the backward kernels
 
 
 @triton.jit
+def _rows(ptr, tok, head, stride_t, stride_h, d):
+    """Pointers to rows `tok` of head `head`: a [len(tok), HEAD_DIM] block."""
+    return ptr + tok[:, None] * stride_t + head * stride_h + d[None, :]
+
+
+@triton.jit
 def _attn_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_ptr, num_seqs, qk_scale_log2, scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dt, stride_dh,
@@ -46,8 +52,8 @@ def _attn_bwd_dq_kernel(
     rows = tile_start + tl.arange(0, BM)
     row_ok = rows < seq_len
     tok = (start + rows).to(tl.int64)
-    q = tl.load(q_ptr + tok[:, None] * stride_qt + head * stride_qh + d[None, :], mask=row_ok[:, None], other=0.0)
-    do = tl.load(do_ptr + tok[:, None] * stride_dt + head * stride_dh + d[None, :], mask=row_ok[:, None], other=0.0)
+    q = tl.load(_rows(q_ptr, tok, head, stride_qt, stride_qh, d), mask=row_ok[:, None], other=0.0)
+    do = tl.load(_rows(do_ptr, tok, head, stride_dt, stride_dh, d), mask=row_ok[:, None], other=0.0)
     lse2 = tl.load(lse_ptr + tok * n_heads + head, mask=row_ok, other=0.0) * 1.4426950408889634
     delta = tl.load(delta_ptr + tok * n_heads + head, mask=row_ok, other=0.0)
     dq = tl.zeros([BM, HEAD_DIM], tl.float32)
@@ -55,23 +61,23 @@ def _attn_bwd_dq_kernel(
         k_pos = j * BN + tl.arange(0, BN)
         k_ok = k_pos < seq_len
         k_tok = (start + k_pos).to(tl.int64)
-        kt = tl.load(k_ptr + k_tok[None, :] * stride_kt + kv_head * stride_kh + d[:, None], mask=k_ok[None, :], other=0.0)
-        vt = tl.load(v_ptr + k_tok[None, :] * stride_vt + kv_head * stride_vh + d[:, None], mask=k_ok[None, :], other=0.0)
+        kk = tl.load(_rows(k_ptr, k_tok, kv_head, stride_kt, stride_kh, d), mask=k_ok[:, None], other=0.0)
+        vv = tl.load(_rows(v_ptr, k_tok, kv_head, stride_vt, stride_vh, d), mask=k_ok[:, None], other=0.0)
         if IEEE:
-            s = tl.dot(q, kt, input_precision="ieee")
-            dp = tl.dot(do, vt, input_precision="ieee")
+            s = tl.dot(q, tl.trans(kk), input_precision="ieee")
+            dp = tl.dot(do, tl.trans(vv), input_precision="ieee")
         else:
-            s = tl.dot(q, kt)
-            dp = tl.dot(do, vt)
+            s = tl.dot(q, tl.trans(kk))
+            dp = tl.dot(do, tl.trans(vv))
         keep = row_ok[:, None] & k_ok[None, :] & (k_pos[None, :] <= rows[:, None])
         p = tl.where(keep, tl.exp2(s * qk_scale_log2 - lse2[:, None]), 0.0)
-        ds = (p * (dp - delta[:, None])).to(kt.dtype)
+        ds = (p * (dp - delta[:, None])).to(kk.dtype)
         if IEEE:
-            dq = tl.dot(ds, tl.trans(kt), dq, input_precision="ieee")
+            dq = tl.dot(ds, kk, dq, input_precision="ieee")
         else:
-            dq = tl.dot(ds, tl.trans(kt), dq)
+            dq = tl.dot(ds, kk, dq)
     dq = dq * scale
-    tl.store(dq_ptr + tok[:, None] * stride_qt + head * stride_qh + d[None, :], dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(_rows(dq_ptr, tok, head, stride_qt, stride_qh, d), dq.to(dq_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
@@ -93,8 +99,8 @@ def _attn_bwd_dkdv_kernel(
     k_pos = tile_start + tl.arange(0, BN)
     k_ok = k_pos < seq_len
     k_tok = (start + k_pos).to(tl.int64)
-    k = tl.load(k_ptr + k_tok[:, None] * stride_kt + kv_head * stride_kh + d[None, :], mask=k_ok[:, None], other=0.0)
-    v = tl.load(v_ptr + k_tok[:, None] * stride_vt + kv_head * stride_vh + d[None, :], mask=k_ok[:, None], other=0.0)
+    k = tl.load(_rows(k_ptr, k_tok, kv_head, stride_kt, stride_kh, d), mask=k_ok[:, None], other=0.0)
+    v = tl.load(_rows(v_ptr, k_tok, kv_head, stride_vt, stride_vh, d), mask=k_ok[:, None], other=0.0)
     dk = tl.zeros([BN, HEAD_DIM], tl.float32)
     dv = tl.zeros([BN, HEAD_DIM], tl.float32)
     for g in range(GROUP):
@@ -103,14 +109,14 @@ def _attn_bwd_dkdv_kernel(
             rows = i * BM + tl.arange(0, BM)
             row_ok = rows < seq_len
             tok = (start + rows).to(tl.int64)
-            qt = tl.load(q_ptr + tok[None, :] * stride_qt + head * stride_qh + d[:, None], mask=row_ok[None, :], other=0.0)
-            do = tl.load(do_ptr + tok[:, None] * stride_dt + head * stride_dh + d[None, :], mask=row_ok[:, None], other=0.0)
+            qq = tl.load(_rows(q_ptr, tok, head, stride_qt, stride_qh, d), mask=row_ok[:, None], other=0.0)
+            do = tl.load(_rows(do_ptr, tok, head, stride_dt, stride_dh, d), mask=row_ok[:, None], other=0.0)
             lse2 = tl.load(lse_ptr + tok * n_heads + head, mask=row_ok, other=0.0) * 1.4426950408889634
             delta = tl.load(delta_ptr + tok * n_heads + head, mask=row_ok, other=0.0)
             if IEEE:
-                st = tl.dot(k, qt, input_precision="ieee")
+                st = tl.dot(k, tl.trans(qq), input_precision="ieee")
             else:
-                st = tl.dot(k, qt)
+                st = tl.dot(k, tl.trans(qq))
             keep = k_ok[:, None] & row_ok[None, :] & (k_pos[:, None] <= rows[None, :])
             pt = tl.where(keep, tl.exp2(st * qk_scale_log2 - lse2[None, :]), 0.0)
             if IEEE:
@@ -119,14 +125,14 @@ def _attn_bwd_dkdv_kernel(
             else:
                 dv = tl.dot(pt.to(do.dtype), do, dv)
                 dpt = tl.dot(v, tl.trans(do))
-            dst = (pt * (dpt - delta[None, :])).to(qt.dtype)
+            dst = (pt * (dpt - delta[None, :])).to(qq.dtype)
             if IEEE:
-                dk = tl.dot(dst, tl.trans(qt), dk, input_precision="ieee")
+                dk = tl.dot(dst, qq, dk, input_precision="ieee")
             else:
-                dk = tl.dot(dst, tl.trans(qt), dk)
+                dk = tl.dot(dst, qq, dk)
     dk = dk * scale
-    tl.store(dk_ptr + k_tok[:, None] * stride_kt + kv_head * stride_kh + d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=k_ok[:, None])
-    tl.store(dv_ptr + k_tok[:, None] * stride_kt + kv_head * stride_kh + d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=k_ok[:, None])
+    tl.store(_rows(dk_ptr, k_tok, kv_head, stride_kt, stride_kh, d), dk.to(dk_ptr.dtype.element_ty), mask=k_ok[:, None])
+    tl.store(_rows(dv_ptr, k_tok, kv_head, stride_vt, stride_vh, d), dv.to(dv_ptr.dtype.element_ty), mask=k_ok[:, None])
 
 
 def _attention_backward_triton(q, k, v, out, lse, do, cu_seqlens, scale):
@@ -153,6 +159,24 @@ def _reference_varlen(q, k, v, cu_seqlens, scale):
     return attention_reference(q, k, v, cu_seqlens, seqlens_k, table, offsets, 64, scale)
 
 
+def _recompute_varlen(q, k, v, cu_seqlens, scale):
+    """Differentiable fp32 recomputation for the CPU backward: per sequence, outputs concatenated (split
+    and cat: slicing or slice writes would copy the whole gradient once per sequence in backward)."""
+    group = q.shape[1] // k.shape[1]
+    cu = cu_seqlens.tolist()
+    lens = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
+    outs = []
+    for n, qb, kb, vb in zip(lens, q.float().split(lens), k.float().split(lens), v.float().split(lens)):
+        if n == 0:
+            continue
+        kb, vb = kb.repeat_interleave(group, dim=1), vb.repeat_interleave(group, dim=1)
+        scores = torch.einsum("qhd,khd->hqk", qb, kb) * scale
+        mask = torch.ones(n, n, dtype=torch.bool).tril()
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
+        outs.append(torch.einsum("hqk,khd->qhd", probs, vb))
+    return torch.cat(outs).to(q.dtype) if outs else q.new_zeros(q.shape)
+
+
 class _AttentionVarlen(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens, scale):
@@ -173,7 +197,7 @@ class _AttentionVarlen(torch.autograd.Function):
             return dq, dk, dv, None, None
         with torch.enable_grad():
             qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-            ref = _reference_varlen(qg, kg, vg, cu_seqlens, ctx.scale)
+            ref = _recompute_varlen(qg, kg, vg, cu_seqlens, ctx.scale)
             dq, dk, dv = torch.autograd.grad(ref, (qg, kg, vg), do)
         return dq, dk, dv, None, None
 
@@ -181,8 +205,11 @@ class _AttentionVarlen(torch.autograd.Function):
 def attention_varlen(q, k, v, cu_seqlens, scale=None):
     """Causal attention over packed sequences q/k/v [T, H, D], cu_seqlens int32 [B+1]; differentiable."""
     check(isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dtype == torch.int32 and cu_seqlens.dim() == 1
-          and cu_seqlens.numel() >= 1, _OP, f"cu_seqlens must be a 1-D int32 tensor [B+1], got {getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)}")
-    check(k.dim() == 3 and k.shape[0] == q.shape[0], _OP, f"training k must have as many tokens as q ({q.shape[0]}), got shape {tuple(k.shape)}")
+          and cu_seqlens.numel() >= 1, _OP,
+          f"cu_seqlens must be a 1-D int32 tensor [B+1], got {getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)}")
+    check(isinstance(q, torch.Tensor) and q.dim() == 3, _OP, "q must be a 3-D tensor [tokens, heads, head_dim]")
+    check(isinstance(k, torch.Tensor) and k.dim() == 3 and k.shape[0] == q.shape[0], _OP,
+          f"training k must have as many tokens as q ({q.shape[0]}), got shape {tuple(getattr(k, 'shape', ()))}")
     seqlens_k, table, offsets = training_metadata(cu_seqlens)
     check_attention_args(q, k, v, cu_seqlens, seqlens_k, table, offsets, 64, scale)
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)

@@ -4,12 +4,13 @@ Every row's log-sum-exp is an online (running max, running sum of exp) reduction
 chunks, visited from column 0 upward; the chunk width is a constant, never derived from the number of rows.
 
 GPU: `log_softmax` is one Triton program per row looping over `LOG_SOFTMAX_BLOCK`-wide chunks (pass 1: max and
-sum, pass 2: write x - lse). `token_logprobs` loops over `VOCAB_CHUNK` rows of the LM head in Python: the chunk
-logits come from `kernels.linear` (invariant GEMM) then `.float() / temperature` in torch (skipped at T == 1,
-where it is the identity; the kernel upcasts on load), and one Triton program per row folds the chunk into
-that row's (max, sum, target logit) state in place.
-CPU: the same chunked algorithm in torch; every rounding reduction (the sum of exp) runs on fixed-shape
-[CPU_ROW_TILE, chunk] row tiles (`cpu_row_tiled`); max is exact; only exp/log are used.
+sum, pass 2: write x - lse). `token_logprobs` computes LM-head logits with `kernels.linear` (invariant GEMM)
+over spans of whole `VOCAB_CHUNK`s (as many as `GEMM_LOGITS_BUDGET` allows: the span width changes launch
+shapes, never a logit -- see `_gemm_spans`), then `.float() / temperature` in torch (skipped at T == 1, where it
+is the identity; the kernel upcasts on load), and one Triton program per row folds the span chunk by chunk
+into that row's (max, sum, target logit) state in place.
+CPU: the same chunked algorithm in torch; the sum of exp is a pairwise-halving tree of elementwise adds (one
+fixed order per row whatever M or the thread count); max is exact; only exp/log are used (elementwise).
 
 Backward of `token_logprobs` (autograd wrt hidden and weight) recomputes each chunk's logits with plain
 `F.linear` and accumulates d_hidden in fp32 in fixed chunk order and d_weight chunk by chunk: deterministic,
@@ -19,12 +20,13 @@ chunk is all -inf gives NaN), label smoothing / ignore_index, entropy.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check, check_float, check_same_device, cpu_row_tiled, is_invariant, use_triton
-from kernels.matmul import linear
+from kernels._common import check, check_float, check_same_device, is_invariant, use_triton
+from kernels.matmul import linear, tile_config
 
 try:
     import triton
@@ -36,6 +38,9 @@ except ImportError:  # pragma: no cover - CPU-only installs without triton
 VOCAB_CHUNK = 4096
 # Columns per step of the Triton log_softmax loop (and of the CPU path's chunked sum).
 LOG_SOFTMAX_BLOCK = 4096
+# GPU token_logprobs: at most this many logits per LM-head GEMM call (2**26: 128 MiB bf16; the whole vocab in
+# one GEMM up to M = 431 rows). Changes launch shapes only, never a logit's value (see _gemm_spans).
+GEMM_LOGITS_BUDGET = 2**26
 
 if triton is not None:
 
@@ -61,22 +66,25 @@ if triton is not None:
             tl.store(out_row + cols, x - lse, mask=cols < V)
 
     @triton.jit
-    def _chunk_update_kernel(logits_ptr, stride_l, C, c0, targets_ptr, m_ptr, s_ptr, tgt_ptr,
-                             BLOCK: tl.constexpr):
-        """One program per row: fold chunk logits [C] (any float dtype, upcast exactly) into the row's fp32
-        (max, sum exp, target logit) state, in place."""
+    def _fold_span_kernel(logits_ptr, stride_l, W, c0, targets_ptr, m_ptr, s_ptr, tgt_ptr, CHUNK: tl.constexpr):
+        """One program per row: fold the logits of vocab columns [c0, c0 + W) (any float dtype, upcast exactly),
+        CHUNK columns at a time in order, into the row's fp32 (max, sum exp, target logit) state, in place.
+        A span of n chunks performs exactly the operations of n one-chunk launches."""
         row = tl.program_id(0).to(tl.int64)
         l_row = logits_ptr + row * stride_l
-        offs = tl.arange(0, BLOCK)
-        x = tl.load(l_row + offs, mask=offs < C, other=float("-inf")).to(tl.float32)
+        offs = tl.arange(0, CHUNK)
         m = tl.load(m_ptr + row)
         s = tl.load(s_ptr + row)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-        tl.store(m_ptr + row, m_new)
+        for j in range(0, W, CHUNK):
+            cols = j + offs
+            x = tl.load(l_row + cols, mask=cols < W, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        tl.store(m_ptr + row, m)
         tl.store(s_ptr + row, s)
         t = tl.load(targets_ptr + row) - c0
-        hit = (t >= 0) & (t < C)
+        hit = (t >= 0) & (t < W)
         x_t = tl.load(l_row + t, mask=hit, other=0.0).to(tl.float32)
         tl.store(tgt_ptr + row, x_t, mask=hit)
 
@@ -97,20 +105,47 @@ def _log_softmax_triton(x: torch.Tensor, block: int = LOG_SOFTMAX_BLOCK) -> torc
     return out
 
 
-def _chunk_update_triton(logits: torch.Tensor, c0: int, targets: torch.Tensor, m: torch.Tensor,
-                         s: torch.Tensor, tgt: torch.Tensor) -> None:
-    M, C = logits.shape
-    block = triton.next_power_of_2(max(VOCAB_CHUNK, C))
-    _chunk_update_kernel[(M,)](logits, logits.stride(0), C, c0, targets, m, s, tgt, BLOCK=block, num_warps=8)
+def _fold_span_triton(logits: torch.Tensor, c0: int, targets: torch.Tensor, m: torch.Tensor, s: torch.Tensor,
+                      tgt: torch.Tensor) -> None:
+    """logits [M, W] (unit column stride) are vocab columns [c0, c0 + W), c0 a multiple of VOCAB_CHUNK."""
+    M, W = logits.shape
+    if M:
+        _fold_span_kernel[(M,)](logits, logits.stride(0), W, c0, targets, m, s, tgt, CHUNK=VOCAB_CHUNK,
+                                num_warps=8)
+
+
+def _gemm_spans(M: int, V: int, hidden: torch.Tensor, gpu: bool, budget: int | None) -> list[tuple[int, int]]:
+    """Column spans of the LM-head GEMMs, each a whole number of VOCAB_CHUNKs (the last one ragged).
+
+    CPU: one chunk per GEMM (MKL's blocking may depend on N). GPU: as many chunks per GEMM as `budget` logits
+    allow (None: all) -- a wider GEMM fills the SMs at decode sizes. Each logit is still bitwise the one a
+    one-chunk GEMM gives, because the Triton GEMM's tiles come from `tile_config(dtype, K, N)` and every width
+    involved is checked to map to the same config (else one chunk per GEMM); folding stays chunk by chunk."""
+    one = [(c0, min(c0 + VOCAB_CHUNK, V)) for c0 in range(0, V, VOCAB_CHUNK)]
+    if not gpu:
+        return one
+    n = len(one) if budget is None else max(1, budget // (max(M, 1) * VOCAB_CHUNK))
+    spans = [(c0, min(c0 + n * VOCAB_CHUNK, V)) for c0 in range(0, V, n * VOCAB_CHUNK)]
+    widths = {b - a for a, b in spans + one}
+    dtype, K = hidden.dtype, hidden.shape[1]
+    configs = {tuple(sorted(tile_config(dtype, K, w).items())) for w in widths}
+    return spans if len(configs) == 1 else one
 
 
 def _cpu_row_sum(x: torch.Tensor) -> torch.Tensor:
-    """Row sums of x[M, C] on fixed-shape [CPU_ROW_TILE, C] tiles, so a row's summation order never sees M."""
-    return cpu_row_tiled(lambda b: b.sum(-1, keepdim=True), x)[:, 0]
+    """Row sums of x[M, C] by pairwise halving (zero-padded to a power of two): elementwise adds in one fixed
+    order per row, independent of M, of the row's position and of the thread count (torch.sum's split is not)."""
+    width = 1 << max(x.shape[-1] - 1, 0).bit_length()
+    if width != x.shape[-1]:
+        x = F.pad(x, (0, width - x.shape[-1]))
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[:, :half] + x[:, half:]
+    return x[:, 0]
 
 
 def _cpu_online_update(logits: torch.Tensor, m: torch.Tensor, s: torch.Tensor):
-    """Fold fp32 chunk logits [M, C] into running (max, sum exp); max is exact, the sum is tile-bound."""
+    """Fold fp32 chunk logits [M, C] into running (max, sum exp); max is exact, the sum a fixed tree."""
     m_new = torch.maximum(m, logits.amax(dim=-1))
     # exp is elementwise and measured equal on torch's vectorised and scalar-tail paths (unlike sigmoid)
     return m_new, s * torch.exp(m - m_new) + _cpu_row_sum(torch.exp(logits - m_new[:, None]))
@@ -127,7 +162,7 @@ def _log_softmax_cpu(x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_temperature(op: str, temperature) -> float:
-    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    ok = isinstance(temperature, numbers.Real) and not isinstance(temperature, bool)
     ok = ok and math.isfinite(temperature) and temperature > 0
     check(ok, op, f"temperature must be a finite number > 0, got {temperature!r}")
     return float(temperature)
@@ -144,12 +179,12 @@ def _check_head(op: str, hidden: torch.Tensor, weight: torch.Tensor) -> None:
     check(hidden.dtype == weight.dtype, op, f"hidden ({hidden.dtype}) and weight ({weight.dtype}) must have one dtype")
 
 
-def _check_targets(hidden: torch.Tensor, targets: torch.Tensor, V: int) -> None:
-    op, M = "token_logprobs", hidden.shape[0]
+def _check_targets(hidden: torch.Tensor, targets: torch.Tensor, V: int, op: str = "token_logprobs") -> None:
+    M = hidden.shape[0]
     check(isinstance(targets, torch.Tensor), op, f"targets must be a torch.Tensor, got {type(targets).__name__}")
     check(targets.dtype in (torch.int64, torch.int32), op, f"targets has dtype {targets.dtype}; allowed: int64, int32")
     check(targets.shape == (M,), op, f"targets must have shape [M]=({M},), got {tuple(targets.shape)}")
-    check_same_device(op, hidden=hidden, targets=targets)
+    check_same_device(op, **{"hidden" if op == "token_logprobs" else "logits": hidden, "targets": targets})
     capturing = targets.is_cuda and torch.cuda.is_current_stream_capturing()
     if M and not capturing:  # the range check syncs; skipped inside CUDA-graph capture
         lo, hi = int(targets.min()), int(targets.max())
@@ -175,20 +210,26 @@ def token_logprobs_reference(hidden: torch.Tensor, weight: torch.Tensor, targets
 def log_softmax(x: torch.Tensor) -> torch.Tensor:
     """Row-wise log_softmax of x[M, V] -> fp32 [M, V]; batch invariant (fixed vocab chunks). No autograd."""
     check_float("log_softmax", "x", x)
-    check(x.dim() == 2 and x.shape[1] > 0, "log_softmax", f"x must be 2-D [M, V] with V > 0, got shape {tuple(x.shape)}")
+    check(x.dim() == 2 and x.shape[1] > 0, "log_softmax",
+          f"x must be 2-D [M, V] with V > 0, got shape {tuple(x.shape)}")
     if not is_invariant():
         return log_softmax_reference(x)
     return _log_softmax_triton(x) if use_triton(x) else _log_softmax_cpu(x)
 
 
 def lm_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Full logits `linear(hidden, weight).float() / temperature` -> fp32 [M, V] (for sampling)."""
+    """Full logits `linear(hidden, weight).float() / temperature` -> fp32 [M, V] (for sampling).
+
+    Computed with GEMMs whose every logit equals the one `token_logprobs` gets (see `_gemm_spans`), so
+    `token_logprobs_from_logits(lm_logits(h, w, T), t)` equals `token_logprobs(h, w, t, T)` bitwise."""
     _check_head("lm_logits", hidden, weight)
     temperature = _check_temperature("lm_logits", temperature)
     check_same_device("lm_logits", hidden=hidden, weight=weight)
     if not is_invariant():
         return lm_logits_reference(hidden, weight, temperature)
-    return _scale_logits(linear(hidden, weight), temperature)
+    spans = _gemm_spans(hidden.shape[0], weight.shape[0], hidden, use_triton(hidden, weight), None)
+    parts = [_scale_logits(linear(hidden, weight[a:b]), temperature) for a, b in spans]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
 def _scale_logits(raw: torch.Tensor, temperature: float, keep_dtype: bool = False) -> torch.Tensor:
@@ -199,29 +240,52 @@ def _scale_logits(raw: torch.Tensor, temperature: float, keep_dtype: bool = Fals
     return raw.float() / temperature
 
 
-def _token_logprobs_forward(hidden, weight, targets, temperature, triton_update=None):
-    """-> (logprobs fp32 [M], lse fp32 [M]); never holds more than one chunk of logits.
-
-    `triton_update` (default: CUDA tensors) folds chunks with the Triton kernel; tests force it on CPU
-    under TRITON_INTERPRET=1."""
-    M, V = hidden.shape[0], weight.shape[0]
-    dev = hidden.device
-    m = torch.full((M,), float("-inf"), device=dev)
-    s = torch.zeros(M, device=dev)
-    tgt = torch.zeros(M, device=dev)
-    gpu = use_triton(hidden, weight) if triton_update is None else triton_update
-    for c0 in range(0, V, VOCAB_CHUNK):
-        logits = _scale_logits(linear(hidden, weight[c0 : c0 + VOCAB_CHUNK]), temperature, keep_dtype=gpu)
+def _fold_spans(spans, targets: torch.Tensor, M: int, device, gpu: bool):
+    """Online (max, sum exp, target logit) over (c0, logits [M, W]) spans in vocab order, VOCAB_CHUNK columns
+    at a time. -> (logprobs fp32 [M], lse fp32 [M])."""
+    m = torch.full((M,), float("-inf"), device=device)
+    s = torch.zeros(M, device=device)
+    tgt = torch.zeros(M, device=device)
+    for c0, logits in spans:
         if gpu:
-            _chunk_update_triton(logits, c0, targets, m, s, tgt)
+            _fold_span_triton(logits, c0, targets, m, s, tgt)
             continue
-        m, s = _cpu_online_update(logits, m, s)
-        rel = targets - c0
-        hit = (rel >= 0) & (rel < logits.shape[1])
-        picked = logits.gather(1, rel.clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
-        tgt = torch.where(hit, picked, tgt)
+        for j in range(0, logits.shape[1], VOCAB_CHUNK):
+            chunk = logits[:, j : j + VOCAB_CHUNK].float().contiguous()
+            m, s = _cpu_online_update(chunk, m, s)
+            rel = targets - (c0 + j)
+            hit = (rel >= 0) & (rel < chunk.shape[1])
+            picked = chunk.gather(1, rel.clamp(0, chunk.shape[1] - 1)[:, None])[:, 0]
+            tgt = torch.where(hit, picked, tgt)
     lse = m + torch.log(s)
     return tgt - lse, lse
+
+
+def _token_logprobs_forward(hidden, weight, targets, temperature, triton_update=None, budget=GEMM_LOGITS_BUDGET):
+    """-> (logprobs fp32 [M], lse fp32 [M]); holds one GEMM span of logits at a time (one chunk on CPU).
+
+    `triton_update` (default: CUDA tensors) folds with the Triton kernel; tests force it on CPU under
+    TRITON_INTERPRET=1."""
+    gpu = use_triton(hidden, weight) if triton_update is None else triton_update
+    M, V = hidden.shape[0], weight.shape[0]
+    spans = ((a, _scale_logits(linear(hidden, weight[a:b]), temperature, keep_dtype=gpu))
+             for a, b in _gemm_spans(M, V, hidden, gpu, budget))
+    return _fold_spans(spans, targets, M, hidden.device, gpu)
+
+
+def token_logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, triton_update=None) -> torch.Tensor:
+    """Sampler shortcut: logprob of targets[i] from `lm_logits` output [M, V] (fp32) -> fp32 [M], bitwise
+    equal to `token_logprobs(hidden, weight, targets, T)` for `logits = lm_logits(hidden, weight, T)`, so the
+    engine need not run the LM-head GEMM twice. No autograd (the trainer calls `token_logprobs`)."""
+    op = "token_logprobs_from_logits"
+    check(isinstance(logits, torch.Tensor) and logits.dtype == torch.float32, op,
+          f"logits must be the fp32 tensor from lm_logits, got {getattr(logits, 'dtype', type(logits).__name__)}")
+    check(logits.dim() == 2 and logits.shape[1] > 0, op, f"logits must be 2-D [M, V], got {tuple(logits.shape)}")
+    _check_targets(logits, targets, logits.shape[1], op)
+    gpu = use_triton(logits) if triton_update is None else triton_update
+    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
+    with torch.no_grad():
+        return _fold_spans([(0, logits)], targets.long(), logits.shape[0], logits.device, gpu)[0]
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -247,7 +311,7 @@ class _TokenLogprobs(torch.autograd.Function):
             d_logits = torch.exp(logits - lse[:, None]) * -g[:, None]  # d/dlogit of (x_t - lse) is onehot - p
             rel = targets - c0
             hit = (rel >= 0) & (rel < w_c.shape[0])
-            d_logits[rows[hit], rel[hit]] += g[hit]
+            d_logits[rows, rel.clamp(0, w_c.shape[0] - 1)] += torch.where(hit, g, 0.0)  # one entry per row
             d_logits = (d_logits / T).to(weight.dtype)
             if need_h:
                 d_hidden += (d_logits @ w_c).float()

@@ -3,9 +3,11 @@
 Why not a library: transformers' `HfArgumentParser` (and TRL's `TrlParser`, which adds `--config` YAML on top
 of it) map *flat* dataclasses to argparse flags -- `--lr`, not `--trainer.lr` -- and two sections with a field
 of the same name (`dtype`, `seed`, ...) collide in one argparse namespace. Nothing installed here handles nested
-sections without adding a dependency (pydantic-settings would, but it is not on the H100 image). So this module
+sections without a new dependency (pydantic-settings' CLI source would, but it is not among the H100 image's
+packages and would pull pydantic into the core). So this module
 is a small adapter: YAML -> dict, `--section.field value` overrides on the dict (values parsed as YAML scalars
-or flow lists `[a,b]`), then typed dataclasses that coerce and validate every field in `__post_init__`.
+or flow lists `[a,b]`), then typed dataclasses that coerce and validate every field in `__post_init__`
+(the coercion machinery is `onpolicy.config_fields`).
 
 Errors: unknown keys and bad values raise `ConfigError` (a `ValueError`) naming the dotted field and the
 allowed values, before any compute. Left out: environment-variable overrides, per-element CLI edits of the
@@ -14,7 +16,6 @@ allowed values, before any compute. Left out: environment-variable overrides, pe
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import types
 import typing
@@ -24,150 +25,17 @@ from typing import Any, ClassVar
 
 import yaml
 
+from onpolicy.config_fields import ConfigError, Section, coerce, config_field, type_hints
 
-class ConfigError(ValueError):
-    """A bad config key or value; the message names the dotted field and what is allowed."""
+__all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineArgs", "TrainerArgs",
+           "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "parse_args", "load_yaml",
+           "apply_override", "help_text"]
 
-
-def _f(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None, factory=None):
-    meta = {"help": help}
-    if choices is not None:
-        meta["choices"] = choices
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-_TYPE_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    if cls not in _TYPE_HINTS:
-        _TYPE_HINTS[cls] = typing.get_type_hints(cls)
-    return _TYPE_HINTS[cls]
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check/convert one value to annotation `tp` (str, int, float, bool, list[...], dict, unions with None)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for sub in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, sub, where)
-            except ConfigError:
-                pass
-        names = " | ".join(_type_name(a) for a in args)
-        raise ConfigError(f"{where}: expected {names}, got {value!r}")
-    if origin is list:
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list ({_type_name(tp)}), got {value!r}")
-        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        raise ConfigError(f"{where}: expected a bool (true/false), got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an int, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            out = float(value)
-        elif isinstance(value, str):  # PyYAML reads `1e-5` (no dot) as a string
-            try:
-                out = float(value)
-            except ValueError:
-                raise ConfigError(f"{where}: expected a float, got {value!r}") from None
-        else:
-            raise ConfigError(f"{where}: expected a float, got {value!r}")
-        if not math.isfinite(out):
-            raise ConfigError(f"{where}: must be finite, got {value!r}")
-        return out
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping with keys {_field_names(tp)}, got {value!r}")
-        return _build(tp, value, where)
-    raise TypeError(f"config.py: unsupported annotation {tp!r} at {where}")
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) if typing.get_origin(tp) is None else str(tp).replace("typing.", "")
-
-
-def _field_names(cls: type) -> str:
-    return ", ".join(f.name for f in dataclasses.fields(cls) if not f.name.startswith("_"))
-
-
-def _build(cls: type, data: dict, where: str):
-    known = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {_field_names(cls)}")
-    try:
-        return cls(**data)
-    except ConfigError as e:  # list elements (rewards[i]) carry their index in messages
-        msg = str(e)
-        if cls._name and cls._name != where and msg.startswith(cls._name):
-            msg = where + msg[len(cls._name):]
-        raise ConfigError(msg) from None
+_f = config_field
 
 
 @dataclass
-class _Section:
-    """Base: coerce every field to its annotation, check `choices`, then run the section's `_validate`."""
-
-    _name: ClassVar[str] = ""
-
-    def _where(self, name: str | None = None) -> str:
-        return f"{self._name}.{name}" if name else self._name
-
-    def __post_init__(self):
-        hints = _hints(type(self))
-        for f in dataclasses.fields(self):
-            where = self._where(f.name)
-            value = _coerce(getattr(self, f.name), hints[f.name], where)
-            choices = f.metadata.get("choices")
-            if choices is not None and value is not None:
-                items = value if isinstance(value, list) else [value]
-                bad = [v for v in items if v not in choices]
-                if bad:
-                    raise ConfigError(f"{where}: {bad[0]!r} is not allowed; allowed: {', '.join(map(str, choices))}")
-            object.__setattr__(self, f.name, value)
-        self._validate()
-
-    def _validate(self) -> None:
-        pass
-
-    def _check(self, ok: bool, name: str, allowed: str) -> None:
-        if not ok:
-            raise ConfigError(f"{self._where(name)}: got {getattr(self, name)!r}; allowed: {allowed}")
-
-
-@dataclass
-class ModelArgs(_Section):
+class ModelArgs(Section):
     _name: ClassVar[str] = "model"
     path: str = _f("tiny", "'tiny' = built-in tiny Qwen3 with CharTokenizer; otherwise a local HF model directory")
     dtype: str = _f("float32", "parameter/compute dtype", choices=("float32", "bfloat16"))
@@ -179,7 +47,7 @@ class ModelArgs(_Section):
 
 
 @dataclass
-class DataArgs(_Section):
+class DataArgs(Section):
     _name: ClassVar[str] = "data"
     dataset: str = _f("embedded:arith", "'embedded:<task>' or a local json/jsonl/parquet/csv file or save_to_disk dir")
     split: str = _f("train", "split of a save_to_disk DatasetDict or a data directory (single files are one split)")
@@ -205,7 +73,7 @@ class DataArgs(_Section):
 
 
 @dataclass
-class SamplingArgs(_Section):
+class SamplingArgs(Section):
     _name: ClassVar[str] = "sampling"
     num_generations: int = _f(8, "completions per prompt (G, the group size)")
     temperature: float = _f(1.0, "sampling temperature; logprobs are taken at this temperature")
@@ -224,7 +92,7 @@ class SamplingArgs(_Section):
 
 
 @dataclass
-class EngineArgs(_Section):
+class EngineArgs(Section):
     _name: ClassVar[str] = "engine"
     block_size: int = _f(16, "KV-cache block size in tokens")
     max_num_seqs: int = _f(256, "max sequences per engine step")
@@ -250,7 +118,7 @@ ALGO_DEFAULTS = {
 
 
 @dataclass
-class TrainerArgs(_Section):
+class TrainerArgs(Section):
     _name: ClassVar[str] = "trainer"
     algo: str = _f("grpo", "RL objective", choices=ALGOS)
     steps: int = _f(50, "optimizer steps (RL steps)")
@@ -307,7 +175,7 @@ class TrainerArgs(_Section):
 
 
 @dataclass
-class RewardArgs(_Section):
+class RewardArgs(Section):
     _name: ClassVar[str] = "rewards[]"
     name: str = _f(dataclasses.MISSING, "registered reward name (onpolicy.rewards): embedded, math_answer, format, ...")
     weight: float = _f(1.0, "weight of this reward in the total")
@@ -317,7 +185,7 @@ class RewardArgs(_Section):
 
 
 @dataclass
-class LoggingArgs(_Section):
+class LoggingArgs(Section):
     _name: ClassVar[str] = "logging"
     output_dir: str = _f("outputs/run", "metrics.jsonl, plots, checkpoints and W&B files go here")
     report_to: list[str] = _f(help="sinks: console and/or wandb (offline without an API key)",
@@ -351,11 +219,11 @@ class ExperimentConfig:
 
     def __post_init__(self):
         for name, cls in SECTIONS.items():
-            setattr(self, name, _coerce(getattr(self, name), cls, name))
+            setattr(self, name, coerce(getattr(self, name), cls, name))
         rewards = self.rewards
         if not isinstance(rewards, list) or not rewards:
             raise ConfigError(f"rewards: expected a non-empty list of {{name, weight}} mappings, got {rewards!r}")
-        self.rewards = [_coerce(r, RewardArgs, f"rewards[{i}]") for i, r in enumerate(rewards)]
+        self.rewards = [coerce(r, RewardArgs, f"rewards[{i}]") for i, r in enumerate(rewards)]
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ConfigError(f"rewards: duplicate reward names {names}; allowed: each name once")
@@ -393,9 +261,11 @@ def _parse_value(key: str, text: str) -> Any:
     """A CLI value: raw text for string fields ('null'/'~' = None where allowed), else a YAML scalar/flow list."""
     section, _, name = key.partition(".")
     cls = SECTIONS.get(section)
-    tp = _hints(cls).get(name) if cls is not None else None
-    if tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType) and set(typing.get_args(tp)) == {str, type(None)}):
-        return None if tp is not str and text in ("null", "~") else text
+    tp = type_hints(cls).get(name) if cls is not None else None
+    is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    optional_str = is_union and set(typing.get_args(tp)) == {str, type(None)}
+    if tp is str or optional_str:
+        return None if optional_str and text in ("null", "~") else text
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
@@ -415,7 +285,8 @@ def apply_override(data: dict, key: str, value: Any) -> None:
         return
     cls = SECTIONS[parts[0]]
     if len(parts) != 2 or parts[1] not in {f.name for f in dataclasses.fields(cls)}:
-        raise ConfigError(f"--{key}: unknown field; allowed: {', '.join('--' + parts[0] + '.' + f.name for f in dataclasses.fields(cls))}")
+        names = ", ".join(f"--{parts[0]}.{f.name}" for f in dataclasses.fields(cls))
+        raise ConfigError(f"--{key}: unknown field; allowed: {names}")
     section = data.setdefault(parts[0], {}) or {}
     if not isinstance(section, dict):
         raise ConfigError(f"{parts[0]}: expected a mapping, got {section!r}")

@@ -9,9 +9,9 @@ Sources (`data.dataset`):
   standard library; parquet and directories then raise a clear error.
 
 Every row keeps all source columns plus "prompt" (str, chat template applied when `data.chat_template`) and
-"answer" (str or None). Rows whose prompt is longer than `data.max_prompt_tokens` tokens
-(`tokenizer.encode(prompt, add_special_tokens=False)`, as the trainer encodes prompts) are dropped with one warning. Left out: hub downloads by name,
-streaming, multi-turn prompts, per-row system prompts.
+"answer" (str or None). Rows whose prompt is longer than `data.max_prompt_tokens` tokens (counted as the
+trainer encodes prompts: `tokenizer.encode(prompt, add_special_tokens=False)`) are dropped with one warning.
+Left out: hub downloads by name, streaming, multi-turn prompts, per-row system prompts.
 """
 from __future__ import annotations
 
@@ -119,7 +119,8 @@ def load_prompts(data_args, tokenizer=None) -> list[dict]:
         new = dict(row)
         new["prompt"] = format_prompt(prompt, tokenizer, data_args.chat_template, data_args.system_prompt)
         new["answer"] = None if answer is None else str(answer)
-        if tokenizer is not None and len(tokenizer.encode(new["prompt"], add_special_tokens=False)) > data_args.max_prompt_tokens:
+        n_tokens = len(tokenizer.encode(new["prompt"], add_special_tokens=False)) if tokenizer is not None else 0
+        if n_tokens > data_args.max_prompt_tokens:
             too_long += 1
             continue
         out.append(new)

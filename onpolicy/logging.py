@@ -1,12 +1,12 @@
 """Run logging: console lines, `<output_dir>/metrics.jsonl`, optional W&B, PNG plots at the end.
 
-`RunLogger(cfg)` writes `config.yaml` into `cfg.logging.output_dir`, then `log(metrics, step)` appends one
-JSON object per step (every step) and prints one compact console line every `log_every` steps (a tqdm bar over
-`trainer.steps` when stderr is a terminal). With "wandb" in `report_to` it starts a run (lazy import); when no
-API key is configured (`WANDB_API_KEY` or a netrc entry) and `WANDB_MODE` is unset it runs offline. `close()`
-finishes W&B and, with `logging.plot`, writes PNGs through `plot_metrics` (also `scripts/plot_run.py`).
-Only the main process should log: pass `enabled=False` elsewhere. Left out: TensorBoard, system metrics,
-logging of rollouts/text samples.
+`RunLogger(cfg)` writes `config.yaml` into `cfg.logging.output_dir` and starts `metrics.jsonl` afresh (appends
+when `trainer.resume` is set); `log(metrics, step)` appends one JSON object every step and prints one compact
+console line every `log_every` steps (a tqdm bar over `trainer.steps` when stderr is a terminal). With
+"wandb" in `report_to` it starts a run (lazy import); when no API key is configured (`WANDB_API_KEY` or a
+netrc entry) and `WANDB_MODE` is unset, it sets `WANDB_MODE=offline`. `close()` finishes W&B and, with
+`logging.plot`, writes PNGs through `plot_metrics` (also `scripts/plot_run.py`). Only the main process should
+log: pass `enabled=False` elsewhere. Left out: TensorBoard, system metrics, logging of rollouts/text samples.
 """
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ class RunLogger:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "config.yaml").write_text(cfg.to_yaml())
-        self._file = self.metrics_path.open("a")
+        self._file = self.metrics_path.open("a" if cfg.trainer.resume else "w")
         if self.console and sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -183,21 +183,30 @@ def plot_metrics(jsonl_path: str | Path, out_dir: str | Path) -> list[str]:
         present = [k for k in keys if _series(rows, k)[0]]
         if not present:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for k in present:
+        separate = name == "loss"  # loss and grad_norm differ in scale: one panel each
+        fig, axes = plt.subplots(len(present) if separate else 1, 1, figsize=(6, 2.2 * len(present) if separate
+                                 else 3.5), sharex=True, squeeze=False)
+        for i, k in enumerate(present):
+            ax = axes[i if separate else 0][0]
             xs, ys = _series(rows, k)
-            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=k)
+            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=k, color=f"C{i}")
             if k == "reward/mean":
                 sx, sd = _series(rows, "reward/std")
                 if sx == xs:
                     ax.fill_between(xs, [m - s for m, s in zip(ys, sd)], [m + s for m, s in zip(ys, sd)],
                                     alpha=0.25, label="reward/std")
+        ax = axes[0][0]
         if name == "parity":
+            values = [v for k in present for v in _series(rows, k)[1]]
             ax.set_yscale("symlog", linthresh=1e-8)
-            ax.set_title("sampler vs trainer (0 = bitwise on-policy)")
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+            if min(values) >= 0:
+                ax.set_ylim(bottom=-5e-9)
+            exact = all(v == 0 for v in values)
+            ax.set_title("sampler vs trainer: " + ("exactly 0.0 at every step" if exact else "NOT bitwise equal"))
+        for row in axes:
+            row[0].legend(fontsize=8)
+            row[0].grid(alpha=0.3)
+        axes[-1][0].set_xlabel("step")
         fig.tight_layout()
         path = out / f"{name}.png"
         fig.savefig(path, dpi=100)

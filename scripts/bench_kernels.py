@@ -11,8 +11,8 @@ shape (row / sequence 0 computed alone vs inside the full batch, `torch.equal`).
 
 Baselines: linear -> F.linear (cuBLAS/MKL), rms_norm / silu_mul -> the torch reference ops, attention ->
 torch SDPA (causal prefill on equal-length sequences = varlen-equivalent; decode = one query over a dense
-KV), token_logprobs -> F.linear + log_softmax + gather. Left out: backward passes, fp16, CUDA graphs (each
-call is timed eagerly), cold-cache timing, multi-GPU.
+KV), log_softmax -> torch.log_softmax of fp32 logits, token_logprobs -> F.linear + log_softmax + gather.
+Left out: backward passes, fp16, CUDA graphs (each call is timed eagerly), cold-cache timing, multi-GPU.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from onpolicy import determinism  # noqa: E402
 
 QWEN3 = {"0.6B": (1024, 3072, 16, 8), "1.7B": (2048, 6144, 16, 8), "8B": (4096, 12288, 32, 8)}  # H, I, Hq, Hkv
 HEAD_DIM, VOCAB, EPS = 128, 151936, 1e-6
-OPS = ("linear", "rms_norm", "silu_mul", "attention_prefill", "attention_decode", "token_logprobs")
+OPS = ("linear", "rms_norm", "silu_mul", "attention_prefill", "attention_decode", "log_softmax", "token_logprobs")
 
 
 def shapes(quick: bool) -> dict:
@@ -47,6 +47,7 @@ def shapes(quick: bool) -> dict:
             "silu_mul": [(m, 512, bf) for m in (1, 64)],
             "attention_prefill": [(2, 64, 4, 2, 64, bf)],
             "attention_decode": [(b, 128, 4, 2, 64, bf) for b in (1, 4)],
+            "log_softmax": [(m, 5000, f32) for m in (1, 16)],
             "token_logprobs": [(m, 64, 5000, bf) for m in (1, 16)],
         }
     kn = [(h, i) for h, i, _, _ in QWEN3.values()] + [(i, h) for h, i, _, _ in QWEN3.values()] + [(6144, 2048)]
@@ -58,6 +59,7 @@ def shapes(quick: bool) -> dict:
         "attention_prefill": [(b, s, hq, hkv, HEAD_DIM, bf) for b, s in ((1, 512), (4, 1024), (8, 2048))
                               for hq, hkv in ((16, 8), (32, 8))],
         "attention_decode": [(b, L, 16, 8, HEAD_DIM, bf) for b in (1, 16, 64, 256) for L in (1024, 4096)],
+        "log_softmax": [(m, VOCAB, f32) for m in (1, 64, 1024)],
         "token_logprobs": [(m, h, VOCAB, bf) for h in (1024, 4096) for m in (1, 64, 1024, 4096)]
         + [(64, 1024, VOCAB, f32)],
     }
@@ -111,11 +113,15 @@ def case_silu_mul(m, i, dtype, dev):
 
 
 def _sdpa(q, k, v, causal):
-    """q [B, S, Hq, D], k/v [B, L, Hkv, D] -> [B, S, Hq, D] via torch SDPA (GQA by repeating K/V heads)."""
-    rep = q.shape[2] // k.shape[2]
+    """q [B, S, Hq, D], k/v [B, L, Hkv, D] -> [B, S, Hq, D] via torch SDPA (native GQA where supported)."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2)
+    try:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+    except (TypeError, RuntimeError):  # older torch / backend without GQA: repeat K/V heads
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return out.transpose(1, 2)
 
 
 def case_attention_prefill(b, s, hq, hkv, d, dtype, dev):
@@ -146,6 +152,14 @@ def case_attention_decode(b, L, hq, hkv, d, dtype, dev, block_size=16):
     return dict(shape=f"B={b} L={L} Hq={hq} Hkv={hkv} D={d}", work=2 * b * L * hkv * d * q.element_size(),
                 unit="GB/s", ours=ours, base=lambda: _sdpa(q[:, None], kd, vd, False),
                 ours_one=lambda: ours(1), base_one=lambda: _sdpa(q[:1, None], kd[:1], vd[:1], False))
+
+
+def case_log_softmax(m, v, dtype, dev):
+    x = _rand(m, v, dtype=dtype, device=dev, scale=4.0)
+    ref = kernels.log_softmax_reference
+    return dict(shape=f"M={m} V={v}", work=m * v * (x.element_size() + 4), unit="GB/s",
+                ours=lambda: kernels.log_softmax(x), base=lambda: ref(x),
+                ours_one=lambda: kernels.log_softmax(x[:1]), base_one=lambda: ref(x[:1]))
 
 
 def _torch_token_logprobs(h, w, t):

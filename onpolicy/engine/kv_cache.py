@@ -163,8 +163,9 @@ def auto_num_blocks(config, block_size: int, max_num_seqs: int, dtype: torch.dty
     return max(1, min(want, cap))
 
 
-def allocate_kv_caches(config, num_blocks: int, block_size: int, dtype: torch.dtype, device) -> list:
-    """One (k_cache, v_cache) pair per layer, each [num_blocks * block_size, Hkv, D], zero filled."""
-    shape = (num_blocks * block_size, config.num_key_value_heads, config.head_dim)
+def allocate_kv_caches(config, num_blocks: int, block_size: int, dtype: torch.dtype, device, extra_slots: int = 0) -> list:
+    """One (k_cache, v_cache) pair per layer, each [num_blocks * block_size + extra_slots, Hkv, D], zero
+    filled; the extra slots (past every block) are scratch space for CUDA-graph pad rows."""
+    shape = (num_blocks * block_size + extra_slots, config.num_key_value_heads, config.head_dim)
     return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
             for _ in range(config.num_hidden_layers)]

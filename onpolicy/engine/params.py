@@ -68,7 +68,9 @@ class EngineConfig:
     """Engine limits. `num_blocks=None` sizes the paged KV cache automatically: enough blocks for
     max_num_seqs sequences of max_position_embeddings tokens, capped by `kv_cache_memory_fraction` of free
     GPU memory (CUDA) or of physical RAM capped at 4 GiB (CPU). `seed` seeds the generator that gives
-    unseeded requests their seeds. `invariant=False` runs every model call with torch's default ops."""
+    unseeded requests their seeds. `invariant=False` runs every model call with torch's default ops.
+`use_cuda_graphs` applies to pure-decode steps on CUDA in invariant mode only (the reference attention loops
+on the host and cannot be captured)."""
 
     block_size: int = 16
     num_blocks: int | None = None

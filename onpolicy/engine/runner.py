@@ -5,8 +5,9 @@ seqlens_k = computed + new, block tables padded with block 0, kv_offsets = 0, sl
 one `model(...)` call, then for the sequences that sample: `model.logits` -> `sampling.sample_tokens` and
 `model.token_logprobs` (the trainer's function), grouped by temperature because both take a scalar.
 Temperature 0 samples argmax of the temperature-1 logits and reports temperature-1 logprobs.
-`invariant=False` runs all of it inside `kernels.invariant_mode(False)`. Pure-decode steps on CUDA may replay a
-captured CUDA graph (graphs.py). Left out: tensor/pipeline parallelism, async output processing.
+`invariant=False` runs all of it inside `kernels.invariant_mode(False)`. Pure-decode steps on CUDA in
+invariant mode replay a captured CUDA graph (graphs.py). Left out: tensor/pipeline parallelism, async output
+processing.
 """
 from __future__ import annotations
 
@@ -31,10 +32,13 @@ class ModelRunner:
         self.num_blocks = config.num_blocks or auto_num_blocks(
             mc, config.block_size, config.max_num_seqs, self.dtype, self.device, config.kv_cache_memory_fraction)
         self.max_blocks_per_seq = -(-mc.max_position_embeddings // config.block_size)
-        self.kv_caches = allocate_kv_caches(mc, self.num_blocks, config.block_size, self.dtype, self.device)
+        use_graphs = config.use_cuda_graphs and config.invariant and self.device.type == "cuda"
+        self.scratch_slot_base = self.num_blocks * config.block_size
+        extra = config.max_num_seqs if use_graphs else 0
+        self.kv_caches = allocate_kv_caches(mc, self.num_blocks, config.block_size, self.dtype, self.device, extra)
         model.rope_table(self.device)  # build outside inference mode / before any graph capture
         self.graphs = None
-        if config.use_cuda_graphs and self.device.type == "cuda":
+        if use_graphs:
             from onpolicy.engine.graphs import DecodeGraphs
 
             self.graphs = DecodeGraphs(self)

@@ -33,19 +33,10 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
 
 
 def _load_embedded() -> None:
-    """Import `onpolicy.tasks` (which registers "embedded"); if it does not, register an adapter of its `score`."""
     try:
-        from onpolicy import tasks
+        import onpolicy.tasks  # noqa: F401  (registers "embedded")
     except ImportError:
-        return
-    if "embedded" not in _REGISTRY and hasattr(tasks, "score"):
-
-        def embedded(prompts: list[str], completions: list[str], answer: list | None = None, **kwargs) -> list[float]:
-            if answer is None or len(answer) != len(completions):
-                raise ValueError("embedded reward: needs the data column `answer`, one entry per completion")
-            return [tasks.score(c, a) for c, a in zip(completions, answer)]
-
-        _REGISTRY["embedded"] = embedded
+        pass
 
 
 def get_reward(name: str) -> RewardFn:

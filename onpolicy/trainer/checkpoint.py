@@ -187,3 +187,23 @@ def load_checkpoint(path: str | Path, model=None, optimizer=None, scheduler=None
 
         determinism.set_rng_state(ck.rng)
     return ck
+
+
+def checkpoint_root(cfg) -> Path:
+    """Where a run's checkpoints live: `<logging.output_dir>/checkpoints`."""
+    return Path(cfg.logging.output_dir) / "checkpoints"
+
+
+def resume_path(cfg) -> Path | None:
+    """The step directory `trainer.resume` names: None for false, and for true when no checkpoint exists yet
+    (auto-resume starts fresh); a path string must resolve (see `resolve_checkpoint`) or ValueError."""
+    resume = cfg.trainer.resume
+    if resume is False:
+        return None
+    if resume is True:
+        root = checkpoint_root(cfg)
+        return resolve_checkpoint(root) if (root / LATEST).is_file() else None
+    try:
+        return resolve_checkpoint(resume)
+    except ValueError as e:
+        raise ValueError(f"trainer.resume: {e}") from None

@@ -59,14 +59,29 @@ def test_lm_logits_and_log_softmax_cpu_batch_invariant():
     assert _check_rows_invariant(lsm, _rows(10, V_RAGGED, torch.float32, scale=4.0), BATCH_SIZES) == []
 
 
+def test_token_logprobs_cpu_thread_count_invariant():
+    """Sampler and trainer processes may run different CPU thread counts: results must not move."""
+    h, t = _rows(V_RAGGED, 64, torch.float32)(40, torch.Generator().manual_seed(4))
+    w = torch.randn(V_RAGGED, 64, generator=torch.Generator().manual_seed(5)) / 8
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append((kernels.token_logprobs(h, w, t, 0.7), kernels.log_softmax(h.repeat(1, 150))))
+    finally:
+        torch.set_num_threads(threads)
+    for lp, ls in outs[1:]:
+        assert torch.equal(lp, outs[0][0]) and torch.equal(ls, outs[0][1])
+
+
 def test_harness_detects_non_invariant_reference():
     """The same check on torch's default path (MKL GEMM) must find a difference, or the test above proves nothing."""
     w = torch.randn(V_RAGGED, 256, generator=torch.Generator().manual_seed(3)) / 16
     fn = lambda h, t: kernels.token_logprobs(h, w, t)  # noqa: E731
     with invariant_mode(False):
         differed = _check_rows_invariant(fn, _rows(V_RAGGED, 256, torch.float32), BATCH_SIZES)
-    if not differed:
-        pytest.skip("torch's default CPU GEMM happened to be batch invariant on this machine")
+    assert differed, "torch's default path looked batch invariant: this harness would not catch a regression"
     assert _check_rows_invariant(fn, _rows(V_RAGGED, 256, torch.float32), BATCH_SIZES) == []
 
 
@@ -111,6 +126,7 @@ def test_cuda_matches_reference(qwen3_head):
         torch.testing.assert_close(out, L.token_logprobs_reference(h, qwen3_head, t, T), atol=3e-2, rtol=1e-2)
         x = kernels.lm_logits(h, qwen3_head, T)
         torch.testing.assert_close(kernels.log_softmax(x), L.log_softmax_reference(x), atol=1e-4, rtol=1e-5)
+        assert torch.equal(L.token_logprobs_from_logits(x, t), out)  # the sampler's shortcut, bitwise
     hf = h.float().requires_grad_()
     wf = qwen3_head[:20000].float().requires_grad_()
     tf = t % 20000
@@ -123,8 +139,41 @@ def test_cuda_matches_reference(qwen3_head):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_cuda_wide_gemm_spans_equal_one_chunk_gemms(qwen3_head, temperature):
+    """One LM-head GEMM over many chunks gives each logit bitwise as one GEMM per chunk (same tile config), and
+    one fold launch over a span equals one launch per chunk: the premise of _gemm_spans."""
+    g = torch.Generator().manual_seed(6)
+    h = torch.randn(24, QWEN3_HIDDEN, generator=g).to("cuda", torch.bfloat16)
+    t = torch.randint(0, QWEN3_VOCAB, (24,), generator=g).cuda()
+    wide, _ = L._token_logprobs_forward(h, qwen3_head, t, temperature, budget=None)
+    per_chunk, _ = L._token_logprobs_forward(h, qwen3_head, t, temperature, budget=1)
+    assert torch.equal(wide, per_chunk)
+
+
+@pytest.mark.gpu
 def test_cuda_harness_detects_non_invariant_reference(qwen3_head):
     fn = lambda h, t: L.token_logprobs_reference(h, qwen3_head, t)  # noqa: E731
     differed = _check_rows_invariant(fn, _rows(QWEN3_VOCAB, QWEN3_HIDDEN, torch.bfloat16, "cuda"), GPU_SIZES)
-    if not differed:
-        pytest.skip("cuBLAS + torch log_softmax happened to be batch invariant on these sizes")
+    assert differed, "cuBLAS + torch log_softmax looked batch invariant: this harness would not catch a regression"
+
+
+@pytest.mark.gpu
+def test_token_logprobs_cuda_graph_replay_matches_eager(qwen3_head):
+    """The engine may capture sampling in a CUDA graph: no host sync inside (the targets range check is skipped
+    while capturing), and a replay gives the eager result bitwise."""
+    g = torch.Generator().manual_seed(7)
+    h = torch.randn(8, QWEN3_HIDDEN, generator=g).to("cuda", torch.bfloat16)
+    t = torch.randint(0, QWEN3_VOCAB, (8,), generator=g).cuda()
+    eager = kernels.token_logprobs(h, qwen3_head, t, 0.7)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up (compiles the kernels) outside capture
+        kernels.token_logprobs(h, qwen3_head, t, 0.7)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = kernels.token_logprobs(h, qwen3_head, t, 0.7)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)

@@ -258,3 +258,22 @@ def test_gpu_strided_qkv_and_scale():
     ref = _reference_grads(q, k, v, _cu(lens, "cuda"), torch.zeros_like(q), scale=0.05)[0]
     _close(out, ref, TOL[torch.bfloat16])
     assert math.isfinite(float(out.float().abs().sum()))
+
+
+@pytest.mark.gpu
+def test_gpu_decode_in_cuda_graph_matches_eager():
+    """The engine captures decode in CUDA graphs: no host sync inside `attention` while capturing."""
+    ctx = [5, 64, 65, 1000]
+    (q, k, v), meta = _paged_case(ctx, [1] * len(ctx), 16, 8, 128, torch.bfloat16, device="cuda", seed=4)
+    eager = attention(q, k, v, *meta)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        attention(q, k, v, *meta)  # warm-up (compile) outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = attention(q, k, v, *meta)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)

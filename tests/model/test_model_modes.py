@@ -48,9 +48,11 @@ def test_training_equals_engine_bitwise(model, name):
 
 
 def test_single_sequence_equals_packed_bitwise(model):
-    alone = training_hidden(model, SEQS[1:])
-    together = training_hidden(model, SEQS)[len(SEQS[0]):]
-    assert torch.equal(alone, together)
+    """A short sequence alone vs first / last in a packed batch (torch's default ops fail this)."""
+    short = SEQS[1][:5]
+    alone = training_hidden(model, [short])
+    assert torch.equal(alone, training_hidden(model, [short] + SEQS)[:5])
+    assert torch.equal(alone, training_hidden(model, SEQS + [short])[-5:])
 
 
 def test_reference_mode_modes_agree(model):

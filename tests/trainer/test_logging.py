@@ -1,0 +1,108 @@
+"""RunLogger (console, metrics.jsonl, offline W&B, plots) and scripts/plot_run.py."""
+import importlib.util
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from onpolicy.config import ExperimentConfig
+from onpolicy.logging import METRIC_NAMES, RunLogger, plot_metrics
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cfg(tmp_path, **logging):
+    return ExperimentConfig(logging={"output_dir": str(tmp_path / "run"), "plot": False, **logging},
+                            trainer={"steps": 3})
+
+
+def _metrics(step):
+    return {"onpolicy/kl": 0.0, "onpolicy/logprob_diff/max": 0.0, "onpolicy/logprob_diff/mean": 0.0,
+            "onpolicy/mismatch_frac": 0.0, "reward/mean": 0.1 * step, "reward/std": torch.tensor(0.05),
+            "loss": -0.01 * step, "grad_norm": 0.5, "throughput/tokens_per_s": 123.4, "time/sample": 0.1,
+            "time/train": 0.2, "time/step": 0.3}
+
+
+def test_jsonl_and_console(tmp_path):
+    out = io.StringIO()
+    logger = RunLogger(_cfg(tmp_path, log_every=2), stream=out)
+    for step in (1, 2, 3):
+        logger.log(_metrics(step), step=step)
+    assert logger.close() == []
+    rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == set(METRIC_NAMES)
+    assert rows[0]["reward/std"] == pytest.approx(0.05) and isinstance(rows[0]["reward/std"], float)
+    lines = out.getvalue().strip().splitlines()
+    assert lines == ["step 2 | reward 0.2 | std 0.05 | kl 0 | lp_diff_max 0 | loss -0.02 | gnorm 0.5 | "
+                     "tok/s 123.4 | s/step 0.3"]  # log_every=2: only step 2 on the console
+    assert "trainer:" in (tmp_path / "run/config.yaml").read_text()
+    # a new run in the same directory starts the file afresh; a resumed one appends
+    with RunLogger(_cfg(tmp_path), stream=io.StringIO()) as again:
+        again.log({"loss": 1.0}, step=1)
+    assert len((tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 1
+    resumed_cfg = _cfg(tmp_path)
+    resumed_cfg.trainer.resume = True
+    with RunLogger(resumed_cfg, stream=io.StringIO()) as resumed:
+        resumed.log({"loss": 1.0}, step=2)
+    assert len((tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_bad_metrics_and_disabled(tmp_path):
+    logger = RunLogger(_cfg(tmp_path), stream=io.StringIO())
+    with pytest.raises(ValueError, match="metric 'loss' must be a number, got str"):
+        logger.log({"loss": "high"}, step=1)
+    with pytest.raises(ValueError, match="step must be an int >= 0"):
+        logger.log({"loss": 1.0}, step=-1)
+    logger.close()
+    quiet = RunLogger(_cfg(tmp_path, output_dir=str(tmp_path / "other")), enabled=False)
+    quiet.log({"loss": 1.0}, step=1)
+    quiet.close()
+    assert not (tmp_path / "other").exists()
+
+
+def test_wandb_offline(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no ~/.config/wandb
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = RunLogger(_cfg(tmp_path, report_to=["console", "wandb"], run_name="t"), stream=io.StringIO())
+    import os
+
+    assert os.environ["WANDB_MODE"] == "offline"
+    logger.log(_metrics(1), step=1)
+    logger.close()
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs, list((tmp_path / "run").rglob("*"))
+
+
+def test_plots(tmp_path):
+    logger = RunLogger(_cfg(tmp_path, plot=True), stream=io.StringIO())
+    for step in range(1, 6):
+        logger.log(_metrics(step), step=step)
+    paths = logger.close()
+    assert [Path(p).name for p in paths] == ["reward.png", "parity.png", "loss.png"]
+    for p in paths:
+        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # only some metrics: figures without data are skipped
+    jsonl = tmp_path / "few.jsonl"
+    jsonl.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n" + json.dumps({"step": 2, "loss": math.nan}) + "\n")
+    assert [Path(p).name for p in plot_metrics(jsonl, tmp_path / "few")] == ["loss.png"]
+
+
+def test_plot_run_script(tmp_path):
+    spec = importlib.util.spec_from_file_location("plot_run", ROOT / "scripts/plot_run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    jsonl = tmp_path / "metrics.jsonl"
+    jsonl.write_text("".join(json.dumps({"step": s, **{k: float(v) for k, v in _metrics(s).items()}}) + "\n"
+                             for s in (1, 2)))
+    paths = mod.main([str(jsonl)])
+    assert sorted(Path(p).name for p in paths) == ["loss.png", "parity.png", "reward.png"]
+    assert all(Path(p).parent == tmp_path / "plots" for p in paths)
+    assert mod.plot_metrics is plot_metrics
