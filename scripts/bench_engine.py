@@ -1,7 +1,7 @@
 """bench_engine: output tokens/s of our engine (invariant kernels, and invariant=False) vs HF `generate`.
 
 Default (H100): Qwen3-0.6B shape, random bf16 weights, batch sizes 1/16/64/256, 32-token random prompts,
-512 new tokens (eos ignored). HF runs a transformers Qwen3ForCausalLM built from the same config and weights
+512 new tokens (eos ignored), greedy for every system. HF runs a transformers Qwen3ForCausalLM built from the same config and weights
 (saved with `save_pretrained`, loaded with `from_pretrained`), greedy, with min_new_tokens = max_new_tokens.
 Each system gets one short warm-up generate (Triton compile, CUDA-graph capture) before timing.
 Prints tok/s and ratios; writes bench_engine.json (after every measurement) and bench_engine.png to --out.
@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 
-SYSTEMS = ("invariant", "default", "hf")
+SYSTEMS = ("invariant", "hf", "default")  # default last: its reference attention loops per sequence
 
 
 def _sync(device):
@@ -61,7 +61,7 @@ def bench_ours(model, invariant: bool, batches, prompt_len, new_tokens, graphs: 
     llm.generate(prompts_for(max(batches), prompt_len, model.config.vocab_size, seed + 999), warm)
     for b in batches:
         prompts = prompts_for(b, prompt_len, model.config.vocab_size, seed)
-        params = SamplingParams(temperature=1.0, max_tokens=new_tokens, ignore_eos=True, seed=seed)
+        params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
         llm.reset_prefix_cache()
         _sync(device)
         t0 = time.perf_counter()
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=None, help="new tokens per request (default 512)")
     ap.add_argument("--hf-max-tokens", type=int, default=None, help="new tokens for HF (default: --max-tokens)")
     ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of invariant,default,hf")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of invariant,hf,default (run in that order)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

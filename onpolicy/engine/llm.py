@@ -34,6 +34,7 @@ class LLM:
         self.seed_generator = torch.Generator().manual_seed(config.seed)
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
         self.requests: dict[int, tuple[RequestOutput, list[Sequence]]] = {}
+        self.unclaimed: list[RequestOutput] = []  # finished during generate() but added by add_request()
         self._next_id = 0
         self.stats = {"steps": 0, "forward_tokens": 0, "generated_tokens": 0}
 
@@ -203,8 +204,11 @@ class LLM:
         wanted = set(rids)
         while wanted - results.keys():
             for out in self.step():
+                if out.request_id not in wanted:
+                    self.unclaimed.append(out)
+                    continue
                 results[out.request_id] = out
-                if bar is not None and out.request_id in wanted:
+                if bar is not None:
                     bar.update(1)
         if bar is not None:
             bar.close()

@@ -45,11 +45,10 @@ class ModelRunner:
 
     def build_inputs(self, chunks: list[ScheduledChunk]):
         """(input_ids int64 [T], positions int64 [T], AttentionMetadata) for the chunks, on the model's device."""
-        ids, pos, slots, cu, seqlens = [], [], [], [0], []
+        ids, pos, slots, cu, seqlens, table = [], [], [], [0], [], []
         bs = self.block_size
         width = max(1, max(len(c.seq.block_table) for c in chunks))
-        table = torch.zeros((len(chunks), width), dtype=torch.int32)
-        for b, c in enumerate(chunks):
+        for c in chunks:
             seq, end = c.seq, c.start + c.num_tokens
             ids.extend(seq.token_ids[c.start : end])
             pos.extend(range(c.start, end))
@@ -57,12 +56,12 @@ class ModelRunner:
             slots.extend(bt[p // bs] * bs + p % bs for p in range(c.start, end))
             cu.append(cu[-1] + c.num_tokens)
             seqlens.append(end)
-            table[b, : len(bt)] = torch.tensor(bt, dtype=torch.int32)
+            table.append(bt + [0] * (width - len(bt)))
         dev = self.device
         meta = AttentionMetadata(
             cu_seqlens_q=torch.tensor(cu, dtype=torch.int32, device=dev),
             seqlens_k=torch.tensor(seqlens, dtype=torch.int32, device=dev),
-            block_table=table.to(dev),
+            block_table=torch.tensor(table, dtype=torch.int32, device=dev),
             kv_offsets=torch.zeros(len(chunks), dtype=torch.int32, device=dev),
             block_size=bs,
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
@@ -87,9 +86,12 @@ class ModelRunner:
             sampling = [c for c in chunks if c.samples]
             if not sampling:
                 return [], []
-            ends = torch.tensor([0] + [c.num_tokens for c in chunks], device=self.device).cumsum(0)[1:] - 1
-            rows = [i for i, c in enumerate(chunks) if c.samples]
-            h_last = hidden[ends[rows]]
+            rows, end = [], 0
+            for c in chunks:
+                end += c.num_tokens
+                if c.samples:
+                    rows.append(end - 1)
+            h_last = hidden[torch.tensor(rows, device=self.device)]
             return self.sample(h_last, [c.seq for c in sampling])
 
     def sample(self, h_last: torch.Tensor, seqs) -> tuple[list[int], list[float | None]]:
