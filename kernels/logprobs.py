@@ -220,8 +220,7 @@ def log_softmax(x: torch.Tensor) -> torch.Tensor:
 def lm_logits(hidden: torch.Tensor, weight: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Full logits `linear(hidden, weight).float() / temperature` -> fp32 [M, V] (for sampling).
 
-    Computed with GEMMs whose every logit equals the one `token_logprobs` gets (see `_gemm_spans`), so
-    `token_logprobs_from_logits(lm_logits(h, w, T), t)` equals `token_logprobs(h, w, t, T)` bitwise."""
+    The sampler chooses tokens from these; the logprob it reports is `token_logprobs` (the trainer's function)."""
     _check_head("lm_logits", hidden, weight)
     temperature = _check_temperature("lm_logits", temperature)
     check_same_device("lm_logits", hidden=hidden, weight=weight)
@@ -271,21 +270,6 @@ def _token_logprobs_forward(hidden, weight, targets, temperature, triton_update=
     spans = ((a, _scale_logits(linear(hidden, weight[a:b]), temperature, keep_dtype=gpu))
              for a, b in _gemm_spans(M, V, hidden, gpu, budget))
     return _fold_spans(spans, targets, M, hidden.device, gpu)
-
-
-def token_logprobs_from_logits(logits: torch.Tensor, targets: torch.Tensor, triton_update=None) -> torch.Tensor:
-    """Sampler shortcut: logprob of targets[i] from `lm_logits` output [M, V] (fp32) -> fp32 [M], bitwise
-    equal to `token_logprobs(hidden, weight, targets, T)` for `logits = lm_logits(hidden, weight, T)`, so the
-    engine need not run the LM-head GEMM twice. No autograd (the trainer calls `token_logprobs`)."""
-    op = "token_logprobs_from_logits"
-    check(isinstance(logits, torch.Tensor) and logits.dtype == torch.float32, op,
-          f"logits must be the fp32 tensor from lm_logits, got {getattr(logits, 'dtype', type(logits).__name__)}")
-    check(logits.dim() == 2 and logits.shape[1] > 0, op, f"logits must be 2-D [M, V], got {tuple(logits.shape)}")
-    _check_targets(logits, targets, logits.shape[1], op)
-    gpu = use_triton(logits) if triton_update is None else triton_update
-    logits = logits if logits.stride(-1) == 1 else logits.contiguous()
-    with torch.no_grad():
-        return _fold_spans([(0, logits)], targets.long(), logits.shape[0], logits.device, gpu)[0]
 
 
 class _TokenLogprobs(torch.autograd.Function):

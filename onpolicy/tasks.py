@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 
 ARITH_MAX = 50
+DIGITS_RANGE = (3, 4)  # digit-string lengths of reverse / sort
 TASKS = ("arith", "reverse", "sort")
 # Characters any embedded prompt or answer may use (the tiny CharTokenizer must cover them).
 CHARSET = "0123456789+=RS\n"
@@ -26,7 +27,7 @@ def _arith(rng: random.Random) -> dict:
 
 
 def _digits(rng: random.Random) -> str:
-    return "".join(rng.choice("0123456789") for _ in range(rng.randint(3, 5)))
+    return "".join(rng.choice("0123456789") for _ in range(rng.randint(*DIGITS_RANGE)))
 
 
 def _reverse(rng: random.Random) -> dict:

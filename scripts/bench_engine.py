@@ -4,6 +4,8 @@ Default (H100): Qwen3-0.6B shape, random bf16 weights, batch sizes 1/16/64/256, 
 512 new tokens (eos ignored), greedy for every system. HF runs a transformers Qwen3ForCausalLM built from the same config and weights
 (saved with `save_pretrained`, loaded with `from_pretrained`), greedy, with min_new_tokens = max_new_tokens.
 Each system gets one short warm-up generate (Triton compile, CUDA-graph capture) before timing.
+"default" (invariant=False) runs eagerly (its reference attention loops over sequences on the host and
+cannot be captured), at batch 1/16 on CUDA unless --default-batch-sizes says otherwise.
 Prints tok/s and ratios; writes bench_engine.json (after every measurement) and bench_engine.png to --out.
 `--quick`: the tiny model on CPU, batch 1/4, 8 new tokens (a smoke run, not a measurement).
 Left out: time-to-first-token / latency percentiles, online serving, prompts of mixed length.
@@ -131,6 +133,9 @@ def main(argv=None) -> int:
     ap.add_argument("--hf-max-tokens", type=int, default=None, help="new tokens for HF (default: --max-tokens)")
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of invariant,hf,default (run in that order)")
+    ap.add_argument("--default-batch-sizes", default=None,
+                    help="batch sizes for the invariant=False system (default: --batch-sizes on CPU, 1,16 on CUDA: "
+                         "its torch reference attention loops over sequences on the host)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -140,6 +145,8 @@ def main(argv=None) -> int:
     device = args.device or ("cpu" if args.quick or not torch.cuda.is_available() else "cuda")
     dtype = args.dtype or ("float32" if args.quick else "bfloat16")
     batches = [int(x) for x in (args.batch_sizes or ("1,4" if args.quick else "1,16,64,256")).split(",")]
+    cuda = device.startswith("cuda")
+    default_batches = [int(x) for x in (args.default_batch_sizes or ("1,16" if cuda else ",".join(map(str, batches)))).split(",")]
     new_tokens = args.max_tokens or (8 if args.quick else 512)
     hf_tokens = args.hf_max_tokens or new_tokens
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -150,7 +157,8 @@ def main(argv=None) -> int:
     model = build_model(args.quick, device, dtype)
     meta = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "dtype": dtype,
             "prompt_len": args.prompt_len, "new_tokens": new_tokens, "hf_new_tokens": hf_tokens,
-            "cuda_graphs": not args.no_cuda_graphs, "torch": torch.__version__}
+            "cuda_graphs_invariant": not args.no_cuda_graphs, "cuda_graphs_default": False,
+            "default_batches": default_batches, "torch": torch.__version__}
     results = []
 
     def save():
@@ -160,9 +168,10 @@ def main(argv=None) -> int:
     for system in systems:
         if system == "hf":
             runs = bench_hf(model, batches, args.prompt_len, hf_tokens, args.seed)
+        elif system == "invariant":
+            runs = bench_ours(model, True, batches, args.prompt_len, new_tokens, not args.no_cuda_graphs, args.seed)
         else:
-            runs = bench_ours(model, system == "invariant", batches, args.prompt_len, new_tokens,
-                              not args.no_cuda_graphs, args.seed)
+            runs = bench_ours(model, False, default_batches, args.prompt_len, new_tokens, False, args.seed)
         for b, toks, secs in runs:
             results.append({"system": system, "batch": b, "tokens": toks, "seconds": round(secs, 3),
                             "tok_s": round(toks / secs, 1)})

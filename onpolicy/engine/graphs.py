@@ -7,7 +7,8 @@ cache (one per row, so no duplicate writes) and reads block 0; its outputs are d
 are the eager ones at the bucket's shape, and every op is batch invariant, so a real row's result equals eager
 (tested on GPU: graphs on vs off, torch.equal). Only in invariant mode: the torch reference attention loops
 on the host and cannot be captured. A capture that fails disables graphs (eager from then on, with a warning).
-Left out: graphs for prefill / mixed steps, piecewise graphs.
+Graphs hold the parameters' and caches' addresses: weights must be updated in place (optimizer steps,
+`load_state_dict` copy), not replaced. Left out: graphs for prefill / mixed steps, piecewise graphs.
 """
 from __future__ import annotations
 

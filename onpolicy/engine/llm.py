@@ -104,9 +104,11 @@ class LLM:
     def step(self) -> list[RequestOutput]:
         """One scheduling step + forward; returns the requests that finished in it."""
         chunks = self.scheduler.schedule()
+        if not chunks and self.scheduler.waiting and not self.scheduler.running:
+            chunks = self.scheduler.schedule()  # everything was preempted: admission is allowed now
+            if not chunks:
+                raise RuntimeError("LLM.step: no waiting sequence fits the KV cache; raise EngineConfig.num_blocks")
         if not chunks:
-            if self.scheduler.has_unfinished() and not self.scheduler.running:
-                raise RuntimeError("LLM.step: no sequence fits the KV cache; raise EngineConfig.num_blocks")
             return []
         tokens, logprobs = self.runner.step(chunks)
         self.scheduler.advance(chunks)
@@ -121,6 +123,8 @@ class LLM:
             self.stats["generated_tokens"] += 1
             reason = self._check_stop(seq, tok)
             if reason is not None:
+                if self.tokenizer is not None and not seq.params.stop:
+                    seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
                 self.scheduler.finish(seq, reason)
                 out = self._maybe_finish_request(seq.request_id)
                 if out is not None:
@@ -129,16 +133,17 @@ class LLM:
 
     def _check_stop(self, seq: Sequence, tok: int) -> str | None:
         p = seq.params
-        if self.tokenizer is not None:
+        if p.stop:  # incremental text only when stop strings need it; else decoded once at the end
             self._detokenize(seq)
         if not p.ignore_eos and self.eos_token_id is not None and tok == self.eos_token_id:
             return "stop"
         if p.stop_token_ids and tok in p.stop_token_ids:
             return "stop"
         if p.stop:
-            window = max(len(s) for s in p.stop) + 32
-            tail_start = max(0, len(seq.text) - window)
-            hits = [pos for s in p.stop if (pos := seq.text.find(s, tail_start)) >= 0]
+            # only text that could contain a stop string ending in the new characters is searched
+            start = max(0, seq.stop_checked - max(len(s) for s in p.stop) + 1)
+            seq.stop_checked = len(seq.text)
+            hits = [pos for s in p.stop if (pos := seq.text.find(s, start)) >= 0]
             if hits:
                 seq.text = seq.text[: min(hits)]
                 return "stop"

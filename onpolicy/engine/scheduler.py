@@ -42,6 +42,7 @@ class Sequence:
         self.text = ""
         self.prefix_offset = 0
         self.read_offset = 0
+        self.stop_checked = 0  # length of text already searched for stop strings
 
     @property
     def num_tokens(self) -> int:

@@ -154,3 +154,30 @@ def test_reset_prefix_cache(llm):
     hits = llm.block_manager.num_hits
     llm.generate([[5] * 30], p)
     assert llm.block_manager.num_hits == hits
+
+
+def test_auto_num_blocks_cpu(tiny):
+    model, tok = tiny
+    llm = LLM(model, tok, EngineConfig(max_num_seqs=3, block_size=16))
+    # enough for max_num_seqs full-context sequences (well under the CPU memory cap for the tiny model)
+    assert llm.runner.num_blocks == 3 * (model.config.max_position_embeddings // 16)
+    assert llm.runner.kv_caches[0][0].shape[0] == llm.runner.num_blocks * 16
+
+
+def test_engine_imports_without_optional_packages():
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('datasets', 'wandb', 'trl'):\n"
+            "            raise ImportError('blocked ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import onpolicy.engine, onpolicy.engine.graphs\n"
+            "print('ok')\n")
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -107,3 +107,26 @@ def test_shared_prompt_blocks_hit_within_one_step():
     # the first sample computes 13 tokens; the other two hit its 3 full blocks and compute 1 token each
     assert [(st, n) for _, st, n, _ in hist[0]] == [(0, 13), (12, 1), (12, 1)]
     assert seqs[1].block_table[:3] == seqs[0].block_table[:3] == seqs[2].block_table[:3]
+
+
+def test_random_workloads_keep_block_bookkeeping():
+    """Fuzz: random prompt lengths (with shared prefixes), budgets, block sizes and cache sizes; every step
+    respects the limits, the block ref counts match the running tables, and every sequence finishes."""
+    import random
+
+    rng = random.Random(0)
+    for trial in range(100):
+        bs = rng.choice([1, 2, 4, 8])
+        max_tokens = rng.randint(1, 6)
+        lengths = [rng.randint(1, 20) for _ in range(rng.randint(1, 10))]
+        need = max(-(-(n + max_tokens) // bs) for n in lengths)
+        bm = BlockManager(need + rng.randint(0, 12), bs, enable_prefix_caching=rng.random() < 0.7)
+        sched = Scheduler(bm, max_num_seqs=rng.randint(1, 6), max_num_batched_tokens=rng.randint(1, 24))
+        base = [rng.randint(0, 3) for _ in range(20)]
+        seqs = [Sequence(i, 0, (base if rng.random() < 0.5 else [9] * 20)[:n], SamplingParams(), seed=0)
+                for i, n in enumerate(lengths)]
+        for s in seqs:
+            sched.add(s)
+        _drive(sched, max_tokens=max_tokens, max_steps=2000)
+        assert all(s.num_output == max_tokens for s in seqs), trial
+        assert bm.num_free == len(bm.blocks)

@@ -95,3 +95,22 @@ def test_gpu_cuda_graphs_do_not_change_results(gpu_model, temperature):
     for a, b in zip(runs[False], runs[True]):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         assert torch.equal(a.outputs[0].logprobs, b.outputs[0].logprobs)
+
+
+def test_gpu_sampler_batch_invariant_large_vocab():
+    from onpolicy.engine.sampling import sample_tokens
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    m, vocab = 300, 151936
+    logits = torch.randn(m, vocab, device="cuda", generator=g) * 4
+    idx = torch.arange(m, device="cuda")
+    args = dict(greedy=idx % 7 == 0, top_k=torch.where(idx % 3 == 1, 50, -1),
+                top_p=torch.where(idx % 4 == 2, 0.9, 1.0).double(), seeds=idx * 11, sample_index=idx % 4,
+                positions=idx % 13)
+    full = sample_tokens(logits, **args)
+    for rows in ([5], [0, 1, 2], list(range(7, 300, 3))):
+        sel = torch.tensor(rows, device="cuda")
+        assert torch.equal(sample_tokens(logits[sel], **{k: v[sel] for k, v in args.items()}), full[sel])
+    # the same rows on CPU draw the same noise: identical tokens across devices for identical logits
+    cpu = sample_tokens(logits[:20].cpu(), **{k: v[:20].cpu() for k, v in args.items()})
+    assert torch.equal(cpu, full[:20].cpu())

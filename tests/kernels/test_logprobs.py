@@ -60,28 +60,6 @@ def test_token_logprobs_triton_update_interpreted(dtype, temperature):
     torch.testing.assert_close(lse, ref_lse, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("temperature", [0.7, 1.0])
-def test_from_logits_equals_token_logprobs(dtype, temperature):
-    """The sampler's shortcut over lm_logits gives token_logprobs' value bitwise (CPU path)."""
-    hidden, weight, targets = _head(13, V_RAGGED, 32, dtype, seed=2)
-    logits = kernels.lm_logits(hidden, weight, temperature)
-    assert torch.equal(L.token_logprobs_from_logits(logits, targets),
-                       kernels.token_logprobs(hidden, weight, targets, temperature))
-
-
-@pytest.mark.parametrize("dtype,temperature", [(torch.float32, 0.7), (torch.bfloat16, 1.0)])
-def test_fold_kernel_span_equals_one_chunk_launches(dtype, temperature):
-    """The CUDA fold kernel (interpreted): one launch over a 3-chunk span of lm_logits == one launch per chunk
-    on the raw GEMM outputs (bf16 at T=1: upcast in-kernel) -- and so from_logits == token_logprobs."""
-    hidden, weight, targets = _head(3, V_RAGGED, 8, dtype, seed=3)
-    logits = kernels.lm_logits(hidden, weight, temperature)
-    got = L.token_logprobs_from_logits(logits, targets, triton_update=True)
-    want, _ = L._token_logprobs_forward(hidden, weight, targets, temperature, triton_update=True, budget=1)
-    assert torch.equal(got, want)
-    torch.testing.assert_close(got, L.token_logprobs_reference(hidden, weight, targets, temperature), **TOL[dtype])
-
-
 def test_gemm_spans():
     h = torch.zeros(4, 64, dtype=torch.bfloat16)
     V = 37 * L.VOCAB_CHUNK + 384
@@ -91,16 +69,6 @@ def test_gemm_spans():
                                                                      (122880, V)]
     # a 50-wide tail gets another GEMM tile config: fall back to one chunk per GEMM
     assert len(L._gemm_spans(4, L.VOCAB_CHUNK + 50, h, True, None)) == 2
-
-
-def test_from_logits_bad_input():
-    logits, t = torch.randn(3, 40), torch.tensor([0, 5, 39])
-    with pytest.raises(ValueError, match="token_logprobs_from_logits: logits must be the fp32"):
-        L.token_logprobs_from_logits(logits.bfloat16(), t)
-    with pytest.raises(ValueError, match="token_logprobs_from_logits: logits must be 2-D"):
-        L.token_logprobs_from_logits(logits[0], t)
-    with pytest.raises(ValueError, match="token_logprobs_from_logits: targets must lie in \\[0, V=40\\)"):
-        L.token_logprobs_from_logits(logits, torch.tensor([0, 5, 40]))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -48,6 +48,8 @@ def run_engine(model, seqs, chunks, tables, block_size, num_slots):
     with torch.inference_mode():
         for starts, ends in chunks:
             live = [b for b in range(len(seqs)) if ends[b] > starts[b]]
+            if not live:
+                continue
             ids, pos, meta = engine_step([seqs[b] for b in live], [starts[b] for b in live],
                                          [ends[b] for b in live], [tables[b] for b in live], block_size,
                                          model.lm_head_weight.device)
