@@ -63,7 +63,7 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return []
         hits, bs = [], self.block_size
-        for i in range(seq.num_tokens // bs):
+        for i in range((seq.num_tokens - 1) // bs):
             bid = self.cached.get(self._key(seq, i))
             if bid is None or self.blocks[bid].token_ids != tuple(seq.token_ids[i * bs : (i + 1) * bs]):
                 break
