@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -206,31 +207,39 @@ def _attention_cpu(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, block_size
 
 
 # ----------------------------------------------------------------------------------------------- reference
-def _slots(b, n, block_table, kv_offsets, block_size, device):
-    pos = torch.arange(n, device=device)
-    return kv_offsets[b].long() + block_table[b, pos // block_size].long() * block_size + pos % block_size
-
-
 def attention_reference(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale=None):
-    """Plain torch, one sequence at a time, fp32 softmax (SDPA math); the `invariant_mode(False)` path."""
+    """Plain torch, the `invariant_mode(False)` path: gather every sequence's K/V into a padded batch and run
+    one `scaled_dot_product_attention` (CUDA: in the input dtype, as a usual stack does; CPU: fp32 math).
+    Not batch invariant; one host sync for the padded sizes."""
     hq, d = q.shape[1], q.shape[2]
     hkv = k.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
+    n_seq = cu_seqlens_q.numel() - 1
     out = torch.zeros_like(q)
-    for b in range(cu_seqlens_q.numel() - 1):
-        q0, q1 = int(cu_seqlens_q[b]), int(cu_seqlens_q[b + 1])
-        n = int(seqlens_k[b])
-        if q1 == q0:
-            continue
-        s = _slots(b, n, block_table, kv_offsets, block_size, q.device)
-        kb = k[s].float().repeat_interleave(hq // hkv, dim=1)  # [n, hq, d]
-        vb = v[s].float().repeat_interleave(hq // hkv, dim=1)
-        qb = q[q0:q1].float()
-        scores = torch.einsum("qhd,khd->hqk", qb, kb) * scale
-        qpos = torch.arange(n - (q1 - q0), n, device=q.device)
-        mask = torch.arange(n, device=q.device)[None, :] <= qpos[:, None]
-        scores = scores.masked_fill(~mask[None], float("-inf"))
-        out[q0:q1] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), vb).to(q.dtype)
+    if n_seq == 0 or q.shape[0] == 0:
+        return out
+    dev = q.device
+    cu = cu_seqlens_q.long()
+    q_len = cu[1:] - cu[:-1]
+    k_len = seqlens_k.long()
+    max_q, max_k = int(q_len.max()), max(int(k_len.max()), 1)
+    kpos = torch.arange(max_k, device=dev)
+    page = (kpos // block_size).clamp(max=block_table.shape[1] - 1)
+    slots = kv_offsets.long()[:, None] + block_table.long()[:, page] * block_size + kpos % block_size
+    kvalid = kpos[None, :] < k_len[:, None]
+    slots = torch.where(kvalid, slots, torch.zeros_like(slots))
+    qi = torch.arange(max_q, device=dev)
+    qvalid = qi[None, :] < q_len[:, None]
+    qidx = torch.where(qvalid, cu[:-1, None] + qi[None, :], torch.zeros_like(qi)[None, :])
+    qpos = k_len[:, None] - q_len[:, None] + qi[None, :]
+    mask = kvalid[:, None, :] & (kpos[None, None, :] <= qpos[:, :, None])  # [B, max_q, max_k]
+    mask = mask | ~qvalid[:, :, None]  # padded query rows attend to everything (finite), then are dropped
+    work = q.dtype if q.is_cuda else torch.float32
+    qb = q[qidx].to(work).transpose(1, 2)  # [B, hq, max_q, d]
+    kb = k[slots].to(work).repeat_interleave(hq // hkv, dim=2).transpose(1, 2)
+    vb = v[slots].to(work).repeat_interleave(hq // hkv, dim=2).transpose(1, 2)
+    ob = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[:, None], scale=scale)
+    out[qidx[qvalid]] = ob.transpose(1, 2)[qvalid].to(q.dtype)
     return out
 
 

@@ -1,8 +1,8 @@
 """The embedded tasks: generated prompts with checkable answers, for the tiny CPU default (no download).
 
     arith    "37+5="  -> "42"      addition of two numbers in [0, ARITH_MAX)
-    reverse  "R4071=" -> "1704"    reverse 3 to 5 digits
-    sort     "S4071=" -> "0147"    sort 3 to 5 digits ascending
+    reverse  "R4071=" -> "1704"    reverse 3 or 4 digits (DIGITS_RANGE); the tiny CPU default
+    sort     "S4071=" -> "0147"    sort 3 or 4 digits ascending
 
 `make_examples(task, num, seed)` returns `[{"prompt": str, "answer": str}, ...]`, deterministic in `seed`.
 `score(completion, answer)` is the reward: 1.0 when the completion, cut at the first newline (or EOS, which

@@ -7,7 +7,10 @@ first mismatch) -> clipped policy loss -> backward, grad clip, AdamW -> `llm.res
 The PPO ratio uses the sampler's logprobs as "old" in invariant mode (ratio == 1 exactly); with
 `invariant: false` it uses the trainer's own detached logprobs (one update per batch, as TRL) and `tis_cap`
 adds the truncated importance weight min(exp(trainer - sampler), cap) for the sampler/trainer mismatch.
-Left out: micro-batching of the trainer forward, several updates per batch, multi-GPU (accelerate) sharding.
+DAPO's dynamic sampling masks the tokens of zero-variance groups out of the loss (their advantage is 0 anyway;
+the mask changes the token normaliser) rather than resampling; overlong filtering masks "length" completions.
+Left out: resampling to refill dropped groups, micro-batching of the trainer forward, several updates per
+batch, multi-GPU (accelerate) sharding.
 """
 from __future__ import annotations
 
@@ -117,6 +120,7 @@ def rl_step(run: Run, step: int) -> dict:
         "grad_norm": grad_norm,
         "lr": lr,
         "loss/clip_frac": out.clip_frac,
+        "loss/ratio_mean": out.ratio_mean,
         "loss/kl_ref": out.kl_ref,
         "completion/mean_length": n_tokens / max(len(seq_lens), 1),
         "completion/truncated_frac": truncated.float().mean().item(),
@@ -150,6 +154,13 @@ def train(cfg, log=print) -> dict:
     return summary
 
 
+WINDOW = 10  # steps averaged for the summary's start/end reward (one step's 16 prompts are noisy)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
 def summarize(history: list[dict], wall: float, run: Run) -> dict:
     rewards = [m["reward/mean"] for m in history]
     return {
@@ -159,8 +170,8 @@ def summarize(history: list[dict], wall: float, run: Run) -> dict:
         "rl_time_s": wall,
         "reward_first": rewards[0] if rewards else float("nan"),
         "reward_last": rewards[-1] if rewards else float("nan"),
-        "reward_first5": sum(rewards[:5]) / max(len(rewards[:5]), 1) if rewards else float("nan"),
-        "reward_last5": sum(rewards[-5:]) / max(len(rewards[-5:]), 1) if rewards else float("nan"),
+        f"reward_first{WINDOW}": _mean(rewards[:WINDOW]),
+        f"reward_last{WINDOW}": _mean(rewards[-WINDOW:]),
         "max_abs_kl": max((abs(m["onpolicy/kl"]) for m in history), default=0.0),
         "max_logprob_diff": max((m["onpolicy/logprob_diff/max"] for m in history), default=0.0),
         "max_mismatch_frac": max((m["onpolicy/mismatch_frac"] for m in history), default=0.0),
@@ -171,7 +182,7 @@ def summarize(history: list[dict], wall: float, run: Run) -> dict:
 
 def format_summary(s: dict) -> str:
     return (f"done: {s['steps']} steps in {s['wall_time_s']:.1f}s (RL {s['rl_time_s']:.1f}s); reward "
-            f"{s['reward_first']:.3f} -> {s['reward_last']:.3f} (mean of first/last 5 steps: "
-            f"{s['reward_first5']:.3f} -> {s['reward_last5']:.3f}); max |onpolicy/kl| {s['max_abs_kl']!r}, max "
+            f"{s['reward_first']:.3f} -> {s['reward_last']:.3f} (mean of first/last {WINDOW} steps: "
+            f"{s[f'reward_first{WINDOW}']:.3f} -> {s[f'reward_last{WINDOW}']:.3f}); max |onpolicy/kl| {s['max_abs_kl']!r}, max "
             f"|logprob diff| {s['max_logprob_diff']!r}, max mismatch_frac {s['max_mismatch_frac']!r}; "
             f"outputs in {s['output_dir']}")

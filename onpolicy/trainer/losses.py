@@ -103,17 +103,22 @@ def policy_loss(
         kl = torch.exp(delta) - delta - 1.0
         per_token = per_token + beta * kl
 
+    # Per-token aggregation weights, computed on the CPU (no index_add / bincount on the device: both are
+    # non-deterministic or refused on CUDA under torch.use_deterministic_algorithms).
+    mask_cpu = mask.detach().cpu()
+    idx_cpu = seq_idx.cpu()
+    if agg == "token":
+        weights = mask_cpu.double() / max(int(mask_cpu.sum()), 1)
+    elif agg == "constant":
+        weights = mask_cpu.double() / float(max(nseq, 1) * max_tokens)
+    else:
+        counts = torch.zeros(nseq, dtype=torch.float64).index_add_(0, idx_cpu, mask_cpu.double())
+        nonempty = max(int((counts > 0).sum()), 1)
+        weights = mask_cpu.double() / counts.clamp(min=1.0)[idx_cpu] / nonempty
+    weights = weights.to(device=logprobs.device, dtype=logprobs.dtype)
+
     def aggregate(values: torch.Tensor) -> torch.Tensor:
-        masked = values * maskf
-        if agg == "token":
-            return masked.sum() / maskf.sum().clamp(min=1.0)
-        if agg == "constant":
-            return masked.sum() / float(max(nseq, 1) * max_tokens)
-        per_seq_sum = torch.zeros(nseq, dtype=values.dtype, device=values.device).index_add(0, seq_idx, masked)
-        per_seq_cnt = torch.zeros(nseq, dtype=values.dtype, device=values.device).index_add(0, seq_idx, maskf)
-        has = per_seq_cnt > 0
-        per_seq = per_seq_sum / per_seq_cnt.clamp(min=1.0)
-        return (per_seq * has).sum() / has.sum().clamp(min=1)
+        return (values * weights).sum()
 
     loss = aggregate(per_token)
     ntok = int(mask.sum().item())

@@ -45,21 +45,41 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(cfg, device: torch.device, seed: int):
-    """-> (model, tokenizer): the built-in tiny model ("tiny") or a local HF directory."""
+def check_model_path(cfg) -> None:
     if cfg.model.path == "tiny":
-        from onpolicy.model.tiny import build_tiny
-
-        model, tokenizer = build_tiny(seed=seed, dtype=cfg.model.dtype, **cfg.model.tiny)
-        return model.to(device), tokenizer
+        return
     if cfg.model.tiny:
         raise ValueError("model.tiny: overrides only apply with model.path: tiny; allowed here: {}")
     if not os.path.isdir(cfg.model.path):
         raise ValueError(f"model.path: {cfg.model.path!r} is not a directory; allowed: 'tiny' or a local HF model dir")
-    from onpolicy.model import load_pretrained, load_tokenizer
+
+
+def build_tokenizer(cfg):
+    """The tokenizer alone (cheap), so data can be checked before any model is built."""
+    check_model_path(cfg)
+    if cfg.model.path == "tiny":
+        from onpolicy.model.tiny import CharTokenizer
+
+        return CharTokenizer()
+    from onpolicy.model import load_tokenizer
+
+    return load_tokenizer(cfg.model.path)
+
+
+def build_model(cfg, device: torch.device, seed: int):
+    """The policy: the built-in tiny model ("tiny", weights from `seed`) or a local HF directory."""
+    check_model_path(cfg)
+    if cfg.model.path == "tiny":
+        from onpolicy.model.tiny import build_tiny
+
+        if "dtype" in cfg.model.tiny:
+            raise ValueError("model.tiny.dtype: set the dtype with model.dtype (float32 | bfloat16) instead")
+        model, _ = build_tiny(seed=seed, dtype=cfg.model.dtype, **cfg.model.tiny)
+        return model.to(device)
+    from onpolicy.model import load_pretrained
 
     model, _ = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, device=device)
-    return model, load_tokenizer(cfg.model.path)
+    return model
 
 
 def save_checkpoint(run: Run, step: int) -> str:
@@ -85,6 +105,23 @@ def _resume(run: Run) -> int:
     return int(ck.step)
 
 
+def trim_metrics(cfg, start_step: int, log=print) -> None:
+    """Keep only the rows of an existing metrics.jsonl with step <= start_step (a fresh run starts empty, a
+    resumed one drops rows logged after its checkpoint), so the file and its plots show one run."""
+    path = os.path.join(cfg.logging.output_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return
+    import json
+
+    with open(path) as f:
+        rows = [line for line in f if line.strip()]
+    keep = [line for line in rows if json.loads(line).get("step", 0) <= start_step]
+    if len(keep) != len(rows):
+        log(f"{path}: dropping {len(rows) - len(keep)} rows of an earlier run (steps > {start_step})")
+        with open(path, "w") as f:
+            f.writelines(keep)
+
+
 def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
     t = cfg.trainer
     if t.sft_warmup_steps == 0:
@@ -100,7 +137,9 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
     cache = os.path.join(os.path.dirname(os.path.abspath(cfg.logging.output_dir)), "cache")
     import kernels
 
-    with kernels.invariant_mode(t.invariant):
+    # Always the invariant kernels: the warm start (and its cache) must not depend on trainer.invariant, so
+    # an invariant and a comparison run start from the same weights whichever ran first.
+    with kernels.invariant_mode(True):
         return sft_warmup(model, prompts, completions, steps=t.sft_warmup_steps, lr=t.sft_lr,
                           batch_size=SFT_BATCH_SIZE, seed=t.seed, cache_dir=cache, log=log)
 
@@ -118,16 +157,14 @@ def build_run(cfg, log=print) -> Run:
     if isinstance(t.resume, str) and not os.path.exists(t.resume):
         raise ValueError(f"trainer.resume: checkpoint path {t.resume!r} does not exist; allowed: false, true, a path")
     device = resolve_device(cfg.model.device)
-    # One CPU thread: the CPU kernels run many tiny fixed-shape matmuls, and on a shared machine an OpenMP
-    # team of 2 was measured ~1000x slower per call (22 ms vs 21 us for 32x64 @ 64x192). Results do not
-    # depend on the thread count (kernels/_common.py), only speed does. Override: ONPOLICY_CPU_THREADS.
-    determinism.enable(seed=t.seed, cpu_threads=int(os.environ.get("ONPOLICY_CPU_THREADS", "1")))
-    model, tokenizer = build_model(cfg, device, t.seed)
+    determinism.enable(seed=t.seed)
+    tokenizer = build_tokenizer(cfg)
+    rows = load_prompts(cfg.data, tokenizer)
+    model = build_model(cfg, device, t.seed)
 
     def encode(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
-    rows = load_prompts(cfg.data, tokenizer)
     sft_stats = run_sft(cfg, model, tokenizer, rows, encode, log)
     ref_model = None
     if t.beta > 0:
@@ -146,6 +183,7 @@ def build_run(cfg, log=print) -> Run:
     if t.resume is not False:
         run.start_step = _resume(run)
         log(f"resumed after step {run.start_step}" if run.start_step else "resume: no checkpoint yet, starting fresh")
+    trim_metrics(cfg, run.start_step, log)
     run.logger = RunLogger(cfg)
     run.setup_time = time.perf_counter() - t0
     return run

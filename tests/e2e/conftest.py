@@ -8,13 +8,17 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "tiny-cpu.yaml"
 
 
-def _tiny_cfg(tmp_path, name="run", **overrides):
-    """The default config, shrunk for CI; `overrides` are dotted keys ('trainer.steps') -> values."""
+def _tiny_cfg(output_dir, **overrides):
+    """The default config, shrunk for CI; `overrides` are dotted keys ('trainer.steps') -> values.
+
+    Keeps the default SFT warm-start (so rewards, advantages and gradients are non-zero); its cache lives in
+    `output_dir/../cache`.
+    """
     from onpolicy.config import parse_args
 
     small = {
         "trainer.steps": 3, "trainer.prompts_per_step": 4, "sampling.num_generations": 4,
-        "trainer.sft_warmup_steps": 2, "logging.output_dir": str(tmp_path / name), "logging.plot": False,
+        "logging.output_dir": str(output_dir), "logging.plot": False,
     }
     small.update(overrides)
     argv = ["--config", str(DEFAULT_CONFIG)]
@@ -32,10 +36,23 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session")
+def e2e_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("e2e")
+
+
 @pytest.fixture
-def tiny_cfg():
-    """`tiny_cfg(tmp_path, name="run", **{"trainer.steps": 2})` -> ExperimentConfig (see `_tiny_cfg`)."""
-    return _tiny_cfg
+def tiny_cfg(e2e_root, request):
+    """`tiny_cfg(name="run", **{"trainer.steps": 2})` -> ExperimentConfig writing to `<e2e_root>/<test>-<name>`.
+
+    All runs of a session are siblings, so they share one SFT cache (`<e2e_root>/cache`).
+    """
+    test = "".join(c if c.isalnum() or c in "-_" else "-" for c in request.node.name)
+
+    def make(name="run", **overrides):
+        return _tiny_cfg(e2e_root / f"{test}-{name}", **overrides)
+
+    return make
 
 
 @pytest.fixture

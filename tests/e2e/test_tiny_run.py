@@ -2,6 +2,7 @@
 errors before compute, the invariant: false comparison mode, and (slow) reward rising."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,8 +22,8 @@ def _rows(cfg):
         return [json.loads(line) for line in f]
 
 
-def test_default_run_is_exactly_on_policy(tmp_path, tiny_cfg):
-    cfg = tiny_cfg(tmp_path, **{"trainer.strict_onpolicy": True})
+def test_default_run_is_exactly_on_policy(tiny_cfg):
+    cfg = tiny_cfg(**{"trainer.strict_onpolicy": True})
     summary = _train(cfg)
     rows = _rows(cfg)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -33,24 +34,25 @@ def test_default_run_is_exactly_on_policy(tmp_path, tiny_cfg):
             assert math.isfinite(r[key]), (key, r[key])
         assert r["completion/mean_length"] > 0
     assert summary["max_abs_kl"] == 0.0 and summary["steps"] == 3
-    # The policy really trained: the sampler saw changing weights (same object), and parity still held.
+    # Rewards varied within groups, so the policy gradient was non-zero (resume test: weights do change).
     assert any(r["grad_norm"] > 0 for r in rows)
 
 
-def _final_weights(cfg):
+def _final_weights(cfg, step=None):
     from onpolicy.trainer import checkpoint
 
-    ck = checkpoint.load_checkpoint(checkpoint.checkpoint_root(cfg), restore_rng=False)
+    root = checkpoint.checkpoint_root(cfg)
+    ck = checkpoint.load_checkpoint(root if step is None else root / f"step-{step}", restore_rng=False)
     return ck.step, ck.model.state_dict()
 
 
-def test_resume_is_bitwise_identical(tmp_path, tiny_cfg):
+def test_resume_is_bitwise_identical(tiny_cfg):
     common = {"trainer.steps": 4, "trainer.save_every": 2}
-    straight = tiny_cfg(tmp_path, "straight", **common)
+    straight = tiny_cfg("straight", **common)
     _train(straight)
-    first = tiny_cfg(tmp_path, "resumed", **{**common, "trainer.steps": 2})
+    first = tiny_cfg("resumed", **{**common, "trainer.steps": 2})
     _train(first)
-    second = tiny_cfg(tmp_path, "resumed", **{**common, "trainer.resume": True})
+    second = tiny_cfg("resumed", **{**common, "trainer.resume": True})
     summary = _train(second)
     assert summary["start_step"] == 2 and summary["steps"] == 2
     step_a, wa = _final_weights(straight)
@@ -59,6 +61,8 @@ def test_resume_is_bitwise_identical(tmp_path, tiny_cfg):
     assert wa.keys() == wb.keys()
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+    _, w2 = _final_weights(straight, step=2)
+    assert any(not torch.equal(w2[k], wa[k]) for k in wa), "steps 3-4 did not change the weights"
     ra, rb = _rows(straight), _rows(second)
     assert [r["step"] for r in rb] == [1, 2, 3, 4]
     for x, y in zip(ra, rb):
@@ -75,23 +79,25 @@ def test_config_errors_are_clear_and_before_compute(tmp_path, tiny_cfg, monkeypa
 
     monkeypatch.setattr(tiny, "build_tiny", no_compute)
     with pytest.raises(ConfigError, match=r"trainer\.algo.*allowed: grpo, dr_grpo, dapo, rloo"):
-        tiny_cfg(tmp_path, **{"trainer.algo": "ppo"})
+        tiny_cfg(**{"trainer.algo": "ppo"})
     with pytest.raises(ConfigError, match=r"trainer\.tis_cap"):
-        tiny_cfg(tmp_path, **{"trainer.tis_cap": 2.0})
+        tiny_cfg(**{"trainer.tis_cap": 2.0})
     with pytest.raises(ConfigError, match=r"sampling\.num_generations"):
-        tiny_cfg(tmp_path, **{"sampling.num_generations": 0})
+        tiny_cfg(**{"sampling.num_generations": 0})
     with pytest.raises(ValueError, match=r"rewards\[0\]\.name.*no_such_reward"):
-        train(tiny_cfg(tmp_path, rewards=[{"name": "no_such_reward"}]), log=lambda *a: None)
+        train(tiny_cfg(rewards=[{"name": "no_such_reward"}]), log=lambda *a: None)
     with pytest.raises(ValueError, match=r"embedded task must be one of"):
-        train(tiny_cfg(tmp_path, **{"data.dataset": "embedded:chess"}), log=lambda *a: None)
+        train(tiny_cfg(**{"data.dataset": "embedded:chess"}), log=lambda *a: None)
     with pytest.raises(ValueError, match=r"model\.path"):
-        train(tiny_cfg(tmp_path, **{"model.path": str(tmp_path / "missing"), "model.tiny": {}}), log=lambda *a: None)
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+        train(tiny_cfg(**{"model.path": str(tmp_path / "missing"), "model.tiny": {}}), log=lambda *a: None)
+    cfg = tiny_cfg()
+    assert not (Path(cfg.logging.output_dir) / "metrics.jsonl").exists()
 
 
-def test_invariant_false_logs_parity_metrics(tmp_path, tiny_cfg):
+def test_invariant_false_logs_parity_metrics(tiny_cfg):
     """torch default ops in sampler and trainer; the metrics are logged (on CPU they may well be 0)."""
-    cfg = tiny_cfg(tmp_path, **{"trainer.invariant": False, "trainer.tis_cap": 2.0, "trainer.steps": 2})
+    cfg = tiny_cfg(**{"trainer.invariant": False, "trainer.strict_onpolicy": False, "trainer.tis_cap": 2.0,
+                     "trainer.steps": 2})
     summary = _train(cfg)
     rows = _rows(cfg)
     assert len(rows) == 2
@@ -104,9 +110,9 @@ def test_invariant_false_logs_parity_metrics(tmp_path, tiny_cfg):
 
 
 @pytest.mark.parametrize("algo", ["dr_grpo", "dapo", "rloo"])
-def test_other_algorithms_run_on_policy(tmp_path, tiny_cfg, algo):
+def test_other_algorithms_run_on_policy(tiny_cfg, algo):
     extra = {"trainer.dynamic_sampling": True, "trainer.overlong_filter": True} if algo == "dapo" else {}
-    cfg = tiny_cfg(tmp_path, **{"trainer.algo": algo, "trainer.steps": 2, "trainer.beta": 0.05, **extra})
+    cfg = tiny_cfg(**{"trainer.algo": algo, "trainer.steps": 2, "trainer.beta": 0.05, **extra})
     _train(cfg)
     for r in _rows(cfg):
         assert all(r[k] == 0.0 for k in PARITY), r
@@ -114,12 +120,52 @@ def test_other_algorithms_run_on_policy(tmp_path, tiny_cfg, algo):
 
 
 @pytest.mark.slow
-def test_default_config_raises_reward(tmp_path, default_config_path):
-    """The README command's config, unchanged except the output dir: reward must clearly rise."""
+def test_default_config_raises_reward(e2e_root, default_config_path):
+    """The README command's config, unchanged except the output dir (its SFT cache is the session's): reward
+    must clearly rise, with exact parity on every step."""
     from onpolicy.config import parse_args
 
-    cfg = parse_args(["--config", str(default_config_path), "--logging.output_dir", str(tmp_path / "run"),
+    cfg = parse_args(["--config", str(default_config_path), "--logging.output_dir", str(e2e_root / "default"),
                       "--logging.plot", "false"])
     s = _train(cfg)
     assert s["max_abs_kl"] == 0.0 and s["max_mismatch_frac"] == 0.0
-    assert s["reward_last5"] > s["reward_first5"] + 0.2, (s["reward_first5"], s["reward_last5"])
+    assert s["reward_last10"] > s["reward_first10"] + 0.2, (s["reward_first10"], s["reward_last10"])
+
+
+def test_strict_onpolicy_stops_on_a_one_ulp_mismatch(tiny_cfg, monkeypatch):
+    """Nudge one sampler logprob by one ulp: strict mode must stop with the sequence/token and a pointer."""
+    from onpolicy.trainer import loop
+    from onpolicy.trainer.parity import OnPolicyViolation
+
+    real = loop.generate_rollouts
+
+    def nudged(*args, **kwargs):
+        ro = real(*args, **kwargs)
+        lp = ro.sampler_logprobs[1]
+        lp[0] = torch.nextafter(lp[0], torch.tensor(0.0))
+        return ro
+
+    monkeypatch.setattr(loop, "generate_rollouts", nudged)
+    with pytest.raises(OnPolicyViolation, match=r"step 1: sequence 1, completion token 0.*doctor\.py"):
+        _train(tiny_cfg(**{"trainer.strict_onpolicy": True}))
+
+
+def test_sft_warm_start_is_cached(tiny_cfg):
+    """A second run with the same settings loads the cached warm start instead of training again."""
+    from onpolicy.trainer import setup
+
+    stats = []
+    for name in ("a", "b"):
+        cfg = tiny_cfg(name, **{"trainer.steps": 0, "trainer.sft_warmup_steps": 3})
+        run = setup.build_run(cfg, log=lambda *a: None)
+        run.logger.close()
+        stats.append(run.sft_stats)
+    assert stats[0]["sft/cached"] is False and stats[1]["sft/cached"] is True
+    assert stats[0]["sft/loss_last"] == stats[1]["sft/loss_last"]
+
+
+def test_rerun_in_same_dir_starts_a_fresh_metrics_file(tiny_cfg):
+    cfg = tiny_cfg(**{"trainer.steps": 2})
+    _train(cfg)
+    _train(cfg)
+    assert [r["step"] for r in _rows(cfg)] == [1, 2]
