@@ -4,7 +4,7 @@ Default (H100): Qwen3-0.6B shape, random bf16 weights, batch sizes 1/16/64/256, 
 512 new tokens (eos ignored), greedy for every system. HF runs a transformers Qwen3ForCausalLM built from the same config and weights
 (saved with `save_pretrained`, loaded with `from_pretrained`), greedy, with min_new_tokens = max_new_tokens.
 Each system gets one short warm-up generate (Triton compile, CUDA-graph capture) before timing.
-"default" (invariant=False) runs eagerly (its reference attention loops over sequences on the host and
+"default" (invariant=False) runs eagerly (its reference attention syncs with the host for its padded sizes and
 cannot be captured), at batch 1/16 on CUDA unless --default-batch-sizes says otherwise.
 Prints tok/s and ratios; writes bench_engine.json (after every measurement) and bench_engine.png to --out.
 `--quick`: the tiny model on CPU, batch 1/4, 8 new tokens (a smoke run, not a measurement).
@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 
-SYSTEMS = ("invariant", "hf", "default")  # default last: its reference attention loops per sequence
+SYSTEMS = ("invariant", "hf", "default")  # default last: slowest (eager, no CUDA graphs)
 
 
 def _sync(device):
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of invariant,hf,default (run in that order)")
     ap.add_argument("--default-batch-sizes", default=None,
                     help="batch sizes for the invariant=False system (default: --batch-sizes on CPU, 1,16 on CUDA: "
-                         "its torch reference attention loops over sequences on the host)")
+                         "its torch reference attention cannot be graph-captured)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

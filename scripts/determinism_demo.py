@@ -90,11 +90,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--model", default=None, help='"tiny", "qwen3-0.6b" (random weights) or an HF dir; '
                     "default: tiny on CPU, qwen3-0.6b on CUDA")
-    ap.add_argument("--max-tokens", type=int, default=None, help="default 16 on CPU, 32 on CUDA")
+    ap.add_argument("--max-tokens", type=int, default=None, help="default 16 on CPU, 128 on CUDA")
     ap.add_argument("--budget", type=int, default=None, help="max_num_batched_tokens (default 64 CPU, 2048 CUDA)")
     ap.add_argument("--max-num-seqs", type=int, default=None, help="default 16 CPU, 256 CUDA")
-    ap.add_argument("--default-n", type=int, default=None, help="copies for the invariant=False run "
-                    "(default: --n on CPU, min(--n, 128) on CUDA: its reference attention loops over sequences)")
+    ap.add_argument("--default-n", type=int, default=None, help="copies for the invariant=False run (default: --n)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write the results here")
     args = ap.parse_args(argv)
@@ -103,11 +102,11 @@ def main(argv=None) -> int:
     determinism.enable(seed=args.seed)
     cuda = args.device.startswith("cuda")
     model = build_model(args.model or ("qwen3-0.6b" if cuda else "tiny"), args.device, args.dtype)
-    max_tokens = args.max_tokens or (32 if cuda else 16)
+    max_tokens = args.max_tokens or (128 if cuda else 16)
     budget = args.budget or (2048 if cuda else 64)
     seqs = args.max_num_seqs or (256 if cuda else 16)
     results = []
-    default_n = args.default_n or (min(args.n, 128) if cuda else args.n)
+    default_n = args.default_n or args.n
     for invariant in (True, False):
         r = run(model, args.n if invariant else default_n, max_tokens, invariant, args.seed, budget, seqs)
         results.append(r)
