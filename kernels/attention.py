@@ -5,7 +5,8 @@ K/V live in slots `[num_slots, Hkv, D]`; key position p of sequence b sits in sl
 `kv_offsets = 0`; packed training K/V use `kv_offsets = cu_seqlens[:-1]` and `block_table[b, j] = j`, so the
 same code reads both. Queries of sequence b are its last `q_len` positions (causal).
 
-Invariance: every query row is computed in a tile of `BLOCK_Q` queries of one sequence (padded, decode too),
+Invariance: every query row is computed in a tile of `GPU_BLOCK_Q` (CPU: `BLOCK_Q`) queries of one sequence
+(padded, decode too),
 keys are reduced from position 0 upward in `BLOCK_K`-key tiles for every caller, masked or unused slots load
 as 0 and score -inf so they add exact zeros, online softmax in fp32. No split-KV, no atomics, one tile config
 per (dtype, D). CUDA: Triton. CPU: the same tiling in torch on fixed-shape bmm chunks (`_attention_cpu`).
@@ -23,7 +24,10 @@ import triton.language as tl
 
 from kernels._common import check, check_float, check_same_device, is_invariant, use_triton
 
-BLOCK_Q = 16  # queries per tile (one sequence per tile; decode pads)
+BLOCK_Q = 16  # CPU path: queries per tile (one sequence per tile; decode pads)
+# GPU kernel: queries per tile for every caller. Measured on the H100 (docs/invariance.md): 64 made causal
+# prefill 1.3-1.8x faster but decode up to 1.75x slower (engine tok/s at batch 256: 10.8k vs 14.9k), so 16.
+GPU_BLOCK_Q = 16
 BLOCK_K = 64  # keys per tile, tiles start at key position 0
 CPU_BMM_CHUNK = 32  # (tile, head) matrices per CPU bmm call, zero padded: every call has one shape
 LOG2E = 1.4426950408889634
@@ -122,13 +126,13 @@ def _attention_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, block_s
     lse = torch.empty((t, hq), device=q.device, dtype=torch.float32) if with_lse else out
     if t == 0:
         return out, (lse if with_lse else None)
-    grid = (t // BLOCK_Q + num_seqs, hq)  # upper bound on sum(ceil(q_len / BLOCK_Q)); no host sync
+    grid = (t // GPU_BLOCK_Q + num_seqs, hq)  # upper bound on sum(ceil(q_len / GPU_BLOCK_Q)); no host sync
     _attn_fwd_kernel[grid](
         q, k, v, out, lse, cu_q, seqlens_k, block_table, kv_offsets,
         num_seqs, block_size, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), block_table.stride(0),
-        GROUP=hq // k.shape[1], HEAD_DIM=d, BQ=BLOCK_Q, BK=BLOCK_K,
+        GROUP=hq // k.shape[1], HEAD_DIM=d, BQ=GPU_BLOCK_Q, BK=BLOCK_K,
         WRITE_LSE=with_lse, IEEE=q.dtype == torch.float32, num_warps=_num_warps(d), num_stages=2,
     )
     return out, (lse if with_lse else None)

@@ -16,15 +16,6 @@ from onpolicy.model.tiny import build_tiny
 TEMPS = [0.0, 0.7, 1.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_cpu_thread():
-    """One CPU thread: thread count does not change results (kernel tests), and it is ~3x faster on CI."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny():
     model, tok = build_tiny(seed=1, head_dim=64, num_hidden_layers=2)
