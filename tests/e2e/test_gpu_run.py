@@ -40,7 +40,10 @@ def _run(cfg):
     register_reward("gpu_test_chars")(_chars_reward)
     summary = train(cfg)
     with open(f"{cfg.logging.output_dir}/metrics.jsonl") as f:
-        return summary, [json.loads(line) for line in f]
+        rows = [json.loads(line) for line in f]
+    for r in rows:  # shown with `pytest -s`: the figures quoted in notes
+        print(cfg.trainer.invariant, {k: r[k] for k in ("step", *PARITY, "reward/mean", "grad_norm", "time/step")})
+    return summary, rows
 
 
 @pytest.mark.gpu
