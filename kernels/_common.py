@@ -1,4 +1,4 @@
-"""Shared plumbing for the batch-invariant ops: mode switch, dispatch, checks, CPU row tiling.
+"""Shared plumbing for the batch-invariant ops: triton import, mode switch, dispatch, checks, CPU row tiling.
 
 Dispatch: a CUDA tensor runs the op's Triton kernel; a CPU tensor runs its batch-invariant torch path. Inside
 `invariant_mode(False)` every op runs its `*_reference` (torch default ops) instead -- that is the
@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 from typing import Callable, Sequence
 
 import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - pyproject installs triton on Linux x86_64 only
+    triton = tl = None
 
 CPU_ROW_TILE = 32
 
@@ -39,13 +44,15 @@ def invariant_mode(enabled: bool = True):
         _INVARIANT.reset(token)
 
 
-def triton_interpret() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def use_triton(*tensors: torch.Tensor) -> bool:
-    """Whether the Triton path runs: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 when forced."""
+    """Whether the Triton path runs: all tensors on CUDA. (Tests run the Triton launchers on CPU tensors
+    under TRITON_INTERPRET=1 by calling them directly.)"""
     return all(t.is_cuda for t in tensors)
+
+
+def require_triton(op: str) -> None:
+    if triton is None:
+        raise RuntimeError(f"kernels.{op}: triton is not installed")
 
 
 def check(cond: bool, op: str, msg: str) -> None:

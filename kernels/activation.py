@@ -11,13 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check, check_float, check_same_device, is_invariant, use_triton
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
+from kernels._common import check, check_float, check_same_device, is_invariant, require_triton, tl, triton, use_triton
 
 BLOCK_N = 1024
 
@@ -38,8 +32,7 @@ if triton is not None:
 
 def _silu_mul_triton(gate2d: torch.Tensor, up2d: torch.Tensor) -> torch.Tensor:
     """Launch on 2-D [M, N] views whose last dim is contiguous; output contiguous in gate's dtype."""
-    if triton is None:
-        raise RuntimeError("kernels.silu_mul: triton is not installed")
+    require_triton("silu_mul")
     M, N = gate2d.shape
     y = torch.empty((M, N), device=gate2d.device, dtype=gate2d.dtype)
     if M == 0 or N == 0:

@@ -6,10 +6,10 @@ K/V live in slots `[num_slots, Hkv, D]`; key position p of sequence b sits in sl
 same code reads both. Queries of sequence b are its last `q_len` positions (causal).
 
 Invariance: every query row is computed in a tile of `GPU_BLOCK_Q` (CPU: `BLOCK_Q`) queries of one sequence
-(padded, decode too),
-keys are reduced from position 0 upward in `BLOCK_K`-key tiles for every caller, masked or unused slots load
-as 0 and score -inf so they add exact zeros, online softmax in fp32. No split-KV, no atomics, one tile config
-per (dtype, D). CUDA: Triton. CPU: the same tiling in torch on fixed-shape bmm chunks (`_attention_cpu`).
+(padded, decode too), keys are reduced from position 0 upward in `BLOCK_K`-key tiles for every caller, masked
+or unused slots load as 0 and score -inf so they add exact zeros, online softmax in fp32. No split-KV, no
+atomics, one tile config per (dtype, D). CUDA: Triton. CPU: the same tiling in torch on fixed-shape bmm
+chunks (`_attention_cpu`).
 Left out: sliding windows, soft-capping, alibi, fp8 K/V, split-KV decode (not batch invariant).
 Backward (training only) lives in `kernels/attention_backward.py`.
 """
@@ -282,7 +282,8 @@ def check_attention_args(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offse
           f"scale must be None or a positive float, got {scale!r}")
     if q.is_cuda and torch.cuda.is_current_stream_capturing():
         return  # value checks below need a host sync, not allowed while a CUDA graph is captured
-    cu, lens = cu_seqlens_q.tolist(), seqlens_k.tolist()
+    both = torch.cat([cu_seqlens_q, seqlens_k]).tolist()  # one host sync for both
+    cu, lens = both[: n + 1], both[n + 1 :]
     check(cu[0] == 0 and cu[-1] == q.shape[0], _OP,
           f"cu_seqlens_q must start at 0 and end at q.shape[0]={q.shape[0]}, got {cu[0]}..{cu[-1]}")
     q_lens = [cu[i + 1] - cu[i] for i in range(n)]

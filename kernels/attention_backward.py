@@ -18,8 +18,8 @@ import triton.language as tl
 
 from kernels._common import check, is_invariant, use_triton
 from kernels.attention import (
-    LOG2E, _OP, _attention_cpu, _attention_triton, _find_seq, _num_warps, attention_reference, check_attention_args,
-    training_metadata,
+    BLOCK_K, LOG2E, _OP, _attention_cpu, _attention_triton, _find_seq, _num_warps, attention_reference,
+    check_attention_args, training_metadata,
 )
 
 BWD_BLOCK_M = 32  # query tile of the backward kernels
@@ -154,11 +154,6 @@ def _attention_backward_triton(q, k, v, out, lse, do, cu_seqlens, scale):
     return dq, dk, dv
 
 
-def _reference_varlen(q, k, v, cu_seqlens, scale):
-    seqlens_k, table, offsets = training_metadata(cu_seqlens)
-    return attention_reference(q, k, v, cu_seqlens, seqlens_k, table, offsets, 64, scale)
-
-
 def _recompute_varlen(q, k, v, cu_seqlens, scale):
     """Differentiable fp32 recomputation for the CPU backward: per sequence, outputs concatenated (split
     and cat: slicing or slice writes would copy the whole gradient once per sequence in backward)."""
@@ -179,12 +174,11 @@ def _recompute_varlen(q, k, v, cu_seqlens, scale):
 
 class _AttentionVarlen(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, scale):
-        seqlens_k, table, offsets = training_metadata(cu_seqlens)
+    def forward(ctx, q, k, v, cu_seqlens, seqlens_k, table, offsets, scale):
         if use_triton(q, k, v):
-            out, lse = _attention_triton(q, k, v, cu_seqlens, seqlens_k, table, offsets, 64, scale, True)
+            out, lse = _attention_triton(q, k, v, cu_seqlens, seqlens_k, table, offsets, BLOCK_K, scale, True)
         else:
-            out, lse = _attention_cpu(q, k, v, cu_seqlens, seqlens_k, table, offsets, 64, scale), None
+            out, lse = _attention_cpu(q, k, v, cu_seqlens, seqlens_k, table, offsets, BLOCK_K, scale), None
         ctx.save_for_backward(q, k, v, out, lse if lse is not None else out, cu_seqlens)
         ctx.scale = scale
         return out
@@ -194,12 +188,12 @@ class _AttentionVarlen(torch.autograd.Function):
         q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
         if use_triton(q, k, v):
             dq, dk, dv = _attention_backward_triton(q, k, v, out, lse, do, cu_seqlens, ctx.scale)
-            return dq, dk, dv, None, None
+            return dq, dk, dv, None, None, None, None, None
         with torch.enable_grad():
             qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
             ref = _recompute_varlen(qg, kg, vg, cu_seqlens, ctx.scale)
             dq, dk, dv = torch.autograd.grad(ref, (qg, kg, vg), do)
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def attention_varlen(q, k, v, cu_seqlens, scale=None):
@@ -210,9 +204,9 @@ def attention_varlen(q, k, v, cu_seqlens, scale=None):
     check(isinstance(q, torch.Tensor) and q.dim() == 3, _OP, "q must be a 3-D tensor [tokens, heads, head_dim]")
     check(isinstance(k, torch.Tensor) and k.dim() == 3 and k.shape[0] == q.shape[0], _OP,
           f"training k must have as many tokens as q ({q.shape[0]}), got shape {tuple(getattr(k, 'shape', ()))}")
-    seqlens_k, table, offsets = training_metadata(cu_seqlens)
-    check_attention_args(q, k, v, cu_seqlens, seqlens_k, table, offsets, 64, scale)
+    meta = training_metadata(cu_seqlens, BLOCK_K)  # (seqlens_k, block_table, kv_offsets), built once per call
+    check_attention_args(q, k, v, cu_seqlens, *meta, BLOCK_K, scale)
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
     if not is_invariant():
-        return _reference_varlen(q, k, v, cu_seqlens, scale)
-    return _AttentionVarlen.apply(q, k, v, cu_seqlens, scale)
+        return attention_reference(q, k, v, cu_seqlens, *meta, BLOCK_K, scale)
+    return _AttentionVarlen.apply(q, k, v, cu_seqlens, *meta, scale)

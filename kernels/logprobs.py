@@ -25,14 +25,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check, check_float, check_same_device, is_invariant, use_triton
+from kernels._common import check, check_float, check_same_device, is_invariant, require_triton, tl, triton, use_triton
 from kernels.matmul import linear, tile_config
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - CPU-only installs without triton
-    triton = None
 
 # Rows of the LM head per step of token_logprobs (fixed; never derived from M). 151936 = 37 * 4096 + 384.
 VOCAB_CHUNK = 4096
@@ -89,14 +83,9 @@ if triton is not None:
         tl.store(tgt_ptr + row, x_t, mask=hit)
 
 
-def _require_triton(op: str) -> None:
-    if triton is None:
-        raise RuntimeError(f"kernels.{op}: triton is not installed")
-
-
 def _log_softmax_triton(x: torch.Tensor, block: int = LOG_SOFTMAX_BLOCK) -> torch.Tensor:
     """Triton log_softmax of 2-D x (unit stride along V) -> fp32; one program per row."""
-    _require_triton("log_softmax")
+    require_triton("log_softmax")
     x = x if x.stride(-1) == 1 else x.contiguous()
     M, V = x.shape
     out = torch.empty((M, V), device=x.device, dtype=torch.float32)
@@ -186,8 +175,8 @@ def _check_targets(hidden: torch.Tensor, targets: torch.Tensor, V: int, op: str 
     check(targets.shape == (M,), op, f"targets must have shape [M]=({M},), got {tuple(targets.shape)}")
     check_same_device(op, **{"hidden" if op == "token_logprobs" else "logits": hidden, "targets": targets})
     capturing = targets.is_cuda and torch.cuda.is_current_stream_capturing()
-    if M and not capturing:  # the range check syncs; skipped inside CUDA-graph capture
-        lo, hi = int(targets.min()), int(targets.max())
+    if M and not capturing:  # the range check syncs (once); skipped inside CUDA-graph capture
+        lo, hi = torch.stack([targets.min(), targets.max()]).tolist()
         check(lo >= 0 and hi < V, op, f"targets must lie in [0, V={V}), got values in [{lo}, {hi}]")
 
 

@@ -17,13 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check, check_float, check_same_device, cpu_row_tiled, is_invariant, use_triton
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - CPU-only installs without triton
-    triton = None
+from kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
+                             triton, use_triton)
 
 # CPU rows per fixed-shape tile. Measured on [4096,256]x[256,768] fp32 (2 threads): tile 32 ~29 ms,
 # 64 ~8 ms, 128 ~7 ms, 256 ~7 ms, plain mm ~32 ms (bf16 plain mm ~10 ms). 64 keeps decode padding small.
@@ -88,8 +83,7 @@ if triton is not None:
 
 def _mm_triton(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Launch the Triton GEMM on 2-D a[M, K] and b[K, N] (any strides); output contiguous [M, N] in a.dtype."""
-    if triton is None:
-        raise RuntimeError("kernels.matmul: triton is not installed")
+    require_triton("matmul")
     M, K = a.shape
     N = b.shape[1]
     c = torch.empty((M, N), device=a.device, dtype=a.dtype)

@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels._common import check, check_float, check_same_device, cpu_row_tiled, is_invariant, use_triton
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
+from kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
+                             triton, use_triton)
 
 MAX_HIDDEN = 65536
 
@@ -41,8 +36,7 @@ if triton is not None:
 
 def _rms_norm_triton(x2d: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Launch one program per row of x2d[M, H] (last dim contiguous)."""
-    if triton is None:
-        raise RuntimeError("kernels.rms_norm: triton is not installed")
+    require_triton("rms_norm")
     M, H = x2d.shape
     y = torch.empty((M, H), device=x2d.device, dtype=x2d.dtype)
     if M == 0:

@@ -16,13 +16,7 @@ import numbers
 
 import torch
 
-from kernels._common import check, check_same_device, is_invariant, use_triton
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
+from kernels._common import check, check_same_device, is_invariant, require_triton, tl, triton, use_triton
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -67,8 +61,7 @@ if triton is not None:
 
 def _rope_triton(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
     """Launch one program per token; x[T, heads, D] may be strided in T and heads (last dim contiguous)."""
-    if triton is None:
-        raise RuntimeError("kernels.rope: triton is not installed")
+    require_triton("rope")
     T, H, D = x.shape
     y = torch.empty((T, H, D), device=x.device, dtype=x.dtype)
     if T == 0 or H == 0:

@@ -45,9 +45,10 @@ def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[in
     device = model.lm_head_weight.device
     ids, positions, cu, rows, targets, counts = pack_sequences(prompts, completions, device)
     vocab = model.config.vocab_size
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+    lo, hi, max_pos = torch.stack([ids.min(), ids.max(), positions.max()]).tolist()  # ids is never empty; one sync
+    if lo < 0 or hi >= vocab:
         raise ValueError(f"sequence_logprobs: token ids must lie in [0, {vocab}) (the model's vocab_size)")
-    if int(positions.max()) >= model.config.max_position_embeddings:
+    if max_pos >= model.config.max_position_embeddings:
         raise ValueError(f"sequence_logprobs: a prompt+completion is longer than max_position_embeddings "
                          f"({model.config.max_position_embeddings})")
     hidden = model(ids, positions, AttentionMetadata.for_training(cu))

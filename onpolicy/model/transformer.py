@@ -127,8 +127,9 @@ class MLP(nn.Module):
         self.down_proj = Linear(i, cfg.hidden_size, False, dt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # gate/up stay strided row views of the fused projection: silu_mul reads them in place (no copies)
         gate, up = self.gate_up_proj(x).split([self.intermediate_size, self.intermediate_size], dim=-1)
-        return self.down_proj(kernels.silu_mul(gate.contiguous(), up.contiguous()))
+        return self.down_proj(kernels.silu_mul(gate, up))
 
 
 class DecoderLayer(nn.Module):
