@@ -28,7 +28,7 @@ import yaml
 from onpolicy.config_fields import ConfigError, Section, coerce, config_field, type_hints
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineArgs", "TrainerArgs",
-           "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "parse_args", "load_yaml",
+           "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args", "load_yaml",
            "apply_override", "help_text"]
 
 _f = config_field
@@ -43,7 +43,7 @@ class ModelArgs(Section):
     tiny: dict = _f(help="overrides for the tiny model config (hidden_size, num_hidden_layers, ...)", factory=dict)
 
     def _validate(self):
-        self._check(bool(self.path.strip()), "path", "'tiny' or a model directory")
+        self._check_nonblank("path", "'tiny' or a model directory")
 
 
 @dataclass
@@ -60,8 +60,7 @@ class DataArgs(Section):
     shuffle_seed: int = _f(0, "seed of the per-epoch prompt order")
 
     def _validate(self):
-        if not self.dataset.strip():
-            self._check(False, "dataset", "'embedded:<task>' or a local path")
+        self._check_nonblank("dataset", "'embedded:<task>' or a local path")
         if self.dataset.startswith("embedded:"):
             self._check(bool(self.dataset.split(":", 1)[1]), "dataset", "'embedded:<task>' with a task name")
         self._check(bool(self.prompt_column), "prompt_column", "a non-empty column name")
@@ -98,7 +97,8 @@ class EngineArgs(Section):
     max_num_seqs: int = _f(256, "max sequences per engine step")
     max_num_batched_tokens: int = _f(2048, "max tokens per engine step")
     enable_prefix_caching: bool = _f(True, "reuse cached prompt blocks (reset after every optimizer step)")
-    use_cuda_graphs: bool = _f(True, "capture decode steps in CUDA graphs (ignored on CPU)")
+    use_cuda_graphs: bool = _f(True, "capture decode steps in CUDA graphs (ignored on CPU and with "
+                                     "trainer.invariant: false)")
     num_blocks: int | None = _f(None, "KV-cache blocks; null = sized automatically")
 
     def _validate(self):
@@ -108,7 +108,9 @@ class EngineArgs(Section):
 
 
 ALGOS = ("grpo", "dr_grpo", "dapo", "rloo")
-# Defaults that depend on the algorithm (applied when the field is left null).
+LOSS_AGGS = ("sequence", "token", "constant")
+# Defaults that depend on the algorithm (applied when the field is left null). The trainer's own tables
+# (`onpolicy.trainer.advantages.ALGOS`, `onpolicy.trainer.losses.DEFAULT_AGG`) are read from these.
 ALGO_DEFAULTS = {
     "grpo": {"epsilon_high": 0.2, "loss_agg": "sequence"},
     "dr_grpo": {"epsilon_high": 0.2, "loss_agg": "constant"},
@@ -133,7 +135,7 @@ class TrainerArgs(Section):
     beta: float = _f(0.0, "KL penalty to a frozen reference model (0 = no reference model)")
     loss_agg: str | None = _f(None, "loss aggregation; null = algo default (grpo/rloo: sequence, dapo: token, "
                               "dr_grpo: constant = token sum / (completions * max_tokens))",
-                              choices=("sequence", "token", "constant"))
+                              choices=LOSS_AGGS)
     invariant: bool = _f(True, "run the batch-invariant kernels (true on-policy); false = torch default ops")
     strict_onpolicy: bool = _f(False, "stop on the first step with a non-zero sampler/trainer logprob diff")
     tis_cap: float | None = _f(None, "truncated importance-sampling cap; only with invariant: false")
@@ -181,7 +183,7 @@ class RewardArgs(Section):
     weight: float = _f(1.0, "weight of this reward in the total")
 
     def _validate(self):
-        self._check(bool(self.name.strip()), "name", "a registered reward name")
+        self._check_nonblank("name", "a registered reward name")
 
 
 @dataclass
@@ -196,7 +198,7 @@ class LoggingArgs(Section):
     plot: bool = _f(True, "write PNG plots of metrics.jsonl at the end of the run")
 
     def _validate(self):
-        self._check(bool(self.output_dir.strip()), "output_dir", "a directory path")
+        self._check_nonblank("output_dir", "a directory path")
         self._check(self.log_every >= 1, "log_every", "an int >= 1")
 
 

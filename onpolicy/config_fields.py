@@ -155,4 +155,8 @@ class Section:
         if not ok:
             raise ConfigError(f"{self._where(name)}: got {getattr(self, name)!r}; allowed: {allowed}")
 
+    def _check_nonblank(self, name: str, allowed: str) -> None:
+        """A str field that must hold more than whitespace."""
+        self._check(bool(getattr(self, name).strip()), name, allowed)
+
 

@@ -29,9 +29,8 @@ FILE_TYPES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": 
 def _embedded_rows(task: str, data_args) -> list[dict]:
     from onpolicy import tasks
 
-    make = getattr(tasks, "make_examples", None) or getattr(tasks, "make_dataset")
     n = data_args.num_examples or EMBEDDED_DEFAULT_EXAMPLES
-    return [dict(r) for r in make(task, n, seed=data_args.shuffle_seed)]
+    return [dict(r) for r in tasks.make_examples(task, n, seed=data_args.shuffle_seed)]
 
 
 def _read_stdlib(path: Path) -> list[dict]:

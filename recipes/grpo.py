@@ -39,10 +39,7 @@ def main(argv: list[str] | None = None, algo: str | None = None) -> dict:
     determinism.enable(cfg.trainer.seed)
     check_rewards(cfg.rewards)
     build_accelerator(cfg)
-    try:
-        from onpolicy.trainer import train
-    except ImportError:  # package __init__ without the re-export
-        from onpolicy.trainer.loop import train
+    from onpolicy.trainer import train
 
     return train(cfg)
 

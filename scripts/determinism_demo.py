@@ -8,7 +8,8 @@ and with invariant=False, plus the first position where copies diverge.
     python scripts/determinism_demo.py                       # tiny model, CPU, small
     python scripts/determinism_demo.py --n 1000 --device cuda --dtype bfloat16   # random Qwen3-0.6B shape
 
-The invariant=False run uses the torch reference attention (a per-sequence loop): much slower on GPU.
+The invariant=False run uses the torch reference attention (one padded SDPA call, a host sync per layer,
+no CUDA graphs): slower on GPU.
 Left out: real checkpoints' text (random weights, token ids only), sampling with temperature > 0.
 """
 from __future__ import annotations

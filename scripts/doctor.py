@@ -26,6 +26,7 @@ import torch  # noqa: E402
 import kernels  # noqa: E402
 from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 from onpolicy.model import AttentionMetadata  # noqa: E402
+from onpolicy.model.logprobs import pack_sequences  # noqa: E402
 
 TRACED_OPS = ("rope", "attention", "attention_varlen", "silu_mul", "rms_norm", "linear")
 
@@ -143,7 +144,7 @@ def diagnose(model, tokenizer, prompt_ids: list[int], *, max_tokens=8, temperatu
 
     runner.forward = traced_forward
     with sampler.attached():
-        rids = [llm._enqueue(None, p, sp) for p, sp in zip(prompts, params)]
+        rids = [llm.add_request(p, sp) for p, sp in zip(prompts, params)]
         probe_seq["rid"] = rids[probe_at]
         results = {}
         while llm.has_unfinished():
@@ -153,23 +154,20 @@ def diagnose(model, tokenizer, prompt_ids: list[int], *, max_tokens=8, temperatu
     completion = outs[probe_at].outputs[0].token_ids
     engine_lp = outs[probe_at].outputs[0].logprobs
 
-    # Trainer side: one packed forward over all (prompt, completion) pairs, probe rows recorded.
+    # Trainer side: one packed forward over all (prompt, completion) pairs (packed as `sequence_logprobs`
+    # packs them), probe rows recorded.
     trainer = Recorder(model)
-    seqs = [o.prompt_token_ids + o.outputs[0].token_ids for o in outs]
-    starts = [0]
-    for s in seqs:
-        starts.append(starts[-1] + len(s))
     device = model.lm_head_weight.device
-    ids = torch.tensor([t for s in seqs for t in s], device=device)
-    pos = torch.tensor([p for s in seqs for p in range(len(s))], device=device)
-    cu = torch.tensor(starts, dtype=torch.int32, device=device)
+    ids, pos, cu, score_rows, targets, counts = pack_sequences(
+        [o.prompt_token_ids for o in outs], [o.outputs[0].token_ids for o in outs], device)
     n_ctx = len(prompt_ids) + len(completion) - 1  # positions that produce the probe's logprobs
+    skip = sum(counts[:probe_at])
+    probe_rows = slice(skip, skip + counts[probe_at])  # the probe's entries of score_rows / targets
     t = temperature if temperature > 0 else 1.0
     mode = kernels.invariant_mode(invariant)
-    with torch.no_grad(), mode, trainer.attached(), trainer.forward([(starts[probe_at], 0, n_ctx)]):
+    with torch.no_grad(), mode, trainer.attached(), trainer.forward([(int(cu[probe_at]), 0, n_ctx)]):
         hidden = model(ids, pos, AttentionMetadata.for_training(cu))
-        rows = torch.arange(starts[probe_at] + len(prompt_ids) - 1, starts[probe_at] + n_ctx, device=device)
-        trainer_lp = model.token_logprobs(hidden[rows], torch.tensor(completion, device=device), t)
+        trainer_lp = model.token_logprobs(hidden[score_rows[probe_rows]], targets[probe_rows], t)
 
     first, n_diff, n_cmp = None, 0, 0
     for key in trainer.order:

@@ -5,8 +5,9 @@ max_num_seqs) over static input buffers; a step of b sequences replays the small
 its inputs in. Pad rows compute a dummy token: it writes its k/v to a private scratch slot past the paged
 cache (one per row, so no duplicate writes) and reads block 0; its outputs are dropped. The captured kernels
 are the eager ones at the bucket's shape, and every op is batch invariant, so a real row's result equals eager
-(tested on GPU: graphs on vs off, torch.equal). Only in invariant mode: the torch reference attention loops
-on the host and cannot be captured. A capture that fails disables graphs (eager from then on, with a warning).
+(tested on GPU: graphs on vs off, torch.equal). Only in invariant mode: the torch reference attention reads
+its padded sizes back to the host (a sync), which a capture cannot hold. A capture that fails disables graphs
+(eager from then on, with a warning).
 Graphs hold the parameters' and caches' addresses: weights must be updated in place (optimizer steps,
 `load_state_dict` copy), not replaced. Left out: graphs for prefill / mixed steps, piecewise graphs.
 """

@@ -11,6 +11,7 @@ Left out: sliding windows, swap to CPU, cache-aware eviction priorities.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import OrderedDict
 
 import torch
@@ -150,8 +151,6 @@ def auto_num_blocks(config, block_size: int, max_num_seqs: int, dtype: torch.dty
         budget = int(free * memory_fraction)
     else:
         try:
-            import os
-
             physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             physical = 8 << 30

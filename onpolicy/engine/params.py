@@ -69,8 +69,8 @@ class EngineConfig:
     max_num_seqs sequences of max_position_embeddings tokens, capped by `kv_cache_memory_fraction` of free
     GPU memory (CUDA) or of physical RAM capped at 4 GiB (CPU). `seed` seeds the generator that gives
     unseeded requests their seeds. `invariant=False` runs every model call with torch's default ops.
-`use_cuda_graphs` applies to pure-decode steps on CUDA in invariant mode only (the reference attention loops
-on the host and cannot be captured)."""
+    `use_cuda_graphs` applies to pure-decode steps on CUDA in invariant mode only (the torch reference
+    attention reads its padded sizes back to the host, which a graph capture cannot hold)."""
 
     block_size: int = 16
     num_blocks: int | None = None

@@ -91,7 +91,8 @@ class ModelRunner:
                 end += c.num_tokens
                 if c.samples:
                     rows.append(end - 1)
-            h_last = hidden[torch.tensor(rows, device=self.device)]
+            # pure decode: every row samples, in order (no gather, no host-to-device copy)
+            h_last = hidden if len(rows) == hidden.shape[0] else hidden[torch.tensor(rows, device=self.device)]
             return self.sample(h_last, [c.seq for c in sampling])
 
     def sample(self, h_last: torch.Tensor, seqs) -> tuple[list[int], list[float | None]]:
@@ -103,19 +104,24 @@ class ModelRunner:
         dev = self.device
         for temp, idx in groups.items():
             t_eff = temp if temp > 0 else 1.0
-            h = h_last[torch.tensor(idx, device=dev)]
+            # one group (the usual case) is every row in order: no gather needed
+            h = h_last if len(idx) == len(seqs) else h_last[torch.tensor(idx, device=dev)]
             group = [seqs[i] for i in idx]
             logits = self.model.logits(h, t_eff)
+            # the int64 per-row parameters travel in one host-to-device copy
+            top_k, seeds, sample_index, positions = torch.tensor(
+                [[s.params.top_k for s in group], [s.seed for s in group], [s.index for s in group],
+                 [s.num_output for s in group]], dtype=torch.int64, device=dev)
             tok = sample_tokens(
                 logits,
                 greedy=torch.full((len(idx),), temp == 0, dtype=torch.bool, device=dev),
-                top_k=torch.tensor([s.params.top_k for s in group], device=dev),
+                top_k=top_k,
                 top_p=torch.tensor([float(s.params.top_p) for s in group], dtype=torch.float64, device=dev),
-                seeds=torch.tensor([s.seed for s in group], dtype=torch.int64, device=dev),
-                sample_index=torch.tensor([s.index for s in group], dtype=torch.int64, device=dev),
-                positions=torch.tensor([s.num_output for s in group], dtype=torch.int64, device=dev),
+                seeds=seeds,
+                sample_index=sample_index,
+                positions=positions,
             )
-            want_lp = [j for j, s in enumerate(group) if s.params.logprobs]
+            want_lp = any(s.params.logprobs for s in group)
             lp = self.model.token_logprobs(h, tok, t_eff).tolist() if want_lp else []
             for j, (i, t) in enumerate(zip(idx, tok.tolist())):
                 tokens[i] = t

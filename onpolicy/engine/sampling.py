@@ -66,7 +66,7 @@ def filter_top_k_top_p(logp: torch.Tensor, top_k: torch.Tensor, top_p: torch.Ten
     m, vocab = logp.shape
     use_k = top_k > 0
     use_p = top_p < 1.0
-    if not bool(use_k.any()) and not bool(use_p.any()):
+    if not bool((use_k | use_p).any()):  # one host sync
         return logp
     sorted_lp, _ = torch.sort(logp, dim=-1, descending=True, stable=True)
     neg_inf = torch.full((m,), float("-inf"), device=logp.device, dtype=logp.dtype)

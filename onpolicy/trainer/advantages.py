@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-ALGOS = ("grpo", "dr_grpo", "dapo", "rloo")
+from onpolicy.config import ALGOS
 
 
 def _as_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Layout of `<ckpt_dir>/step-N/`: `policy/` (an HF directory written by `onpolicy.model.save_pretrained`, plus
 the tokenizer when given: loadable by transformers and by `onpolicy.model.load_pretrained`) and
 `trainer_state.pt` (step, optimizer and scheduler state dicts, `onpolicy.determinism.rng_state()`, `extra`:
-e.g. the prompt iterator state and the config dict). Atomicity: everything is written to `tmp-step-N/`, every
+e.g. the prompt iterator state that `train()` saves). Atomicity: everything is written to `tmp-step-N/`, every
 file and the directory are fsynced, then `os.replace` renames it to `step-N/`, then the `latest` file is
 rewritten through `latest.tmp` + `os.replace`. A crash at any point leaves the previous checkpoint and pointer
 intact; stale `tmp-step-*` directories are removed by the next save. `trainer_state.pt` is a pickle (the RNG

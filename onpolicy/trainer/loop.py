@@ -77,17 +77,17 @@ def rl_step(run: Run, step: int) -> dict:
     sampler_lp = torch.cat(ro.sampler_logprobs).to(device)
     old = sampler_lp if t.invariant else lp.detach()
     seq_lens = ro.seq_lens
-    token_group = torch.repeat_interleave(torch.tensor(ro.group_index, dtype=torch.long),
-                                          torch.tensor(seq_lens, dtype=torch.long))
-    mask = torch.ones(lp.numel(), dtype=torch.bool)
+    lens = torch.tensor(seq_lens, dtype=torch.long)
+    mask = torch.ones(lp.numel(), dtype=torch.bool)  # per token, on the CPU
     kept_groups = len(rows)
     if t.dynamic_sampling:
         dropped = zero_variance_groups(rewards, s.num_generations)
+        token_group = torch.repeat_interleave(torch.tensor(ro.group_index, dtype=torch.long), lens)
         mask &= ~dropped[token_group]
         kept_groups -= int(dropped.sum())
     truncated = torch.tensor([fr == "length" for fr in ro.finish_reasons], dtype=torch.bool)
     if t.overlong_filter:
-        mask &= ~torch.repeat_interleave(truncated, torch.tensor(seq_lens, dtype=torch.long))
+        mask &= ~torch.repeat_interleave(truncated, lens)
     ref_lp = None
     if t.beta > 0:
         ref_lp = torch.cat(_trainer_logprobs(run.ref_model, ro, s.temperature, t.invariant, grad=False))

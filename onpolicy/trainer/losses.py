@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-LOSS_AGGS = ("sequence", "token", "constant")
-DEFAULT_AGG = {"grpo": "sequence", "rloo": "sequence", "dapo": "token", "dr_grpo": "constant"}
+from onpolicy.config import ALGO_DEFAULTS, LOSS_AGGS
+
+DEFAULT_AGG = {algo: d["loss_agg"] for algo, d in ALGO_DEFAULTS.items()}
 
 
 def default_loss_agg(algo: str) -> str:
@@ -61,8 +62,8 @@ def policy_loss(
     is_weights: torch.Tensor | None = None,
 ) -> LossOutput:
     """Loss over packed tokens. `seq_lens[b]` tokens of `logprobs` belong to completion b (in order)."""
-    seq_lens = torch.as_tensor(seq_lens, dtype=torch.long, device=logprobs.device)
-    total = int(seq_lens.sum().item()) if seq_lens.numel() else 0
+    seq_lens = torch.as_tensor(seq_lens, dtype=torch.long).cpu()  # bookkeeping on the host: no device syncs
+    total = int(seq_lens.sum()) if seq_lens.numel() else 0
     nseq = seq_lens.numel()
     if agg not in LOSS_AGGS:
         raise ValueError(f"agg (trainer.loss_agg) must be one of {', '.join(LOSS_AGGS)}; got {agg!r}")
@@ -86,7 +87,8 @@ def policy_loss(
     if agg == "constant" and (max_tokens is None or max_tokens < 1):
         raise ValueError(f"agg 'constant' needs max_tokens >= 1; got {max_tokens!r}")
 
-    seq_idx = torch.repeat_interleave(torch.arange(nseq, device=logprobs.device), seq_lens)
+    idx_cpu = torch.repeat_interleave(torch.arange(nseq), seq_lens)
+    seq_idx = idx_cpu.to(logprobs.device)
     adv = advantages.to(logprobs.dtype)[seq_idx]
     mask = torch.ones(total, dtype=torch.bool, device=logprobs.device) if loss_mask is None else loss_mask.bool()
     maskf = mask.to(logprobs.dtype)
@@ -106,7 +108,6 @@ def policy_loss(
     # Per-token aggregation weights, computed on the CPU (no index_add / bincount on the device: both are
     # non-deterministic or refused on CUDA under torch.use_deterministic_algorithms).
     mask_cpu = mask.detach().cpu()
-    idx_cpu = seq_idx.cpu()
     if agg == "token":
         weights = mask_cpu.double() / max(int(mask_cpu.sum()), 1)
     elif agg == "constant":
@@ -121,7 +122,7 @@ def policy_loss(
         return (values * weights).sum()
 
     loss = aggregate(per_token)
-    ntok = int(mask.sum().item())
+    ntok = int(mask_cpu.sum())
     with torch.no_grad():
         was_clipped = ((ratio < 1.0 - epsilon_low) & (adv < 0)) | ((ratio > 1.0 + epsilon_high) & (adv > 0))
         denom = max(ntok, 1)
