@@ -3,10 +3,10 @@
 Each public op runs a Triton kernel on CUDA tensors and a batch-invariant torch path on CPU tensors; inside
 `invariant_mode(False)` it runs its `*_reference` (torch default ops) instead. See docs/invariance.md.
 """
-from kernels._common import invariant_mode, is_invariant
-from kernels.activation import silu_mul, silu_mul_reference
-from kernels.attention import attention, attention_reference, attention_varlen
-from kernels.logprobs import (
+from onpolicy.kernels._common import invariant_mode, is_invariant
+from onpolicy.kernels.activation import silu_mul, silu_mul_reference
+from onpolicy.kernels.attention import attention, attention_reference, attention_varlen
+from onpolicy.kernels.logprobs import (
     lm_logits,
     lm_logits_reference,
     log_softmax,
@@ -14,9 +14,9 @@ from kernels.logprobs import (
     token_logprobs,
     token_logprobs_reference,
 )
-from kernels.matmul import linear, linear_reference, matmul, matmul_reference
-from kernels.rmsnorm import rms_norm, rms_norm_reference
-from kernels.rope import rope, rope_cache, rope_reference
+from onpolicy.kernels.matmul import linear, linear_reference, matmul, matmul_reference
+from onpolicy.kernels.rmsnorm import rms_norm, rms_norm_reference
+from onpolicy.kernels.rope import rope, rope_cache, rope_reference
 
 __all__ = [
     "attention", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",

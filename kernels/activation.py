@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check, check_float, check_same_device, is_invariant, require_triton, tl, triton, use_triton
+from onpolicy.kernels._common import check, check_float, check_same_device, is_invariant, require_triton, tl, triton, use_triton
 
 BLOCK_N = 1024
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels._common import check, check_float, check_same_device, is_invariant, use_triton
+from onpolicy.kernels._common import check, check_float, check_same_device, is_invariant, use_triton
 
 BLOCK_Q = 16  # CPU path: queries per tile (one sequence per tile; decode pads)
 # GPU kernel: queries per tile for every caller. Measured on the H100 (docs/invariance.md): 64 made causal
@@ -317,6 +317,6 @@ def training_metadata(cu_seqlens: torch.Tensor, block_size: int = BLOCK_K):
 
 def attention_varlen(q, k, v, cu_seqlens, scale=None):
     """Training path: packed q/k/v [T, H, D] with cu_seqlens int32 [B+1]; autograd (see attention_backward)."""
-    from kernels.attention_backward import attention_varlen as _varlen
+    from onpolicy.kernels.attention_backward import attention_varlen as _varlen
 
     return _varlen(q, k, v, cu_seqlens, scale)

@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import check, is_invariant, use_triton
-from kernels.attention import (
+from onpolicy.kernels._common import check, is_invariant, use_triton
+from onpolicy.kernels.attention import (
     BLOCK_K, LOG2E, _OP, _attention_cpu, _attention_triton, _find_seq, _num_warps, attention_reference,
     check_attention_args, training_metadata,
 )

@@ -25,8 +25,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from kernels._common import check, check_float, check_same_device, is_invariant, require_triton, tl, triton, use_triton
-from kernels.matmul import linear, tile_config
+from onpolicy.kernels._common import check, check_float, check_same_device, is_invariant, require_triton, tl, triton, use_triton
+from onpolicy.kernels.matmul import linear, tile_config
 
 # Rows of the LM head per step of token_logprobs (fixed; never derived from M). 151936 = 37 * 4096 + 384.
 VOCAB_CHUNK = 4096

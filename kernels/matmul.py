@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
+from onpolicy.kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
                              triton, use_triton)
 
 # CPU rows per fixed-shape tile. Measured on [4096,256]x[256,768] fp32 (2 threads): tile 32 ~29 ms,

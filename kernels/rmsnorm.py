@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
+from onpolicy.kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
                              triton, use_triton)
 
 MAX_HIDDEN = 65536

@@ -16,7 +16,7 @@ import numbers
 
 import torch
 
-from kernels._common import check, check_same_device, is_invariant, require_triton, tl, triton, use_triton
+from onpolicy.kernels._common import check, check_same_device, is_invariant, require_triton, tl, triton, use_triton
 
 _FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 

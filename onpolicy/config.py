@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import yaml
 
 from onpolicy.config_fields import ConfigError, Section, coerce, config_field, type_hints
+from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineArgs", "TrainerArgs",
            "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args", "load_yaml",
@@ -105,18 +106,6 @@ class EngineArgs(Section):
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             self._check(getattr(self, name) >= 1, name, "an int >= 1")
         self._check(self.num_blocks is None or self.num_blocks >= 1, "num_blocks", "null or an int >= 1")
-
-
-ALGOS = ("grpo", "dr_grpo", "dapo", "rloo")
-LOSS_AGGS = ("sequence", "token", "constant")
-# Defaults that depend on the algorithm (applied when the field is left null). The trainer's own tables
-# (`onpolicy.trainer.advantages.ALGOS`, `onpolicy.trainer.losses.DEFAULT_AGG`) are read from these.
-ALGO_DEFAULTS = {
-    "grpo": {"epsilon_high": 0.2, "loss_agg": "sequence"},
-    "dr_grpo": {"epsilon_high": 0.2, "loss_agg": "constant"},
-    "dapo": {"epsilon_high": 0.28, "loss_agg": "token"},
-    "rloo": {"epsilon_high": 0.2, "loss_agg": "sequence"},
-}
 
 
 @dataclass

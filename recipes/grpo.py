@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 
 def build_accelerator(cfg):

@@ -27,9 +27,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kernels  # noqa: E402
+from onpolicy import kernels  # noqa: E402
 from onpolicy import determinism  # noqa: E402
 
 QWEN3 = {"0.6B": (1024, 3072, 16, 8), "1.7B": (2048, 6144, 16, 8), "8B": (4096, 12288, 32, 8)}  # H, I, Hq, Hkv

@@ -19,11 +19,11 @@ import dataclasses
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
+from onpolicy import kernels  # noqa: E402
 from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 from onpolicy.model import AttentionMetadata  # noqa: E402
 from onpolicy.model.logprobs import pack_sequences  # noqa: E402

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from onpolicy.logging import plot_metrics  # noqa: E402
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+from onpolicy import kernels
 from onpolicy.engine.kv_cache import allocate_kv_caches, auto_num_blocks
 from onpolicy.engine.params import EngineConfig
 from onpolicy.engine.sampling import sample_tokens

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-import kernels
+from onpolicy import kernels
 
 
 def _signed(c: int) -> int:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-import kernels
+from onpolicy import kernels
 from onpolicy.model.config import ModelConfig
 from onpolicy.model.metadata import AttentionMetadata
 

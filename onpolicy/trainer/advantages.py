@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from onpolicy.config import ALGOS
+from onpolicy.trainer.algorithms import ALGOS
 
 
 def _as_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

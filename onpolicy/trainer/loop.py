@@ -33,7 +33,7 @@ def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
 
 
 def _trainer_logprobs(model, ro, temperature: float, invariant: bool, grad: bool) -> list[torch.Tensor]:
-    import kernels
+    from onpolicy import kernels
     from onpolicy.model import sequence_logprobs
 
     with kernels.invariant_mode(invariant), torch.set_grad_enabled(grad):
@@ -47,7 +47,7 @@ def rl_step(run: Run, step: int) -> dict:
     t0 = time.perf_counter()
     rows = next(run.prompts)
     prompt_ids = [run.encode(r["prompt"]) for r in rows]
-    import kernels
+    from onpolicy import kernels
 
     with kernels.invariant_mode(t.invariant), torch.no_grad():
         ro = generate_rollouts(run.llm, prompt_ids, group_size=s.num_generations, temperature=s.temperature,

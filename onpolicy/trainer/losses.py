@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from onpolicy.config import ALGO_DEFAULTS, LOSS_AGGS
+from onpolicy.trainer.algorithms import ALGO_DEFAULTS, LOSS_AGGS
 
 DEFAULT_AGG = {algo: d["loss_agg"] for algo, d in ALGO_DEFAULTS.items()}
 

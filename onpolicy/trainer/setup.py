@@ -135,7 +135,7 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
     prompts = [encode(r["prompt"]) for r in rows]
     completions = [encode(r["answer"]) + eos for r in rows]
     cache = os.path.join(os.path.dirname(os.path.abspath(cfg.logging.output_dir)), "cache")
-    import kernels
+    from onpolicy import kernels
 
     # Always the invariant kernels: the warm start (and its cache) must not depend on trainer.invariant, so
     # an invariant and a comparison run start from the same weights whichever ran first.

@@ -5,7 +5,7 @@ import pathlib
 import pytest
 import torch
 
-import kernels
+from onpolicy import kernels
 from onpolicy.model.tiny import build_tiny
 
 _PATH = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "doctor.py"

@@ -128,7 +128,7 @@ def test_logprobs_off_and_request_output_fields(llm):
 
 
 def test_invariant_false_runs_reference_ops(tiny, monkeypatch):
-    import kernels
+    from onpolicy import kernels
 
     model, tok = tiny
     seen = []

@@ -9,8 +9,8 @@ import random
 import pytest
 import torch
 
-from kernels import attention, attention_varlen
-from kernels.attention import _attention_triton
+from onpolicy.kernels import attention, attention_varlen
+from onpolicy.kernels.attention import _attention_triton
 
 BLOCK_SIZE = 16
 
@@ -169,7 +169,7 @@ def test_triton_interpreter_callers_agree():
         return _attention_triton(q, k, v, cu, sk, bt, offs, bs, 0.125, False)[0]
 
     def train(q, k, v, cu):
-        from kernels.attention import training_metadata
+        from onpolicy.kernels.attention import training_metadata
 
         sk, bt, offs = training_metadata(cu)
         return fwd(q, k, v, cu, sk, bt, offs, 64)

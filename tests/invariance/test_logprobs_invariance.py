@@ -4,9 +4,9 @@ same row inside batches of 1..512 rows at random positions. CPU here; `gpu`-mark
 import pytest
 import torch
 
-import kernels
-from kernels import logprobs as L
-from kernels._common import invariant_mode
+from onpolicy import kernels
+from onpolicy.kernels import logprobs as L
+from onpolicy.kernels._common import invariant_mode
 
 BATCH_SIZES = [1, 2, 3, 4, 7, 16, 33, 64, 100, 257, 512]
 V_RAGGED = 2 * L.VOCAB_CHUNK + 77

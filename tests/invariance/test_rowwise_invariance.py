@@ -7,7 +7,7 @@ cuBLAS is not invariant at K=6144, N=2048. A self-test proves the harness catche
 import pytest
 import torch
 
-from kernels import linear, rms_norm, rope, rope_cache, silu_mul
+from onpolicy.kernels import linear, rms_norm, rope, rope_cache, silu_mul
 
 BATCH_SIZES = [1, 2, 3, 4, 5, 7, 8, 15, 16, 17, 31, 33, 64, 100, 127, 128, 129, 255, 256, 257, 512]
 DTYPES = [torch.float32, torch.bfloat16]
@@ -167,7 +167,7 @@ def test_backward_run_to_run_deterministic_gpu(dtype):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 1e-4, 1e-4), (torch.bfloat16, 3e-2, 1.6e-2)])
 def test_gpu_ops_match_reference(dtype, atol, rtol):
-    from kernels import (linear_reference, matmul, matmul_reference, rms_norm_reference, rope_reference,
+    from onpolicy.kernels import (linear_reference, matmul, matmul_reference, rms_norm_reference, rope_reference,
                          silu_mul_reference)
 
     x = torch.randn(257, 2048, device="cuda", dtype=dtype)

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import invariant_mode
-from kernels.activation import _silu_mul_triton, silu_mul, silu_mul_reference
+from onpolicy.kernels import invariant_mode
+from onpolicy.kernels.activation import _silu_mul_triton, silu_mul, silu_mul_reference
 
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 1.6e-2)]
 

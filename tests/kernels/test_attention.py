@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from kernels import attention, attention_reference, attention_varlen, invariant_mode
-from kernels.attention import _attention_triton, training_metadata
-from kernels.attention_backward import _attention_backward_triton
+from onpolicy.kernels import attention, attention_reference, attention_varlen, invariant_mode
+from onpolicy.kernels.attention import _attention_triton, training_metadata
+from onpolicy.kernels.attention_backward import _attention_backward_triton
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 GRAD_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-3), torch.bfloat16: dict(atol=1e-1, rtol=5e-2)}

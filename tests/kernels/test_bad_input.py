@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from kernels import linear, matmul, rms_norm, rope, rope_cache, silu_mul
+from onpolicy.kernels import linear, matmul, rms_norm, rope, rope_cache, silu_mul
 
 f32, bf16 = torch.float32, torch.bfloat16
 

@@ -3,9 +3,9 @@ the Triton kernels under TRITON_INTERPRET=1 on tiny shapes, and clear ValueError
 import pytest
 import torch
 
-import kernels
-from kernels import logprobs as L
-from kernels._common import invariant_mode
+from onpolicy import kernels
+from onpolicy.kernels import logprobs as L
+from onpolicy.kernels._common import invariant_mode
 
 V_RAGGED = 2 * L.VOCAB_CHUNK + 77  # three chunks, the last one partial
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=3e-2, rtol=1e-2)}

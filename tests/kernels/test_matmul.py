@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import invariant_mode
-from kernels.matmul import (_linear_triton, _mm_triton, linear, linear_reference, matmul, matmul_reference,
+from onpolicy.kernels import invariant_mode
+from onpolicy.kernels.matmul import (_linear_triton, _mm_triton, linear, linear_reference, matmul, matmul_reference,
                             tile_config)
 
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 1.6e-2)]

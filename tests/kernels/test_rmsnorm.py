@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kernels import invariant_mode
-from kernels.rmsnorm import _rms_norm_triton, rms_norm, rms_norm_reference
+from onpolicy.kernels import invariant_mode
+from onpolicy.kernels.rmsnorm import _rms_norm_triton, rms_norm, rms_norm_reference
 
 DTYPES = [(torch.float32, 1e-5, 1e-5), (torch.bfloat16, 2e-2, 1.6e-2)]
 

@@ -6,7 +6,7 @@ inside `invariant_mode(False)` (torch's default ops) the modes only agree to all
 import pytest
 import torch
 
-import kernels
+from onpolicy import kernels
 from model_test_utils import empty_caches, packed, run_engine
 from onpolicy.model.tiny import build_tiny
 

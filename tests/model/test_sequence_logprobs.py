@@ -3,7 +3,7 @@ engine path's logprobs bitwise, differentiable, and strict about its inputs."""
 import pytest
 import torch
 
-import kernels
+from onpolicy import kernels
 from model_test_utils import packed, run_engine
 from onpolicy.model import sequence_logprobs
 from onpolicy.model.tiny import build_tiny

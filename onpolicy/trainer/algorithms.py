@@ -1,0 +1,19 @@
+"""What each RL algorithm is: its advantage estimator and loss defaults. The trainer owns this table; the config
+imports it (for `trainer.algo` choices and algorithm-dependent defaults).
+
+    grpo     group advantage (r - mean) / (std + eps), sequence-mean loss, clip 0.2 / 0.2
+    dr_grpo  group advantage r - mean (no std), constant normaliser (completions * max_tokens), clip 0.2 / 0.2
+    dapo     as grpo, token-level loss, clip-higher 0.2 / 0.28
+    rloo     leave-one-out baseline r - mean(others), sequence-mean loss, clip 0.2 / 0.2
+"""
+from __future__ import annotations
+
+ALGOS = ("grpo", "dr_grpo", "dapo", "rloo")
+LOSS_AGGS = ("sequence", "token", "constant")
+# Defaults that depend on the algorithm (applied when the config leaves the field null).
+ALGO_DEFAULTS = {
+    "grpo": {"epsilon_high": 0.2, "loss_agg": "sequence"},
+    "dr_grpo": {"epsilon_high": 0.2, "loss_agg": "constant"},
+    "dapo": {"epsilon_high": 0.28, "loss_agg": "token"},
+    "rloo": {"epsilon_high": 0.2, "loss_agg": "sequence"},
+}
