@@ -163,6 +163,10 @@ class TrainerArgs(Section):
         self._check(self.save_every >= 0, "save_every", "an int >= 0 (0 = no periodic checkpoints)")
         self._check(not isinstance(self.resume, str) or bool(self.resume.strip()), "resume",
                     "true/false or a checkpoint path")
+        self._check(self.keep_checkpoints >= 1, "keep_checkpoints", "an int >= 1")
+
+    # trainer helper (issue 8) -- for the coordinator to port into the new config:
+    keep_checkpoints: int = _f(2, "checkpoints kept on disk (the newest N); the final policy is always saved")
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Layout of `<ckpt_dir>/step-N/`: `policy/` (an HF directory written by `onpolicy.model.save_pretrained`, plus
 the tokenizer when given: loadable by transformers and by `onpolicy.model.load_pretrained`) and
 `trainer_state.pt` (step, optimizer and scheduler state dicts, `onpolicy.determinism.rng_state()`, `extra`:
-e.g. the prompt iterator state that `train()` saves). Atomicity: everything is written to `tmp-step-N/`, every
+e.g. the prompt iterator state that `train()` saves) and, when given, `meta.json` (small JSON-able facts that
+can be read without unpickling the optimizer state: `train()` stores the run's config there). Atomicity: everything is written to `tmp-step-N/`, every
 file and the directory are fsynced, then `os.replace` renames it to `step-N/`, then the `latest` file is
 rewritten through `latest.tmp` + `os.replace`. A crash at any point leaves the previous checkpoint and pointer
 intact; stale `tmp-step-*` directories are removed by the next save. `trainer_state.pt` is a pickle (the RNG
@@ -12,6 +13,7 @@ async saving, remote storage.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,6 +25,7 @@ import torch
 
 LATEST = "latest"
 STATE_FILE = "trainer_state.pt"
+META_FILE = "meta.json"
 POLICY_DIR = "policy"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -71,7 +74,7 @@ def _write_latest(root: Path, name: str) -> None:
 
 
 def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, scheduler=None,
-                    extra: dict | None = None, keep: int = 2, tokenizer=None) -> Path:
+                    extra: dict | None = None, keep: int = 2, tokenizer=None, meta: dict | None = None) -> Path:
     """Write `<ckpt_dir>/step-<step>` atomically, point `latest` at it, keep the newest `keep`; returns its path."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"save_checkpoint: step must be an int >= 0, got {step!r}")
@@ -100,6 +103,8 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, sche
             "extra": extra or {},
         }
         torch.save(state, tmp / STATE_FILE)
+        if meta is not None:
+            (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (e.g. after a resume): move the old one aside first
             old = root / f"tmp-old-{name}"
@@ -135,6 +140,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
                      f"nor a checkpoint root with a '{LATEST}' file")
 
 
+def read_meta(step_dir: str | Path) -> dict | None:
+    """The `meta` dict saved with a checkpoint step directory (None when it was saved without one)."""
+    p = Path(step_dir) / META_FILE
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
 @dataclass
 class Checkpoint:
     step: int
@@ -146,11 +157,6 @@ class Checkpoint:
     extra: dict = field(default_factory=dict)
     model: Any = None  # the CausalLM passed in (weights loaded in place) or a newly loaded one; None if skipped
 
-    def __getitem__(self, key: str):
-        """Dict-style access too: `ck["step"]`, `ck["extra"]`."""
-        if key not in self.__dataclass_fields__:
-            raise KeyError(key)
-        return getattr(self, key)
 
 
 def load_checkpoint(path: str | Path, model=None, optimizer=None, scheduler=None, restore_rng: bool = True,

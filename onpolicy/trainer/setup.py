@@ -83,43 +83,14 @@ def build_model(cfg, device: torch.device, seed: int):
 
 
 def save_checkpoint(run: Run, step: int) -> str:
-    """Save after `step` completed steps; the prompt iterator's position travels with it."""
+    """Save after `step` completed steps; the prompt iterator's position and the config travel with it."""
     from onpolicy.trainer import checkpoint
 
     return str(checkpoint.save_checkpoint(checkpoint.checkpoint_root(run.cfg), step=step, model=run.model,
                                           optimizer=run.optimizer, tokenizer=run.tokenizer,
-                                          extra={"prompts": run.prompts.state_dict()}))
-
-
-def _resume(run: Run) -> int:
-    """Load `trainer.resume` into the run; returns the completed step count (0 when nothing to resume)."""
-    from onpolicy.trainer import checkpoint
-
-    path = checkpoint.resume_path(run.cfg)
-    if path is None:
-        return 0
-    ck = checkpoint.load_checkpoint(path, model=run.model, optimizer=run.optimizer, device=run.device)
-    if "prompts" not in ck.extra:
-        raise ValueError(f"trainer.resume: {str(path)!r} has no prompt-iterator state (not written by train())")
-    run.prompts.load_state_dict(ck.extra["prompts"])
-    return int(ck.step)
-
-
-def trim_metrics(cfg, start_step: int, log=print) -> None:
-    """Keep only the rows of an existing metrics.jsonl with step <= start_step (a fresh run starts empty, a
-    resumed one drops rows logged after its checkpoint), so the file and its plots show one run."""
-    path = os.path.join(cfg.logging.output_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return
-    import json
-
-    with open(path) as f:
-        rows = [line for line in f if line.strip()]
-    keep = [line for line in rows if json.loads(line).get("step", 0) <= start_step]
-    if len(keep) != len(rows):
-        log(f"{path}: dropping {len(rows) - len(keep)} rows of an earlier run (steps > {start_step})")
-        with open(path, "w") as f:
-            f.writelines(keep)
+                                          extra={"prompts": run.prompts.state_dict()},
+                                          keep=run.cfg.trainer.keep_checkpoints,
+                                          meta={"config": run.cfg.to_dict()}))
 
 
 def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
@@ -150,12 +121,14 @@ def build_run(cfg, log=print) -> Run:
     from onpolicy.engine import LLM, EngineConfig
     from onpolicy.logging import RunLogger
     from onpolicy.rewards import check_rewards
+    from onpolicy.trainer.resume import check_resume_config, resume_run, trim_metrics
 
     t0 = time.perf_counter()
     t = cfg.trainer
     check_rewards(cfg.rewards)
     if isinstance(t.resume, str) and not os.path.exists(t.resume):
         raise ValueError(f"trainer.resume: checkpoint path {t.resume!r} does not exist; allowed: false, true, a path")
+    check_resume_config(cfg, log)
     device = resolve_device(cfg.model.device)
     determinism.enable(seed=t.seed)
     tokenizer = build_tokenizer(cfg)
@@ -181,7 +154,7 @@ def build_run(cfg, log=print) -> Run:
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,
               setup_time=0.0, sft_stats=sft_stats)
     if t.resume is not False:
-        run.start_step = _resume(run)
+        run.start_step = resume_run(run)
         log(f"resumed after step {run.start_step}" if run.start_step else "resume: no checkpoint yet, starting fresh")
     trim_metrics(cfg, run.start_step, log)
     run.logger = RunLogger(cfg)

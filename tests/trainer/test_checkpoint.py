@@ -40,7 +40,7 @@ def test_round_trip(tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
     state = ck.load_checkpoint(tmp_path, model=model2, optimizer=opt2, scheduler=sched2)
     assert torch.equal(torch.rand(3), expected_rand)  # RNG restored
-    assert state.step == 7 and state["step"] == 7 and state["extra"]["cfg"] == {"a": 1}
+    assert state.step == 7 and state.extra["cfg"] == {"a": 1}
     assert state.model is model2
     for (k, a), b in zip(model.state_dict().items(), model2.state_dict().values()):
         assert torch.equal(a, b), k

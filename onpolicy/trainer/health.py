@@ -1,0 +1,51 @@
+"""Run health: non-finite values stop the run, a run with no learning signal for several steps gets a warning.
+
+`NonFiniteError` is raised by `update_policy` before the optimizer step when the sampler or trainer logprobs,
+the loss or the gradient norm is NaN/inf: the bad update is never applied, so the weights in memory are the
+last good ones (`train()` saves them before re-raising). A NaN is not a parity violation and is reported
+before the strict on-policy check runs. `CollapseWatch` flags `COLLAPSE_STEPS` consecutive steps with
+reward/std == 0 and grad_norm == 0 (e.g. `trainer.lr: 1e3`). Left out: loss-spike detection, automatic
+rollback and retry with a lower learning rate.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+COLLAPSE_STEPS = 3  # consecutive steps without reward variance and gradient before warning
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite value in one RL step; `metrics` holds what the step computed before it stopped."""
+
+    def __init__(self, step: int, what: str, metrics: dict | None = None, saved: str | None = None):
+        self.step, self.what, self.metrics, self.saved = step, what, dict(metrics or {}), saved
+        where = f"; the last good policy (before step {step}) is saved in {saved}" if saved else ""
+        super().__init__(f"step {step}: {what} non-finite (NaN or inf); the update was not applied{where}. "
+                         "Lower trainer.lr or trainer.max_grad_norm, or check the rewards and data")
+
+
+def check_finite(step: int, what: str, value: torch.Tensor | float, metrics: dict) -> None:
+    """Raise `NonFiniteError(step, what)` unless every element of `value` is finite."""
+    ok = math.isfinite(value) if isinstance(value, float) else bool(torch.isfinite(value).all())
+    if not ok:
+        raise NonFiniteError(step, what, metrics)
+
+
+class CollapseWatch:
+    """`update(metrics)` returns a warning line once per streak of `steps` steps without learning signal."""
+
+    def __init__(self, steps: int = COLLAPSE_STEPS):
+        self.steps, self.streak = steps, 0
+
+    def update(self, m: dict) -> str | None:
+        flat = m.get("reward/std") == 0.0 and m.get("grad_norm") == 0.0
+        self.streak = self.streak + 1 if flat else 0
+        if self.streak != self.steps:
+            return None
+        first = m["step"] - self.steps + 1
+        return (f"warning: no learning signal for {self.steps} steps ({first}-{m['step']}): every completion got "
+                f"reward {m['reward/mean']:.4g} (reward/std 0.0) and grad_norm is 0.0, "
+                f"{m.get('completion/truncated_frac', 0.0):.0%} truncated; the policy may have collapsed "
+                f"(is trainer.lr {m.get('lr', float('nan')):g} too high?) or the task is solved")

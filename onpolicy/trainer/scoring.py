@@ -1,0 +1,70 @@
+"""Rollout -> ScoredBatch: rewards, group advantages and the per-token loss mask of one step.
+
+This is the generation-side half of a step (the engine output is `onpolicy.trainer.rollout.Rollout`); nothing
+here touches the trainer's weights. DAPO's dynamic sampling masks the tokens of zero-variance groups out of the
+loss (their advantage is 0 anyway; the mask changes the token normaliser) rather than resampling; overlong
+filtering masks completions cut off by `max_tokens`. Left out: resampling to refill dropped groups, per-token
+(process) rewards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from onpolicy.trainer.advantages import group_advantages, group_reward_stats, zero_variance_groups
+from onpolicy.trainer.rollout import Rollout
+
+
+@dataclass
+class ScoredBatch:
+    """One step's rollouts with everything the update needs besides the trainer's own forward."""
+
+    rollout: Rollout
+    rewards: torch.Tensor          # [N*G] fp32, CPU
+    advantages: torch.Tensor       # [N*G] fp32, CPU
+    loss_mask: torch.Tensor        # [total completion tokens] bool, CPU
+    truncated: torch.Tensor        # [N*G] bool: finish_reason == "length"
+    kept_groups: int               # groups left in the loss after dynamic sampling
+    reward_by_name: dict           # reward name -> per-completion values
+
+    def metrics(self) -> dict:
+        """reward/*, completion/* and dapo/* metrics of this batch."""
+        ro = self.rollout
+        out = group_reward_stats(self.rewards, ro.group_size)
+        if len(self.reward_by_name) > 1:
+            for name, vals in self.reward_by_name.items():
+                out[f"reward/{name}"] = sum(vals) / len(vals)
+        return out
+
+    def completion_metrics(self) -> dict:
+        ro = self.rollout
+        return {"completion/mean_length": ro.num_tokens / max(len(ro.seq_lens), 1),
+                "completion/truncated_frac": self.truncated.float().mean().item(),
+                "dapo/kept_groups": self.kept_groups}
+
+
+def score_rollouts(cfg, rows: list[dict], ro: Rollout) -> ScoredBatch:
+    """Reward every completion (`cfg.rewards`, with the prompt row's other columns), compute advantages
+    (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`)."""
+    from onpolicy.rewards import combine_rewards
+
+    t, g = cfg.trainer, ro.group_size
+    expanded = [rows[i] for i in ro.group_index]
+    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k != "prompt"}
+    total, per_name = combine_rewards(cfg.rewards, [r["prompt"] for r in expanded], ro.texts, **columns)
+    rewards = torch.tensor(total, dtype=torch.float32)
+    adv = group_advantages(rewards, g, t.algo)
+    lens = torch.tensor(ro.seq_lens, dtype=torch.long)
+    mask = torch.ones(ro.num_tokens, dtype=torch.bool)
+    kept_groups = len(rows)
+    if t.dynamic_sampling:
+        dropped = zero_variance_groups(rewards, g)
+        token_group = torch.repeat_interleave(torch.tensor(ro.group_index, dtype=torch.long), lens)
+        mask &= ~dropped[token_group]
+        kept_groups -= int(dropped.sum())
+    truncated = torch.tensor([fr == "length" for fr in ro.finish_reasons], dtype=torch.bool)
+    if t.overlong_filter:
+        mask &= ~torch.repeat_interleave(truncated, lens)
+    return ScoredBatch(rollout=ro, rewards=rewards, advantages=adv, loss_mask=mask, truncated=truncated,
+                       kept_groups=kept_groups, reward_by_name=per_name)
