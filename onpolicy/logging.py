@@ -5,7 +5,7 @@ when `trainer.resume` is set); `log(metrics, step)` appends one JSON object ever
 console line every `log_every` steps (a tqdm bar over `trainer.steps` when stderr is a terminal). With
 "wandb" in `report_to` it starts a run (lazy import); when no API key is configured (`WANDB_API_KEY` or a
 netrc entry) and `WANDB_MODE` is unset, it sets `WANDB_MODE=offline`. `close()` finishes W&B and, with
-`logging.plot`, writes PNGs through `plot_metrics` (also `scripts/plot_run.py`). Only the main process should
+`logging.plot`, writes PNGs through `onpolicy.plots.plot_metrics` (also `scripts/plot_run.py`). Only the main process should
 log: pass `enabled=False` elsewhere. Left out: TensorBoard, system metrics, logging of rollouts/text samples.
 """
 from __future__ import annotations
@@ -18,6 +18,10 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from onpolicy.plots import plot_metrics, read_metrics
+
+__all__ = ["METRIC_NAMES", "RunLogger", "plot_metrics", "read_metrics", "wandb_api_key_configured"]
 
 METRIC_NAMES = (
     "step", "onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/logprob_diff/mean", "onpolicy/mismatch_frac",
@@ -147,69 +151,3 @@ class RunLogger:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def read_metrics(jsonl_path: str | Path) -> list[dict]:
-    with open(jsonl_path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _series(rows: list[dict], key: str) -> tuple[list, list]:
-    pts = [(r["step"], r[key]) for r in rows if key in r and "step" in r and r[key] is not None]
-    return [p[0] for p in pts], [p[1] for p in pts]
-
-
-def plot_metrics(jsonl_path: str | Path, out_dir: str | Path) -> list[str]:
-    """metrics.jsonl -> reward.png (mean +- std), parity.png (KL, logprob diffs, mismatch), loss.png.
-
-    A figure is skipped when none of its metrics were logged. Parity values are drawn on a symlog axis so the
-    expected exact zeros sit on a visible line.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(jsonl_path)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "reward": ["reward/mean"],
-        "parity": ["onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/logprob_diff/mean", "onpolicy/mismatch_frac"],
-        "loss": ["loss", "grad_norm"],
-    }
-    paths = []
-    for name, keys in figures.items():
-        present = [k for k in keys if _series(rows, k)[0]]
-        if not present:
-            continue
-        separate = name == "loss"  # loss and grad_norm differ in scale: one panel each
-        fig, axes = plt.subplots(len(present) if separate else 1, 1, figsize=(6, 2.2 * len(present) if separate
-                                 else 3.5), sharex=True, squeeze=False)
-        for i, k in enumerate(present):
-            ax = axes[i if separate else 0][0]
-            xs, ys = _series(rows, k)
-            ax.plot(xs, ys, marker="." if len(xs) < 50 else None, label=k, color=f"C{i}")
-            if k == "reward/mean":
-                sx, sd = _series(rows, "reward/std")
-                if sx == xs:
-                    ax.fill_between(xs, [m - s for m, s in zip(ys, sd)], [m + s for m, s in zip(ys, sd)],
-                                    alpha=0.25, label="reward/std")
-        ax = axes[0][0]
-        if name == "parity":
-            values = [v for k in present for v in _series(rows, k)[1]]
-            ax.set_yscale("symlog", linthresh=1e-8)
-            if min(values) >= 0:
-                ax.set_ylim(bottom=-5e-9)
-            exact = all(v == 0 for v in values)
-            ax.set_title("sampler vs trainer: " + ("exactly 0.0 at every step" if exact else "NOT bitwise equal"))
-        for row in axes:
-            row[0].legend(fontsize=8)
-            row[0].grid(alpha=0.3)
-        axes[-1][0].set_xlabel("step")
-        fig.tight_layout()
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(str(path))
-    return paths

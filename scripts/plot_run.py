@@ -1,6 +1,6 @@
-"""Plot a run: `python scripts/plot_run.py outputs/run/metrics.jsonl [--out DIR]` -> reward/parity/loss PNGs.
+"""Plot a run: `python scripts/plot_run.py outputs/run/metrics.jsonl [--out DIR]` -> reward/parity/training PNGs.
 
-The plotting code lives in `onpolicy.logging.plot_metrics` (so `RunLogger.close()` can use it without
+The plotting code lives in `onpolicy.plots.plot_metrics` (so `RunLogger.close()` can use it without
 importing scripts/); this file re-exports it and adds the command line. Left out: comparing several runs.
 """
 from __future__ import annotations

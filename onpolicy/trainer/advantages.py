@@ -55,7 +55,7 @@ def zero_variance_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor
 
 
 def group_reward_stats(rewards: torch.Tensor, group_size: int) -> dict:
-    """Batch reward mean/std and the fraction of groups with zero variance (for logging)."""
+    """Batch reward mean/std/min/max and the fraction of groups with zero variance (for logging)."""
     r = _as_groups(rewards, group_size)
     flat = r.reshape(-1)
     std = flat.std(unbiased=False).item() if flat.numel() > 1 else 0.0
@@ -63,4 +63,6 @@ def group_reward_stats(rewards: torch.Tensor, group_size: int) -> dict:
         "reward/mean": flat.mean().item(),
         "reward/std": std,
         "reward/zero_std_frac": zero_variance_groups(r, group_size).float().mean().item(),
+        "reward/min": flat.min().item(),
+        "reward/max": flat.max().item(),
     }
