@@ -42,17 +42,28 @@ def _marker(xs) -> str | None:
     return "." if len(xs) <= 100 else None
 
 
+def reward_band(rows: list[dict]) -> tuple[list, list, list, list] | None:
+    """(steps, mean, lo, hi): mean +- std clipped to each step's [reward/min, reward/max] (when logged);
+    None without reward/std."""
+    xs, mean = _series(rows, "reward/mean")
+    by_step = {r["step"]: r for r in rows}
+    if not xs or any(by_step[x].get("reward/std") is None for x in xs):
+        return None
+    lo, hi = [], []
+    for x, m in zip(xs, mean):
+        r = by_step[x]
+        lo.append(max(m - r["reward/std"], r.get("reward/min", -math.inf)))
+        hi.append(min(m + r["reward/std"], r.get("reward/max", math.inf)))
+    return xs, mean, lo, hi
+
+
 def _plot_reward(fig, rows) -> None:
     ax = fig.subplots()
     xs, mean = _series(rows, "reward/mean")
     ax.plot(xs, mean, marker=_marker(xs), color="C0", label="reward/mean")
-    by_step = {r["step"]: r for r in rows}
-    band = [(x, by_step[x].get("reward/std"), by_step[x].get("reward/min"), by_step[x].get("reward/max"))
-            for x in xs]
-    if all(b[1] is not None for b in band):
-        lo = [max(m - s, rmin if rmin is not None else -math.inf) for m, (_, s, rmin, _) in zip(mean, band)]
-        hi = [min(m + s, rmax if rmax is not None else math.inf) for m, (_, s, _, rmax) in zip(mean, band)]
-        ax.fill_between(xs, lo, hi, alpha=0.25, color="C0", label="+-std (within the step's min/max)")
+    band = reward_band(rows)
+    if band is not None:
+        ax.fill_between(band[0], band[2], band[3], alpha=0.25, color="C0", label="+-std (within the step's min/max)")
     ax.set_ylabel("reward")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -63,25 +74,33 @@ def _all_zero(values) -> bool:
     return bool(values) and all(v == 0 for v in values)
 
 
+def parity_titles(rows: list[dict], keys=PARITY) -> tuple[list[str], str]:
+    """(one title per parity panel, the figure title); "all exactly 0.0" only where every value is 0.0."""
+    titles = []
+    for key in keys:
+        ys = _series(rows, key)[1]
+        bad = sum(1 for v in ys if v != 0)  # NaN != 0: a NaN is never "exactly 0.0"
+        titles.append(f"{key}: all exactly 0.0" if _all_zero(ys) else f"{key}: {bad}/{len(ys)} steps not 0.0")
+    exact = all(_all_zero(_series(rows, k)[1]) for k in keys)
+    return titles, "sampler vs trainer logprobs: " + ("all exactly 0.0 at every step" if exact else "NOT bitwise equal")
+
+
 def _plot_parity(fig, rows, keys) -> None:
     axes = fig.subplots(2, 2, sharex=True, squeeze=False).reshape(-1)
-    for ax, key in zip(axes, keys):
+    titles, suptitle = parity_titles(rows, keys)
+    for ax, key, title in zip(axes, keys, titles):
         xs, ys = _series(rows, key)
-        ax.plot(xs, ys, marker="o", markersize=3, linestyle="-", color="C3" if not _all_zero(ys) else "C2")
-        if _all_zero(ys):
-            ax.set_title(f"{key}: all exactly 0.0", fontsize=9)
+        zero = _all_zero(ys)
+        ax.plot(xs, ys, marker="o", markersize=3, color="C2" if zero else "C3")
+        ax.set_title(title, fontsize=9)
+        if zero:
             ax.set_ylim(-1, 1)
-        else:
-            bad = sum(1 for v in ys if v != 0)
-            ax.set_title(f"{key}: {bad}/{len(ys)} steps not 0.0", fontsize=9)
         ax.grid(alpha=0.3)
     for ax in axes[len(keys):]:
         ax.set_visible(False)
     for ax in axes[-2:]:
         ax.set_xlabel("step")
-    exact = all(_all_zero(_series(rows, k)[1]) for k in keys)
-    fig.suptitle("sampler vs trainer logprobs: " + ("all exactly 0.0 at every step" if exact
-                                                    else "NOT bitwise equal"), fontsize=10)
+    fig.suptitle(suptitle, fontsize=10)
 
 
 def _plot_panels(fig, rows, keys) -> None:

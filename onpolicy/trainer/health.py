@@ -36,16 +36,29 @@ def check_finite(step: int, what: str, value: torch.Tensor | float, metrics: dic
 class CollapseWatch:
     """`update(metrics)` returns a warning line once per streak of `steps` steps without learning signal."""
 
-    def __init__(self, steps: int = COLLAPSE_STEPS):
-        self.steps, self.streak = steps, 0
+    def __init__(self, lr: float, steps: int = COLLAPSE_STEPS):
+        self.lr, self.steps, self.streak = lr, steps, 0
 
     def update(self, m: dict) -> str | None:
-        flat = m.get("reward/std") == 0.0 and m.get("grad_norm") == 0.0
-        self.streak = self.streak + 1 if flat else 0
+        self.streak = self.streak + 1 if no_signal(m) else 0
         if self.streak != self.steps:
             return None
-        first = m["step"] - self.steps + 1
+        first, reward = m["step"] - self.steps + 1, m["reward/mean"]
+        solved = " or the task is solved" if reward > 0 else ""
         return (f"warning: no learning signal for {self.steps} steps ({first}-{m['step']}): every completion got "
-                f"reward {m['reward/mean']:.4g} (reward/std 0.0) and grad_norm is 0.0, "
+                f"reward {reward:.4g} (reward/std 0.0) and grad_norm is 0.0, "
                 f"{m.get('completion/truncated_frac', 0.0):.0%} truncated; the policy may have collapsed "
-                f"(is trainer.lr {m.get('lr', float('nan')):g} too high?) or the task is solved")
+                f"(is trainer.lr {self.lr:g} too high?){solved}")
+
+
+def no_signal(m: dict) -> bool:
+    """A step whose rewards were all equal and whose gradient was exactly zero."""
+    return m.get("reward/std") == 0.0 and m.get("grad_norm") == 0.0
+
+
+def no_signal_since(history: list[dict], steps: int = COLLAPSE_STEPS) -> int | None:
+    """The first step of a trailing streak of at least `steps` no-signal steps, else None."""
+    n = 0
+    while n < len(history) and no_signal(history[-1 - n]):
+        n += 1
+    return history[-n]["step"] if n >= steps else None

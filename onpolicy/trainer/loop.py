@@ -72,7 +72,7 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
     logged, the last good policy saved (prompt position rewound to before the bad step), then it re-raises."""
     t = run.cfg.trainer
     saved = run.start_step or None
-    watch = CollapseWatch()
+    watch = CollapseWatch(t.lr)
     for step in range(run.start_step, t.steps):
         prompt_state = run.prompts.state_dict()
         try:
@@ -108,7 +108,8 @@ def train(cfg, log=print) -> dict:
             saved = _run_steps(run, history, log)
         except NonFiniteError as e:
             run.logger.close()
-            log(format_summary(summarize(history, time.perf_counter() - wall0, run, e.saved, stopped=str(e))))
+            stopped = f"{e.what} non-finite at step {e.step}"
+            log(format_summary(summarize(history, time.perf_counter() - wall0, run, e.saved, stopped=stopped)))
             raise
         except BaseException:
             run.logger.close()

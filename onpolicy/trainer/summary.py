@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 import os
 
+from onpolicy.trainer.health import no_signal_since
+
 WINDOW = 10  # steps averaged for the summary's start/end reward (one step's 16 prompts are noisy)
 PARITY_MAX = {"max_abs_kl": "onpolicy/kl", "max_logprob_diff": "onpolicy/logprob_diff/max",
               "max_mismatch_frac": "onpolicy/mismatch_frac"}
@@ -41,7 +43,8 @@ def summarize(history: list[dict], wall: float, run, final_policy: str | None = 
     }
     for name, key in PARITY_MAX.items():
         out[name] = max_abs([m[key] for m in history if key in m])
-    out.update({"nonfinite_steps": nonfinite_steps(history), "stopped": stopped, "final_policy": final_policy,
+    out.update({"nonfinite_steps": nonfinite_steps(history), "no_signal_since": no_signal_since(history),
+                "stopped": stopped, "final_policy": final_policy,
                 "output_dir": os.path.abspath(run.cfg.logging.output_dir), "history": history})
     return out
 
@@ -49,6 +52,8 @@ def summarize(history: list[dict], wall: float, run, final_policy: str | None = 
 def format_summary(s: dict) -> str:
     head = f"stopped: {s['stopped']}; " if s.get("stopped") else "done: "
     bad = f" (non-finite values at steps {s['nonfinite_steps']})" if s.get("nonfinite_steps") else ""
+    if s.get("no_signal_since") is not None:
+        bad += f" (no learning signal since step {s['no_signal_since']}: collapsed?)"
     policy = f"final policy (transformers-loadable) in {s['final_policy']}; " if s.get("final_policy") else ""
     return (f"{head}{s['steps']} steps in {s['wall_time_s']:.1f}s (RL {s['rl_time_s']:.1f}s); reward "
             f"{s['reward_first']:.3f} -> {s['reward_last']:.3f} (mean of first/last {WINDOW} steps: "

@@ -1,4 +1,4 @@
-"""RunLogger (console, metrics.jsonl, offline W&B, plots) and scripts/plot_run.py."""
+"""RunLogger (console, metrics.jsonl, offline W&B, plots), scripts/plot_run.py, and what a real run logs."""
 import importlib.util
 import io
 import json
@@ -9,9 +9,39 @@ import pytest
 import torch
 
 from onpolicy.config import ExperimentConfig
-from onpolicy.logging import METRIC_NAMES, RunLogger, plot_metrics
+from onpolicy.logging import _CONSOLE, METRIC_NAMES, RunLogger, plot_metrics
+from onpolicy.plots import FIGURES, parity_titles, read_metrics, reward_band
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """The shipped default, shrunk: 2 RL steps, no SFT warm-start, plots on. Returns its output dir."""
+    from onpolicy.config import parse_args
+    from onpolicy.trainer import train
+
+    out = tmp_path_factory.mktemp("real") / "run"
+    n = torch.get_num_threads()
+    train(parse_args(["--config", str(ROOT / "configs/tiny-cpu.yaml"), "--trainer.steps", "2",
+                      "--trainer.sft_warmup_steps", "0", "--trainer.prompts_per_step", "2",
+                      "--sampling.num_generations", "4", "--logging.output_dir", str(out)]), log=lambda *a: None)
+    torch.set_num_threads(n)
+    return out
+
+
+def test_real_run_logs_every_documented_and_plotted_metric(real_run):
+    rows = read_metrics(real_run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    plotted = {k for keys in FIGURES.values() for k in keys} | {"reward/std", "reward/min", "reward/max"}
+    console = {k for k, _ in _CONSOLE}
+    for r in rows:
+        missing = (set(METRIC_NAMES) | plotted | console) - set(r)
+        assert not missing, missing
+    assert sorted(p.name for p in (real_run / "plots").iterdir()) == ["parity.png", "reward.png", "training.png"]
+    lo, hi = reward_band(rows)[2:]
+    for r, a, b in zip(rows, lo, hi):
+        assert r["reward/min"] <= a <= r["reward/mean"] <= b <= r["reward/max"]
 
 
 def _cfg(tmp_path, **logging):
@@ -34,7 +64,6 @@ def test_jsonl_and_console(tmp_path):
     assert logger.close() == []
     rows = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert set(rows[0]) == set(METRIC_NAMES)
     assert rows[0]["reward/std"] == pytest.approx(0.05) and isinstance(rows[0]["reward/std"], float)
     lines = out.getvalue().strip().splitlines()
     assert lines == ["step 2 | reward 0.2 | std 0.05 | kl 0 | lp_diff_max 0 | loss -0.02 | gnorm 0.5 | "
@@ -86,13 +115,32 @@ def test_plots(tmp_path):
     for step in range(1, 6):
         logger.log(_metrics(step), step=step)
     paths = logger.close()
-    assert [Path(p).name for p in paths] == ["reward.png", "parity.png", "loss.png"]
+    assert [Path(p).name for p in paths] == ["reward.png", "parity.png", "training.png"]
     for p in paths:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # only some metrics: figures without data are skipped
     jsonl = tmp_path / "few.jsonl"
-    jsonl.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n" + json.dumps({"step": 2, "loss": math.nan}) + "\n")
-    assert [Path(p).name for p in plot_metrics(jsonl, tmp_path / "few")] == ["loss.png"]
+    jsonl.write_text(json.dumps({"step": 1, "grad_norm": 1.0}) + "\n" + json.dumps({"step": 2, "grad_norm": math.nan})
+                     + "\n" + '{"step": 3, "grad')  # a last line cut short by a kill
+    assert [Path(p).name for p in plot_metrics(jsonl, tmp_path / "few")] == ["training.png"]
+
+
+def test_reward_band_stays_in_the_reward_range():
+    rows = [{"step": 1, "reward/mean": 0.5, "reward/std": 0.5, "reward/min": 0.0, "reward/max": 1.0},
+            {"step": 2, "reward/mean": 0.125, "reward/std": 0.33, "reward/min": 0.0, "reward/max": 1.0}]
+    xs, mean, lo, hi = reward_band(rows)
+    assert xs == [1, 2] and lo == [0.0, 0.0] and hi == [1.0, 0.125 + 0.33]
+
+
+def test_parity_titles_say_exactly_zero_only_when_true():
+    zeros = {"onpolicy/kl": 0.0, "onpolicy/logprob_diff/max": 0.0, "onpolicy/logprob_diff/mean": 0.0,
+             "onpolicy/mismatch_frac": 0.0}
+    titles, title = parity_titles([{"step": 1, **zeros}, {"step": 2, **zeros}])
+    assert title.endswith("all exactly 0.0 at every step") and all(t.endswith("all exactly 0.0") for t in titles)
+    for bad in (1e-9, math.nan):
+        titles, title = parity_titles([{"step": 1, **zeros}, {"step": 2, **zeros, "onpolicy/kl": bad}])
+        assert title.endswith("NOT bitwise equal") and titles[0] == "onpolicy/kl: 1/2 steps not 0.0"
+        assert titles[1] == "onpolicy/logprob_diff/max: all exactly 0.0"
 
 
 def test_plot_run_script(tmp_path):
@@ -103,6 +151,6 @@ def test_plot_run_script(tmp_path):
     jsonl.write_text("".join(json.dumps({"step": s, **{k: float(v) for k, v in _metrics(s).items()}}) + "\n"
                              for s in (1, 2)))
     paths = mod.main([str(jsonl)])
-    assert sorted(Path(p).name for p in paths) == ["loss.png", "parity.png", "reward.png"]
+    assert sorted(Path(p).name for p in paths) == ["parity.png", "reward.png", "training.png"]
     assert all(Path(p).parent == tmp_path / "plots" for p in paths)
     assert mod.plot_metrics is plot_metrics
