@@ -52,19 +52,13 @@ def rl_step(run: Run, step: int) -> dict:
         raise
     t_train = time.perf_counter() - t1
     t_step = time.perf_counter() - t0
-    metrics = {k: update[k] for k in ("onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/logprob_diff/mean",
-                                      "onpolicy/mismatch_frac")}
-    metrics.update(scored.metrics())
-    metrics.update({"step": step + 1, **{k: update[k] for k in ("loss", "grad_norm", "lr", "loss/clip_frac",
-                                                                  "loss/ratio_mean", "loss/kl_ref")}})
-    metrics.update(scored.completion_metrics())
-    metrics.update({
+    return {
+        "step": step + 1, **update, **scored.metrics(), **scored.completion_metrics(),
         "throughput/tokens_per_s": (ro.num_tokens + sum(len(p) for p in ro.prompt_ids)) / max(t_step, 1e-9),
         "time/sample": t_sample,
         "time/train": t_train,
         "time/step": t_step,
-    })
-    return metrics
+    }
 
 
 def _run_steps(run: Run, history: list[dict], log) -> int | None:

@@ -83,6 +83,11 @@ def trim_metrics(cfg, start_step: int, log=print) -> None:
         return
     with open(path) as f:
         lines = [line for line in f if line.strip()]
+    if start_step == 0:  # a fresh run: nothing of the old file is kept, whatever state it is in
+        if lines:
+            log(f"{path}: dropping {len(lines)} rows of an earlier run")
+        open(path, "w").close()
+        return
     rows = [_parse(line) for line in lines]
     if rows and rows[-1] is None:
         log(f"{path}: dropping a truncated last line (the previous run was killed while writing it)")

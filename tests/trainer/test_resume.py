@@ -43,3 +43,5 @@ def test_trim_metrics_refuses_a_corrupt_middle_line(tmp_path):
     path.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     with pytest.raises(ValueError, match=r"metrics\.jsonl: line 2 is not JSON"):
         trim_metrics(_cfg(tmp_path), 3, lambda *a: None)
+    trim_metrics(_cfg(tmp_path), 0, lambda *a: None)  # a fresh run does not care: it starts an empty file
+    assert path.read_text() == ""
