@@ -33,7 +33,8 @@ def _generate(llm, prompt_ids, s, *, run_seed: int, step: int):
 
 def rl_step(run: Run, step: int) -> dict:
     """One RL step (0-based `step`); returns its metrics (the step number logged is step + 1).
-    A NonFiniteError carries the step's metrics so far (reward and completion metrics included)."""
+    A NonFiniteError carries the step's metrics so far (reward and completion metrics included). Call it inside
+    `onpolicy.kernels.invariant_mode(cfg.trainer.invariant)`, as `train()` does."""
     import torch
 
     cfg = run.cfg
