@@ -15,6 +15,7 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from onpolicy import kernels
 from onpolicy.model.config import ModelConfig
@@ -160,6 +161,8 @@ class CausalLM(nn.Module):
 
     `init=True` fills the weights with `init_weights(self, seed=0)` (std 0.02 normal); `init=False` leaves
     them uninitialised for a checkpoint to fill.
+    `activation_checkpointing = True` (training mode, grad enabled) keeps only each decoder layer's input and
+    recomputes the layer in backward (torch.utils.checkpoint, use_reentrant=False): same kernels, same bits.
     """
 
     def __init__(self, config: ModelConfig, init: bool = True):
@@ -174,6 +177,7 @@ class CausalLM(nn.Module):
             self.lm_head = nn.Module()
             self.lm_head.weight = _param((config.vocab_size, config.hidden_size), config.torch_dtype)
         self._rope_tables: dict[torch.device, torch.Tensor] = {}
+        self.activation_checkpointing = False
         if init:
             init_weights(self, seed=0)
 
@@ -200,8 +204,12 @@ class CausalLM(nn.Module):
         self._check_inputs(input_ids, positions, meta, kv_caches)
         rope_table = self.rope_table(input_ids.device)
         h = F.embedding(input_ids, self.model.embed_tokens.weight)
+        recompute = self.activation_checkpointing and kv_caches is None and torch.is_grad_enabled()
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, positions, rope_table, meta, None if kv_caches is None else kv_caches[i])
+            if recompute:
+                h = checkpoint(layer, h, positions, rope_table, meta, None, use_reentrant=False)
+            else:
+                h = layer(h, positions, rope_table, meta, None if kv_caches is None else kv_caches[i])
         return self.model.norm(h)
 
     def token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -144,3 +144,96 @@ def test_bad_input():
         policy_loss(lp, old, adv, lens, agg="constant")
     with pytest.raises(ValueError, match="epsilon"):
         policy_loss(lp, old, adv, lens, epsilon_low=1.5)
+
+
+# ---- whole-batch normalisers: micro-batched loss == unsplit loss -------------------------------------------
+
+from onpolicy.trainer.advantages import group_advantages  # noqa: E402
+from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS  # noqa: E402
+from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss  # noqa: E402
+from onpolicy.trainer.microbatch import token_spans  # noqa: E402
+from onpolicy.trainer.parity import OnPolicyViolation  # noqa: E402
+
+GROUP = 4
+LENS = [3, 5, 1, 4, 7, 2, 6, 3]  # two groups of four completions
+
+
+def _split_case(algo, masked, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    total = sum(LENS)
+    lp = -torch.rand(total, generator=gen) * 2
+    old = lp + (torch.rand(total, generator=gen) - 0.5) * 0.8  # ratios straddle the clip range
+    rewards = torch.tensor([1.0, 0.0, 0.5, 1.0, 0.0, 0.0, 1.0, 0.25])
+    adv = group_advantages(rewards, GROUP, algo)
+    mask = None
+    if masked:
+        mask = torch.ones(total, dtype=torch.bool)
+        mask[3:8] = False   # the whole second completion (overlong filtering)
+        mask[0] = False
+        mask[-4:-1] = False
+    kw = dict(epsilon_low=0.2, epsilon_high=ALGO_DEFAULTS[algo]["epsilon_high"], agg=default_loss_agg(algo),
+              max_tokens=7)
+    return lp, old, adv, mask, kw
+
+
+def _micro(seqs_per_micro):
+    n = len(LENS)
+    k = n if seqs_per_micro == "all" else seqs_per_micro
+    return token_spans(LENS, [range(a, min(a + k, n)) for a in range(0, n, k)])
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("seqs_per_micro", [1, 3, "all"])
+@pytest.mark.parametrize("extras", [False, True])
+def test_micro_batched_loss_and_grads_equal_unsplit_bitwise(algo, masked, seqs_per_micro, extras):
+    lp, old, adv, mask, kw = _split_case(algo, masked)
+    more = {}
+    if extras:  # k3 to a reference and truncated-IS weights ride along per token
+        more = dict(beta=0.1, ref_logprobs=lp - 0.3, is_weights=truncated_is_weights(lp, old, 1.2))
+    full_lp = lp.clone().requires_grad_(True)
+    full = policy_loss(full_lp, old, adv, LENS, loss_mask=mask, **kw, **more)
+    full.loss.backward()
+
+    split_lp = lp.clone().requires_grad_(True)
+    w = loss_weights(adv, LENS, agg=kw["agg"], max_tokens=kw["max_tokens"], loss_mask=mask)
+    acc = LossAccumulator()
+    for span in _micro(seqs_per_micro):
+        s = slice(span.start, span.stop)
+        sliced = {k: (v[s] if isinstance(v, torch.Tensor) else v) for k, v in more.items()}
+        part = slice_loss(split_lp[s], old[s], w.slice(span), epsilon_low=kw["epsilon_low"],
+                          epsilon_high=kw["epsilon_high"], **sliced)
+        part.loss.backward()
+        acc.add(part)
+    got = acc.result()
+    assert got.loss == full.loss.item()  # bitwise: one sum over the same per-token terms
+    assert torch.equal(split_lp.grad, full_lp.grad)
+    assert (got.pg_loss, got.kl_ref, got.clip_frac, got.ratio_mean, got.num_tokens) == (
+        full.pg_loss, full.kl_ref, full.clip_frac, full.ratio_mean, full.num_tokens)
+    assert 0.0 < got.clip_frac < 1.0  # the clip does real work here
+
+
+def test_weights_come_from_the_whole_batch():
+    """A micro-batch's own normaliser would differ: its weights must be the whole batch's slice."""
+    _, _, adv, mask, _ = _split_case("dapo", masked=True)
+    w = loss_weights(adv, LENS, agg="token", loss_mask=mask)
+    head = w.slice(range(0, 8))
+    assert head.num_tokens == int(mask.sum())
+    torch.testing.assert_close(head.weights, mask[:8].float() / int(mask.sum()))
+    seq = loss_weights(adv, LENS, agg="sequence", loss_mask=mask)
+    # the masked-out second completion is not counted among the completions
+    torch.testing.assert_close(seq.weights.sum(), torch.tensor(1.0))
+    with pytest.raises(ValueError, match="contiguous range"):
+        w.slice(range(0, 100))
+
+
+def test_first_update_verifies_ratio_exactly_one():
+    lp, _, adv, _, kw = _split_case("grpo", masked=False)
+    lp.requires_grad_(True)
+    out = policy_loss(lp, lp.detach().clone(), adv, LENS, check_on_policy=True, **kw)
+    assert out.ratio_mean == 1.0 and out.clip_frac == 0.0
+    old = lp.detach().clone()
+    old[5] = torch.nextafter(old[5], torch.tensor(0.0))  # one ulp off on one token
+    with pytest.raises(OnPolicyViolation, match=r"exactly 1.0 .* 1/\d+ tokens differ"):
+        policy_loss(lp, old, adv, LENS, check_on_policy=True, **kw)
+    policy_loss(lp, old, adv, LENS, **kw)  # later updates: no check
