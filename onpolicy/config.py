@@ -26,9 +26,10 @@ from typing import Any, ClassVar
 import yaml
 
 from onpolicy.config_fields import ConfigError, Section, coerce, config_field, type_hints
+from onpolicy.engine.params import EngineConfig
 from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS
 
-__all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineArgs", "TrainerArgs",
+__all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
            "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args", "load_yaml",
            "apply_override", "help_text"]
 
@@ -38,36 +39,32 @@ _f = config_field
 @dataclass
 class ModelArgs(Section):
     _name: ClassVar[str] = "model"
-    path: str = _f("tiny", "'tiny' = built-in tiny Qwen3 with CharTokenizer; otherwise a local HF model directory")
+    path: str = _f("tiny", "'tiny' = built-in tiny Qwen3 with CharTokenizer; otherwise a local HF model directory",
+                   nonblank=True, allowed="'tiny' or a model directory")
     dtype: str = _f("float32", "parameter/compute dtype", choices=("float32", "bfloat16"))
     device: str = _f("auto", "'auto' = cuda when available, else cpu", choices=("auto", "cpu", "cuda"))
-    tiny: dict = _f(help="overrides for the tiny model config (hidden_size, num_hidden_layers, ...)", factory=dict)
-
-    def _validate(self):
-        self._check_nonblank("path", "'tiny' or a model directory")
+    tiny: dict = _f(help="overrides for the tiny model config (hidden_size, num_hidden_layers, ...); "
+                         "only with path: tiny", factory=dict)
 
 
 @dataclass
 class DataArgs(Section):
     _name: ClassVar[str] = "data"
-    dataset: str = _f("embedded:arith", "'embedded:<task>' or a local json/jsonl/parquet/csv file or save_to_disk dir")
+    dataset: str = _f("embedded:arith", "'embedded:<task>' or a local json/jsonl/parquet/csv file or save_to_disk dir",
+                      nonblank=True, allowed="'embedded:<task>' or a local path")
     split: str = _f("train", "split of a save_to_disk DatasetDict or a data directory (single files are one split)")
-    prompt_column: str = _f("prompt", "column holding the prompt text")
-    answer_column: str = _f("answer", "column holding the reference answer (passed to rewards as `answer`)")
+    prompt_column: str = _f("prompt", "column holding the prompt text", nonblank=True)
+    answer_column: str = _f("answer", "column holding the reference answer (passed to rewards as `answer`)",
+                            nonblank=True)
     chat_template: bool = _f(False, "wrap prompts with tokenizer.apply_chat_template (generation prompt added)")
     system_prompt: str | None = _f(None, "system message for the chat template (only with chat_template: true)")
-    max_prompt_tokens: int = _f(256, "prompts longer than this (in tokens) are dropped with a warning")
-    num_examples: int | None = _f(None, "keep only the first N source rows (None = all)")
+    max_prompt_tokens: int = _f(256, "prompts longer than this (in tokens) are dropped with a warning", ge=1)
+    num_examples: int | None = _f(None, "keep only the first N source rows (None = all)", ge=1)
     shuffle_seed: int = _f(0, "seed of the per-epoch prompt order")
 
     def _validate(self):
-        self._check_nonblank("dataset", "'embedded:<task>' or a local path")
         if self.dataset.startswith("embedded:"):
             self._check(bool(self.dataset.split(":", 1)[1]), "dataset", "'embedded:<task>' with a task name")
-        self._check(bool(self.prompt_column), "prompt_column", "a non-empty column name")
-        self._check(bool(self.answer_column), "answer_column", "a non-empty column name")
-        self._check(self.max_prompt_tokens >= 1, "max_prompt_tokens", "an int >= 1")
-        self._check(self.num_examples is None or self.num_examples >= 1, "num_examples", "null or an int >= 1")
         self._check(self.system_prompt is None or self.chat_template, "system_prompt",
                     "null unless data.chat_template is true")
 
@@ -75,65 +72,44 @@ class DataArgs(Section):
 @dataclass
 class SamplingArgs(Section):
     _name: ClassVar[str] = "sampling"
-    num_generations: int = _f(8, "completions per prompt (G, the group size)")
-    temperature: float = _f(1.0, "sampling temperature; logprobs are taken at this temperature")
-    top_p: float = _f(1.0, "nucleus sampling mass, in (0, 1]")
-    top_k: int = _f(-1, "-1 = off, else keep the k most likely tokens")
-    max_tokens: int = _f(16, "max new tokens per completion")
+    num_generations: int = _f(8, "completions per prompt (G, the group size)", ge=1)
+    temperature: float = _f(1.0, "sampling temperature; logprobs are taken at this temperature", gt=0)
+    top_p: float = _f(1.0, "nucleus sampling mass, in (0, 1]", gt=0, le=1)
+    top_k: int = _f(-1, "-1 = off, else keep the k most likely tokens", ge=-1, allowed="-1 (off) or an int >= 1")
+    max_tokens: int = _f(16, "max new tokens per completion", ge=1)
     stop: list[str] = _f(help="stop strings", factory=list)
 
     def _validate(self):
-        self._check(self.num_generations >= 1, "num_generations", "an int >= 1")
-        self._check(self.temperature > 0, "temperature", "a float > 0")
-        self._check(0 < self.top_p <= 1, "top_p", "a float in (0, 1]")
-        self._check(self.top_k == -1 or self.top_k >= 1, "top_k", "-1 (off) or an int >= 1")
-        self._check(self.max_tokens >= 1, "max_tokens", "an int >= 1")
+        self._check(self.top_k != 0, "top_k", "-1 (off) or an int >= 1")
         self._check(all(self.stop), "stop", "a list of non-empty strings")
-
-
-@dataclass
-class EngineArgs(Section):
-    _name: ClassVar[str] = "engine"
-    block_size: int = _f(16, "KV-cache block size in tokens")
-    max_num_seqs: int = _f(256, "max sequences per engine step")
-    max_num_batched_tokens: int = _f(2048, "max tokens per engine step")
-    enable_prefix_caching: bool = _f(True, "reuse cached prompt blocks (reset after every optimizer step)")
-    use_cuda_graphs: bool = _f(True, "capture decode steps in CUDA graphs (ignored on CPU and with "
-                                     "trainer.invariant: false)")
-    num_blocks: int | None = _f(None, "KV-cache blocks; null = sized automatically")
-
-    def _validate(self):
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
-            self._check(getattr(self, name) >= 1, name, "an int >= 1")
-        self._check(self.num_blocks is None or self.num_blocks >= 1, "num_blocks", "null or an int >= 1")
 
 
 @dataclass
 class TrainerArgs(Section):
     _name: ClassVar[str] = "trainer"
     algo: str = _f("grpo", "RL objective", choices=ALGOS)
-    steps: int = _f(50, "optimizer steps (RL steps)")
-    prompts_per_step: int = _f(16, "prompts per step; each gets sampling.num_generations completions")
-    lr: float = _f(1e-5, "AdamW learning rate")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
+    steps: int = _f(50, "optimizer steps (RL steps)", ge=0)
+    prompts_per_step: int = _f(16, "prompts per step; each gets sampling.num_generations completions", ge=1)
+    lr: float = _f(1e-5, "AdamW learning rate", gt=0)
+    weight_decay: float = _f(0.0, "AdamW weight decay", ge=0)
     adam_betas: list[float] = _f(help="AdamW betas [beta1, beta2]", factory=lambda: [0.9, 0.99])
-    warmup_steps: int = _f(0, "linear LR warmup steps")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm")
-    epsilon_low: float = _f(0.2, "lower clip range")
-    epsilon_high: float | None = _f(None, "upper clip range; null = algo default (0.2, dapo: 0.28)")
-    beta: float = _f(0.0, "KL penalty to a frozen reference model (0 = no reference model)")
+    warmup_steps: int = _f(0, "linear LR warmup steps", ge=0)
+    max_grad_norm: float = _f(1.0, "gradient clipping norm", gt=0)
+    epsilon_low: float = _f(0.2, "lower clip range", ge=0)
+    epsilon_high: float | None = _f(None, "upper clip range; null = algo default (0.2, dapo: 0.28)", ge=0)
+    beta: float = _f(0.0, "KL penalty to a frozen reference model (0 = no reference model)", ge=0)
     loss_agg: str | None = _f(None, "loss aggregation; null = algo default (grpo/rloo: sequence, dapo: token, "
                               "dr_grpo: constant = token sum / (completions * max_tokens))",
                               choices=LOSS_AGGS)
     invariant: bool = _f(True, "run the batch-invariant kernels (true on-policy); false = torch default ops")
     strict_onpolicy: bool = _f(False, "stop on the first step with a non-zero sampler/trainer logprob diff")
-    tis_cap: float | None = _f(None, "truncated importance-sampling cap; only with invariant: false")
+    tis_cap: float | None = _f(None, "truncated importance-sampling cap; only with invariant: false", gt=0)
     dynamic_sampling: bool = _f(False, "DAPO: drop groups whose rewards are all equal")
     overlong_filter: bool = _f(False, "DAPO: mask completions cut off by max_tokens")
-    sft_warmup_steps: int = _f(0, "supervised warm-up steps on reference answers before RL")
-    sft_lr: float = _f(1e-3, "learning rate of the SFT warm-up")
-    seed: int = _f(0, "global seed (python/numpy/torch and sampling)")
-    save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)")
+    sft_warmup_steps: int = _f(0, "supervised warm-up steps on reference answers before RL", ge=0)
+    sft_lr: float = _f(1e-3, "learning rate of the SFT warm-up", gt=0)
+    seed: int = _f(0, "global seed (python/numpy/torch and sampling)", ge=0)
+    save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)", ge=0)
     resume: bool | str = _f(False, "true = resume from <output_dir>/checkpoints/latest; a string = checkpoint path")
 
     def _validate(self):
@@ -141,26 +117,12 @@ class TrainerArgs(Section):
         for name in ("epsilon_high", "loss_agg"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, defaults[name])
-        self._check(self.steps >= 0, "steps", "an int >= 0")
-        self._check(self.prompts_per_step >= 1, "prompts_per_step", "an int >= 1")
-        self._check(self.lr > 0, "lr", "a float > 0")
-        self._check(self.weight_decay >= 0, "weight_decay", "a float >= 0")
         self._check(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "adam_betas",
                     "two floats in [0, 1), e.g. [0.9, 0.99]")
-        self._check(self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
-        self._check(self.max_grad_norm > 0, "max_grad_norm", "a float > 0")
-        self._check(self.epsilon_low >= 0, "epsilon_low", "a float >= 0")
-        self._check(self.epsilon_high >= 0, "epsilon_high", "a float >= 0 or null (algo default)")
-        self._check(self.beta >= 0, "beta", "a float >= 0")
-        self._check(self.tis_cap is None or self.tis_cap > 0, "tis_cap", "null or a float > 0")
         self._check(self.tis_cap is None or not self.invariant, "tis_cap",
                     "null when trainer.invariant is true (sampler and trainer logprobs are equal, no IS needed)")
         self._check(not (self.strict_onpolicy and not self.invariant), "strict_onpolicy",
                     "false when trainer.invariant is false (the default ops are not bitwise on-policy)")
-        self._check(self.sft_warmup_steps >= 0, "sft_warmup_steps", "an int >= 0")
-        self._check(self.sft_lr > 0, "sft_lr", "a float > 0")
-        self._check(self.seed >= 0, "seed", "an int >= 0")
-        self._check(self.save_every >= 0, "save_every", "an int >= 0 (0 = no periodic checkpoints)")
         self._check(not isinstance(self.resume, str) or bool(self.resume.strip()), "resume",
                     "true/false or a checkpoint path")
 
@@ -168,30 +130,25 @@ class TrainerArgs(Section):
 @dataclass
 class RewardArgs(Section):
     _name: ClassVar[str] = "rewards[]"
-    name: str = _f(dataclasses.MISSING, "registered reward name (onpolicy.rewards): embedded, math_answer, format, ...")
+    name: str = _f(dataclasses.MISSING, "registered reward name (onpolicy.rewards): embedded, math_answer, format, ...",
+                   nonblank=True, allowed="a registered reward name")
     weight: float = _f(1.0, "weight of this reward in the total")
-
-    def _validate(self):
-        self._check_nonblank("name", "a registered reward name")
 
 
 @dataclass
 class LoggingArgs(Section):
     _name: ClassVar[str] = "logging"
-    output_dir: str = _f("outputs/run", "metrics.jsonl, plots, checkpoints and W&B files go here")
+    output_dir: str = _f("outputs/run", "metrics.jsonl, plots, checkpoints and W&B files go here", nonblank=True,
+                         allowed="a directory path")
     report_to: list[str] = _f(help="sinks: console and/or wandb (offline without an API key)",
                               factory=lambda: ["console"], choices=("console", "wandb"))
     project: str = _f("onpolicy", "W&B project")
     run_name: str | None = _f(None, "W&B run name / console label")
-    log_every: int = _f(1, "console line every N steps (metrics.jsonl gets every step)")
+    log_every: int = _f(1, "console line every N steps (metrics.jsonl gets every step)", ge=1)
     plot: bool = _f(True, "write PNG plots of metrics.jsonl at the end of the run")
 
-    def _validate(self):
-        self._check_nonblank("output_dir", "a directory path")
-        self._check(self.log_every >= 1, "log_every", "an int >= 1")
 
-
-SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineArgs,
+SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineConfig,
             "trainer": TrainerArgs, "logging": LoggingArgs}
 
 
@@ -202,7 +159,7 @@ class ExperimentConfig:
     model: ModelArgs = field(default_factory=ModelArgs, metadata={"help": "policy model"})
     data: DataArgs = field(default_factory=DataArgs, metadata={"help": "prompt data set"})
     sampling: SamplingArgs = field(default_factory=SamplingArgs, metadata={"help": "rollout sampling"})
-    engine: EngineArgs = field(default_factory=EngineArgs, metadata={"help": "inference engine"})
+    engine: EngineConfig = field(default_factory=EngineConfig, metadata={"help": "inference engine"})
     trainer: TrainerArgs = field(default_factory=TrainerArgs, metadata={"help": "RL algorithm and optimizer"})
     rewards: list[RewardArgs] = field(default_factory=lambda: [RewardArgs(name="embedded")],
                                       metadata={"help": "weighted reward functions"})

@@ -50,9 +50,7 @@ def rl_step(run: Run, step: int) -> dict:
     from onpolicy import kernels
 
     with kernels.invariant_mode(t.invariant), torch.no_grad():
-        ro = generate_rollouts(run.llm, prompt_ids, group_size=s.num_generations, temperature=s.temperature,
-                               top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens, stop=s.stop,
-                               run_seed=t.seed, step=step)
+        ro = generate_rollouts(run.llm, prompt_ids, s, run_seed=t.seed, step=step)
     t_sample = time.perf_counter() - t0
 
     from onpolicy.rewards import combine_rewards

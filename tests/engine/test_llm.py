@@ -101,7 +101,7 @@ def test_stop_string_cut_from_text_tokens_kept(llm, tiny):
 
 def test_seeds_unseeded_and_greedy(tiny):
     model, tok = tiny
-    mk = lambda: LLM(model, tok, EngineConfig(num_blocks=64, seed=7))  # noqa: E731
+    mk = lambda: LLM(model, tok, EngineConfig(num_blocks=64), seed=7)  # noqa: E731
     p = SamplingParams(temperature=1.0, max_tokens=6, ignore_eos=True)
     a = mk().generate(["abc", "abc"], p)
     b = mk().generate(["abc", "abc"], p)
@@ -139,9 +139,13 @@ def test_invariant_false_runs_reference_ops(tiny, monkeypatch):
         return orig(*a, **k)
 
     monkeypatch.setattr(kernels, "linear", spy)
-    llm = LLM(model, tok, EngineConfig(num_blocks=32, invariant=False))
-    out = llm.generate(["ab"], SamplingParams(max_tokens=3, seed=0))[0].outputs[0]
+    llm = LLM(model, tok, EngineConfig(num_blocks=32))
+    with kernels.invariant_mode(False):  # the engine follows the caller's mode (trainer.invariant)
+        out = llm.generate(["ab"], SamplingParams(max_tokens=3, seed=0))[0].outputs[0]
     assert seen and not any(seen) and len(out.token_ids) >= 1
+    seen.clear()
+    llm.generate(["ab"], SamplingParams(max_tokens=3, seed=0))
+    assert seen and all(seen)
 
 
 def test_reset_prefix_cache(llm):
