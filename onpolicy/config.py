@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
 
-from onpolicy.config_fields import ConfigError, Section, coerce, config_field, type_hints
+from onpolicy.config_cli import apply_override, help_text, load_yaml, split_cli
+from onpolicy.config_fields import ConfigError, Section, coerce, config_field
 from onpolicy.engine.params import EngineConfig
 from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
-           "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args", "load_yaml",
-           "apply_override", "help_text"]
+           "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
+           "check_context"]
 
 _f = config_field
 
@@ -148,6 +146,7 @@ class LoggingArgs(Section):
     plot: bool = _f(True, "write PNG plots of metrics.jsonl at the end of the run")
 
 
+REWARDS_HELP = "rewards: --rewards '[{name: NAME, weight: W}, ...]' (default [{name: embedded}])"
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineConfig,
             "trainer": TrainerArgs, "logging": LoggingArgs}
 
@@ -195,97 +194,6 @@ class ExperimentConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def load_yaml(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"--config: file not found: {str(p)!r}")
-    data = yaml.safe_load(p.read_text())
-    if data is not None and not isinstance(data, dict):
-        raise ConfigError(f"--config: {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
-    return data or {}
-
-
-def _parse_value(key: str, text: str) -> Any:
-    """A CLI value: raw text for string fields ('null'/'~' = None where allowed), else a YAML scalar/flow list."""
-    section, _, name = key.partition(".")
-    cls = SECTIONS.get(section)
-    tp = type_hints(cls).get(name) if cls is not None else None
-    is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
-    optional_str = is_union and set(typing.get_args(tp)) == {str, type(None)}
-    if tp is str or optional_str:
-        return None if optional_str and text in ("null", "~") else text
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def apply_override(data: dict, key: str, value: Any) -> None:
-    """Set dotted `key` ('trainer.lr', or 'rewards') in the nested dict `data`, checking the key exists."""
-    parts = key.split(".")
-    allowed = list(SECTIONS) + ["rewards"]
-    if parts[0] not in allowed:
-        raise ConfigError(f"--{key}: unknown section {parts[0]!r}; allowed: {', '.join(allowed)}")
-    if parts[0] == "rewards":
-        if len(parts) != 1:
-            raise ConfigError(f"--{key}: set the whole list, e.g. --rewards '[{{name: math_answer}}]'")
-        data["rewards"] = value
-        return
-    cls = SECTIONS[parts[0]]
-    if len(parts) != 2 or parts[1] not in {f.name for f in dataclasses.fields(cls)}:
-        names = ", ".join(f"--{parts[0]}.{f.name}" for f in dataclasses.fields(cls))
-        raise ConfigError(f"--{key}: unknown field; allowed: {names}")
-    section = data.setdefault(parts[0], {}) or {}
-    if not isinstance(section, dict):
-        raise ConfigError(f"{parts[0]}: expected a mapping, got {section!r}")
-    section[parts[1]] = value
-    data[parts[0]] = section
-
-
-def _split_cli(argv: list[str]) -> tuple[str | None, list[tuple[str, Any]], bool]:
-    config_path, overrides, print_config = None, [], False
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if not arg.startswith("--"):
-            raise ConfigError(f"unexpected argument {arg!r}; expected --config FILE or --section.field VALUE")
-        key, eq, val = arg[2:].partition("=")
-        key = key.replace("-", "_") if key in ("print-config",) else key
-        nxt = argv[i + 1] if i + 1 < len(argv) else None
-        takes_next = not eq and nxt is not None and not nxt.startswith("--")
-        if key == "print_config":
-            print_config, i = True, i + 1
-            continue
-        if key == "config":
-            if not eq and not takes_next:
-                raise ConfigError("--config: expects a YAML file path")
-            config_path, i = (val if eq else nxt), i + (1 if eq else 2)
-            continue
-        if eq:
-            overrides.append((key, _parse_value(key, val)))
-            i += 1
-        elif takes_next:
-            overrides.append((key, _parse_value(key, nxt)))
-            i += 2
-        else:  # a bare flag: boolean true
-            overrides.append((key, True))
-            i += 1
-    return config_path, overrides, print_config
-
-
-def help_text() -> str:
-    lines = ["usage: [--config FILE.yaml] [--section.field VALUE ...] [--print-config]", ""]
-    for name, cls in SECTIONS.items():
-        lines.append(f"{name}:")
-        for f in dataclasses.fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            choices = f.metadata.get("choices")
-            extra = f" {{{', '.join(choices)}}}" if choices else ""
-            lines.append(f"  --{name}.{f.name}{extra} (default {default!r}): {f.metadata.get('help', '')}")
-    lines.append("rewards: --rewards '[{name: NAME, weight: W}, ...]' (default [{name: embedded}])")
-    return "\n".join(lines)
-
-
 def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = None) -> ExperimentConfig:
     """`--config x.yaml`, then CLI overrides, then `forced` (a recipe's fixed keys, e.g. trainer.algo).
 
@@ -294,19 +202,47 @@ def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = No
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(help_text())
+        print(help_text(SECTIONS, [REWARDS_HELP]))
         raise SystemExit(0)
-    config_path, overrides, print_config = _split_cli(argv)
+    config_path, overrides, print_config = split_cli(SECTIONS, argv)
     data = load_yaml(config_path) if config_path else {}
     for key, value in overrides:
-        apply_override(data, key, value)
+        apply_override(SECTIONS, data, key, value)
     for key, value in (forced or {}).items():
         given = [v for k, v in overrides if k == key]
         if given and given[-1] != value:
             raise ConfigError(f"--{key}: this recipe fixes {key} = {value!r}; got {given[-1]!r}")
-        apply_override(data, key, value)
+        apply_override(SECTIONS, data, key, value)
     cfg = ExperimentConfig.from_dict(data)
     if print_config:
         print(cfg.to_yaml())
         raise SystemExit(0)
     return cfg
+
+
+def check_context(cfg: ExperimentConfig) -> None:
+    """Start-up check, before any model is built: `model.path` is usable (checked before `model.tiny`, so a
+    leftover tiny block cannot hide a wrong path) and `data.max_prompt_tokens + sampling.max_tokens` fits the
+    model's context (max_position_embeddings of config.json, or of the tiny config). Reads config.json only."""
+    import os
+
+    m = cfg.model
+    if m.path == "tiny":
+        from onpolicy.model.tiny import tiny_config
+
+        limit = tiny_config(**{k: v for k, v in m.tiny.items() if k != "dtype"}).max_position_embeddings
+    else:
+        if not os.path.isdir(m.path):
+            raise ConfigError(f"model.path: {m.path!r} is not a directory; allowed: 'tiny' or a local HF model dir")
+        if not os.path.isfile(os.path.join(m.path, "config.json")):
+            raise ConfigError(f"model.path: {m.path!r} has no config.json; allowed: 'tiny' or a local HF model dir")
+        if m.tiny:
+            raise ConfigError(f"model.tiny: overrides only apply with model.path: tiny, and model.path is {m.path!r}; "
+                              "allowed here: no tiny block (remove it)")
+        from onpolicy.model.loading import load_config
+
+        limit = load_config(m.path).max_position_embeddings
+    prompt, new = cfg.data.max_prompt_tokens, cfg.sampling.max_tokens
+    if prompt + new > limit:
+        raise ConfigError(f"data.max_prompt_tokens ({prompt}) + sampling.max_tokens ({new}) = {prompt + new} exceeds "
+                          f"the model's context max_position_embeddings={limit}; allowed: a sum <= {limit}")

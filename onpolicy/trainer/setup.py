@@ -146,6 +146,7 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
 
 def build_run(cfg, log=print) -> Run:
     from onpolicy import determinism
+    from onpolicy.config import check_context
     from onpolicy.data import PromptIterator, load_prompts
     from onpolicy.engine import LLM
     from onpolicy.logging import RunLogger
@@ -154,6 +155,7 @@ def build_run(cfg, log=print) -> Run:
     t0 = time.perf_counter()
     t = cfg.trainer
     check_rewards(cfg.rewards)
+    check_context(cfg)
     if isinstance(t.resume, str) and not os.path.exists(t.resume):
         raise ValueError(f"trainer.resume: checkpoint path {t.resume!r} does not exist; allowed: false, true, a path")
     device = resolve_device(cfg.model.device)

@@ -1,6 +1,7 @@
 """onpolicy.config: YAML + CLI overrides, coercion, validation errors naming the dotted field."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from onpolicy.config import (ALGO_DEFAULTS, SECTIONS, ConfigError, ExperimentConfig, RewardArgs, TrainerArgs,
+from onpolicy.config import (SECTIONS, ConfigError, ExperimentConfig, RewardArgs, TrainerArgs,
                              parse_args)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,13 +54,18 @@ def test_round_trip_to_dict():
     assert ExperimentConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
 
 
-@pytest.mark.parametrize("algo", sorted(ALGO_DEFAULTS))
-def test_algo_defaults(algo):
+@pytest.mark.parametrize("algo, epsilon_high, loss_agg", [
+    ("grpo", 0.2, "sequence"), ("dr_grpo", 0.2, "constant"), ("dapo", 0.28, "token"), ("rloo", 0.2, "sequence"),
+])
+def test_algo_defaults(algo, epsilon_high, loss_agg):
+    """null fields resolve to the documented per-algorithm values (literal here, not read back from the table);
+    given values win; a recipe's fixed algo resolves the defaults after the override."""
     t = TrainerArgs(algo=algo)
-    assert t.epsilon_high == ALGO_DEFAULTS[algo]["epsilon_high"] and t.loss_agg == ALGO_DEFAULTS[algo]["loss_agg"]
-    assert TrainerArgs(algo=algo, epsilon_high=0.5, loss_agg="token").epsilon_high == 0.5
-    losses = pytest.importorskip("onpolicy.trainer.losses")
-    assert t.loss_agg == losses.default_loss_agg(algo)  # the trainer's own default agrees
+    assert (t.epsilon_high, t.loss_agg) == (epsilon_high, loss_agg)
+    assert parse_args(["--trainer.algo", algo, "--trainer.epsilon_high", "null"]).trainer.epsilon_high == epsilon_high
+    given = TrainerArgs(algo=algo, epsilon_high=0.5, loss_agg="token")
+    assert (given.epsilon_high, given.loss_agg) == (0.5, "token")
+    assert parse_args([], forced={"trainer.algo": algo}).trainer.loss_agg == loss_agg
 
 
 @pytest.mark.parametrize("argv, field, allowed", [
@@ -140,7 +146,8 @@ def test_shipped_configs_load():
 
 def test_accelerate_launch_recipe(tmp_path):
     """`accelerate launch --config_file configs/accelerate/cpu.yaml recipes/dapo.py ...` runs the recipe to the
-    end (0 RL steps: parse, determinism, rewards check, Accelerator, model/data/engine build, logger)."""
+    end (0 RL steps: launch check, parse, determinism, rewards and context checks, model/data/engine build,
+    logger)."""
     pytest.importorskip("accelerate")
     out_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
@@ -157,12 +164,12 @@ def test_accelerate_launch_recipe(tmp_path):
 
 @pytest.mark.gpu
 def test_accelerate_launch_single_gpu_one_step(tmp_path):
-    """On the H100: the recipe under configs/accelerate/single_gpu.yaml places the tiny model on CUDA and runs
-    one RL step with KL exactly 0."""
+    """On the H100: the recipe under configs/accelerate/single_gpu.yaml runs the tiny model on CUDA (model.device
+    picks the device; accelerate only sets the environment) for one RL step with KL exactly 0."""
     out_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
            "--config_file", str(ROOT / "configs/accelerate/single_gpu.yaml"), str(ROOT / "recipes/grpo.py"),
-           "--config", str(ROOT / "configs/tiny-cpu.yaml"), "--model.device", "auto", "--trainer.steps", "1",
+           "--config", str(ROOT / "configs/tiny-cpu.yaml"), "--model.device", "cuda", "--trainer.steps", "1",
            "--trainer.prompts_per_step", "2", "--sampling.num_generations", "2", "--data.num_examples", "8",
            "--trainer.sft_warmup_steps", "0", "--logging.output_dir", str(out_dir), "--logging.plot", "false"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=tmp_path)
@@ -198,3 +205,86 @@ def test_modules_import_without_optional_packages():
             "assert not bad, bad")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
+
+
+def _recipe(tmp_path, *args, env=None):
+    cmd = [sys.executable, str(ROOT / "recipes/grpo.py"), "--config", str(ROOT / "configs/tiny-cpu.yaml"),
+           "--trainer.steps", "0", "--trainer.sft_warmup_steps", "0", "--data.num_examples", "8",
+           "--logging.output_dir", str(tmp_path / "run"), "--logging.plot", "false", *args]
+    full_env = {k: v for k, v in os.environ.items()
+                if k not in ("WORLD_SIZE", "MASTER_ADDR", "ACCELERATE_USE_CPU", "ONPOLICY_DEBUG")}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**full_env, **(env or {})})
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("empty_jsonl", "is empty"),
+    ("bad_json_line", "line 2: invalid JSON"),
+    ("bad_yaml", "is not valid YAML: line 3, column 10: mapping values are not allowed here"),
+    ("tiny_block_hides_path", "model.path: '/nonexistent/model' is not a directory"),
+    ("context", "data.max_prompt_tokens (60) + sampling.max_tokens (6) = 66 exceeds the model's context "
+                "max_position_embeddings=64"),
+    ("bad_value", "trainer.lr: got -1.0; allowed: a float > 0"),
+    ("world_size", "launch: 2 processes started (WORLD_SIZE=2"),
+    ("accelerate_simple_launcher", "accelerate was asked for num_processes > 1"),
+])
+def test_recipe_user_errors_are_one_line(tmp_path, case, expect):
+    """Config, data and launch errors: one `error:` line naming the file/field, exit status 2, no traceback."""
+    env, args = None, []
+    if case == "empty_jsonl":
+        args = ["--data.dataset", _write(tmp_path, "e.jsonl", "")]
+    elif case == "bad_json_line":
+        args = ["--data.dataset", _write(tmp_path, "b.jsonl", '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "x" "a"}\n')]
+    elif case == "bad_yaml":
+        args = ["--config", _write(tmp_path, "bad.yaml", "trainer:\n  lr: 1\n    steps: 2\n")]
+    elif case == "tiny_block_hides_path":
+        args = ["--model.path", "/nonexistent/model"]  # tiny-cpu.yaml keeps its model.tiny block
+    elif case == "context":
+        args = ["--data.max_prompt_tokens", "60"]  # tiny-cpu.yaml: max_tokens 6, max_position_embeddings 64
+    elif case == "bad_value":
+        args = ["--trainer.lr", "-1"]
+    elif case == "world_size":
+        env = {"WORLD_SIZE": "2", "RANK": "1"}
+    else:
+        env = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}
+    out = _recipe(tmp_path, *args, env=env)
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert expect in lines[0] and "Traceback" not in out.stderr, out.stderr[-3000:]
+    if case == "bad_yaml":
+        assert "bad.yaml" in lines[0]
+    if case in ("empty_jsonl", "bad_json_line"):
+        assert str(tmp_path) in lines[0]
+
+
+def test_recipe_debug_keeps_the_traceback(tmp_path):
+    for extra, env in ((["--debug"], None), ([], {"ONPOLICY_DEBUG": "1"})):
+        out = _recipe(tmp_path, "--trainer.lr", "-1", *extra, env=env)
+        assert out.returncode != 0 and "Traceback" in out.stderr and "ConfigError: trainer.lr" in out.stderr
+
+
+def test_check_context_before_any_model_is_built(tmp_path, monkeypatch):
+    """The context budget and the model path are checked from config.json alone (no weights read)."""
+    from onpolicy.config import check_context
+
+    check_context(parse_args(["--config", str(ROOT / "configs/tiny-cpu.yaml")]))
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({
+        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 64, "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "head_dim": 16, "max_position_embeddings": 100}))
+    ok = parse_args(["--model.path", str(model_dir), "--data.max_prompt_tokens", "90", "--sampling.max_tokens", "10"])
+    check_context(ok)
+    with pytest.raises(ConfigError, match=r"= 101 exceeds the model's context max_position_embeddings=100"):
+        check_context(parse_args(["--model.path", str(model_dir), "--data.max_prompt_tokens", "91",
+                                  "--sampling.max_tokens", "10"]))
+    with pytest.raises(ConfigError, match=r"^model.tiny: overrides only apply with model.path: tiny"):
+        check_context(parse_args(["--model.path", str(model_dir), "--model.tiny", "{num_hidden_layers: 1}"]))
+    with pytest.raises(ConfigError, match=r"^model.path: .* has no config.json"):
+        check_context(parse_args(["--model.path", str(tmp_path)]))
