@@ -96,15 +96,19 @@ def _read_with_datasets(path: Path, split: str) -> list[dict]:
 
 
 def _read_with_datasets_checked(path: Path, split: str) -> list[dict]:
-    """`_read_with_datasets`, with its long generation errors cut to one line naming the file."""
-    import datasets
-
+    """`_read_with_datasets`, with its errors (a 78-line DatasetGenerationError, pyarrow's ArrowInvalid, ...)
+    cut to one line naming the file; the original stays chained for `--debug`."""
     try:
         return _read_with_datasets(path, split)
-    except datasets.exceptions.DatasetGenerationError as e:
-        cause = e.__cause__ or e.__context__ or e
-        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-        raise ValueError(f"data.dataset: could not read {str(path)!r}: {detail}") from None
+    except ValueError as e:
+        if str(e).startswith("data."):
+            raise
+        cause = e
+    except Exception as e:  # noqa: BLE001 -- any failure to read the file is a data error
+        cause = e
+    inner = cause.__cause__ or cause.__context__ or cause
+    detail = " ".join(str(inner).split()) or type(inner).__name__
+    raise ValueError(f"data.dataset: could not read {str(path)!r}: {type(inner).__name__}: {detail}") from cause
 
 
 def _read_rows(data_args) -> list[dict]:
