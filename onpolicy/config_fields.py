@@ -75,6 +75,19 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(value, tp, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping with keys {field_names(tp)}, got {value!r}")
+        return _build(tp, value, where)
+    raise TypeError(f"config.py: unsupported annotation {tp!r} at {where}")
+
+
+def _coerce_scalar(value: Any, tp: type, where: str) -> Any:
+    """bool, int, float (finite) or str; strings are parsed for numbers and true/false."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -105,17 +118,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not math.isfinite(out):
             raise ConfigError(f"{where}: must be finite, got {value!r}")
         return out
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping with keys {field_names(tp)}, got {value!r}")
-        return _build(tp, value, where)
-    raise TypeError(f"config.py: unsupported annotation {tp!r} at {where}")
+    if isinstance(value, str):  # tp is str
+        return value
+    raise ConfigError(f"{where}: expected a string, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:

@@ -288,3 +288,29 @@ def test_check_context_before_any_model_is_built(tmp_path, monkeypatch):
         check_context(parse_args(["--model.path", str(model_dir), "--model.tiny", "{num_hidden_layers: 1}"]))
     with pytest.raises(ConfigError, match=r"^model.path: .* has no config.json"):
         check_context(parse_args(["--model.path", str(tmp_path)]))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--engine.kv_cache_memory_fraction", "0"], "engine.kv_cache_memory_fraction: got 0.0; allowed: a float in (0, 1]"),
+    (["--engine.num_blocks", "0"], "engine.num_blocks: got 0; allowed: null or an int >= 1"),
+    (["--data.prompt_column", " "], "data.prompt_column: got ' '; allowed: a non-blank string"),
+    (["--model.path", ""], "model.path: got ''; allowed: 'tiny' or a model directory"),
+    (["--trainer.epsilon_high", "-0.1"], "trainer.epsilon_high: got -0.1; allowed: null or a float >= 0"),
+    (["--sampling.top_k", "-2"], "sampling.top_k: got -2; allowed: -1 (off) or an int >= 1"),
+])
+def test_declared_bounds_messages(argv, message):
+    with pytest.raises(ConfigError) as e:
+        parse_args(argv)
+    assert str(e.value) == message
+
+
+def test_engine_section_is_the_engines_config():
+    """One definition: the config's engine section is what `LLM` takes; no invariant switch of its own."""
+    from onpolicy.engine import EngineConfig
+
+    cfg = parse_args(["--engine.block_size", "8", "--engine.kv_cache_memory_fraction", "0.25"])
+    assert type(cfg.engine) is EngineConfig and cfg.engine == EngineConfig(block_size=8, kv_cache_memory_fraction=0.25)
+    assert "invariant" not in {f.name for f in dataclasses.fields(EngineConfig)}
+    cfg.engine.block_size = 0  # a later assignment is caught when the engine validates again
+    with pytest.raises(ConfigError, match=r"^engine.block_size: got 0; allowed: an int >= 1"):
+        cfg.engine.validate()
