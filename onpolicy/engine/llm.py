@@ -189,6 +189,9 @@ class LLM:
             raise ValueError("prompts: empty list; need at least one prompt")
         if isinstance(prompts[0], int):
             raise ValueError("prompts: got a flat list of ints; wrap one tokenised prompt as [[ids...]]")
+        if self.requests:  # their outputs would finish inside this call with no one to return them to
+            raise ValueError(f"LLM.generate: {len(self.requests)} request(s) added with add_request() are unfinished; "
+                             "step() until has_unfinished() is False first")
         params = SamplingParams() if params is None else params
         if isinstance(params, (list, tuple)):
             if len(params) != len(prompts):
@@ -211,8 +214,6 @@ class LLM:
         wanted = set(rids)
         while wanted - results.keys():
             for out in self.step():
-                if out.request_id not in wanted:  # added by add_request(): its caller steps for it
-                    continue
                 results[out.request_id] = out
                 if bar is not None:
                     bar.update(1)

@@ -185,3 +185,15 @@ def test_engine_imports_without_optional_packages():
     root = pathlib.Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_generate_refuses_while_add_request_work_is_pending(llm):
+    """generate() would finish an add_request() request with no one to hand its output to: refuse instead."""
+    rid = llm.add_request([5, 6], SamplingParams(max_tokens=2, seed=0))
+    with pytest.raises(ValueError, match=r"LLM.generate: 1 request\(s\) added with add_request\(\) are unfinished"):
+        llm.generate([[7]], SamplingParams(max_tokens=2))
+    done = []
+    while llm.has_unfinished():
+        done += llm.step()
+    assert [o.request_id for o in done] == [rid]
+    assert len(llm.generate([[7]], SamplingParams(max_tokens=2, seed=0))) == 1
