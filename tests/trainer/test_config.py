@@ -314,3 +314,17 @@ def test_engine_section_is_the_engines_config():
     cfg.engine.block_size = 0  # a later assignment is caught when the engine validates again
     with pytest.raises(ConfigError, match=r"^engine.block_size: got 0; allowed: an int >= 1"):
         cfg.engine.validate()
+
+
+def test_torchrun_launch_refused_with_the_reason_in_its_summary(tmp_path):
+    """`accelerate launch --multi_gpu` runs torchrun: every rank stops with one `error:` line, and torchrun's
+    failure summary ("Root Cause") carries that line instead of 'N/A'."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           str(ROOT / "recipes/grpo.py"), "--config", str(ROOT / "configs/tiny-cpu.yaml")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    first = [line for line in text.splitlines() if line.startswith("error: launch: 2 processes started")]
+    assert 1 <= len(first) <= 2, text[-3000:]
+    root = text[text.index("Root Cause"):]
+    assert "traceback : error: launch: 2 processes started (WORLD_SIZE=2" in root, text[-3000:]
