@@ -5,7 +5,8 @@ logprobs are bitwise the trainer's (`onpolicy.model.sequence_logprobs`). See doc
 Beyond that page: `LLM.add_request(prompt, params) -> id`, `LLM.step() -> finished RequestOutputs`,
 `LLM.has_unfinished()`, `LLM.stats`; `LLM(..., seed=)` (seeds for unseeded requests) and
 `EngineConfig.kv_cache_memory_fraction` (auto num_blocks). `EngineConfig` is also the experiment config's
-`engine` section. Ops are batch-invariant unless the caller is inside `kernels.invariant_mode(False)`. Logprob tensors are returned on the CPU.
+`engine` section. Ops are batch-invariant unless the caller is inside `kernels.invariant_mode(False)`.
+Logprob tensors are returned on the CPU.
 """
 from onpolicy.engine.llm import LLM
 from onpolicy.engine.params import CompletionOutput, EngineConfig, RequestOutput, SamplingParams

@@ -7,8 +7,8 @@ one `model(...)` call, then for the sequences that sample: `model.logits` -> `sa
 Temperature 0 samples argmax of the temperature-1 logits and reports temperature-1 logprobs.
 Batch-invariant or default ops follow the caller's `kernels.is_invariant()` (the trainer enters
 `kernels.invariant_mode(cfg.trainer.invariant)` once per run). Pure-decode steps on CUDA in invariant mode
-replay a captured CUDA graph (graphs.py); in default mode they run eagerly. Left out: tensor/pipeline parallelism, async output
-processing.
+replay a captured CUDA graph (graphs.py); in default mode they run eagerly. Left out: tensor/pipeline
+parallelism, async output processing.
 """
 from __future__ import annotations
 

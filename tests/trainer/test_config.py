@@ -194,7 +194,8 @@ def test_check_context_before_any_model_is_built(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--engine.kv_cache_memory_fraction", "0"], "engine.kv_cache_memory_fraction: got 0.0; allowed: a float in (0, 1]"),
+    (["--engine.kv_cache_memory_fraction", "0"],
+     "engine.kv_cache_memory_fraction: got 0.0; allowed: a float in (0, 1]"),
     (["--engine.num_blocks", "0"], "engine.num_blocks: got 0; allowed: null or an int >= 1"),
     (["--data.prompt_column", " "], "data.prompt_column: got ' '; allowed: a non-blank string"),
     (["--model.path", ""], "model.path: got ''; allowed: 'tiny' or a model directory"),

@@ -53,7 +53,8 @@ def _recipe(tmp_path, *args, env=None):
            "--logging.output_dir", str(tmp_path / "run"), "--logging.plot", "false", *args]
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("WORLD_SIZE", "MASTER_ADDR", "ACCELERATE_USE_CPU", "ONPOLICY_DEBUG")}
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**full_env, **(env or {})})
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**full_env, **(env or {})})
 
 
 def _write(tmp_path, name, text):
@@ -79,7 +80,8 @@ def test_recipe_user_errors_are_one_line(tmp_path, case, expect):
     if case == "empty_jsonl":
         args = ["--data.dataset", _write(tmp_path, "e.jsonl", "")]
     elif case == "bad_json_line":
-        args = ["--data.dataset", _write(tmp_path, "b.jsonl", '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "x" "a"}\n')]
+        bad = '{"prompt": "1+1=", "answer": "2"}\n{"prompt": "x" "a"}\n'
+        args = ["--data.dataset", _write(tmp_path, "b.jsonl", bad)]
     elif case == "bad_yaml":
         args = ["--config", _write(tmp_path, "bad.yaml", "trainer:\n  lr: 1\n    steps: 2\n")]
     elif case == "tiny_block_hides_path":
