@@ -1,5 +1,6 @@
-"""Typed config sections: `Section` coerces each field to its annotation and checks `choices`, then runs the
-section's `_validate`; `ConfigError` names the dotted field and the allowed values.
+"""Typed config sections: `Section` coerces each field to its annotation, checks the bounds declared with
+`config_field` (`choices`, `ge`/`gt`/`le`/`lt`, `nonblank`), then runs the section's `_validate` for the
+checks that relate fields; `ConfigError` names the dotted field and the allowed values.
 
 Supported annotations: str, int, float, bool, `X | None`, unions of those, `list[...]`, dict and nested
 dataclasses. Coercion is strict (no bool for int, no float with a fraction for int) except that strings are
@@ -19,10 +20,24 @@ class ConfigError(ValueError):
     """A bad config key or value; the message names the dotted field and what is allowed."""
 
 
-def config_field(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None, factory=None):
-    meta = {"help": help}
+_BOUNDS = {"ge": (">=", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("<=", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def config_field(default: Any = dataclasses.MISSING, help: str = "", choices: tuple | None = None, factory=None,
+                 *, ge=None, gt=None, le=None, lt=None, nonblank: bool = False, allowed: str | None = None):
+    """A dataclass field with help text and declared bounds (checked by `Section`; None passes where the type
+    allows it). `allowed` replaces the generated description of the allowed values in error messages."""
+    meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = choices
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    if bounds:
+        meta["bounds"] = bounds
+    if nonblank:
+        meta["nonblank"] = True
+    if allowed is not None:
+        meta["allowed"] = allowed
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -60,6 +75,19 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
+    if tp in (bool, int, float, str):
+        return _coerce_scalar(value, tp, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping with keys {field_names(tp)}, got {value!r}")
+        return _build(tp, value, where)
+    raise TypeError(f"config.py: unsupported annotation {tp!r} at {where}")
+
+
+def _coerce_scalar(value: Any, tp: type, where: str) -> Any:
+    """bool, int, float (finite) or str; strings are parsed for numbers and true/false."""
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -90,17 +118,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if not math.isfinite(out):
             raise ConfigError(f"{where}: must be finite, got {value!r}")
         return out
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping with keys {field_names(tp)}, got {value!r}")
-        return _build(tp, value, where)
-    raise TypeError(f"config.py: unsupported annotation {tp!r} at {where}")
+    if isinstance(value, str):  # tp is str
+        return value
+    raise ConfigError(f"{where}: expected a string, got {value!r}")
 
 
 def _type_name(tp: Any) -> str:
@@ -125,9 +145,37 @@ def _build(cls: type, data: dict, where: str):
         raise ConfigError(msg) from None
 
 
+def _article(tp: Any) -> str:
+    return {int: "an int", float: "a float", str: "a string"}.get(tp, f"a {_type_name(tp)}")
+
+
+def describe_allowed(tp: Any, meta) -> str:
+    """What a field's declared bounds allow, e.g. 'an int >= 1', 'null or a float in (0, 1]'."""
+    if "allowed" in meta:
+        return meta["allowed"]
+    args = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    core = [a for a in args if a is not type(None)]
+    base = _article(core[0]) if len(core) == 1 else " | ".join(map(_type_name, core))
+    bounds = meta.get("bounds", {})
+    lo = [(k, v) for k, v in bounds.items() if k in ("ge", "gt")]
+    hi = [(k, v) for k, v in bounds.items() if k in ("le", "lt")]
+    if lo and hi:
+        (lk, lv), (hk, hv) = lo[0], hi[0]
+        text = f"{base} in {'[' if lk == 'ge' else '('}{lv}, {hv}{']' if hk == 'le' else ')'}"
+    elif bounds:
+        text = " and ".join(f"{base} {_BOUNDS[k][0]} {v}" for k, v in bounds.items())
+    elif meta.get("nonblank"):
+        text = "a non-blank string"
+    else:
+        text = base
+    return f"null or {text}" if type(None) in args else text
+
+
 @dataclass
 class Section:
-    """Base: coerce every field to its annotation, check `choices`, then run the section's `_validate`."""
+    """Base: coerce every field to its annotation, check its declared bounds, then run `_validate`.
+
+    `validate()` re-runs every check (after a field was assigned); construction runs it once."""
 
     _name: ClassVar[str] = ""
 
@@ -135,28 +183,32 @@ class Section:
         return f"{self._name}.{name}" if name else self._name
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
         hints = type_hints(type(self))
         for f in dataclasses.fields(self):
-            where = self._where(f.name)
-            value = coerce(getattr(self, f.name), hints[f.name], where)
-            choices = f.metadata.get("choices")
-            if choices is not None and value is not None:
-                items = value if isinstance(value, list) else [value]
-                bad = [v for v in items if v not in choices]
-                if bad:
-                    raise ConfigError(f"{where}: {bad[0]!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+            value = coerce(getattr(self, f.name), hints[f.name], self._where(f.name))
             object.__setattr__(self, f.name, value)
+            self._check_declared(f, hints[f.name], value)
         self._validate()
 
+    def _check_declared(self, f: dataclasses.Field, tp: Any, value: Any) -> None:
+        where, meta = self._where(f.name), f.metadata
+        if value is None:
+            return
+        choices = meta.get("choices")
+        if choices is not None:
+            bad = [v for v in (value if isinstance(value, list) else [value]) if v not in choices]
+            if bad:
+                raise ConfigError(f"{where}: {bad[0]!r} is not allowed; allowed: {', '.join(map(str, choices))}")
+        ok = all(_BOUNDS[k][1](value, b) for k, b in meta.get("bounds", {}).items())
+        if not ok or (meta.get("nonblank") and not value.strip()):
+            raise ConfigError(f"{where}: got {value!r}; allowed: {describe_allowed(tp, meta)}")
+
     def _validate(self) -> None:
-        pass
+        """Checks that relate fields (or need more than declared bounds); run after every field is coerced."""
 
     def _check(self, ok: bool, name: str, allowed: str) -> None:
         if not ok:
             raise ConfigError(f"{self._where(name)}: got {getattr(self, name)!r}; allowed: {allowed}")
-
-    def _check_nonblank(self, name: str, allowed: str) -> None:
-        """A str field that must hold more than whitespace."""
-        self._check(bool(getattr(self, name).strip()), name, allowed)
-
-

@@ -7,7 +7,8 @@
 `make_examples(task, num, seed)` returns `[{"prompt": str, "answer": str}, ...]`, deterministic in `seed`.
 `score(completion, answer)` is the reward: 1.0 when the completion, cut at the first newline (or EOS, which
 the tokenizer's decode drops), stripped of spaces, equals the answer; else 0.0. `embedded_reward` applies it
-to batches and is registered as the reward "embedded". Completions are answers alone (no chat template).
+to batches; `onpolicy.rewards` registers it as the reward "embedded" (this module imports no onpolicy code).
+Completions are answers alone (no chat template).
 Left out: partial credit, multi-step reasoning, curriculum.
 """
 from __future__ import annotations
@@ -74,12 +75,3 @@ def embedded_reward(prompts: list[str], completions: list[str], answer: list | N
         raise ValueError("embedded reward: needs the data column `answer` with one entry per completion; got "
                          f"{None if answer is None else len(answer)} for {len(completions)} completions")
     return [score(c, a) for c, a in zip(completions, answer)]
-
-
-def _register() -> None:
-    from onpolicy.rewards import register_reward
-
-    register_reward("embedded")(embedded_reward)
-
-
-_register()

@@ -24,6 +24,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from onpolicy import kernels  # noqa: E402
 from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 
 SYSTEMS = ("invariant", "hf", "default")  # default last: slowest (eager, no CUDA graphs)
@@ -55,19 +56,21 @@ def prompts_for(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list
 def bench_ours(model, invariant: bool, batches, prompt_len, new_tokens, graphs: bool, seed: int):
     block = 16
     need = max(batches) * -(-(prompt_len + new_tokens) // block) + 16
-    cfg = EngineConfig(invariant=invariant, num_blocks=need, block_size=block, max_num_seqs=max(batches),
-                       max_num_batched_tokens=max(2048, prompt_len * 8), use_cuda_graphs=graphs, seed=seed)
-    llm = LLM(model, None, cfg)
+    cfg = EngineConfig(num_blocks=need, block_size=block, max_num_seqs=max(batches),
+                       max_num_batched_tokens=max(2048, prompt_len * 8), use_cuda_graphs=graphs)
+    llm = LLM(model, None, cfg, seed=seed)
     device = model.lm_head_weight.device
     warm = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
-    llm.generate(prompts_for(max(batches), prompt_len, model.config.vocab_size, seed + 999), warm)
+    with kernels.invariant_mode(invariant):
+        llm.generate(prompts_for(max(batches), prompt_len, model.config.vocab_size, seed + 999), warm)
     for b in batches:
         prompts = prompts_for(b, prompt_len, model.config.vocab_size, seed)
         params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
         llm.reset_prefix_cache()
         _sync(device)
         t0 = time.perf_counter()
-        outs = llm.generate(prompts, params)
+        with kernels.invariant_mode(invariant):
+            outs = llm.generate(prompts, params)
         _sync(device)
         secs = time.perf_counter() - t0
         toks = sum(len(o.outputs[0].token_ids) for o in outs)

@@ -25,6 +25,7 @@ sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from onpolicy import kernels  # noqa: E402
 from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 
 
@@ -70,10 +71,11 @@ def run(model, n: int, max_tokens: int, invariant: bool, seed: int, budget: int,
             prompts.append(torch.randint(4, vocab, (length,), generator=g).tolist())
             params.append(SamplingParams(temperature=0.0, max_tokens=int(torch.randint(1, 2 * max_tokens, (1,), generator=g)),
                                          ignore_eos=True))
-    cfg = EngineConfig(invariant=invariant, max_num_batched_tokens=budget, max_num_seqs=max_num_seqs)
+    cfg = EngineConfig(max_num_batched_tokens=budget, max_num_seqs=max_num_seqs)
     llm = LLM(model, None, cfg)
     t0 = time.perf_counter()
-    outs = llm.generate(prompts, params)
+    with kernels.invariant_mode(invariant):
+        outs = llm.generate(prompts, params)
     secs = time.perf_counter() - t0
     probes = [o.outputs[0] for o, p in zip(outs, prompts) if p is probe]
     completions = [c.token_ids for c in probes]

@@ -117,7 +117,7 @@ def diagnose(model, tokenizer, prompt_ids: list[int], *, max_tokens=8, temperatu
     "completion": token ids, "logprob_equal": bool}."""
     base = engine_config or EngineConfig(max_num_batched_tokens=64, max_num_seqs=max(batch, 1))
     # eager (hooks do not fire on graph replay); no prefix cache, so every probe position is computed here
-    cfg = dataclasses.replace(base, use_cuda_graphs=False, invariant=invariant, enable_prefix_caching=False)
+    cfg = dataclasses.replace(base, use_cuda_graphs=False, enable_prefix_caching=False)
     llm = LLM(model, tokenizer, cfg)
     g = torch.Generator().manual_seed(seed)
     vocab = model.config.vocab_size
@@ -143,7 +143,7 @@ def diagnose(model, tokenizer, prompt_ids: list[int], *, max_tokens=8, temperatu
             return plain_forward(chunks)
 
     runner.forward = traced_forward
-    with sampler.attached():
+    with sampler.attached(), kernels.invariant_mode(invariant):
         rids = [llm.add_request(p, sp) for p, sp in zip(prompts, params)]
         probe_seq["rid"] = rids[probe_at]
         results = {}

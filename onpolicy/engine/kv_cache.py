@@ -157,7 +157,7 @@ def auto_num_blocks(config, block_size: int, max_num_seqs: int, dtype: torch.dty
         budget = min(int(physical * memory_fraction), 4 << 30)
     cap = budget // per_block
     if cap < 1:
-        raise ValueError(f"EngineConfig.num_blocks: not even one KV block ({per_block} bytes) fits the memory budget "
+        raise ValueError(f"engine.num_blocks: not even one KV block ({per_block} bytes) fits the memory budget "
                          f"({budget} bytes); set num_blocks or kv_cache_memory_fraction")
     return max(1, min(want, cap))
 

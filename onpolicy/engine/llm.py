@@ -22,19 +22,21 @@ def _to_int64(seed: int) -> int:
 
 
 class LLM:
-    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None):
+    def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, seed: int = 0):
+        """`seed` seeds the generator that gives unseeded requests (SamplingParams.seed=None) their seeds."""
         config = EngineConfig() if config is None else config
         if not isinstance(config, EngineConfig):
             raise ValueError(f"LLM: config must be an EngineConfig, got {type(config).__name__}")
-        config.validate()
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"LLM: seed must be an int, got {seed!r}")
+        config.validate()  # again: a field may have been assigned since construction
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.runner = ModelRunner(model, config)
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.seed_generator = torch.Generator().manual_seed(config.seed)
+        self.seed_generator = torch.Generator().manual_seed(seed)
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
         self.requests: dict[int, tuple[RequestOutput, list[Sequence]]] = {}
-        self.unclaimed: list[RequestOutput] = []  # finished during generate() but added by add_request()
         self._next_id = 0
         self.stats = {"steps": 0, "forward_tokens": 0, "generated_tokens": 0}
 
@@ -71,7 +73,7 @@ class LLM:
         capacity = self.runner.num_blocks * self.config.block_size
         if total - 1 > capacity:
             raise ValueError(f"prompts[{i}]: needs {total - 1} KV slots but the cache holds {capacity} "
-                             f"(EngineConfig.num_blocks={self.runner.num_blocks} x block_size={self.config.block_size})")
+                             f"(engine.num_blocks={self.runner.num_blocks} x engine.block_size={self.config.block_size})")
 
     # ---- requests ---------------------------------------------------------------------------------
     def add_request(self, prompt, params: SamplingParams) -> int:
@@ -107,7 +109,7 @@ class LLM:
         if not chunks and self.scheduler.waiting and not self.scheduler.running:
             chunks = self.scheduler.schedule()  # everything was preempted: admission is allowed now
             if not chunks:
-                raise RuntimeError("LLM.step: no waiting sequence fits the KV cache; raise EngineConfig.num_blocks")
+                raise RuntimeError("LLM.step: no waiting sequence fits the KV cache; raise engine.num_blocks")
         if not chunks:
             return []
         tokens, logprobs = self.runner.step(chunks)
@@ -187,6 +189,9 @@ class LLM:
             raise ValueError("prompts: empty list; need at least one prompt")
         if isinstance(prompts[0], int):
             raise ValueError("prompts: got a flat list of ints; wrap one tokenised prompt as [[ids...]]")
+        if self.requests:  # their outputs would finish inside this call with no one to return them to
+            raise ValueError(f"LLM.generate: {len(self.requests)} request(s) added with add_request() are unfinished; "
+                             "step() until has_unfinished() is False first")
         params = SamplingParams() if params is None else params
         if isinstance(params, (list, tuple)):
             if len(params) != len(prompts):
@@ -209,9 +214,6 @@ class LLM:
         wanted = set(rids)
         while wanted - results.keys():
             for out in self.step():
-                if out.request_id not in wanted:
-                    self.unclaimed.append(out)
-                    continue
                 results[out.request_id] = out
                 if bar is not None:
                     bar.update(1)

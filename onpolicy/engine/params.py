@@ -7,8 +7,11 @@ top-logprobs lists, per-request LoRA.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
+
+from onpolicy.config_fields import Section, config_field as _f
 
 
 def _is_int(x) -> bool:
@@ -64,40 +67,25 @@ class SamplingParams:
 
 
 @dataclass
-class EngineConfig:
-    """Engine limits. `num_blocks=None` sizes the paged KV cache automatically: enough blocks for
+class EngineConfig(Section):
+    """Engine limits; also the experiment config's `engine` section (one definition, validated on construction
+    and again by `LLM`). `num_blocks=None` sizes the paged KV cache automatically: enough blocks for
     max_num_seqs sequences of max_position_embeddings tokens, capped by `kv_cache_memory_fraction` of free
-    GPU memory (CUDA) or of physical RAM capped at 4 GiB (CPU). `seed` seeds the generator that gives
-    unseeded requests their seeds. `invariant=False` runs every model call with torch's default ops.
+    GPU memory (CUDA) or of physical RAM capped at 4 GiB (CPU). Batch-invariant or default ops follow
+    `onpolicy.kernels.is_invariant()` at each step (the trainer's `trainer.invariant` switch);
     `use_cuda_graphs` applies to pure-decode steps on CUDA in invariant mode only (the torch reference
     attention reads its padded sizes back to the host, which a graph capture cannot hold)."""
 
-    block_size: int = 16
-    num_blocks: int | None = None
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048
-    enable_prefix_caching: bool = True
-    invariant: bool = True
-    use_cuda_graphs: bool = True
-    seed: int = 0
-    kv_cache_memory_fraction: float = 0.4
-
-    def validate(self) -> None:
-        own = "EngineConfig"
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
-            v = getattr(self, name)
-            if not _is_int(v) or v < 1:
-                _fail(own, name, f"must be an int >= 1, got {v!r}")
-        if self.num_blocks is not None and (not _is_int(self.num_blocks) or self.num_blocks < 1):
-            _fail(own, "num_blocks", f"must be None (auto) or an int >= 1, got {self.num_blocks!r}")
-        for name in ("enable_prefix_caching", "invariant", "use_cuda_graphs"):
-            if not isinstance(getattr(self, name), bool):
-                _fail(own, name, f"must be a bool, got {getattr(self, name)!r}")
-        if not _is_int(self.seed):
-            _fail(own, "seed", f"must be an int, got {self.seed!r}")
-        f = self.kv_cache_memory_fraction
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1:
-            _fail(own, "kv_cache_memory_fraction", f"must be in (0, 1], got {f!r}")
+    _name: ClassVar[str] = "engine"
+    block_size: int = _f(16, "KV-cache block size in tokens", ge=1)
+    num_blocks: int | None = _f(None, "KV-cache blocks; null = sized automatically", ge=1)
+    max_num_seqs: int = _f(256, "max sequences per engine step", ge=1)
+    max_num_batched_tokens: int = _f(2048, "max tokens per engine step", ge=1)
+    enable_prefix_caching: bool = _f(True, "reuse cached prompt blocks (reset after every optimizer step)")
+    use_cuda_graphs: bool = _f(True, "capture decode steps in CUDA graphs (ignored on CPU and with "
+                                     "trainer.invariant: false)")
+    kv_cache_memory_fraction: float = _f(0.4, "share of free GPU memory (CPU: of RAM, at most 4 GiB) the "
+                                              "automatic num_blocks may use", gt=0, le=1)
 
 
 @dataclass
@@ -118,7 +106,3 @@ class RequestOutput:
     prompt: str | None
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
-
-    @property
-    def finished(self) -> bool:
-        return all(o.finish_reason is not None for o in self.outputs)

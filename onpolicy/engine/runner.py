@@ -5,9 +5,10 @@ seqlens_k = computed + new, block tables padded with block 0, kv_offsets = 0, sl
 one `model(...)` call, then for the sequences that sample: `model.logits` -> `sampling.sample_tokens` and
 `model.token_logprobs` (the trainer's function), grouped by temperature because both take a scalar.
 Temperature 0 samples argmax of the temperature-1 logits and reports temperature-1 logprobs.
-`invariant=False` runs all of it inside `kernels.invariant_mode(False)`. Pure-decode steps on CUDA in
-invariant mode replay a captured CUDA graph (graphs.py). Left out: tensor/pipeline parallelism, async output
-processing.
+Batch-invariant or default ops follow the caller's `kernels.is_invariant()` (the trainer enters
+`kernels.invariant_mode(cfg.trainer.invariant)` once per run). Pure-decode steps on CUDA in invariant mode
+replay a captured CUDA graph (graphs.py); in default mode they run eagerly. Left out: tensor/pipeline
+parallelism, async output processing.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class ModelRunner:
         self.num_blocks = config.num_blocks or auto_num_blocks(
             mc, config.block_size, config.max_num_seqs, self.dtype, self.device, config.kv_cache_memory_fraction)
         self.max_blocks_per_seq = -(-mc.max_position_embeddings // config.block_size)
-        use_graphs = config.use_cuda_graphs and config.invariant and self.device.type == "cuda"
+        use_graphs = config.use_cuda_graphs and self.device.type == "cuda"  # replayed only in invariant mode
         self.scratch_slot_base = self.num_blocks * config.block_size
         extra = config.max_num_seqs if use_graphs else 0
         self.kv_caches = allocate_kv_caches(mc, self.num_blocks, config.block_size, self.dtype, self.device, extra)
@@ -72,7 +73,7 @@ class ModelRunner:
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """hidden [T, H] of the packed step."""
         input_ids, positions, meta = self.build_inputs(chunks)
-        if self.graphs is not None and all(c.num_tokens == 1 for c in chunks):
+        if self.graphs is not None and kernels.is_invariant() and all(c.num_tokens == 1 for c in chunks):
             out = self.graphs.run(input_ids, positions, meta)
             if out is not None:
                 return out
@@ -81,19 +82,18 @@ class ModelRunner:
     @torch.inference_mode()
     def step(self, chunks: list[ScheduledChunk]) -> tuple[list[int], list[float | None]]:
         """Run one packed forward; return (token, logprob) for each chunk with `samples` True, in order."""
-        with kernels.invariant_mode(self.config.invariant):
-            hidden = self.forward(chunks)
-            sampling = [c for c in chunks if c.samples]
-            if not sampling:
-                return [], []
-            rows, end = [], 0
-            for c in chunks:
-                end += c.num_tokens
-                if c.samples:
-                    rows.append(end - 1)
-            # pure decode: every row samples, in order (no gather, no host-to-device copy)
-            h_last = hidden if len(rows) == hidden.shape[0] else hidden[torch.tensor(rows, device=self.device)]
-            return self.sample(h_last, [c.seq for c in sampling])
+        hidden = self.forward(chunks)
+        sampling = [c for c in chunks if c.samples]
+        if not sampling:
+            return [], []
+        rows, end = [], 0
+        for c in chunks:
+            end += c.num_tokens
+            if c.samples:
+                rows.append(end - 1)
+        # pure decode: every row samples, in order (no gather, no host-to-device copy)
+        h_last = hidden if len(rows) == hidden.shape[0] else hidden[torch.tensor(rows, device=self.device)]
+        return self.sample(h_last, [c.seq for c in sampling])
 
     def sample(self, h_last: torch.Tensor, seqs) -> tuple[list[int], list[float | None]]:
         tokens: list[int] = [0] * len(seqs)

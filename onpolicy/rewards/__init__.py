@@ -3,97 +3,26 @@
 A reward function has TRL's signature `fn(prompts: list[str], completions: list[str], **kwargs) -> list[float]`;
 kwargs carry the data set's columns as lists aligned with `completions` (e.g. `answer`). Shipped:
 `math_answer`, `math_answer_lenient` (last-number fallback on), `format` (this package) and `embedded`
-(registered by `onpolicy.tasks`, imported on first lookup). Left out: async/batched remote rewards, `None`
+(`onpolicy.tasks.embedded_reward`), registered below from one table: the reward modules define plain
+functions and the imports run one way (rewards -> tasks). Left out: async/batched remote rewards, `None`
 ("not applicable") rewards -- every function must return one finite float per completion.
 """
 from __future__ import annotations
 
-import math
-from typing import Callable, Sequence
+from onpolicy.rewards.format import format_reward
+from onpolicy.rewards.math_answer import math_answer, math_answer_lenient
+from onpolicy.rewards.registry import (RewardFn, available_rewards, check_rewards, combine_rewards, get_reward,
+                                       register_reward)
+from onpolicy.tasks import embedded_reward
 
-RewardFn = Callable[..., list]
-_REGISTRY: dict[str, RewardFn] = {}
+__all__ = ["RewardFn", "available_rewards", "check_rewards", "combine_rewards", "get_reward", "register_reward",
+           "BUILTIN_REWARDS"]
 
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register `fn` under `name`; a second, different function for a taken name raises ValueError."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"register_reward: name must be a non-empty string, got {name!r}")
-
-    def deco(fn: RewardFn) -> RewardFn:
-        if not callable(fn):
-            raise ValueError(f"register_reward({name!r}): expected a callable, got {type(fn).__name__}")
-        old = _REGISTRY.get(name)
-        if old is not None and old is not fn and getattr(old, "__qualname__", None) != getattr(fn, "__qualname__", 0):
-            raise ValueError(f"register_reward: name {name!r} is already taken by {old.__module__}.{old.__qualname__}")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def _load_embedded() -> None:
-    try:
-        import onpolicy.tasks  # noqa: F401  (registers "embedded")
-    except ImportError:
-        pass
-
-
-def get_reward(name: str) -> RewardFn:
-    if name not in _REGISTRY:
-        _load_embedded()
-    if name not in _REGISTRY:
-        raise ValueError(f"rewards: unknown reward name {name!r}; registered: {', '.join(available_rewards())}")
-    return _REGISTRY[name]
-
-
-def available_rewards() -> list[str]:
-    _load_embedded()
-    return sorted(_REGISTRY)
-
-
-def check_rewards(reward_args: Sequence) -> None:
-    """Raise ValueError for any unknown name in `cfg.rewards` (call before compute)."""
-    for i, r in enumerate(reward_args):
-        try:
-            get_reward(r.name)
-        except ValueError as e:
-            raise ValueError(f"rewards[{i}].name: {e}") from None
-
-
-def combine_rewards(reward_args: Sequence, prompts: list[str], completions: list[str],
-                    **columns) -> tuple[list[float], dict[str, list[float]]]:
-    """Weighted sum of the configured rewards -> (total per completion, {name: unweighted values}).
-
-    `reward_args`: `cfg.rewards` (objects with `.name` and `.weight`). `columns`: data columns, each a list with
-    one entry per completion (repeat a prompt's row for each of its G completions).
-    """
-    n = len(completions)
-    if len(prompts) != n:
-        raise ValueError(f"combine_rewards: prompts ({len(prompts)}) and completions ({n}) must have equal length")
-    for key, col in columns.items():
-        if not isinstance(col, (list, tuple)) or len(col) != n:
-            got = len(col) if isinstance(col, (list, tuple)) else type(col).__name__
-            raise ValueError(f"combine_rewards: column {key!r} must be a list of length {n}, got {got}")
-    if not reward_args:
-        raise ValueError("combine_rewards: reward_args (cfg.rewards) must list at least one reward")
-    check_rewards(reward_args)
-    total = [0.0] * n
-    per_name: dict[str, list[float]] = {}
-    for r in reward_args:
-        values = get_reward(r.name)(prompts=list(prompts), completions=list(completions), **columns)
-        if not isinstance(values, (list, tuple)) or len(values) != n:
-            got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
-            raise ValueError(f"reward {r.name!r} returned {got}; expected a list of {n} floats")
-        vals = []
-        for v in values:
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"reward {r.name!r} returned {v!r}; every value must be a finite float")
-            vals.append(float(v))
-        per_name[r.name] = vals
-        total = [t + r.weight * v for t, v in zip(total, vals)]
-    return total, per_name
-
-
-from onpolicy.rewards import format as _format  # noqa: E402,F401  (registers "format")
-from onpolicy.rewards import math_answer as _math_answer  # noqa: E402,F401  (registers "math_answer*")
+BUILTIN_REWARDS: dict[str, RewardFn] = {
+    "embedded": embedded_reward,
+    "format": format_reward,
+    "math_answer": math_answer,
+    "math_answer_lenient": math_answer_lenient,
+}
+for _name, _fn in BUILTIN_REWARDS.items():
+    register_reward(_name)(_fn)

@@ -5,7 +5,6 @@ length penalties, and whether the marked answer is a number.
 """
 from __future__ import annotations
 
-from onpolicy.rewards import register_reward
 from onpolicy.rewards.math_answer import hash_answer, last_boxed
 
 
@@ -13,6 +12,5 @@ def has_marked_answer(text: str) -> bool:
     return bool(last_boxed(text)) or hash_answer(text) is not None
 
 
-@register_reward("format")
 def format_reward(prompts: list[str], completions: list[str], **kwargs) -> list[float]:
     return [1.0 if has_marked_answer(c) else 0.0 for c in completions]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from onpolicy.rewards import register_reward
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _FRAC = re.compile(r"^(-?)\\[dt]?frac\{?(-?\d+)\}?\{?(-?\d+)\}?$")
@@ -99,13 +98,11 @@ def _score(completions: list[str], answer, fallback: bool) -> list[float]:
             for c, a in zip(completions, answer)]
 
 
-@register_reward("math_answer")
 def math_answer(prompts: list[str], completions: list[str], answer: list | None = None, **kwargs) -> list[float]:
     """1.0 when the boxed / `####` answer equals the reference answer, else 0.0."""
     return _score(completions, answer, fallback=False)
 
 
-@register_reward("math_answer_lenient")
 def math_answer_lenient(prompts: list[str], completions: list[str], answer: list | None = None,
                         **kwargs) -> list[float]:
     """As `math_answer`, but a completion without a marked answer is judged by its last number."""

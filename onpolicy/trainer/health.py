@@ -16,7 +16,12 @@ import torch
 COLLAPSE_STEPS = 3  # consecutive steps without reward variance and gradient before warning
 
 
-class NonFiniteError(RuntimeError):
+class RunStopped(RuntimeError):
+    """A run stopped on purpose (non-finite values, strict on-policy violation): the recipe prints its message
+    as one `error:` line and exits 1, without a traceback."""
+
+
+class NonFiniteError(RunStopped):
     """A non-finite value in one RL step; `metrics` holds what the step computed before it stopped."""
 
     def __init__(self, step: int, what: str, metrics: dict | None = None, saved: str | None = None):

@@ -23,14 +23,6 @@ from onpolicy.trainer.update import learning_rate, update_policy
 __all__ = ["learning_rate", "rl_step", "train"]
 
 
-def _generate(llm, prompt_ids, s, *, run_seed: int, step: int):
-    """TEMPORARY adapter (delete at merge): the config branch makes `generate_rollouts(llm, prompt_ids,
-    sampling_section, *, run_seed, step)`; this branch still has the field-by-field signature."""
-    return generate_rollouts(llm, prompt_ids, group_size=s.num_generations, temperature=s.temperature,
-                             top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens, stop=s.stop,
-                             run_seed=run_seed, step=step)
-
-
 def rl_step(run: Run, step: int) -> dict:
     """One RL step (0-based `step`); returns its metrics (the step number logged is step + 1).
     A NonFiniteError carries the step's metrics so far (reward and completion metrics included). Call it inside
@@ -42,7 +34,7 @@ def rl_step(run: Run, step: int) -> dict:
     rows = next(run.prompts)
     prompt_ids = [run.encode(r["prompt"]) for r in rows]
     with torch.no_grad():
-        ro = _generate(run.llm, prompt_ids, cfg.sampling, run_seed=cfg.trainer.seed, step=step)
+        ro = generate_rollouts(run.llm, prompt_ids, cfg.sampling, run_seed=cfg.trainer.seed, step=step)
     t_sample = time.perf_counter() - t0
     scored = score_rollouts(cfg, rows, ro)
     t1 = time.perf_counter()

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from onpolicy.trainer.health import RunStopped
+
 PARITY_KEYS = ("onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/logprob_diff/mean", "onpolicy/mismatch_frac")
 
 
@@ -67,7 +69,7 @@ def first_mismatch(sampler_logprobs: list[torch.Tensor], trainer_logprobs: list[
     return Mismatch(*first, num_mismatched=count, num_tokens=total)
 
 
-class OnPolicyViolation(RuntimeError):
+class OnPolicyViolation(RunStopped):
     """Raised under `strict_onpolicy: true` when sampler and trainer logprobs differ."""
 
 

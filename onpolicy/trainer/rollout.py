@@ -39,13 +39,14 @@ class Rollout:
         return sum(self.seq_lens)
 
 
-def generate_rollouts(llm, prompt_ids: list[list[int]], *, group_size: int, temperature: float, top_p: float,
-                      top_k: int, max_tokens: int, stop: list[str] | None, run_seed: int, step: int) -> Rollout:
-    """Sample `group_size` completions per prompt (logprobs at `temperature`) and flatten them."""
+def generate_rollouts(llm, prompt_ids: list[list[int]], sampling, *, run_seed: int, step: int) -> Rollout:
+    """Sample `sampling.num_generations` completions per prompt (logprobs at `sampling.temperature`) and flatten
+    them; `sampling` is the config's `SamplingArgs` section."""
     from onpolicy.engine import SamplingParams
 
-    params = [SamplingParams(n=group_size, temperature=temperature, top_p=top_p, top_k=top_k,
-                             max_tokens=max_tokens, stop=list(stop) or None,
+    group_size = sampling.num_generations
+    params = [SamplingParams(n=group_size, temperature=sampling.temperature, top_p=sampling.top_p,
+                             top_k=sampling.top_k, max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None,
                              seed=sampling_seed(run_seed, step, i), logprobs=True)
               for i in range(len(prompt_ids))]
     outputs = llm.generate(prompt_ids, params)

@@ -117,8 +117,9 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
 
 def build_run(cfg, log=print) -> Run:
     from onpolicy import determinism
+    from onpolicy.config import check_context
     from onpolicy.data import PromptIterator, load_prompts
-    from onpolicy.engine import LLM, EngineConfig
+    from onpolicy.engine import LLM
     from onpolicy.logging import RunLogger
     from onpolicy.rewards import check_rewards
     from onpolicy.trainer.resume import check_resume_config, resume_run, trim_metrics
@@ -126,6 +127,7 @@ def build_run(cfg, log=print) -> Run:
     t0 = time.perf_counter()
     t = cfg.trainer
     check_rewards(cfg.rewards)
+    check_context(cfg)
     if isinstance(t.resume, str) and not os.path.exists(t.resume):
         raise ValueError(f"trainer.resume: checkpoint path {t.resume!r} does not exist; allowed: false, true, a path")
     check_resume_config(cfg, log)
@@ -144,11 +146,7 @@ def build_run(cfg, log=print) -> Run:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    e = cfg.engine
-    llm = LLM(model, tokenizer, EngineConfig(
-        block_size=e.block_size, num_blocks=e.num_blocks, max_num_seqs=e.max_num_seqs,
-        max_num_batched_tokens=e.max_num_batched_tokens, enable_prefix_caching=e.enable_prefix_caching,
-        invariant=t.invariant, use_cuda_graphs=e.use_cuda_graphs, seed=t.seed))
+    llm = LLM(model, tokenizer, cfg.engine, seed=t.seed)
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,

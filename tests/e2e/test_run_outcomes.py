@@ -159,8 +159,9 @@ def test_nan_exits_nonzero_from_the_recipe(e2e_root):
             "import runpy; runpy.run_path('recipes/grpo.py', run_name='__main__')\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode != 0
-    assert "step 1: trainer logprobs non-finite" in p.stderr and "doctor" not in p.stderr
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "step 1: trainer logprobs non-finite" in errors[0] and "doctor" not in p.stderr
 
 
 def test_collapse_warns(tiny_cfg):

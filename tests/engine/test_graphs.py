@@ -52,3 +52,22 @@ def test_padded_decode_buffers_match_eager(monkeypatch):
         assert torch.equal(a.outputs[0].logprobs, b.outputs[0].logprobs)
     # pad rows wrote only to the scratch slots past the paged blocks
     assert bool(r.kv_caches[0][0][r.scratch_slot_base:].abs().sum() > 0)
+
+
+def test_graphs_replay_only_in_invariant_mode(monkeypatch):
+    """The engine reads `kernels.is_invariant()` per step: default ops (trainer.invariant: false) run eagerly."""
+    from onpolicy import kernels
+
+    model, tok = build_tiny(seed=4, head_dim=64, num_hidden_layers=1)
+    monkeypatch.setattr(DecodeGraphs, "_capture", _eager_capture)
+    cfg = EngineConfig(num_blocks=64, block_size=4, max_num_seqs=4)
+    llm = LLM(model, tok, cfg)
+    r = llm.runner
+    r.kv_caches = allocate_kv_caches(model.config, r.num_blocks, r.block_size, r.dtype, r.device, cfg.max_num_seqs)
+    r.graphs = DecodeGraphs(r)
+    params = SamplingParams(temperature=1.0, max_tokens=4, seed=0, ignore_eos=True)
+    with kernels.invariant_mode(False):
+        llm.generate([[5, 6, 7]], params)
+    assert r.graphs.replays == 0
+    llm.generate([[5, 6, 7]], params)
+    assert r.graphs.replays > 0

@@ -101,7 +101,7 @@ def test_stop_string_cut_from_text_tokens_kept(llm, tiny):
 
 def test_seeds_unseeded_and_greedy(tiny):
     model, tok = tiny
-    mk = lambda: LLM(model, tok, EngineConfig(num_blocks=64, seed=7))  # noqa: E731
+    mk = lambda: LLM(model, tok, EngineConfig(num_blocks=64), seed=7)  # noqa: E731
     p = SamplingParams(temperature=1.0, max_tokens=6, ignore_eos=True)
     a = mk().generate(["abc", "abc"], p)
     b = mk().generate(["abc", "abc"], p)
@@ -139,9 +139,13 @@ def test_invariant_false_runs_reference_ops(tiny, monkeypatch):
         return orig(*a, **k)
 
     monkeypatch.setattr(kernels, "linear", spy)
-    llm = LLM(model, tok, EngineConfig(num_blocks=32, invariant=False))
-    out = llm.generate(["ab"], SamplingParams(max_tokens=3, seed=0))[0].outputs[0]
+    llm = LLM(model, tok, EngineConfig(num_blocks=32))
+    with kernels.invariant_mode(False):  # the engine follows the caller's mode (trainer.invariant)
+        out = llm.generate(["ab"], SamplingParams(max_tokens=3, seed=0))[0].outputs[0]
     assert seen and not any(seen) and len(out.token_ids) >= 1
+    seen.clear()
+    llm.generate(["ab"], SamplingParams(max_tokens=3, seed=0))
+    assert seen and all(seen)
 
 
 def test_reset_prefix_cache(llm):
@@ -181,3 +185,15 @@ def test_engine_imports_without_optional_packages():
     root = pathlib.Path(__file__).resolve().parents[2]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_generate_refuses_while_add_request_work_is_pending(llm):
+    """generate() would finish an add_request() request with no one to hand its output to: refuse instead."""
+    rid = llm.add_request([5, 6], SamplingParams(max_tokens=2, seed=0))
+    with pytest.raises(ValueError, match=r"LLM.generate: 1 request\(s\) added with add_request\(\) are unfinished"):
+        llm.generate([[7]], SamplingParams(max_tokens=2))
+    done = []
+    while llm.has_unfinished():
+        done += llm.step()
+    assert [o.request_id for o in done] == [rid]
+    assert len(llm.generate([[7]], SamplingParams(max_tokens=2, seed=0))) == 1

@@ -163,3 +163,34 @@ def test_prompt_iterator_exact_resume():
         PromptIterator(rows, batch_size=0)
     with pytest.raises(ValueError, match="rows must be a non-empty list"):
         PromptIterator([], batch_size=1)
+
+
+@pytest.mark.parametrize("name, text, match", [
+    ("e.jsonl", "", r"e\.jsonl' is empty"),
+    ("e.csv", "", r"e\.csv' is empty"),
+    ("b.jsonl", '{"question": "a"}\n\n{"question": "b" "c"}\n', r"b\.jsonl' line 3: invalid JSON \(Expecting ',' "),
+    ("b.json", '[\n  {"question": "a"},\n  {"question": }\n]\n', r"b\.json' line 3: invalid JSON"),
+    ("l.json", '{"question": "a"}\n{"question": "b"\n', r"l\.json' line 2: invalid JSON"),
+])
+def test_bad_files_give_one_line_errors(tmp_path, name, text, match):
+    """Empty files and bad JSON name the file (and line), whether or not `datasets` is installed."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"^data\.dataset: '.*" + match) as e:
+        load_prompts(_args(path))
+    assert "\n" not in str(e.value)
+
+
+def test_json_lines_in_a_json_file(tmp_path):
+    path = tmp_path / "l.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    assert [r["id"] for r in load_prompts(_args(path))] == [r["id"] for r in ROWS]
+
+
+def test_unreadable_file_through_datasets_is_one_line(tmp_path):
+    pytest.importorskip("datasets")
+    path = tmp_path / "x.parquet"
+    path.write_bytes(b"PAR1 not a parquet file")
+    with pytest.raises(ValueError, match=r"^data\.dataset: could not read '.*x\.parquet': ArrowInvalid") as e:
+        load_prompts(_args(path))
+    assert "\n" not in str(e.value)

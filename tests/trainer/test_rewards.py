@@ -97,3 +97,16 @@ def test_combine_rewards_bad_input():
 
     with pytest.raises(ValueError, match="reward 'test_bad_output' returned None"):
         combine_rewards([RewardArgs("test_bad_output")], ["a"], ["b"])
+
+
+def test_rewards_and_tasks_import_one_way():
+    """tasks defines the embedded reward without importing rewards; rewards registers every built-in from one table."""
+    import subprocess
+    import sys
+
+    code = ("import sys, onpolicy.tasks; assert 'onpolicy.rewards' not in sys.modules, 'tasks imports rewards'; "
+            "from onpolicy.rewards.registry import get_reward; import onpolicy.rewards as r; "
+            "assert set(r.BUILTIN_REWARDS) <= set(r.available_rewards()); "
+            "assert get_reward('embedded') is onpolicy.tasks.embedded_reward")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

@@ -1,0 +1,169 @@
+"""Command line -> config dict: YAML `--config FILE`, `--section.field VALUE` overrides, `--print-config`,
+`--help`; and `run_cli`, which turns a user error into one `error: <message>` line and exit status 2.
+
+Generic over a `{section name: dataclass}` table (onpolicy.config.SECTIONS); the schema and its validation
+live in onpolicy.config / onpolicy.config_fields. CLI values are parsed as YAML scalars or flow lists
+(`[a, b]`), except that string fields take the text as given ('null'/'~' = None where allowed).
+Left out: environment-variable overrides, per-element edits of list sections (`rewards` is set whole).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from onpolicy.config_fields import ConfigError, type_hints
+
+DEBUG_ENV = "ONPOLICY_DEBUG"  # =1: a user error keeps its traceback (as --debug does)
+
+
+def load_yaml(path: str | Path) -> dict:
+    """The mapping in a YAML file; a missing file, bad YAML or a non-mapping raises ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--config: file not found: {str(p)!r}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--config: {str(p)!r} is not valid YAML:{where}: {problem}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"--config: {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    return data or {}
+
+
+def parse_value(sections: dict[str, type], key: str, text: str) -> Any:
+    """A CLI value: raw text for string fields ('null'/'~' = None where allowed), else a YAML scalar/flow list."""
+    section, _, name = key.partition(".")
+    cls = sections.get(section)
+    tp = type_hints(cls).get(name) if cls is not None else None
+    is_union = typing.get_origin(tp) in (typing.Union, types.UnionType)
+    optional_str = is_union and set(typing.get_args(tp)) == {str, type(None)}
+    if tp is str or optional_str:
+        return None if optional_str and text in ("null", "~") else text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(sections: dict[str, type], data: dict, key: str, value: Any, lists=("rewards",)) -> None:
+    """Set dotted `key` ('trainer.lr', or a whole list section such as 'rewards') in `data`, checking it exists."""
+    parts = key.split(".")
+    allowed = list(sections) + list(lists)
+    if parts[0] not in allowed:
+        raise ConfigError(f"--{key}: unknown section {parts[0]!r}; allowed: {', '.join(allowed)}")
+    if parts[0] in lists:
+        if len(parts) != 1:
+            raise ConfigError(f"--{key}: set the whole list, e.g. --{parts[0]} '[{{name: math_answer}}]'")
+        data[parts[0]] = value
+        return
+    cls = sections[parts[0]]
+    if len(parts) != 2 or parts[1] not in {f.name for f in dataclasses.fields(cls)}:
+        names = ", ".join(f"--{parts[0]}.{f.name}" for f in dataclasses.fields(cls))
+        raise ConfigError(f"--{key}: unknown field; allowed: {names}")
+    section = data.setdefault(parts[0], {}) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{parts[0]}: expected a mapping, got {section!r}")
+    section[parts[1]] = value
+    data[parts[0]] = section
+
+
+def split_cli(sections: dict[str, type], argv: list[str]) -> tuple[str | None, list[tuple[str, Any]], bool]:
+    """argv -> (--config path or None, [(dotted key, value)], --print-config given)."""
+    config_path, overrides, print_config = None, [], False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; expected --config FILE or --section.field VALUE")
+        key, eq, val = arg[2:].partition("=")
+        key = "print_config" if key == "print-config" else key
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        takes_next = not eq and nxt is not None and not nxt.startswith("--")
+        if key == "print_config":
+            print_config, i = True, i + 1
+        elif key == "config":
+            if not eq and not takes_next:
+                raise ConfigError("--config: expects a YAML file path")
+            config_path, i = (val if eq else nxt), i + (1 if eq else 2)
+        elif eq or takes_next:
+            overrides.append((key, parse_value(sections, key, val if eq else nxt)))
+            i += 1 if eq else 2
+        else:  # a bare flag: boolean true
+            overrides.append((key, True))
+            i += 1
+    return config_path, overrides, print_config
+
+
+def help_text(sections: dict[str, type], extra: list[str] = ()) -> str:
+    lines = ["usage: [--config FILE.yaml] [--section.field VALUE ...] [--print-config] [--debug]", ""]
+    for name, cls in sections.items():
+        lines.append(f"{name}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            choices = f.metadata.get("choices")
+            extra_text = f" {{{', '.join(choices)}}}" if choices else ""
+            lines.append(f"  --{name}.{f.name}{extra_text} (default {default!r}): {f.metadata.get('help', '')}")
+    lines.extend(extra)
+    lines.append(f"--debug (or {DEBUG_ENV}=1): show the traceback of a config/data error instead of one line")
+    return "\n".join(lines)
+
+
+def check_single_process(env: dict | None = None) -> None:
+    """Refuse a multi-process launch (data parallel is not implemented yet), on every rank, before any work.
+
+    torchrun / `accelerate launch --multi_gpu` set WORLD_SIZE. accelerate's simple launcher (a config with
+    distributed_type: 'NO', as configs/accelerate/cpu.yaml) runs ONE process whatever --num_processes says; it
+    then sets MASTER_ADDR (only for num_processes > 1) beside ACCELERATE_USE_CPU but no WORLD_SIZE."""
+    env = os.environ if env is None else env
+    one = "allowed: one process (accelerate launch --num_processes 1, or python recipes/<algo>.py)"
+    world = env.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > 1:
+        raise ConfigError(f"launch: {world} processes started (WORLD_SIZE={world}, rank {env.get('RANK', '?')}), but "
+                          f"multi-process data parallel is not implemented yet; {one}")
+    if not world and "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env:
+        raise ConfigError("launch: accelerate was asked for num_processes > 1 (it set MASTER_ADDR) but its simple "
+                          "launcher (distributed_type: 'NO') starts one process, and multi-process data parallel is "
+                          f"not implemented yet; {one}")
+
+
+def _record_for_torchrun(message: str) -> None:
+    """Under torchrun, put the message in the agent's failure summary ("Root Cause") instead of 'N/A'."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or os.path.exists(path):
+        return
+    import json
+    import time
+
+    with open(path, "w") as f:
+        json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                                 "timestamp": str(int(time.time()))}}}, f)
+
+
+def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> Any:
+    """Run `main(argv)`; a ValueError (ConfigError included: bad config, data or launch) becomes one line
+    `error: <message>` on stderr and exit status 2, a stopped run (NaN, strict on-policy violation) one such
+    line and exit status 1; `--debug` in argv or ONPOLICY_DEBUG=1 keeps the traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    from onpolicy.trainer.health import RunStopped
+
+    try:
+        return main(argv)
+    except (ValueError, RunStopped) as e:
+        if debug:
+            raise
+        message = "error: " + (" ".join(str(e).split("\n")) or type(e).__name__)
+        print(message, file=sys.stderr, flush=True)
+        _record_for_torchrun(message)
+        raise SystemExit(1 if isinstance(e, RunStopped) else 2) from None
