@@ -90,6 +90,26 @@ def part_host(out: list) -> None:
         print(f"host {k:<24} {rec['host_us']:8.1f} us", flush=True)
 
 
+def part_profile(out: list) -> None:
+    """cProfile of eager `kernels.linear` calls (M=1: host-bound), top functions by own time."""
+    import cProfile
+    import pstats
+
+    for M, K, N in [(1, 2048, 6144), (1, 3072, 1024)]:
+        x = torch.randn(M, K, device="cuda").bfloat16()
+        w = (torch.randn(N, K, device="cuda") / K**0.5).bfloat16()
+        kernels.linear(x, w)
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(300):
+            kernels.linear(x, w)
+        prof.disable()
+        torch.cuda.synchronize()
+        print(f"profile M={M} K={K} N={N}: 300 calls")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+
+
 @triton.jit
 def _noop(p):
     pass
@@ -187,6 +207,8 @@ def main() -> None:
     with torch.inference_mode():
         if "host" in args.part:
             part_host(out)
+        if "profile" in args.part:
+            part_profile(out)
         if "sweep" in args.part:
             part_sweep(out, [int(m) for m in args.ms.split(",")])
     dump(out, args.out)
