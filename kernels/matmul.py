@@ -137,8 +137,8 @@ def _tma_ok(x2d: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether linear runs the TMA GEMM: bf16/fp16, weight [N, K] row-major, 16-byte aligned rows (K % 8 == 0).
     A property of the weight and dtype only -- never of M -- so a row always takes one path."""
     K = weight.shape[1]
-    return (x2d.dtype in (torch.bfloat16, torch.float16) and TensorDescriptor is not None and K % 8 == 0
-            and weight.stride(1) == 1 and weight.stride(0) == K and weight.data_ptr() % 16 == 0)
+    return (x2d.dtype in (torch.bfloat16, torch.float16) and TensorDescriptor is not None and K > 0
+            and K % 8 == 0 and weight.stride(1) == 1 and weight.stride(0) == K and weight.data_ptr() % 16 == 0)
 
 
 def _linear_tma(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
@@ -149,7 +149,7 @@ def _linear_tma(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     c = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
     if M == 0 or N == 0:
         return c
-    if x2d.data_ptr() % 16 or x2d.stride(0) != K:
+    if x2d.data_ptr() % 16 or x2d.stride(0) != K or x2d.stride(1) != 1:
         x2d = x2d.clone(memory_format=torch.contiguous_format)  # fresh allocation: aligned rows
     bm, bn, bk, pk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["PIECE_K"]
     a_desc = TensorDescriptor(x2d, [M, K], [K, 1], [bm, bk])

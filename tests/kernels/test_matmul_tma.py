@@ -71,6 +71,13 @@ def test_tma_gemm_misaligned_x_is_copied():
     assert torch.equal(mm._linear_tma(x, w, None, cfg), mm._linear_tma(x.clone(), w, None, cfg))
 
 
+def test_linear_k0_takes_the_pointer_gemm():
+    x, w, b = torch.randn(3, 0).half(), torch.randn(5, 0).half(), torch.randn(5).half()
+    assert not mm._tma_ok(x, w)  # TMA descriptors need a non-empty K
+    assert torch.equal(mm._linear_triton(x, w), torch.zeros(3, 5).half())
+    assert torch.equal(mm._linear_triton(x, w, b), b.expand(3, 5))
+
+
 @pytest.mark.parametrize("K", [1024, 2048, 4096])
 def test_lm_head_span_widths_share_one_config(K):
     # token_logprobs' GEMM spans are 4096 * j columns plus a 384-column tail of the 151936 vocab.
