@@ -1,16 +1,21 @@
 """Batch-invariant matmul: `linear(x, weight, bias)` = x @ weight.T (+ bias) and `matmul(a, b)`.
 
-GPU: one Triton GEMM. Each [BLOCK_M, BLOCK_N] output tile is computed by one program that walks the whole K
-dimension in BLOCK_K steps from k = 0 upward, accumulating in fp32, and rounds once to the input dtype. The tile
-config comes from `tile_config(dtype, K, N)` only -- never from M -- so a row's arithmetic is the same whatever
-rows come with it. No split-K, no atomics, no autotune; fp32 dots use `input_precision="ieee"` (no TF32).
-Programs are visited in grouped order (GROUP_M row tiles share B columns in L2).
+GPU, bf16/fp16 `linear` with a row-major weight (`_tma_ok`, a property of the weight and dtype, never of M):
+the Hopper TMA GEMM in `_gemm_tma.py` -- persistent programs, TMA tile loads, wgmma; K is reduced in fixed
+PIECE_K pieces, each from its first column upward into a fresh fp32 accumulator, and the piece sums are added
+in piece order. When M is small the pieces run in separate programs and an ordered piece-sum kernel adds them:
+the same fp32 operations, so the same bits as the whole-K programs used for large M.
+GPU, everything else (fp32, `matmul`, strided weights): the pointer GEMM `_matmul_kernel`; each
+[BLOCK_M, BLOCK_N] tile is one program that walks all of K in BLOCK_K steps from k = 0 upward, accumulating
+in fp32, and rounds once; fp32 dots use `input_precision="ieee"` (no TF32).
+Both take their tiles from `tile_config(dtype, K, N)` only -- never from M -- so a row's arithmetic is the same
+whatever rows come with it. No atomics, no autotune; tiles are visited in grouped order (L2 reuse of B).
 
 CPU: fp32 `torch.mm` on fixed-shape [MATMUL_CPU_TILE, K] zero-padded row blocks (`cpu_row_tiled`); bf16/fp16
 inputs are upcast to fp32 (faster than MKL's bf16 mm here, and one rounding like the GPU kernel).
 
-Backward (autograd): plain torch matmuls -- deterministic, not batch invariant. Left out: persistent/stream-K
-scheduling, a fixed-size split-K for tiny M, fp8.
+Backward (autograd): plain torch matmuls -- deterministic, not batch invariant. Left out: stream-K, fp8, TMA
+for `matmul` and fp32.
 """
 from __future__ import annotations
 
@@ -19,6 +24,12 @@ import torch.nn.functional as F
 
 from onpolicy.kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
                              triton, use_triton)
+from onpolicy.kernels import _gemm_tma
+
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - no triton, or one without host-side tensor descriptors
+    TensorDescriptor = None
 
 # CPU rows per fixed-shape tile. Measured on [4096,256]x[256,768] fp32 (2 threads): tile 32 ~29 ms,
 # 64 ~8 ms, 128 ~7 ms, 256 ~7 ms, plain mm ~32 ms (bf16 plain mm ~10 ms). 64 keeps decode padding small.
@@ -26,12 +37,19 @@ MATMUL_CPU_TILE = 64
 
 
 def tile_config(dtype: torch.dtype, K: int, N: int) -> dict:
-    """Fixed GEMM tile config for (dtype, K, N); M never enters, so every batch size runs the same tiles."""
+    """Fixed GEMM tile config for (dtype, K, N); M never enters, so every batch size runs the same tiles.
+
+    bf16/fp16 run the Hopper TMA GEMM (`_gemm_tma.py`): PIECE_K is its fixed K piece size, OCC its programs
+    per SM. Chosen from H100 sweeps (scripts/sweep_linear.py, docs/invariance.md). For each K the config is
+    one and the same for every N >= 4096 and every N < 1024, so token_logprobs' vocab-span GEMMs (widths
+    4096 * j and a 384-column tail) all share it."""
     if dtype == torch.float32:  # ieee fp32 dots: no tensor-core TF32, smaller tiles keep registers in check
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
-    if N <= 64:
-        return dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4)
-    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3)
+    if 1024 <= N < K:  # narrow output, long K (down / o projections): 1024-column K pieces that small M splits
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4, PIECE_K=1024)
+    if K >= 4096:  # long K and wide N: the big tile wins at every M
+        return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4, PIECE_K=K)
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, PIECE_K=K, OCC=2)
 
 
 if triton is not None:
@@ -92,6 +110,8 @@ def _mm_triton(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     if K == 0:
         return c.zero_() if bias is None else c.copy_(bias.expand(M, N))
     cfg = dict(tile_config(a.dtype, K, N))
+    for key in ("PIECE_K", "OCC"):  # TMA-GEMM keys: the pointer GEMM walks K whole, one program per tile
+        cfg.pop(key, None)
     grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
     _matmul_kernel[grid](
         a, b, c, bias if bias is not None else c, M, N, K,
@@ -100,8 +120,65 @@ def _mm_triton(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     return c
 
 
+def _num_sms(device: torch.device) -> int:
+    """SM count of a CUDA device; 4 for CPU tensors (interpreter tests then see both schedules)."""
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SMS:
+        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SMS[idx]
+
+
+_SMS: dict[int, int] = {}
+
+
+def _tma_ok(x2d: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether linear runs the TMA GEMM: bf16/fp16, weight [N, K] row-major, 16-byte aligned rows (K % 8 == 0).
+    A property of the weight and dtype only -- never of M -- so a row always takes one path."""
+    K = weight.shape[1]
+    return (x2d.dtype in (torch.bfloat16, torch.float16) and TensorDescriptor is not None and K > 0
+            and K % 8 == 0 and weight.stride(1) == 1 and weight.stride(0) == K and weight.data_ptr() % 16 == 0)
+
+
+def _linear_tma(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
+    """x2d[M, K] @ weight[N, K].T (+ bias) on the TMA GEMM with tile config `cfg`; whole-K programs, or one
+    program per (tile, K piece) plus an ordered piece sum when the tiles alone would leave SMs idle."""
+    M, K = x2d.shape
+    N = weight.shape[0]
+    c = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
+    if M == 0 or N == 0:
+        return c
+    if x2d.data_ptr() % 16 or x2d.stride(0) != K or x2d.stride(1) != 1:
+        x2d = x2d.clone(memory_format=torch.contiguous_format)  # fresh allocation: aligned rows
+    bm, bn, bk, pk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["PIECE_K"]
+    a_desc = TensorDescriptor(x2d, [M, K], [K, 1], [bm, bk])
+    b_desc = TensorDescriptor(weight, [N, K], [K, 1], [bn, bk])
+    pieces = triton.cdiv(K, pk)
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    sms = _num_sms(x2d.device)
+    split = pieces > 1 and 4 * tiles <= sms  # too few tiles to fill the SMs: one program per (tile, piece)
+    ws = torch.empty((pieces, M, N), device=x2d.device, dtype=torch.float32) if split else c
+    bias_arg = bias if bias is not None else c
+    progs = min(tiles * (pieces if split else 1), sms * cfg.get("OCC", 1))
+    _gemm_tma._gemm_tma_kernel[(progs,)](
+        a_desc, b_desc, c, ws, bias_arg, M, N, K, c.stride(0), HAS_BIAS=bias is not None, SPLIT=split,
+        PIECES=pieces, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PIECE_K=pk, GROUP_M=cfg["GROUP_M"], NUM_PROGS=progs,
+        WARP_SPEC=cfg.get("WARP_SPEC", False), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if split:
+        block = 1024
+        _gemm_tma._piece_sum_kernel[(triton.cdiv(M * N, block),)](ws, c, bias_arg, M, N, c.stride(0),
+                                                        HAS_BIAS=bias is not None, PIECES=pieces, BLOCK=block,
+                                                        num_warps=4)
+    return c
+
+
 def _linear_triton(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x2d[M, K] @ weight[N, K].T via the Triton GEMM (weight read transposed through strides, no copy)."""
+    """x2d[M, K] @ weight[N, K].T: the TMA GEMM for bf16/fp16 row-major weights, else the pointer GEMM
+    (weight read transposed through strides, no copy)."""
+    if _tma_ok(x2d, weight):
+        require_triton("linear")
+        return _linear_tma(x2d, weight, bias, tile_config(x2d.dtype, weight.shape[1], weight.shape[0]))
     return _mm_triton(x2d, weight.t(), bias)
 
 
@@ -120,6 +197,10 @@ def _mm_cpu(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) 
 
 def _mm_invariant(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     return _mm_triton(a, b, bias) if use_triton(a, b) else _mm_cpu(a, b, bias)
+
+
+def _linear_invariant(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return _linear_triton(x2d, weight, bias) if use_triton(x2d, weight) else _mm_cpu(x2d, weight.t(), bias)
 
 
 def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,7 +231,7 @@ class _Linear(torch.autograd.Function):
     def forward(ctx, x2d, weight, bias):
         ctx.save_for_backward(x2d, weight)
         ctx.has_bias = bias is not None
-        return _mm_invariant(x2d, weight.t(), bias)
+        return _linear_invariant(x2d, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -161,7 +242,14 @@ class _Linear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def _check_linear(x, weight, bias):
+    if (bias is None and isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)
+            and x.dtype in _FLOAT_DTYPES and x.dtype == weight.dtype and weight.dim() == 2 and x.dim() >= 1
+            and x.shape[-1] == weight.shape[1] and x.device == weight.device):
+        return  # the common case, tested cheaply: the messages below are built only when something is off
     check_float("linear", "x", x)
     check_float("linear", "weight", weight)
     check(x.dim() >= 1, "linear", f"x must have shape [..., K], got {tuple(x.shape)}")
@@ -183,7 +271,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not is_invariant():
         return linear_reference(x, weight, bias)
     lead = x.shape[:-1]
-    out = _Linear.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight, bias)
+    x2d = x.reshape(-1, x.shape[-1]).contiguous()
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                              or (bias is not None and bias.requires_grad))
+    out = _Linear.apply(x2d, weight, bias) if needs_grad else _linear_invariant(x2d, weight, bias)
     return out.reshape(*lead, weight.shape[0])
 
 

@@ -2,8 +2,11 @@
 
 Per op and shape: median time of ours and of the baseline, TFLOP/s (GEMM-like ops) or GB/s (memory-bound
 ops), the throughput ratio ours/baseline (>1 = ours faster), and whether each side was batch invariant on that
-shape (row / sequence 0 computed alone vs inside the full batch, `torch.equal`). Writes a table to stdout and
-`results.json` + `ratios.png` to `--out`.
+shape (row / sequence 0 computed alone vs inside the full batch, `torch.equal`). Times are eager calls with a
+cold L2 (`do_bench`), so small shapes include host launch overhead. For `linear` on CUDA also the GPU time
+alone (`graph`: CUDA-graph replays over enough weight copies that each call reads its weight from HBM), its
+ratio, and `hbm`: the fraction of 3.0 TB/s (measured device copy rate) that ours reaches on the bytes it must
+move. Writes a table to stdout and `results.json` + `ratios.png` to `--out`.
 
     python scripts/bench_kernels.py                # CUDA: Qwen3-0.6B/1.7B/8B shapes (H100)
     python scripts/bench_kernels.py --quick        # tiny shapes; also runs on CPU
@@ -12,7 +15,7 @@ shape (row / sequence 0 computed alone vs inside the full batch, `torch.equal`).
 Baselines: linear -> F.linear (cuBLAS/MKL), rms_norm / silu_mul -> the torch reference ops, attention ->
 torch SDPA (causal prefill on equal-length sequences = varlen-equivalent; decode = one query over a dense
 KV), log_softmax -> torch.log_softmax of fp32 logits, token_logprobs -> F.linear + log_softmax + gather.
-Left out: backward passes, fp16, CUDA graphs (each call is timed eagerly), cold-cache timing, multi-GPU.
+Left out: backward passes, fp16, graph timing for ops other than linear, multi-GPU.
 """
 from __future__ import annotations
 
@@ -34,6 +37,8 @@ from onpolicy import determinism  # noqa: E402
 
 QWEN3 = {"0.6B": (1024, 3072, 16, 8), "1.7B": (2048, 6144, 16, 8), "8B": (4096, 12288, 32, 8)}  # H, I, Hq, Hkv
 HEAD_DIM, VOCAB, EPS = 128, 151936, 1e-6
+HBM_BYTES_PER_S = 3.0e12  # device-to-device copy rate measured on the H100 (bytes read + written)
+GRAPH_WEIGHT_BYTES = 2e8  # graph timing rotates weight copies until this many bytes: every call misses L2
 OPS = ("linear", "rms_norm", "silu_mul", "attention_prefill", "attention_decode", "log_softmax", "token_logprobs")
 
 
@@ -53,6 +58,7 @@ def shapes(quick: bool) -> dict:
     kn = [(h, i) for h, i, _, _ in QWEN3.values()] + [(i, h) for h, i, _, _ in QWEN3.values()] + [(6144, 2048)]
     return {
         "linear": [(m, k, n, bf) for k, n in kn for m in (1, 16, 64, 256, 1024, 4096)]
+        + [(m, h, VOCAB, bf) for h in (1024, 2048, 4096) for m in (1, 16, 64, 256, 1024, 4096)]
         + [(m, 1024, 3072, f32) for m in (16, 1024)],
         "rms_norm": [(m, h, bf) for h in (1024, 2048, 4096) for m in (1, 64, 1024, 4096)] + [(1024, 1024, f32)],
         "silu_mul": [(m, i, bf) for i in (3072, 6144, 12288) for m in (1, 64, 1024, 4096)] + [(1024, 3072, f32)],
@@ -80,6 +86,26 @@ def bench(fn, device: str, reps: int) -> float:
     return statistics.median(times)
 
 
+def graph_ms(fn, calls: int, replays: int = 10) -> float:
+    """GPU milliseconds per call: median over `replays` of one CUDA-graph replay of fn (which makes `calls`
+    calls), timed with events. No host launch overhead, weights read from HBM (fn rotates copies)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
 def rows_invariant(fn_batch, fn_one) -> bool:
     """Whether row/sequence 0 of the full batch equals the same input computed alone (bitwise)."""
     return bool(torch.equal(fn_batch()[: 1], fn_one()[: 1]))
@@ -91,9 +117,15 @@ def _rand(*shape, dtype, device, scale=1.0):
 
 def case_linear(m, k, n, dtype, dev):
     x, w = _rand(m, k, dtype=dtype, device=dev), _rand(n, k, dtype=dtype, device=dev, scale=k**-0.5)
-    return dict(shape=f"M={m} K={k} N={n}", work=2 * m * k * n, unit="TFLOP/s",
+    case = dict(shape=f"M={m} K={k} N={n}", work=2 * m * k * n, unit="TFLOP/s",
                 ours=lambda: kernels.linear(x, w), base=lambda: F.linear(x, w),
                 ours_one=lambda: kernels.linear(x[:1], w), base_one=lambda: F.linear(x[:1], w))
+    if dev == "cuda":
+        copies = [w] + [w.clone() for _ in range(min(63, int(GRAPH_WEIGHT_BYTES // w.nbytes)))]
+        case.update(bytes=(m * k + n * k + m * n) * x.element_size(), graph_calls=len(copies),
+                    ours_graph=lambda: [kernels.linear(x, wi) for wi in copies],
+                    base_graph=lambda: [F.linear(x, wi) for wi in copies])
+    return case
 
 
 def case_rms_norm(m, h, dtype, dev):
@@ -188,6 +220,11 @@ def run_case(op: str, args: tuple, dev: str, reps: int) -> dict:
             rec["base_invariant"] = rows_invariant(c["base"], c["base_one"])
             rec["ours_invariant"] = rows_invariant(c["ours"], c["ours_one"])
             rec["ours_ms"], rec["base_ms"] = bench(c["ours"], dev, reps), bench(c["base"], dev, reps)
+            if "ours_graph" in c:
+                rec["ours_graph_ms"] = graph_ms(c["ours_graph"], c["graph_calls"])
+                rec["base_graph_ms"] = graph_ms(c["base_graph"], c["graph_calls"])
+                rec["graph_ratio"] = rec["base_graph_ms"] / rec["ours_graph_ms"]
+                rec["hbm"] = c["bytes"] / (rec["ours_graph_ms"] * 1e-3) / HBM_BYTES_PER_S
         scale = 1e-9 if c["unit"] == "TFLOP/s" else 1e-6  # work per ms -> TFLOP/s or GB/s
         rec["ours_rate"] = c["work"] / rec["ours_ms"] * scale
         rec["base_rate"] = c["work"] / rec["base_ms"] * scale
@@ -204,13 +241,16 @@ def format_row(r: dict) -> str:
     if "error" in r:
         return f"{r['op']:<18} {r['dtype']:<8} {r['shape']:<34} ERROR {r['error']}"
     inv = lambda b: "yes" if b else "NO"  # noqa: E731
+    graph = (f" {r['ours_graph_ms']:>9.4f} {r['base_graph_ms']:>9.4f} {r['graph_ratio']:>6.2f} {r['hbm']:>5.2f}"
+             if "graph_ratio" in r else "")
     return (f"{r['op']:<18} {r['dtype']:<8} {r['shape']:<34} {r['ours_ms']:>9.4f} {r['base_ms']:>9.4f} "
             f"{r['ours_rate']:>9.2f} {r['base_rate']:>9.2f} {r['unit']:<8} {r['ratio']:>6.2f} "
-            f"{inv(r['ours_invariant']):>6} {inv(r['base_invariant']):>6}")
+            f"{inv(r['ours_invariant']):>6} {inv(r['base_invariant']):>6}{graph}")
 
 
 HEADER = (f"{'op':<18} {'dtype':<8} {'shape':<34} {'ours_ms':>9} {'base_ms':>9} {'ours':>9} {'base':>9} "
-          f"{'unit':<8} {'ratio':>6} {'ours=':>6} {'base=':>6}")
+          f"{'unit':<8} {'ratio':>6} {'ours=':>6} {'base=':>6} {'ours_gms':>9} {'base_gms':>9} {'gratio':>6} "
+          f"{'hbm':>5}")
 
 
 def plot(records: list[dict], path: str) -> None:
@@ -224,8 +264,14 @@ def plot(records: list[dict], path: str) -> None:
         return
     fig, ax = plt.subplots(figsize=(max(8, 0.28 * len(ok)), 5))
     colors = ["tab:green" if r["ratio"] >= 1 else "tab:red" for r in ok]
-    ax.bar(range(len(ok)), [r["ratio"] for r in ok], color=colors)
+    ax.bar(range(len(ok)), [r["ratio"] for r in ok], color=colors, label="eager (cold L2, host launch included)")
+    graph = [(i, r["graph_ratio"]) for i, r in enumerate(ok) if "graph_ratio" in r]
+    if graph:
+        ax.plot(*zip(*graph), "k.", ms=4, label="GPU time only (CUDA graph)")
+        ax.legend(fontsize=7)
     ax.axhline(1.0, color="black", lw=0.8)
+    for target in (0.8, 0.9):  # issue 12's linear targets (M < 256 and M >= 256)
+        ax.axhline(target, color="gray", lw=0.6, ls="--")
     ax.set_xticks(range(len(ok)))
     ax.set_xticklabels([f"{r['op']} {r['dtype']} {r['shape']}" for r in ok], rotation=90, fontsize=6)
     ax.set_ylabel("throughput ours / baseline")

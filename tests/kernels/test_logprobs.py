@@ -67,8 +67,8 @@ def test_gemm_spans():
     assert L._gemm_spans(4, V, h, True, None) == [(0, V)]
     assert L._gemm_spans(4, V, h, True, 4 * 10 * L.VOCAB_CHUNK) == [(0, 40960), (40960, 81920), (81920, 122880),
                                                                      (122880, V)]
-    # a 50-wide tail gets another GEMM tile config: fall back to one chunk per GEMM
-    assert len(L._gemm_spans(4, L.VOCAB_CHUNK + 50, h, True, None)) == 2
+    # a 1500-wide tail at K=2048 gets another GEMM tile config (narrow output, N < K): one chunk per GEMM
+    assert len(L._gemm_spans(4, L.VOCAB_CHUNK + 1500, torch.zeros(4, 2048, dtype=torch.bfloat16), True, None)) == 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
