@@ -25,7 +25,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from onpolicy.kernels._common import check, check_float, check_same_device, is_invariant, require_triton, tl, triton, use_triton
+from onpolicy.kernels._common import (check, check_float, check_same_device, is_invariant, require_triton, tl,
+                                      tree_sum_last, triton, use_triton)
 from onpolicy.kernels.matmul import linear, tile_config
 
 # Rows of the LM head per step of token_logprobs (fixed; never derived from M). 151936 = 37 * 4096 + 384.
@@ -121,23 +122,11 @@ def _gemm_spans(M: int, V: int, hidden: torch.Tensor, gpu: bool, budget: int | N
     return spans if len(configs) == 1 else one
 
 
-def _cpu_row_sum(x: torch.Tensor) -> torch.Tensor:
-    """Row sums of x[M, C] by pairwise halving (zero-padded to a power of two): elementwise adds in one fixed
-    order per row, independent of M, of the row's position and of the thread count (torch.sum's split is not)."""
-    width = 1 << max(x.shape[-1] - 1, 0).bit_length()
-    if width != x.shape[-1]:
-        x = F.pad(x, (0, width - x.shape[-1]))
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        x = x[:, :half] + x[:, half:]
-    return x[:, 0]
-
-
 def _cpu_online_update(logits: torch.Tensor, m: torch.Tensor, s: torch.Tensor):
     """Fold fp32 chunk logits [M, C] into running (max, sum exp); max is exact, the sum a fixed tree."""
     m_new = torch.maximum(m, logits.amax(dim=-1))
     # exp is elementwise and measured equal on torch's vectorised and scalar-tail paths (unlike sigmoid)
-    return m_new, s * torch.exp(m - m_new) + _cpu_row_sum(torch.exp(logits - m_new[:, None]))
+    return m_new, s * torch.exp(m - m_new) + tree_sum_last(torch.exp(logits - m_new[:, None]))
 
 
 def _log_softmax_cpu(x: torch.Tensor) -> torch.Tensor:

@@ -115,7 +115,7 @@ def _mm_cpu(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) 
         out = torch.mm(block.float(), bf)
         return out if biasf is None else out + biasf
 
-    return cpu_row_tiled(tile_fn, a, MATMUL_CPU_TILE).to(out_dtype)
+    return cpu_row_tiled(tile_fn, a, tile=MATMUL_CPU_TILE).to(out_dtype)
 
 
 def _mm_invariant(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,7 @@ is [cos(p * inv_freq) | sin(p * inv_freq)], each half head_dim // 2 wide. `rope(
 cache)` rotates every head of token t by position positions[t]:
     out = x * cos + rotate_half(x) * sin,  rotate_half(x) = [-x2, x1]
 Elementwise per token, so batch invariant by construction; the Triton kernel runs one program per token (all
-heads at once). The CPU path is the same torch math (exp/sin-free: only mul/add of fp32, which have no
+heads at once). The CPU path is `rope_reference` itself (only mul/add of fp32, which have no
 vectorised-vs-scalar differences). Backward wrt x is the inverse rotation (sin -> -sin), plain torch.
 Left out: partial rotary (rotary_dim < head_dim), rope scaling variants (YaRN, llama3), the GPT-J interleaved
 layout, bounds checks of positions on CUDA (they would force a host sync; CPU positions are checked).
@@ -73,26 +73,14 @@ def _rope_triton(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) 
     return y
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """fp32 x * [cos|cos] + rotate_half(x) * [sin|sin]; cos/sin are [T, 1, D/2]."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
-def _rope_torch(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+def rope_reference(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """HF apply_rotary_pos_emb math (rotate_half) in fp32, cast to x.dtype; also the CPU path. `inverse`
+    rotates back (sin -> -sin): the backward wrt x."""
     half = x.shape[-1] // 2
     cs = cache[positions.long()]
-    cos, sin = cs[:, None, :half], cs[:, None, half:]
-    return _rotate(x.float(), cos, -sin if inverse else sin).to(x.dtype)
-
-
-def rope_reference(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
-    """HF apply_rotary_pos_emb math (rotate_half) in fp32, cast to x.dtype."""
-    half = x.shape[-1] // 2
-    cs = cache[positions.long()]
+    sin_half = -cs[:, half:] if inverse else cs[:, half:]
     cos = torch.cat([cs[:, :half], cs[:, :half]], -1)[:, None, :]
-    sin = torch.cat([cs[:, half:], cs[:, half:]], -1)[:, None, :]
+    sin = torch.cat([sin_half, sin_half], -1)[:, None, :]
     xf = x.float()
     rot = torch.cat([-xf[..., half:], xf[..., :half]], -1)
     return (xf * cos + rot * sin).to(x.dtype)
@@ -104,12 +92,12 @@ class _Rope(torch.autograd.Function):
         ctx.save_for_backward(positions, cache)
         if use_triton(x, positions, cache):
             return _rope_triton(x, positions, cache)
-        return _rope_torch(x, positions, cache)
+        return rope_reference(x, positions, cache)
 
     @staticmethod
     def backward(ctx, grad_y):
         positions, cache = ctx.saved_tensors
-        return _rope_torch(grad_y, positions, cache, inverse=True), None, None
+        return rope_reference(grad_y, positions, cache, inverse=True), None, None
 
 
 def _check_rope(x, positions, cache):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from onpolicy.kernels import attention, attention_varlen
-from onpolicy.kernels.attention import _attention_triton
+from onpolicy.kernels.attention import TRAINING_BLOCK_SIZE, training_metadata
+from onpolicy.kernels.attention_triton import attention_forward_triton
 
 BLOCK_SIZE = 16
 
@@ -170,13 +171,11 @@ def test_triton_interpreter_callers_agree():
             pytest.skip("needs TRITON_INTERPRET=1 on CPU")
 
     def fwd(q, k, v, cu, sk, bt, offs, bs):
-        return _attention_triton(q, k, v, cu, sk, bt, offs, bs, 0.125, False)[0]
+        return attention_forward_triton(q, k, v, cu, sk, bt, offs, bs, 0.125, False)[0]
 
     def train(q, k, v, cu):
-        from onpolicy.kernels.attention import training_metadata
-
         sk, bt, offs = training_metadata(cu)
-        return fwd(q, k, v, cu, sk, bt, offs, 64)
+        return fwd(q, k, v, cu, sk, bt, offs, TRAINING_BLOCK_SIZE)
 
     def close(a, b):
         return torch.allclose(a, b, atol=1e-5, rtol=1e-5)
