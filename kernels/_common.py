@@ -57,15 +57,28 @@ def require_triton(op: str) -> None:
         raise RuntimeError(f"kernels.{op}: triton is not installed")
 
 
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def check(cond: bool, op: str, msg: str) -> None:
+    """Every argument check of every op goes through here: ValueError("kernels.<op>: <msg>")."""
     if not cond:
         raise ValueError(f"kernels.{op}: {msg}")
 
 
-def check_float(op: str, name: str, t: torch.Tensor, dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16, torch.float16)) -> None:
+def check_tensor(op: str, name: str, t, dtypes: Sequence[torch.dtype] = FLOATS) -> None:
+    """`t` is a torch.Tensor with a dtype in `dtypes`."""
     check(isinstance(t, torch.Tensor), op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
     allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
     check(t.dtype in dtypes, op, f"{name} has dtype {str(t.dtype).replace('torch.', '')}; allowed: {allowed}")
+
+
+def check_in_range(op: str, name: str, t: torch.Tensor, lo: int, hi: int, what: str) -> None:
+    """Values of integer `t` lie in [lo, hi): one host sync, skipped while a CUDA graph is being captured."""
+    if t.numel() == 0 or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    vmin, vmax = torch.stack([t.min(), t.max()]).tolist()
+    check(vmin >= lo and vmax < hi, op, f"{name} must lie in [{lo}, {hi}) ({what}), got values in [{vmin}, {vmax}]")
 
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:

@@ -18,8 +18,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from onpolicy.kernels._common import check, check_float, check_same_device, is_invariant, use_triton
-from onpolicy.kernels.attention_cpu import attention_forward_cpu, recompute_varlen
+from onpolicy.kernels._common import check, check_same_device, check_tensor, is_invariant, use_triton
+from onpolicy.kernels.attention_cpu import attention_backward_cpu, attention_forward_cpu
 from onpolicy.kernels.attention_triton import attention_backward_triton, attention_forward_triton
 
 # Packed training K/V: each sequence is one block starting at its kv_offset (block_table is all 0). Any
@@ -68,7 +68,7 @@ def check_attention_args(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offse
     """Types, shapes, dtypes and devices (no host sync); the metadata's values: `check_attention_metadata`."""
     qkv = (("q", q), ("k", k), ("v", v))
     for name, t in qkv:
-        check_float(_OP, name, t, (torch.float32, torch.bfloat16))
+        check_tensor(_OP, name, t, (torch.float32, torch.bfloat16))
         check(t.dim() == 3, _OP, f"{name} must be 3-D [tokens, heads, head_dim], got shape {tuple(t.shape)}")
         check(t.stride(2) == 1, _OP, f"{name} must be contiguous in head_dim (stride 1), got stride {t.stride(2)}")
     check(k.dtype == q.dtype and v.dtype == q.dtype, _OP,
@@ -80,8 +80,7 @@ def check_attention_args(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offse
           f"q heads ({q.shape[1]}) must be a multiple of kv heads ({k.shape[1]})")
     meta = dict(cu_seqlens_q=cu_seqlens_q, seqlens_k=seqlens_k, block_table=block_table, kv_offsets=kv_offsets)
     for name, t in meta.items():
-        check(isinstance(t, torch.Tensor) and t.dtype == torch.int32, _OP,
-              f"{name} must be an int32 tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+        check_tensor(_OP, name, t, (torch.int32,))
     check_same_device(_OP, q=q, k=k, v=v, **meta)
     check(seqlens_k.dim() == 1, _OP, f"seqlens_k must be 1-D [B], got shape {tuple(seqlens_k.shape)}")
     n = seqlens_k.shape[0]
@@ -156,10 +155,7 @@ class _AttentionVarlen(torch.autograd.Function):
         if use_triton(q, k, v):
             dq, dk, dv = attention_backward_triton(q, k, v, out, lse, do, cu_seqlens, ctx.scale)
             return dq, dk, dv, None, None, None, None, None
-        with torch.enable_grad():
-            qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-            ref = recompute_varlen(qg, kg, vg, cu_seqlens, ctx.scale)
-            dq, dk, dv = torch.autograd.grad(ref, (qg, kg, vg), do)
+        dq, dk, dv = attention_backward_cpu(q, k, v, do, cu_seqlens, ctx.scale)
         return dq, dk, dv, None, None, None, None, None
 
 
@@ -167,12 +163,13 @@ def attention_varlen(q, k, v, cu_seqlens, scale=None, metadata=None):
     """Causal attention over packed sequences q/k/v [T, H, D], cu_seqlens int32 [B+1]; differentiable.
 
     `metadata`: `training_metadata(cu_seqlens)`, built once per forward by the caller (built here when None)."""
-    check(isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dtype == torch.int32 and cu_seqlens.dim() == 1
-          and cu_seqlens.numel() >= 1, _OP,
-          f"cu_seqlens must be a 1-D int32 tensor [B+1], got {getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)}")
-    check(isinstance(q, torch.Tensor) and q.dim() == 3, _OP, "q must be a 3-D tensor [tokens, heads, head_dim]")
-    check(isinstance(k, torch.Tensor) and k.dim() == 3 and k.shape[0] == q.shape[0], _OP,
-          f"training k must have as many tokens as q ({q.shape[0]}), got shape {tuple(getattr(k, 'shape', ()))}")
+    check_tensor(_OP, "cu_seqlens", cu_seqlens, (torch.int32,))
+    check(cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 1, _OP,
+          f"cu_seqlens must be 1-D [B+1], got shape {tuple(cu_seqlens.shape)}")
+    for name, t in (("q", q), ("k", k)):
+        check_tensor(_OP, name, t)
+        check(t.dim() == 3, _OP, f"{name} must be 3-D [tokens, heads, head_dim], got shape {tuple(t.shape)}")
+    check(k.shape[0] == q.shape[0], _OP, f"training k must have as many tokens as q ({q.shape[0]}), got {k.shape[0]}")
     meta = training_metadata(cu_seqlens) if metadata is None else metadata
     check_attention_args(q, k, v, cu_seqlens, *meta, TRAINING_BLOCK_SIZE, scale)
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)

@@ -4,8 +4,8 @@ Forward: every query row is computed in a tile of `BLOCK_Q` queries of one seque
 reduced from position 0 upward in the GPU kernel's `BLOCK_K`-key tiles, masked or unused slots add exact zeros,
 online softmax in fp32; all (query tile, head) pairs of the batch advance together, each matmul a torch.bmm
 call of one fixed shape (`CPU_BMM_CHUNK` matrices, zero padded) and each row sum a fixed pairwise tree.
-Backward (packed training K/V): autograd of an fp32 recomputation per sequence; deterministic, not batch
-invariant. Left out: everything the Triton kernels leave out.
+Backward (packed training K/V): an fp32 recomputation per sequence with an explicit softmax backward; the
+same bits for any thread count, not batch invariant. Left out: everything the Triton kernels leave out.
 """
 from __future__ import annotations
 
@@ -75,19 +75,41 @@ def attention_forward_cpu(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, blo
     return out
 
 
-def recompute_varlen(q, k, v, cu_seqlens, scale):
-    """Differentiable fp32 recomputation for the CPU backward: per sequence, outputs concatenated (split
-    and cat: slicing or slice writes would copy the whole gradient once per sequence in backward)."""
-    group = q.shape[1] // k.shape[1]
+def _sum_groups(x: torch.Tensor, hkv: int) -> torch.Tensor:
+    """[n, hkv * group, d] -> [n, hkv, d]: the q heads of each kv head added in head order (fixed order)."""
+    x = x.view(x.shape[0], hkv, -1, x.shape[2])
+    out = x[:, :, 0]
+    for g in range(1, x.shape[2]):
+        out = out + x[:, :, g]
+    return out
+
+
+def _sequence_backward(q, k, v, do, scale):
+    """fp32 (dq, dk, dv) of one causal sequence: q/do [n, Hq, D], k/v [n, Hkv, D]."""
+    n, hkv = q.shape[0], k.shape[1]
+    kr, vr = k.repeat_interleave(q.shape[1] // hkv, dim=1), v.repeat_interleave(q.shape[1] // hkv, dim=1)
+    s = torch.einsum("qhd,khd->hqk", q, kr) * scale
+    s = s.masked_fill(~torch.ones(n, n, dtype=torch.bool).tril(), float("-inf"))
+    e = torch.exp(s - s.amax(-1, keepdim=True))
+    p = e / tree_sum_last(e)[..., None]
+    dp = torch.einsum("qhd,khd->hqk", do, vr)
+    ds = p * (dp - tree_sum_last(p * dp)[..., None])  # softmax backward with a fixed-order row sum
+    dq = torch.einsum("hqk,khd->qhd", ds, kr) * scale
+    dk = torch.einsum("hqk,qhd->khd", ds, q) * scale
+    dv = torch.einsum("hqk,qhd->khd", p, do)
+    return dq, _sum_groups(dk, hkv), _sum_groups(dv, hkv)
+
+
+def attention_backward_cpu(q, k, v, do, cu_seqlens, scale):
+    """(dq, dk, dv) of packed causal attention, recomputed per sequence in fp32.
+
+    Same bits for any torch thread count: matmuls are torch.einsum (MKL GEMMs, measured thread invariant for a
+    fixed shape), every other reduction is a max or a `tree_sum_last`; torch's softmax backward is not used
+    (its row sums change with the thread count)."""
     cu = cu_seqlens.tolist()
     lens = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
-    outs = []
-    for n, qb, kb, vb in zip(lens, q.float().split(lens), k.float().split(lens), v.float().split(lens)):
-        if n == 0:
-            continue
-        kb, vb = kb.repeat_interleave(group, dim=1), vb.repeat_interleave(group, dim=1)
-        scores = torch.einsum("qhd,khd->hqk", qb, kb) * scale
-        mask = torch.ones(n, n, dtype=torch.bool).tril()
-        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-        outs.append(torch.einsum("hqk,khd->qhd", probs, vb))
-    return torch.cat(outs).to(q.dtype) if outs else q.new_zeros(q.shape)
+    parts = zip(*(q.float().split(lens), k.float().split(lens), v.float().split(lens), do.float().split(lens)))
+    grads = [_sequence_backward(*p, scale) for n, p in zip(lens, parts) if n]
+    if not grads:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    return tuple(torch.cat(g).to(t.dtype) for g, t in zip(zip(*grads), (q, k, v)))

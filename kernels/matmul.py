@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onpolicy.kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
+from onpolicy.kernels._common import (check, check_same_device, check_tensor, cpu_row_tiled, is_invariant, require_triton, tl,
                              triton, use_triton)
 
 # CPU rows per fixed-shape tile. Measured on [4096,256]x[256,768] fp32 (2 threads): tile 32 ~29 ms,
@@ -162,15 +162,15 @@ class _Linear(torch.autograd.Function):
 
 
 def _check_linear(x, weight, bias):
-    check_float("linear", "x", x)
-    check_float("linear", "weight", weight)
+    check_tensor("linear", "x", x)
+    check_tensor("linear", "weight", weight)
     check(x.dim() >= 1, "linear", f"x must have shape [..., K], got {tuple(x.shape)}")
     check(weight.dim() == 2, "linear", f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
     check(x.shape[-1] == weight.shape[1], "linear",
           f"x's last dim ({x.shape[-1]}) must equal weight.shape[1] (K={weight.shape[1]})")
     check(x.dtype == weight.dtype, "linear", f"x ({x.dtype}) and weight ({weight.dtype}) must have one dtype")
     if bias is not None:
-        check_float("linear", "bias", bias)
+        check_tensor("linear", "bias", bias)
         check(bias.shape == (weight.shape[0],), "linear",
               f"bias must have shape [N]=({weight.shape[0]},), got {tuple(bias.shape)}")
         check(bias.dtype == x.dtype, "linear", f"bias ({bias.dtype}) must have x's dtype ({x.dtype})")
@@ -189,8 +189,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a[M, K] @ b[K, N] -> [M, N] in a.dtype; batch invariant in M; autograd (plain torch backward)."""
-    check_float("matmul", "a", a)
-    check_float("matmul", "b", b)
+    check_tensor("matmul", "a", a)
+    check_tensor("matmul", "b", b)
     check(a.dim() == 2 and b.dim() == 2, "matmul",
           f"a and b must be 2-D ([M, K] and [K, N]), got {tuple(a.shape)} and {tuple(b.shape)}")
     check(a.shape[1] == b.shape[0], "matmul", f"a.shape[1] ({a.shape[1]}) must equal b.shape[0] ({b.shape[0]})")

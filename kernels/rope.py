@@ -16,10 +16,8 @@ import numbers
 
 import torch
 
-from onpolicy.kernels._common import check, check_same_device, is_invariant, require_triton, tl, triton, use_triton
-
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-
+from onpolicy.kernels._common import (check, check_in_range, check_same_device, check_tensor, is_invariant, require_triton,
+                                      tl, triton, use_triton)
 
 def rope_cache(max_positions: int, head_dim: int, theta: float, device="cpu") -> torch.Tensor:
     """fp32 [max_positions, head_dim]: cos(p * inv_freq) in the first half, sin in the second (HF formula)."""
@@ -101,20 +99,16 @@ class _Rope(torch.autograd.Function):
 
 
 def _check_rope(x, positions, cache):
-    check(isinstance(x, torch.Tensor) and x.dtype in _FLOATS, "rope",
-          f"x must be a float32/bfloat16/float16 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    check_tensor("rope", "x", x)
     check(x.dim() == 3 and x.shape[-1] % 2 == 0, "rope", f"x must be [T, heads, D] with even D, got {tuple(x.shape)}")
-    check(isinstance(positions, torch.Tensor) and positions.dtype in (torch.int32, torch.int64), "rope",
-          f"positions must be an int32/int64 tensor, got {getattr(positions, 'dtype', type(positions).__name__)}")
+    check_tensor("rope", "positions", positions, (torch.int32, torch.int64))
     check(positions.shape == (x.shape[0],), "rope", f"positions must be [T]=({x.shape[0]},), got {tuple(positions.shape)}")
-    check(isinstance(cache, torch.Tensor) and cache.dtype == torch.float32 and cache.dim() == 2, "rope",
-          "cache must be the fp32 [max_positions, head_dim] tensor from rope_cache")
-    check(cache.shape[1] == x.shape[-1], "rope", f"cache head_dim ({cache.shape[1]}) must equal x's D ({x.shape[-1]})")
+    check_tensor("rope", "cache", cache, (torch.float32,))
+    check(cache.dim() == 2 and cache.shape[1] == x.shape[-1], "rope",
+          f"cache must be the [max_positions, head_dim={x.shape[-1]}] table from rope_cache, got {tuple(cache.shape)}")
     check_same_device("rope", x=x, positions=positions, cache=cache)
-    if not positions.is_cuda and positions.numel():
-        lo, hi = int(positions.min()), int(positions.max())
-        check(lo >= 0 and hi < cache.shape[0], "rope",
-              f"positions must lie in [0, {cache.shape[0]}) (cache max_positions), got range [{lo}, {hi}]")
+    if not positions.is_cuda:  # on CUDA the range check would sync the host every layer
+        check_in_range("rope", "positions", positions, 0, cache.shape[0], "cache max_positions")
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:

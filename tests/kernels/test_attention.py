@@ -188,7 +188,7 @@ def _good():
     (lambda a: a.update(v=a["v"][:-1]), "k and v must have one shape"),
     (lambda a: a.update(q=a["q"][0]), "q must be 3-D"),
     (lambda a: a.update(block_table=a["block_table"][:1]), "block_table must have shape"),
-    (lambda a: a.update(seqlens_k=a["seqlens_k"].long()), "seqlens_k must be an int32"),
+    (lambda a: a.update(seqlens_k=a["seqlens_k"].long()), "seqlens_k has dtype int64; allowed: int32"),
     (lambda a: a.update(cu_seqlens_q=a["cu_seqlens_q"][:-1]), "cu_seqlens_q must have shape"),
     (lambda a: a.update(kv_offsets=a["kv_offsets"][:1]), "kv_offsets must have shape"),
     (lambda a: a.update(block_size=0), "block_size must be a positive int"),
@@ -228,7 +228,7 @@ def test_good_metadata_passes_and_training_metadata_needs_no_table():
 
 def test_attention_varlen_bad_input():
     q, k, v = _packed([3, 4], 4, 2, 64, torch.float32)
-    with pytest.raises(ValueError, match="cu_seqlens must be a 1-D int32"):
+    with pytest.raises(ValueError, match="cu_seqlens has dtype int64; allowed: int32"):
         attention_varlen(q, k, v, _cu([3, 4]).long())
     with pytest.raises(ValueError, match="as many tokens as q"):
         attention_varlen(q, k[:5], v[:5], _cu([3, 4]))
