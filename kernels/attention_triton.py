@@ -32,19 +32,23 @@ if triton is not None:
     _LOG2E = tl.constexpr(LOG2E)
 
     @triton.jit
-    def _find_seq(cu_ptr, pid, num_seqs, BLOCK: tl.constexpr):
-        """Largest b with cu[b] // BLOCK + b <= pid (tile t of sequence b has id cu[b] // BLOCK + b + t)."""
+    def _seq_tile(cu_ptr, pid, num_seqs, BLOCK: tl.constexpr):
+        """Program `pid` of the packed tile grid (tile t of sequence b has id cu[b] // BLOCK + b + t) ->
+        (b, first token of b, length of b, first row of the tile within b); the row is >= the length for
+        the grid's spare programs."""
         lo: tl.int32 = 0
         hi = num_seqs
-        while lo < hi:
+        while lo < hi:  # largest b with cu[b] // BLOCK + b <= pid
             mid = (lo + hi) // 2
             start = tl.load(cu_ptr + mid) // BLOCK + mid
             if start <= pid:
                 lo = mid + 1
             else:
                 hi = mid
-        return lo - 1
-
+        b = lo - 1
+        first = tl.load(cu_ptr + b)
+        length = tl.load(cu_ptr + b + 1) - first
+        return b, first, length, (pid - (first // BLOCK + b)) * BLOCK
 
     @triton.jit
     def _attn_fwd_kernel(
@@ -56,10 +60,7 @@ if triton is not None:
     ):
         pid = tl.program_id(0)
         head = tl.program_id(1)
-        b = _find_seq(cu_q_ptr, pid, num_seqs, BQ)
-        q_begin = tl.load(cu_q_ptr + b)
-        q_len = tl.load(cu_q_ptr + b + 1) - q_begin
-        tile_start = (pid - (q_begin // BQ + b)) * BQ
+        b, q_begin, q_len, tile_start = _seq_tile(cu_q_ptr, pid, num_seqs, BQ)
         if tile_start >= q_len:
             return
         ctx_len = tl.load(seqlens_k_ptr + b)
@@ -120,10 +121,7 @@ if triton is not None:
         pid = tl.program_id(0)
         head = tl.program_id(1)
         n_heads = tl.num_programs(1)
-        b = _find_seq(cu_ptr, pid, num_seqs, BM)
-        start = tl.load(cu_ptr + b)
-        seq_len = tl.load(cu_ptr + b + 1) - start
-        tile_start = (pid - (start // BM + b)) * BM
+        b, start, seq_len, tile_start = _seq_tile(cu_ptr, pid, num_seqs, BM)
         if tile_start >= seq_len:
             return
         kv_head = head // GROUP
@@ -161,10 +159,7 @@ if triton is not None:
         pid = tl.program_id(0)
         kv_head = tl.program_id(1)
         n_heads = tl.num_programs(1) * GROUP
-        b = _find_seq(cu_ptr, pid, num_seqs, BN)
-        start = tl.load(cu_ptr + b)
-        seq_len = tl.load(cu_ptr + b + 1) - start
-        tile_start = (pid - (start // BN + b)) * BN
+        b, start, seq_len, tile_start = _seq_tile(cu_ptr, pid, num_seqs, BN)
         if tile_start >= seq_len:
             return
         d = tl.arange(0, HEAD_DIM)

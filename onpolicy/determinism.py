@@ -14,6 +14,12 @@ import random
 import torch
 
 CUBLAS_WORKSPACE = ":4096:8"
+# torch's CPU thread count. Results do not depend on it (tests/invariance/test_thread_invariance.py), so this is
+# a speed choice only. 1, measured on the 2-core CPU machine (shared, load ~3): the tiny default's 8 steps took
+# 25 s with 1 thread and 395 s with 2 (libgomp's spin-waiting threads fight for the cores); with
+# OMP_WAIT_POLICY=PASSIVE set before torch is imported, 2 threads were ~5% slower than 1 (tiny GEMMs).
+# -1 uses all cores.
+DEFAULT_CPU_THREADS = 1
 
 
 def all_cpu_cores() -> int:
@@ -24,12 +30,11 @@ def all_cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def enable(seed: int | None = 0, cpu_threads: int | None = -1) -> None:
+def enable(seed: int | None = 0, cpu_threads: int | None = DEFAULT_CPU_THREADS) -> None:
     """Turn on every determinism switch; idempotent. `seed=None` leaves RNGs alone.
 
-    `cpu_threads`: torch's intra-op thread count; -1 (default) = all cores, None = leave it. Results do not
-    depend on it: every CPU op of the model, its backward and the trainer's reductions give the same bits for
-    any count (tests/invariance/test_thread_invariance.py)."""
+    `cpu_threads`: torch's intra-op thread count; -1 = all cores, None = leave it. Results do not depend on
+    it: every CPU op of the model, its backward and the trainer's reductions give the same bits for any count."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
