@@ -17,7 +17,8 @@ def _run(out_dir: Path, threads: int, monkeypatch):
     from onpolicy.trainer import train
 
     monkeypatch.setattr(determinism, "enable", functools.partial(determinism.enable, cpu_threads=threads))
-    overrides = {"trainer.steps": "3", "trainer.sft_warmup_steps": "20", "trainer.prompts_per_step": "8",
+    overrides = {"trainer.steps": "2", "trainer.sft_warmup_steps": "30", "trainer.prompts_per_step": "8",
+                 "sampling.num_generations": "4",
                  "logging.output_dir": str(out_dir / "run"), "logging.plot": "false"}
     argv = ["--config", str(CONFIG)] + [x for k, v in overrides.items() for x in (f"--{k}", v)]
     old = torch.get_num_threads()
@@ -33,6 +34,6 @@ def _run(out_dir: Path, threads: int, monkeypatch):
 def test_tiny_default_same_metrics_with_1_and_2_threads(tmp_path, monkeypatch):
     one = _run(tmp_path / "threads1", 1, monkeypatch)
     two = _run(tmp_path / "threads2", 2, monkeypatch)
-    assert len(one) == 3 and any(r["grad_norm"] > 0 for r in one)
+    assert len(one) == 2 and any(r["grad_norm"] > 0 for r in one)
     for a, b in zip(one, two):
         assert a == b, {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
