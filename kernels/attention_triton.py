@@ -113,6 +113,17 @@ if triton is not None:
 
 
     @triton.jit
+    def _tile_rows(start, length, tile_start, BLOCK: tl.constexpr):
+        """Positions of a tile's BLOCK rows within their sequence, which of them exist, and their token ids."""
+        pos = tile_start + tl.arange(0, BLOCK)
+        return pos, pos < length, (start + pos).to(tl.int64)
+
+    @triton.jit
+    def _load_rows(ptr, tok, head, stride_t, stride_h, d, ok):
+        """The [len(tok), HEAD_DIM] block of rows `tok` of head `head`; rows where `ok` is False load as 0."""
+        return tl.load(_rows(ptr, tok, head, stride_t, stride_h, d), mask=ok[:, None], other=0.0)
+
+    @triton.jit
     def _attn_bwd_dq_kernel(
         q_ptr, k_ptr, v_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, cu_ptr, num_seqs, qk_scale_log2, scale,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_dt, stride_dh,
@@ -126,11 +137,9 @@ if triton is not None:
             return
         kv_head = head // GROUP
         d = tl.arange(0, HEAD_DIM)
-        rows = tile_start + tl.arange(0, BM)
-        row_ok = rows < seq_len
-        tok = (start + rows).to(tl.int64)
-        q = tl.load(_rows(q_ptr, tok, head, stride_qt, stride_qh, d), mask=row_ok[:, None], other=0.0)
-        do = tl.load(_rows(do_ptr, tok, head, stride_dt, stride_dh, d), mask=row_ok[:, None], other=0.0)
+        rows, row_ok, tok = _tile_rows(start, seq_len, tile_start, BM)
+        q = _load_rows(q_ptr, tok, head, stride_qt, stride_qh, d, row_ok)
+        do = _load_rows(do_ptr, tok, head, stride_dt, stride_dh, d, row_ok)
         lse2 = tl.load(lse_ptr + tok * n_heads + head, mask=row_ok, other=0.0) * _LOG2E
         delta = tl.load(delta_ptr + tok * n_heads + head, mask=row_ok, other=0.0)
         dq = tl.zeros([BM, HEAD_DIM], tl.float32)
@@ -138,8 +147,8 @@ if triton is not None:
             k_pos = j * BN + tl.arange(0, BN)
             k_ok = k_pos < seq_len
             k_tok = (start + k_pos).to(tl.int64)
-            kk = tl.load(_rows(k_ptr, k_tok, kv_head, stride_kt, stride_kh, d), mask=k_ok[:, None], other=0.0)
-            vv = tl.load(_rows(v_ptr, k_tok, kv_head, stride_vt, stride_vh, d), mask=k_ok[:, None], other=0.0)
+            kk = _load_rows(k_ptr, k_tok, kv_head, stride_kt, stride_kh, d, k_ok)
+            vv = _load_rows(v_ptr, k_tok, kv_head, stride_vt, stride_vh, d, k_ok)
             s = dot(q, tl.trans(kk), None, IEEE)
             dp = dot(do, tl.trans(vv), None, IEEE)
             keep = row_ok[:, None] & k_ok[None, :] & (k_pos[None, :] <= rows[:, None])
@@ -163,11 +172,9 @@ if triton is not None:
         if tile_start >= seq_len:
             return
         d = tl.arange(0, HEAD_DIM)
-        k_pos = tile_start + tl.arange(0, BN)
-        k_ok = k_pos < seq_len
-        k_tok = (start + k_pos).to(tl.int64)
-        k = tl.load(_rows(k_ptr, k_tok, kv_head, stride_kt, stride_kh, d), mask=k_ok[:, None], other=0.0)
-        v = tl.load(_rows(v_ptr, k_tok, kv_head, stride_vt, stride_vh, d), mask=k_ok[:, None], other=0.0)
+        k_pos, k_ok, k_tok = _tile_rows(start, seq_len, tile_start, BN)
+        k = _load_rows(k_ptr, k_tok, kv_head, stride_kt, stride_kh, d, k_ok)
+        v = _load_rows(v_ptr, k_tok, kv_head, stride_vt, stride_vh, d, k_ok)
         dk = tl.zeros([BN, HEAD_DIM], tl.float32)
         dv = tl.zeros([BN, HEAD_DIM], tl.float32)
         for g in range(GROUP):
@@ -176,8 +183,8 @@ if triton is not None:
                 rows = i * BM + tl.arange(0, BM)
                 row_ok = rows < seq_len
                 tok = (start + rows).to(tl.int64)
-                qq = tl.load(_rows(q_ptr, tok, head, stride_qt, stride_qh, d), mask=row_ok[:, None], other=0.0)
-                do = tl.load(_rows(do_ptr, tok, head, stride_dt, stride_dh, d), mask=row_ok[:, None], other=0.0)
+                qq = _load_rows(q_ptr, tok, head, stride_qt, stride_qh, d, row_ok)
+                do = _load_rows(do_ptr, tok, head, stride_dt, stride_dh, d, row_ok)
                 lse2 = tl.load(lse_ptr + tok * n_heads + head, mask=row_ok, other=0.0) * _LOG2E
                 delta = tl.load(delta_ptr + tok * n_heads + head, mask=row_ok, other=0.0)
                 st = dot(k, tl.trans(qq), None, IEEE)
