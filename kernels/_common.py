@@ -17,6 +17,7 @@ import contextvars
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 try:
     import triton
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover - pyproject installs triton on Linux x86
     triton = tl = None
 
 CPU_ROW_TILE = 32
+LOG2E = 1.4426950408889634  # log2(e): exp(x) == exp2(x * LOG2E), ln(x) == log2(x) / LOG2E
 
 _INVARIANT = contextvars.ContextVar("onpolicy_invariant", default=True)
 
@@ -55,15 +57,28 @@ def require_triton(op: str) -> None:
         raise RuntimeError(f"kernels.{op}: triton is not installed")
 
 
+FLOATS = (torch.float32, torch.bfloat16, torch.float16)
+
+
 def check(cond: bool, op: str, msg: str) -> None:
+    """Every argument check of every op goes through here: ValueError("kernels.<op>: <msg>")."""
     if not cond:
         raise ValueError(f"kernels.{op}: {msg}")
 
 
-def check_float(op: str, name: str, t: torch.Tensor, dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16, torch.float16)) -> None:
+def check_tensor(op: str, name: str, t, dtypes: Sequence[torch.dtype] = FLOATS) -> None:
+    """`t` is a torch.Tensor with a dtype in `dtypes`."""
     check(isinstance(t, torch.Tensor), op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
     allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
     check(t.dtype in dtypes, op, f"{name} has dtype {str(t.dtype).replace('torch.', '')}; allowed: {allowed}")
+
+
+def check_in_range(op: str, name: str, t: torch.Tensor, lo: int, hi: int, what: str) -> None:
+    """Values of integer `t` lie in [lo, hi): one host sync, skipped while a CUDA graph is being captured."""
+    if t.numel() == 0 or (t.is_cuda and torch.cuda.is_current_stream_capturing()):
+        return
+    vmin, vmax = torch.stack([t.min(), t.max()]).tolist()
+    check(vmin >= lo and vmax < hi, op, f"{name} must lie in [{lo}, {hi}) ({what}), got values in [{vmin}, {vmax}]")
 
 
 def check_same_device(op: str, **tensors: torch.Tensor) -> None:
@@ -72,7 +87,7 @@ def check_same_device(op: str, **tensors: torch.Tensor) -> None:
 
 
 def pad_rows(x: torch.Tensor, tile: int = CPU_ROW_TILE) -> torch.Tensor:
-    """Zero-pad dim 0 of a 2-D tensor up to a multiple of `tile`."""
+    """Zero-pad dim 0 of `x` up to a multiple of `tile` (at least one tile)."""
     m = x.shape[0]
     padded = -(-m // tile) * tile if m else tile
     if padded == m:
@@ -82,13 +97,35 @@ def pad_rows(x: torch.Tensor, tile: int = CPU_ROW_TILE) -> torch.Tensor:
     return out
 
 
-def cpu_row_tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = CPU_ROW_TILE) -> torch.Tensor:
-    """Apply `fn` to fixed-shape [tile, ...] row blocks of 2-D `x` and stitch the rows back.
+def cpu_row_tiled(fn: Callable[..., torch.Tensor], *xs: torch.Tensor, tile: int = CPU_ROW_TILE) -> torch.Tensor:
+    """Apply `fn` to fixed-shape [tile, ...] blocks of the tensors `xs` (one dim-0 size) and stitch the rows back.
 
-    `fn` must map a [tile, ...] block to a [tile, ...] block row by row; every call sees the same shape, so
-    a row's result does not depend on how many rows (or which) came with it.
+    `fn(*blocks)` must map [tile, ...] blocks to a [tile, ...] block row by row; every call sees the same
+    shapes, so a row's result does not depend on how many rows (or which) came with it.
     """
-    m = x.shape[0]
-    xp = pad_rows(x.contiguous(), tile)
-    outs = [fn(xp[i : i + tile]) for i in range(0, xp.shape[0], tile)]
+    m = xs[0].shape[0]
+    padded = [pad_rows(x.contiguous(), tile) for x in xs]
+    outs = [fn(*(x[i : i + tile] for x in padded)) for i in range(0, padded[0].shape[0], tile)]
     return torch.cat(outs, 0)[:m]
+
+
+def tree_sum_last(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last dim by pairwise halving (zero padded to a power of two): elementwise adds in one fixed
+    order per row, whatever the row count, the row's position or the thread count (torch.sum's split is not)."""
+    width = 1 << max(x.shape[-1] - 1, 0).bit_length()
+    if width != x.shape[-1]:
+        x = F.pad(x, (0, width - x.shape[-1]))
+    while x.shape[-1] > 1:
+        half = x.shape[-1] // 2
+        x = x[..., :half] + x[..., half:]
+    return x[..., 0]
+
+
+if triton is not None:
+
+    @triton.jit
+    def dot(a, b, acc, IEEE: tl.constexpr):
+        """tl.dot(a, b, acc) (acc may be None); IEEE (fp32 inputs) keeps exact fp32 products, no TF32."""
+        if IEEE:
+            return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onpolicy.kernels._common import check, check_float, check_same_device, is_invariant, require_triton, tl, triton, use_triton
+from onpolicy.kernels._common import (check, check_same_device, check_tensor, is_invariant, require_triton, tl, triton,
+                                      use_triton)
 
 BLOCK_N = 1024
 
@@ -79,8 +80,8 @@ class _SiluMul(torch.autograd.Function):
 
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate, up [..., N] of one shape -> gate.dtype; batch invariant; autograd."""
-    check_float("silu_mul", "gate", gate)
-    check_float("silu_mul", "up", up)
+    check_tensor("silu_mul", "gate", gate)
+    check_tensor("silu_mul", "up", up)
     check(gate.shape == up.shape, "silu_mul", f"gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one shape")
     check(gate.dim() >= 1, "silu_mul", "gate and up must have at least 1 dim")
     check_same_device("silu_mul", gate=gate, up=up)

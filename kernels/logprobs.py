@@ -25,7 +25,8 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from onpolicy.kernels._common import check, check_float, check_same_device, is_invariant, require_triton, tl, triton, use_triton
+from onpolicy.kernels._common import (check, check_in_range, check_same_device, check_tensor, is_invariant,
+                                      require_triton, tl, tree_sum_last, triton, use_triton)
 from onpolicy.kernels.matmul import linear, tile_config
 
 # Rows of the LM head per step of token_logprobs (fixed; never derived from M). 151936 = 37 * 4096 + 384.
@@ -121,23 +122,11 @@ def _gemm_spans(M: int, V: int, hidden: torch.Tensor, gpu: bool, budget: int | N
     return spans if len(configs) == 1 else one
 
 
-def _cpu_row_sum(x: torch.Tensor) -> torch.Tensor:
-    """Row sums of x[M, C] by pairwise halving (zero-padded to a power of two): elementwise adds in one fixed
-    order per row, independent of M, of the row's position and of the thread count (torch.sum's split is not)."""
-    width = 1 << max(x.shape[-1] - 1, 0).bit_length()
-    if width != x.shape[-1]:
-        x = F.pad(x, (0, width - x.shape[-1]))
-    while x.shape[-1] > 1:
-        half = x.shape[-1] // 2
-        x = x[:, :half] + x[:, half:]
-    return x[:, 0]
-
-
 def _cpu_online_update(logits: torch.Tensor, m: torch.Tensor, s: torch.Tensor):
     """Fold fp32 chunk logits [M, C] into running (max, sum exp); max is exact, the sum a fixed tree."""
     m_new = torch.maximum(m, logits.amax(dim=-1))
     # exp is elementwise and measured equal on torch's vectorised and scalar-tail paths (unlike sigmoid)
-    return m_new, s * torch.exp(m - m_new) + _cpu_row_sum(torch.exp(logits - m_new[:, None]))
+    return m_new, s * torch.exp(m - m_new) + tree_sum_last(torch.exp(logits - m_new[:, None]))
 
 
 def _log_softmax_cpu(x: torch.Tensor) -> torch.Tensor:
@@ -158,8 +147,8 @@ def _check_temperature(op: str, temperature) -> float:
 
 
 def _check_head(op: str, hidden: torch.Tensor, weight: torch.Tensor) -> None:
-    check_float(op, "hidden", hidden)
-    check_float(op, "weight", weight)
+    check_tensor(op, "hidden", hidden)
+    check_tensor(op, "weight", weight)
     check(hidden.dim() == 2, op, f"hidden must be 2-D [M, H], got shape {tuple(hidden.shape)}")
     check(weight.dim() == 2 and weight.shape[0] > 0, op,
           f"weight must be 2-D [V, H] with V > 0, got shape {tuple(weight.shape)}")
@@ -170,14 +159,10 @@ def _check_head(op: str, hidden: torch.Tensor, weight: torch.Tensor) -> None:
 
 def _check_targets(hidden: torch.Tensor, targets: torch.Tensor, V: int, op: str = "token_logprobs") -> None:
     M = hidden.shape[0]
-    check(isinstance(targets, torch.Tensor), op, f"targets must be a torch.Tensor, got {type(targets).__name__}")
-    check(targets.dtype in (torch.int64, torch.int32), op, f"targets has dtype {targets.dtype}; allowed: int64, int32")
+    check_tensor(op, "targets", targets, (torch.int64, torch.int32))
     check(targets.shape == (M,), op, f"targets must have shape [M]=({M},), got {tuple(targets.shape)}")
     check_same_device(op, **{"hidden" if op == "token_logprobs" else "logits": hidden, "targets": targets})
-    capturing = targets.is_cuda and torch.cuda.is_current_stream_capturing()
-    if M and not capturing:  # the range check syncs (once); skipped inside CUDA-graph capture
-        lo, hi = torch.stack([targets.min(), targets.max()]).tolist()
-        check(lo >= 0 and hi < V, op, f"targets must lie in [0, V={V}), got values in [{lo}, {hi}]")
+    check_in_range(op, "targets", targets, 0, V, "the vocab size V")
 
 
 def log_softmax_reference(x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +183,7 @@ def token_logprobs_reference(hidden: torch.Tensor, weight: torch.Tensor, targets
 
 def log_softmax(x: torch.Tensor) -> torch.Tensor:
     """Row-wise log_softmax of x[M, V] -> fp32 [M, V]; batch invariant (fixed vocab chunks). No autograd."""
-    check_float("log_softmax", "x", x)
+    check_tensor("log_softmax", "x", x)
     check(x.dim() == 2 and x.shape[1] > 0, "log_softmax",
           f"x must be 2-D [M, V] with V > 0, got shape {tuple(x.shape)}")
     if not is_invariant():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onpolicy.kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
+from onpolicy.kernels._common import (FLOATS, check, check_same_device, check_tensor, cpu_row_tiled, dot, is_invariant, require_triton, tl,
                              triton, use_triton)
 from onpolicy.kernels import _gemm_tma
 
@@ -86,10 +86,7 @@ if triton is not None:
                 k_left = K - k0
                 a = tl.load(a_ptrs, mask=mask_m & (offs_k[None, :] < k_left), other=0.0)
                 b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & mask_n, other=0.0)
-            if IEEE:
-                acc = tl.dot(a, b, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(a, b, acc)
+            acc = dot(a, b, acc, IEEE)
             a_ptrs += BLOCK_K * stride_ak
             b_ptrs += BLOCK_K * stride_bk
         if HAS_BIAS:
@@ -192,7 +189,7 @@ def _mm_cpu(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) 
         out = torch.mm(block.float(), bf)
         return out if biasf is None else out + biasf
 
-    return cpu_row_tiled(tile_fn, a, MATMUL_CPU_TILE).to(out_dtype)
+    return cpu_row_tiled(tile_fn, a, tile=MATMUL_CPU_TILE).to(out_dtype)
 
 
 def _mm_invariant(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -242,23 +239,20 @@ class _Linear(torch.autograd.Function):
         return grad_x, grad_w, grad_b
 
 
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
 def _check_linear(x, weight, bias):
     if (bias is None and isinstance(x, torch.Tensor) and isinstance(weight, torch.Tensor)
-            and x.dtype in _FLOAT_DTYPES and x.dtype == weight.dtype and weight.dim() == 2 and x.dim() >= 1
+            and x.dtype in FLOATS and x.dtype == weight.dtype and weight.dim() == 2 and x.dim() >= 1
             and x.shape[-1] == weight.shape[1] and x.device == weight.device):
         return  # the common case, tested cheaply: the messages below are built only when something is off
-    check_float("linear", "x", x)
-    check_float("linear", "weight", weight)
+    check_tensor("linear", "x", x)
+    check_tensor("linear", "weight", weight)
     check(x.dim() >= 1, "linear", f"x must have shape [..., K], got {tuple(x.shape)}")
     check(weight.dim() == 2, "linear", f"weight must be 2-D [N, K], got shape {tuple(weight.shape)}")
     check(x.shape[-1] == weight.shape[1], "linear",
           f"x's last dim ({x.shape[-1]}) must equal weight.shape[1] (K={weight.shape[1]})")
     check(x.dtype == weight.dtype, "linear", f"x ({x.dtype}) and weight ({weight.dtype}) must have one dtype")
     if bias is not None:
-        check_float("linear", "bias", bias)
+        check_tensor("linear", "bias", bias)
         check(bias.shape == (weight.shape[0],), "linear",
               f"bias must have shape [N]=({weight.shape[0]},), got {tuple(bias.shape)}")
         check(bias.dtype == x.dtype, "linear", f"bias ({bias.dtype}) must have x's dtype ({x.dtype})")
@@ -280,8 +274,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a[M, K] @ b[K, N] -> [M, N] in a.dtype; batch invariant in M; autograd (plain torch backward)."""
-    check_float("matmul", "a", a)
-    check_float("matmul", "b", b)
+    check_tensor("matmul", "a", a)
+    check_tensor("matmul", "b", b)
     check(a.dim() == 2 and b.dim() == 2, "matmul",
           f"a and b must be 2-D ([M, K] and [K, N]), got {tuple(a.shape)} and {tuple(b.shape)}")
     check(a.shape[1] == b.shape[0], "matmul", f"a.shape[1] ({a.shape[1]}) must equal b.shape[0] ({b.shape[0]})")

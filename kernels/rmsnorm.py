@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from onpolicy.kernels._common import (check, check_float, check_same_device, cpu_row_tiled, is_invariant, require_triton, tl,
+from onpolicy.kernels._common import (check, check_same_device, check_tensor, cpu_row_tiled, is_invariant, require_triton, tl,
                              triton, use_triton)
 
 MAX_HIDDEN = 65536
@@ -90,8 +90,8 @@ class _RMSNorm(torch.autograd.Function):
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim of x[..., H] with weight[H] -> x.dtype; batch invariant; autograd."""
-    check_float("rms_norm", "x", x)
-    check_float("rms_norm", "weight", weight)
+    check_tensor("rms_norm", "x", x)
+    check_tensor("rms_norm", "weight", weight)
     check(x.dim() >= 1 and weight.dim() == 1 and x.shape[-1] == weight.shape[0], "rms_norm",
           f"x must be [..., H] and weight [H]; got x {tuple(x.shape)}, weight {tuple(weight.shape)}")
     check(0 < x.shape[-1] <= MAX_HIDDEN, "rms_norm", f"H={x.shape[-1]} must be in 1..{MAX_HIDDEN}")

@@ -5,7 +5,7 @@ is [cos(p * inv_freq) | sin(p * inv_freq)], each half head_dim // 2 wide. `rope(
 cache)` rotates every head of token t by position positions[t]:
     out = x * cos + rotate_half(x) * sin,  rotate_half(x) = [-x2, x1]
 Elementwise per token, so batch invariant by construction; the Triton kernel runs one program per token (all
-heads at once). The CPU path is the same torch math (exp/sin-free: only mul/add of fp32, which have no
+heads at once). The CPU path is `rope_reference` itself (only mul/add of fp32, which have no
 vectorised-vs-scalar differences). Backward wrt x is the inverse rotation (sin -> -sin), plain torch.
 Left out: partial rotary (rotary_dim < head_dim), rope scaling variants (YaRN, llama3), the GPT-J interleaved
 layout, bounds checks of positions on CUDA (they would force a host sync; CPU positions are checked).
@@ -16,10 +16,8 @@ import numbers
 
 import torch
 
-from onpolicy.kernels._common import check, check_same_device, is_invariant, require_triton, tl, triton, use_triton
-
-_FLOATS = (torch.float32, torch.bfloat16, torch.float16)
-
+from onpolicy.kernels._common import (check, check_in_range, check_same_device, check_tensor, is_invariant, require_triton,
+                                      tl, triton, use_triton)
 
 def rope_cache(max_positions: int, head_dim: int, theta: float, device="cpu") -> torch.Tensor:
     """fp32 [max_positions, head_dim]: cos(p * inv_freq) in the first half, sin in the second (HF formula)."""
@@ -73,26 +71,14 @@ def _rope_triton(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) 
     return y
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """fp32 x * [cos|cos] + rotate_half(x) * [sin|sin]; cos/sin are [T, 1, D/2]."""
-    half = x.shape[-1] // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
-
-
-def _rope_torch(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+def rope_reference(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """HF apply_rotary_pos_emb math (rotate_half) in fp32, cast to x.dtype; also the CPU path. `inverse`
+    rotates back (sin -> -sin): the backward wrt x."""
     half = x.shape[-1] // 2
     cs = cache[positions.long()]
-    cos, sin = cs[:, None, :half], cs[:, None, half:]
-    return _rotate(x.float(), cos, -sin if inverse else sin).to(x.dtype)
-
-
-def rope_reference(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
-    """HF apply_rotary_pos_emb math (rotate_half) in fp32, cast to x.dtype."""
-    half = x.shape[-1] // 2
-    cs = cache[positions.long()]
+    sin_half = -cs[:, half:] if inverse else cs[:, half:]
     cos = torch.cat([cs[:, :half], cs[:, :half]], -1)[:, None, :]
-    sin = torch.cat([cs[:, half:], cs[:, half:]], -1)[:, None, :]
+    sin = torch.cat([sin_half, sin_half], -1)[:, None, :]
     xf = x.float()
     rot = torch.cat([-xf[..., half:], xf[..., :half]], -1)
     return (xf * cos + rot * sin).to(x.dtype)
@@ -104,29 +90,25 @@ class _Rope(torch.autograd.Function):
         ctx.save_for_backward(positions, cache)
         if use_triton(x, positions, cache):
             return _rope_triton(x, positions, cache)
-        return _rope_torch(x, positions, cache)
+        return rope_reference(x, positions, cache)
 
     @staticmethod
     def backward(ctx, grad_y):
         positions, cache = ctx.saved_tensors
-        return _rope_torch(grad_y, positions, cache, inverse=True), None, None
+        return rope_reference(grad_y, positions, cache, inverse=True), None, None
 
 
 def _check_rope(x, positions, cache):
-    check(isinstance(x, torch.Tensor) and x.dtype in _FLOATS, "rope",
-          f"x must be a float32/bfloat16/float16 tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    check_tensor("rope", "x", x)
     check(x.dim() == 3 and x.shape[-1] % 2 == 0, "rope", f"x must be [T, heads, D] with even D, got {tuple(x.shape)}")
-    check(isinstance(positions, torch.Tensor) and positions.dtype in (torch.int32, torch.int64), "rope",
-          f"positions must be an int32/int64 tensor, got {getattr(positions, 'dtype', type(positions).__name__)}")
+    check_tensor("rope", "positions", positions, (torch.int32, torch.int64))
     check(positions.shape == (x.shape[0],), "rope", f"positions must be [T]=({x.shape[0]},), got {tuple(positions.shape)}")
-    check(isinstance(cache, torch.Tensor) and cache.dtype == torch.float32 and cache.dim() == 2, "rope",
-          "cache must be the fp32 [max_positions, head_dim] tensor from rope_cache")
-    check(cache.shape[1] == x.shape[-1], "rope", f"cache head_dim ({cache.shape[1]}) must equal x's D ({x.shape[-1]})")
+    check_tensor("rope", "cache", cache, (torch.float32,))
+    check(cache.dim() == 2 and cache.shape[1] == x.shape[-1], "rope",
+          f"cache must be the [max_positions, head_dim={x.shape[-1]}] table from rope_cache, got {tuple(cache.shape)}")
     check_same_device("rope", x=x, positions=positions, cache=cache)
-    if not positions.is_cuda and positions.numel():
-        lo, hi = int(positions.min()), int(positions.max())
-        check(lo >= 0 and hi < cache.shape[0], "rope",
-              f"positions must lie in [0, {cache.shape[0]}) (cache max_positions), got range [{lo}, {hi}]")
+    if not positions.is_cuda:  # on CUDA the range check would sync the host every layer
+        check_in_range("rope", "positions", positions, 0, cache.shape[0], "cache max_positions")
 
 
 def rope(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:

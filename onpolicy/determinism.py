@@ -14,14 +14,27 @@ import random
 import torch
 
 CUBLAS_WORKSPACE = ":4096:8"
-# Fixed CPU thread count: the CPU kernels are invariant for any fixed count (tested); one thread was ~3x faster
-# than two for the tiny models the CPU path serves (many small fixed-shape GEMMs). A fixed count
-# also makes run-to-run results independent of the machine's core count.
+# torch's CPU thread count. Results do not depend on it (tests/invariance/test_thread_invariance.py), so this is
+# a speed choice only. 1, measured on the 2-core CPU machine (shared, load ~3): the tiny default's 8 steps took
+# 25 s with 1 thread and 395 s with 2 (libgomp's spin-waiting threads fight for the cores); with
+# OMP_WAIT_POLICY=PASSIVE set before torch is imported, 2 threads were ~5% slower than 1 (tiny GEMMs).
+# -1 uses all cores.
 DEFAULT_CPU_THREADS = 1
 
 
+def all_cpu_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; os.cpu_count() where that is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS/Windows
+        return os.cpu_count() or 1
+
+
 def enable(seed: int | None = 0, cpu_threads: int | None = DEFAULT_CPU_THREADS) -> None:
-    """Turn on every determinism switch; idempotent. `seed=None` leaves RNGs alone."""
+    """Turn on every determinism switch; idempotent. `seed=None` leaves RNGs alone.
+
+    `cpu_threads`: torch's intra-op thread count; -1 = all cores, None = leave it. Results do not depend on
+    it: every CPU op of the model, its backward and the trainer's reductions give the same bits for any count."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -34,8 +47,10 @@ def enable(seed: int | None = 0, cpu_threads: int | None = DEFAULT_CPU_THREADS) 
     # Deterministic mode also NaN-fills every new allocation; our kernels never read unwritten memory (masked
     # loads), and the fill costs the engine a pass over each fresh buffer.
     torch.utils.deterministic.fill_uninitialized_memory = False
-    if cpu_threads is not None and torch.get_num_threads() != cpu_threads:
-        torch.set_num_threads(cpu_threads)
+    if cpu_threads is not None:
+        threads = all_cpu_cores() if cpu_threads == -1 else cpu_threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     if seed is not None:
         seed_everything(seed)
 

@@ -51,7 +51,7 @@ class DecodeGraphs:
         return AttentionMetadata(
             cu_seqlens_q=self.cu_seqlens_q[: bs + 1], seqlens_k=self.seqlens_k[:bs],
             block_table=self.block_table[:bs], kv_offsets=self.kv_offsets[:bs],
-            block_size=self.runner.block_size, slot_mapping=self.slot_mapping[:bs], max_seqlen_q=1)
+            block_size=self.runner.block_size, slot_mapping=self.slot_mapping[:bs])
 
     def _reset_pad(self, start: int, stop: int) -> None:
         self.input_ids[start:stop] = 0

@@ -66,7 +66,6 @@ class ModelRunner:
             kv_offsets=torch.zeros(len(chunks), dtype=torch.int32, device=dev),
             block_size=bs,
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            max_seqlen_q=max(c.num_tokens for c in chunks),
         )
         return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev), meta)
 

@@ -19,6 +19,7 @@ from torch.utils.checkpoint import checkpoint
 
 from onpolicy import kernels
 from onpolicy.model.config import ModelConfig
+from onpolicy.kernels.attention import TRAINING_BLOCK_SIZE
 from onpolicy.model.metadata import AttentionMetadata
 
 
@@ -109,7 +110,8 @@ class Attention(nn.Module):
         q = kernels.rope(q, positions, rope_table)
         k = kernels.rope(k, positions, rope_table)
         if kv_cache is None:
-            out = kernels.attention_varlen(q, k, v, meta.cu_seqlens_q, scale=self.scale)
+            out = kernels.attention_varlen(q, k, v, meta.cu_seqlens_q, scale=self.scale,
+                                           metadata=(meta.seqlens_k, meta.block_table, meta.kv_offsets))
         else:
             k_cache, v_cache = kv_cache
             k_cache.index_copy_(0, meta.slot_mapping, k)
@@ -199,8 +201,9 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
-        """input_ids/positions [T] -> hidden [T, H]. No data-dependent checks (CUDA-graph safe): positions
-        must be < max_position_embeddings and slots must lie in the caches."""
+        """input_ids/positions [T] -> hidden [T, H]. `meta` is validated once here (one host sync, skipped
+        during CUDA-graph capture); positions must be < max_position_embeddings and slots must lie in the
+        caches (not checked)."""
         self._check_inputs(input_ids, positions, meta, kv_caches)
         rope_table = self.rope_table(input_ids.device)
         h = F.embedding(input_ids, self.model.embed_tokens.weight)
@@ -228,6 +231,9 @@ class CausalLM(nn.Module):
             bad(f"positions must be an int32/int64 tensor of input_ids' shape {tuple(input_ids.shape)}")
         if not isinstance(meta, AttentionMetadata):
             bad(f"meta must be an AttentionMetadata, got {type(meta).__name__}")
+        if kv_caches is None and meta.block_size != TRAINING_BLOCK_SIZE:
+            bad("training mode (kv_caches=None) needs AttentionMetadata.for_training(cu_seqlens)")
+        meta.validate(input_ids.shape[0])
         if kv_caches is None:
             return
         n_layers = self.config.num_hidden_layers

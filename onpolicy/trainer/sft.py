@@ -3,7 +3,9 @@
 The loss is -mean over completion tokens of the model's own training forward (`sequence_logprobs`, the packed
 varlen path the RL trainer uses), so SFT exercises exactly the kernels RL does. Batches are drawn from the
 examples with a seeded RNG; the result is cached under `cache_dir/sft-<hash>` (hash of the model config, the
-initial weights, the data and every SFT setting), so a second run with the same settings loads it instead.
+initial weights, the data, every SFT setting and `numerics_fingerprint`: torch build, CPU capability, device,
+kernel/model source), so a second run with the same settings loads it instead. Thread-count free: the loss
+sum is a fixed-order reduction (`onpolicy.trainer.reductions.fixed_sum`).
 Left out: packing several examples per row, LR schedules, evaluation during SFT, LoRA.
 """
 from __future__ import annotations
@@ -25,11 +27,36 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+# Source files whose code decides the warm-start's bits (kernels, model, this loop and its reductions).
+_SOURCES = ("onpolicy.kernels", "onpolicy.model", "onpolicy.trainer.sft", "onpolicy.trainer.reductions")
+
+
+def numerics_fingerprint(device: torch.device) -> dict:
+    """What a trained weight's bits depend on besides the config, data and seed: torch build, CPU kernel set
+    (MKL picks its code path by CPU capability), device type, and a hash of the code in `_SOURCES`. Not the
+    torch thread count: every CPU op is thread invariant (tests/invariance/test_thread_invariance.py)."""
+    import importlib
+    from pathlib import Path
+
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        mod = importlib.import_module(name)
+        path = Path(mod.__file__)
+        files = sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]
+        for f in files:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "device": torch.device(device).type, "cuda": torch.version.cuda, "source": h.hexdigest()}
+
+
 def sft_cache_key(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]], **settings) -> str:
     h = hashlib.sha256()
     cfg = getattr(model, "config", None)
     cfg_dict = cfg.__dict__ if cfg is not None and hasattr(cfg, "__dict__") else {}
-    h.update(json.dumps({"config": cfg_dict, "settings": settings}, sort_keys=True, default=str).encode())
+    device = next(model.parameters()).device
+    h.update(json.dumps({"config": cfg_dict, "settings": settings, "numerics": numerics_fingerprint(device)},
+                        sort_keys=True, default=str).encode())
     h.update(weights_digest(model).encode())
     h.update(json.dumps([prompts, completions]).encode())
     return h.hexdigest()[:16]
@@ -57,6 +84,7 @@ def sft_warmup(model: torch.nn.Module, prompts: list[list[int]], completions: li
     if steps == 0:
         return {"sft/steps": 0, "sft/cached": False}
     from onpolicy.model import sequence_logprobs
+    from onpolicy.trainer.reductions import fixed_sum
 
     path = None
     if cache_dir is not None:
@@ -80,7 +108,7 @@ def sft_warmup(model: torch.nn.Module, prompts: list[list[int]], completions: li
         idx = [rng.randrange(len(prompts)) for _ in range(batch_size)]
         lps = sequence_logprobs(model, [prompts[i] for i in idx], [completions[i] for i in idx], temperature=1.0)
         flat = torch.cat(lps)
-        loss = -flat.mean()
+        loss = -fixed_sum(flat) / flat.numel()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

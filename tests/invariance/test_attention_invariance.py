@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from onpolicy.kernels import attention, attention_varlen
-from onpolicy.kernels.attention import _attention_triton
+from onpolicy.kernels.attention import TRAINING_BLOCK_SIZE, training_metadata
+from onpolicy.kernels.attention_triton import attention_forward_triton
 
 BLOCK_SIZE = 16
 
@@ -66,8 +67,10 @@ def _case(lens, hq, hkv, d, dtype, device, seed):
     return [_rand((t, h, d), dtype, device, gen) for h in (hq, hkv, hkv)]
 
 
-def _check_all_callers(lens, hq, hkv, d, dtype, device, seed, decode=True, fn=attention, train_fn=None):
-    """Training output vs paged prefill, decode and chunked prefill: every token bitwise equal."""
+def _check_all_callers(lens, hq, hkv, d, dtype, device, seed, decode=True, fn=attention, train_fn=None,
+                       same=torch.equal):
+    """Training output vs paged prefill, decode and chunked prefill: every token `same` (bitwise equal unless
+    the caller passes a looser comparison)."""
     rng = random.Random(seed)
     q, k, v = _case(lens, hq, hkv, d, dtype, device, seed)
     cu = _cu(lens, device)
@@ -90,7 +93,7 @@ def _check_all_callers(lens, hq, hkv, d, dtype, device, seed, decode=True, fn=at
     out = cache.attend(torch.cat([seq(q, b, 0, lens[b]) for b in order]), order, [lens[b] for b in order], [lens[b] for b in order], fn)
     got = torch.split(out, [lens[b] for b in order])
     for i, b in enumerate(order):
-        assert torch.equal(got[i], seq(ref, b, 0, lens[b])), f"prefill differs for sequence {b} (len {lens[b]})"
+        assert same(got[i], seq(ref, b, 0, lens[b])), f"prefill differs for sequence {b} (len {lens[b]})"
 
     # 2. chunked prefill: random chunk sizes, prefix already cached, beyond-context slots still NaN
     cache = PagedCache(lens, hkv, d, dtype, device, rng)
@@ -104,7 +107,7 @@ def _check_all_callers(lens, hq, hkv, d, dtype, device, seed, decode=True, fn=at
         qs = torch.cat([seq(q, b, done[b], done[b] + c) for b, c in zip(ids, chunks)])
         out = cache.attend(qs, ids, chunks, [done[b] + c for b, c in zip(ids, chunks)], fn)
         for (b, c), o in zip(zip(ids, chunks), torch.split(out, chunks)):
-            assert torch.equal(o, seq(ref, b, done[b], done[b] + c)), f"chunked prefill differs: seq {b} at {done[b]}+{c}"
+            assert same(o, seq(ref, b, done[b], done[b] + c)), f"chunked prefill differs: seq {b} at {done[b]}+{c}"
             done[b] += c
 
     # 3. token-by-token decode (every sequence one token a step, the batch shrinking as sequences end)
@@ -116,8 +119,8 @@ def _check_all_callers(lens, hq, hkv, d, dtype, device, seed, decode=True, fn=at
                 cache.write(b, [step], seq(k, b, step, step + 1), seq(v, b, step, step + 1))
             out = cache.attend(torch.cat([seq(q, b, step, step + 1) for b in ids]), ids, [1] * len(ids), [step + 1] * len(ids), fn)
             want = ref[torch.tensor([starts[b] + step for b in ids], device=device)]
-            if not torch.equal(out, want):
-                bad = [b for i, b in enumerate(ids) if not torch.equal(out[i], want[i])]
+            if not same(out, want):
+                bad = [b for i, b in enumerate(ids) if not same(out[i], want[i])]
                 raise AssertionError(f"decode differs at position {step} for sequences {bad}")
 
 
@@ -158,7 +161,9 @@ def test_cpu_many_sequences_prefill_and_chunks():
 
 
 def test_triton_interpreter_callers_agree():
-    """The Triton kernel's masking/paging logic under TRITON_INTERPRET=1 (numpy dots): tiny shapes."""
+    """The Triton kernel's masking/paging logic under TRITON_INTERPRET=1, tiny shapes. The interpreter runs
+    tl.dot as numpy matmul, whose bits may depend on a query's row in its tile, so callers agree to within
+    rounding here; the bitwise proof is the CUDA test_gpu_training_prefill_decode_chunked."""
     if not torch.cuda.is_available():
         import os
 
@@ -166,15 +171,17 @@ def test_triton_interpreter_callers_agree():
             pytest.skip("needs TRITON_INTERPRET=1 on CPU")
 
     def fwd(q, k, v, cu, sk, bt, offs, bs):
-        return _attention_triton(q, k, v, cu, sk, bt, offs, bs, 0.125, False)[0]
+        return attention_forward_triton(q, k, v, cu, sk, bt, offs, bs, 0.125, False)[0]
 
     def train(q, k, v, cu):
-        from onpolicy.kernels.attention import training_metadata
-
         sk, bt, offs = training_metadata(cu)
-        return fwd(q, k, v, cu, sk, bt, offs, 64)
+        return fwd(q, k, v, cu, sk, bt, offs, TRAINING_BLOCK_SIZE)
 
-    _check_all_callers([3, 18], 2, 1, 64, torch.float32, "cpu", seed=3, decode=True, fn=fwd, train_fn=train)
+    def close(a, b):
+        return torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+    _check_all_callers([3, 18], 2, 1, 64, torch.float32, "cpu", seed=3, decode=True, fn=fwd, train_fn=train,
+                       same=close)
 
 
 # ------------------------------------------------------------------------------------------------- GPU

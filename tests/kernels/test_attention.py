@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from onpolicy.kernels import attention, attention_reference, attention_varlen, invariant_mode
-from onpolicy.kernels.attention import _attention_triton, training_metadata
-from onpolicy.kernels.attention_backward import _attention_backward_triton
+from onpolicy.kernels.attention import TRAINING_BLOCK_SIZE, check_attention_metadata, training_metadata
+from onpolicy.kernels.attention_triton import attention_backward_triton, attention_forward_triton
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 GRAD_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-3), torch.bfloat16: dict(atol=1e-1, rtol=5e-2)}
@@ -60,7 +60,7 @@ def _reference_grads(q, k, v, cu, do, scale=None):
     """fp32 reference forward + autograd (inputs upcast), for comparing both dtypes."""
     leaves = [t.detach().float().requires_grad_(True) for t in (q, k, v)]
     sk, bt, offs = training_metadata(cu)
-    out = attention_reference(*leaves, cu, sk, bt, offs, 64, scale)
+    out = attention_reference(*leaves, cu, sk, bt, offs, TRAINING_BLOCK_SIZE, scale)
     return (out,) + torch.autograd.grad(out, leaves, do.float())
 
 
@@ -146,7 +146,7 @@ TRITON_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 def test_triton_forward_paged_and_lse():
     (q, k, v), meta = _paged_case([3, 70], [3, 2], 2, 1, 64, torch.float32, device=TRITON_DEVICE, seed=1)
     scale = 1 / 8
-    out, lse = _attention_triton(q, k, v, *meta, scale, True)
+    out, lse = attention_forward_triton(q, k, v, *meta, scale, True)
     _close(out, attention_reference(q, k, v, *meta, scale), TOL[torch.float32])
     want = []  # logsumexp of the scaled, causally masked scores
     cu, ctx = meta[0].tolist(), meta[1].tolist()
@@ -165,9 +165,9 @@ def test_triton_backward_matches_reference():
     q, k, v = _packed(lens, 4, 2, 64, torch.float32, device=TRITON_DEVICE, seed=2)
     cu = _cu(lens, TRITON_DEVICE)
     sk, bt, offs = training_metadata(cu)
-    out, lse = _attention_triton(q, k, v, cu, sk, bt, offs, 64, 1 / 8, True)
+    out, lse = attention_forward_triton(q, k, v, cu, sk, bt, offs, TRAINING_BLOCK_SIZE, 1 / 8, True)
     do = torch.randn(out.shape, device=TRITON_DEVICE)
-    grads = _attention_backward_triton(q, k, v, out, lse, do, cu, 1 / 8)
+    grads = attention_backward_triton(q, k, v, out, lse, do, cu, 1 / 8)
     ref = _reference_grads(q, k, v, cu, do)
     _close(out, ref[0], TOL[torch.float32])
     for g, r in zip(grads, ref[1:]):
@@ -187,14 +187,11 @@ def _good():
     (lambda a: a.update(q=a["q"][..., :32], k=a["k"][..., :32], v=a["v"][..., :32]), "head_dim must be 64 or 128"),
     (lambda a: a.update(v=a["v"][:-1]), "k and v must have one shape"),
     (lambda a: a.update(q=a["q"][0]), "q must be 3-D"),
-    (lambda a: a.update(block_table=a["block_table"][:, :1]), "block_table too short"),
     (lambda a: a.update(block_table=a["block_table"][:1]), "block_table must have shape"),
-    (lambda a: a.update(seqlens_k=a["seqlens_k"].long()), "seqlens_k must be an int32"),
+    (lambda a: a.update(seqlens_k=a["seqlens_k"].long()), "seqlens_k has dtype int64; allowed: int32"),
     (lambda a: a.update(cu_seqlens_q=a["cu_seqlens_q"][:-1]), "cu_seqlens_q must have shape"),
     (lambda a: a.update(kv_offsets=a["kv_offsets"][:1]), "kv_offsets must have shape"),
-    (lambda a: a.update(seqlens_k=torch.tensor([3, 20], dtype=torch.int32)), "must be <= its seqlens_k"),
     (lambda a: a.update(block_size=0), "block_size must be a positive int"),
-    (lambda a: a.update(cu_seqlens_q=torch.tensor([0, 4, 6], dtype=torch.int32)), "end at q.shape"),
     (lambda a: a.update(k=a["k"].to("meta"), v=a["v"].to("meta")), "one device"),
 ])
 def test_attention_bad_input(change, match):
@@ -204,14 +201,37 @@ def test_attention_bad_input(change, match):
         attention(**args)
 
 
+@pytest.mark.parametrize("change,match", [
+    (lambda a: a.update(block_table=a["block_table"][:, :1]), "block_table too short"),
+    (lambda a: a.update(seqlens_k=torch.tensor([3, 20], dtype=torch.int32)), "must be <= its seqlens_k"),
+    (lambda a: a.update(cu_seqlens_q=torch.tensor([0, 4, 6], dtype=torch.int32)), "end at q.shape"),
+    (lambda a: a.update(cu_seqlens_q=torch.tensor([0, 4], dtype=torch.int32)), "metadata shapes"),
+])
+def test_attention_metadata_bad_values(change, match):
+    """Value checks run once where metadata is built (check_attention_metadata), not in every kernel call."""
+    args = _good()
+    change(args)
+    with pytest.raises(ValueError, match=match):
+        check_attention_metadata(args["cu_seqlens_q"], args["seqlens_k"], args["block_table"], args["block_size"],
+                                 args["q"].shape[0])
+
+
+def test_good_metadata_passes_and_training_metadata_needs_no_table():
+    args = _good()
+    check_attention_metadata(args["cu_seqlens_q"], args["seqlens_k"], args["block_table"], args["block_size"],
+                             args["q"].shape[0])
+    cu = _cu([3, 200, 1])
+    sk, bt, offs = training_metadata(cu)
+    assert sk.tolist() == [3, 200, 1] and offs.tolist() == [0, 3, 203] and bt.shape == (3, 1)
+    check_attention_metadata(cu, sk, bt, TRAINING_BLOCK_SIZE, 204)
+
+
 def test_attention_varlen_bad_input():
     q, k, v = _packed([3, 4], 4, 2, 64, torch.float32)
-    with pytest.raises(ValueError, match="cu_seqlens must be a 1-D int32"):
+    with pytest.raises(ValueError, match="cu_seqlens has dtype int64; allowed: int32"):
         attention_varlen(q, k, v, _cu([3, 4]).long())
     with pytest.raises(ValueError, match="as many tokens as q"):
         attention_varlen(q, k[:5], v[:5], _cu([3, 4]))
-    with pytest.raises(ValueError, match="end at q.shape"):
-        attention_varlen(q, k, v, _cu([3, 3]))
     with pytest.raises(ValueError, match="scale must be None or a positive float"):
         attention_varlen(q, k, v, _cu([3, 4]), scale=-1.0)
 

@@ -124,7 +124,7 @@ def test_empty_batch():
 def _bad_cases():
     h, w, t = _head(4, 300, 8, torch.float32)
     return [
-        ((h, w, torch.tensor([0, 1, 2, 300])), "targets must lie in \\[0, V=300\\)"),
+        ((h, w, torch.tensor([0, 1, 2, 300])), "targets must lie in \\[0, 300\\) \\(the vocab size V\\)"),
         ((h, w, torch.tensor([0, -1, 2, 3])), "targets must lie in"),
         ((h, w, t[:3]), "targets must have shape \\[M\\]"),
         ((h, w, t.float()), "targets has dtype"),

