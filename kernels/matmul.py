@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onpolicy.kernels._common import (FLOATS, check, check_same_device, check_tensor, cpu_row_tiled, dot, is_invariant, require_triton, tl,
+from onpolicy.kernels._common import (FLOATS, check, check_same_device, check_tensor, cpu_row_tiled, is_invariant, require_triton, tl,
                              triton, use_triton)
 from onpolicy.kernels import _gemm_tma
 
@@ -53,6 +53,7 @@ def tile_config(dtype: torch.dtype, K: int, N: int) -> dict:
 
 
 if triton is not None:
+    from onpolicy.kernels._common import dot
 
     @triton.jit
     def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K,
