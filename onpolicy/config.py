@@ -164,9 +164,21 @@ class TrainerArgs(Section):
         self._check(not isinstance(self.resume, str) or bool(self.resume.strip()), "resume",
                     "true/false or a checkpoint path")
         self._check(self.keep_checkpoints >= 1, "keep_checkpoints", "an int >= 1")
+        self._check(self.micro_batch_tokens is None or self.micro_batch_tokens >= 1, "micro_batch_tokens",
+                    "null or an int >= 1")
+        self._check(self.mini_batches >= 1, "mini_batches", "an int >= 1")
+        self._check(self.prompts_per_step % self.mini_batches == 0, "mini_batches",
+                    f"a divisor of prompts_per_step ({self.prompts_per_step}): mini-batches hold whole groups")
+        self._check(self.num_iterations >= 1, "num_iterations", "an int >= 1")
 
     # trainer helper (issue 8) -- for the coordinator to port into the new config:
     keep_checkpoints: int = _f(2, "checkpoints kept on disk (the newest N); the final policy is always saved")
+    # trainer helper (issue 10, "real") -- for the coordinator to port into the new config:
+    micro_batch_tokens: int | None = _f(None, "token budget (prompt + completion) of one forward/backward; "
+                                        "null = the whole mini-batch at once")
+    mini_batches: int = _f(1, "optimizer steps per pass over the rollout batch (whole groups each)")
+    num_iterations: int = _f(1, "passes over each rollout batch (PPO epochs); updates = mini_batches * this")
+    activation_checkpointing: bool = _f(False, "recompute each decoder layer in the backward (less memory)")
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Build everything one RL run needs from an ExperimentConfig: model, tokenizer, data, SFT warm-start,
-reference model, optimizer, engine, logger, and the resumed state.
+reference model, optimizer (fp32 masters), engine (KV cache sized next to the trainer), logger, and the resumed state.
 
 Order matters for clear errors: the config is validated at construction, rewards and data are checked before
 any model is built, and every check runs before compute. The SFT warm-start runs (or loads from its cache)
@@ -26,7 +26,7 @@ class Run:
     model: torch.nn.Module
     tokenizer: Any
     llm: Any
-    optimizer: torch.optim.Optimizer
+    optimizer: Any                    # onpolicy.trainer.precision.MasterWeightAdamW
     params: list
     ref_model: torch.nn.Module | None
     prompts: Any                      # onpolicy.data.PromptIterator
@@ -121,6 +121,8 @@ def build_run(cfg, log=print) -> Run:
     from onpolicy.engine import LLM, EngineConfig
     from onpolicy.logging import RunLogger
     from onpolicy.rewards import check_rewards
+    from onpolicy.trainer.memory import kv_cache_blocks
+    from onpolicy.trainer.precision import MasterWeightAdamW
     from onpolicy.trainer.resume import check_resume_config, resume_run, trim_metrics
 
     t0 = time.perf_counter()
@@ -143,10 +145,11 @@ def build_run(cfg, log=print) -> Run:
     if t.beta > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    model.activation_checkpointing = t.activation_checkpointing
+    optimizer = MasterWeightAdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
     e = cfg.engine
     llm = LLM(model, tokenizer, EngineConfig(
-        block_size=e.block_size, num_blocks=e.num_blocks, max_num_seqs=e.max_num_seqs,
+        block_size=e.block_size, num_blocks=kv_cache_blocks(cfg, model, device), max_num_seqs=e.max_num_seqs,
         max_num_batched_tokens=e.max_num_batched_tokens, enable_prefix_caching=e.enable_prefix_caching,
         invariant=t.invariant, use_cuda_graphs=e.use_cuda_graphs, seed=t.seed))
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
