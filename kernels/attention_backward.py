@@ -5,7 +5,8 @@ Forward: `kernels.attention`'s kernel with packed metadata (`kv_offsets = cu_seq
 Backward (CUDA): delta = rowsum(dO * O) in torch, then a dq kernel (one program per (query tile, q head), loop
 over key tiles) and a dk/dv kernel (one program per (key tile, kv head), loops over the q heads of its group
 and the query tiles) -- no atomics, so run-to-run deterministic. The backward is not batch invariant and need
-not be. CPU backward: autograd of `attention_reference` recomputed per sequence.
+not be. CPU backward: autograd of `attention_reference` recomputed per sequence. `invariant_mode(False)`: torch's flash
+varlen attention (CUDA, bf16/fp16) or causal SDPA per sequence -- never a padded [B, L, L] matrix.
 Left out: dropout, sliding windows, a fused (single-kernel) backward.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import triton.language as tl
 
 from onpolicy.kernels._common import check, is_invariant, use_triton
 from onpolicy.kernels.attention import (
-    BLOCK_K, LOG2E, _OP, _attention_cpu, _attention_triton, _find_seq, _num_warps, attention_reference,
+    BLOCK_K, LOG2E, _OP, _attention_cpu, _attention_triton, _find_seq, _num_warps,
     check_attention_args, training_metadata,
 )
 
@@ -196,6 +197,43 @@ class _AttentionVarlen(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None
 
 
+def _flash_varlen(q, k, v, cu_seqlens, max_len: int, scale: float):
+    """torch.nn.attention.varlen.varlen_attn (flash, causal, differentiable) across its torch-version signatures."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    kwargs = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if "enable_gqa" in params:
+        kwargs["enable_gqa"] = True
+    elif k.shape[1] != q.shape[1]:
+        k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    if "scale" in params:
+        kwargs["scale"] = scale
+    else:
+        q = q * (scale * math.sqrt(q.shape[2]))
+    return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, **kwargs)
+
+
+def _attention_varlen_fast(q, k, v, cu_seqlens, scale: float):
+    """`invariant_mode(False)`: torch's fast defaults, no padding -- flash varlen on CUDA (bf16/fp16), else
+    causal SDPA per sequence (fp32 on the CPU). Not batch invariant; one host sync for the lengths."""
+    lens = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[2] <= 256:
+        try:
+            return _flash_varlen(q, k, v, cu_seqlens, max(lens, default=0), scale)
+        except (ImportError, TypeError):  # no varlen API in this torch build (or another signature)
+            pass
+    work = q.dtype if q.is_cuda else torch.float32
+    outs = []
+    for qb, kb, vb in zip(q.split(lens), k.split(lens), v.split(lens)):
+        qb, kb, vb = (t.to(work).transpose(0, 1)[None] for t in (qb, kb, vb))
+        ob = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, is_causal=True, scale=scale, enable_gqa=True)
+        outs.append(ob[0].transpose(0, 1).to(q.dtype))
+    return torch.cat(outs) if outs else torch.zeros_like(q)
+
+
 def attention_varlen(q, k, v, cu_seqlens, scale=None):
     """Causal attention over packed sequences q/k/v [T, H, D], cu_seqlens int32 [B+1]; differentiable."""
     check(isinstance(cu_seqlens, torch.Tensor) and cu_seqlens.dtype == torch.int32 and cu_seqlens.dim() == 1
@@ -208,5 +246,5 @@ def attention_varlen(q, k, v, cu_seqlens, scale=None):
     check_attention_args(q, k, v, cu_seqlens, *meta, BLOCK_K, scale)
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
     if not is_invariant():
-        return attention_reference(q, k, v, cu_seqlens, *meta, BLOCK_K, scale)
+        return _attention_varlen_fast(q, k, v, cu_seqlens, scale)
     return _AttentionVarlen.apply(q, k, v, cu_seqlens, *meta, scale)
