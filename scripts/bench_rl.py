@@ -111,6 +111,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
     from onpolicy.trainer.update import update_policy
 
     device = torch.device(args.device)
+    warmup, steps = (args.warmup, args.steps) if invariant else (args.default_warmup, args.default_steps)
     cfg = run_config(work, invariant, args)
     mc = model_config(work[0])
     with kernels.invariant_mode(invariant):
@@ -127,7 +128,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
         run = SimpleNamespace(cfg=cfg, device=device, model=model, optimizer=opt, llm=llm, ref_model=None,
                               params=params)
         peak, rows = PhasePeak(device), []
-        for step in range(args.warmup + args.steps):
+        for step in range(warmup + steps):
             peak.start()
             t0 = time.perf_counter()
             with torch.no_grad():
@@ -145,7 +146,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    timed = rows[args.warmup:]
+    timed = rows[warmup:]
     mean = lambda k: sum(r[k] for r in timed) / len(timed)  # noqa: E731
     peaks = [r[k] for r in rows for k in ("sample_peak_gib", "train_peak_gib") if r[k] is not None]
     return {"workload": name, "system": "invariant" if invariant else "default", "sample_s": mean("sample_s"),
@@ -217,6 +218,8 @@ def main(argv=None) -> int:
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of invariant,default,trl")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per system (default 2; quick 1)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per system (default 1; quick 0)")
+    ap.add_argument("--default-steps", type=int, default=None, help="timed steps of invariant: false (default --steps)")
+    ap.add_argument("--default-warmup", type=int, default=None, help="its untimed steps (default --warmup)")
     ap.add_argument("--micro-batch-tokens", type=int, default=16384)
     ap.add_argument("--no-checkpointing", action="store_true", help="trainer.activation_checkpointing: false")
     ap.add_argument("--time-budget", type=float, default=None, help="skip measurements that start after N s")
@@ -224,6 +227,8 @@ def main(argv=None) -> int:
     args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     args.steps = args.steps if args.steps is not None else (1 if args.quick else 2)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
+    args.default_steps = args.steps if args.default_steps is None else args.default_steps
+    args.default_warmup = args.warmup if args.default_warmup is None else args.default_warmup
     pool = QUICK_WORKLOADS if args.quick else WORKLOADS
     names = args.workloads.split(",") if args.workloads else list(pool)
     bad = [n for n in names if n not in pool]
@@ -248,6 +253,7 @@ def main(argv=None) -> int:
                 results.append(row)
             meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                     "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup,
+                    "default_steps": args.default_steps, "default_warmup": args.default_warmup,
                     "micro_batch_tokens": args.micro_batch_tokens, "checkpointing": not args.no_checkpointing,
                     "prompt_len": PROMPT_LEN, "skipped": skipped}
             with open(os.path.join(args.out, "bench_rl.json"), "w") as f:
