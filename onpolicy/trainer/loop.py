@@ -71,6 +71,14 @@ def rl_step(run: Run, step: int) -> dict:
     }
 
 
+def _last_saved(run: Run) -> str | None:
+    """The policy directory of the newest checkpoint on disk (None if there is none)."""
+    from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root, list_checkpoints
+
+    done = list_checkpoints(checkpoint_root(run.cfg))
+    return f"{done[-1][1]}/{POLICY_DIR}" if done else None
+
+
 def _run_steps(run: Run, history: list[dict], log) -> int | None:
     """The step loop; returns the last step saved (None if none). NonFiniteError: the step's metrics are
     logged, the last good policy saved (prompt position rewound to before the bad step), then it re-raises."""
@@ -85,6 +93,8 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
             history.append(e.metrics)
             run.logger.log(e.metrics, step=step + 1)
             run.prompts.load_state_dict(prompt_state)
+            if getattr(e, "partial", False):  # some updates of the step applied: the weights in memory are not good
+                raise NonFiniteError(e.step, e.what, e.metrics, saved=_last_saved(run)) from None
             path = save_checkpoint(run, step)
             raise NonFiniteError(e.step, e.what, e.metrics, saved=f"{path}/policy") from None
         history.append(metrics)

@@ -14,10 +14,12 @@ later updates clip for real. With `invariant: false` and one update per batch th
 logprobs are the old policy (as TRL); with several updates the sampler's (as verl's rollout-logprob mode;
 `tis_cap` corrects the mismatch). Parity metrics cover update 1's sequences (the first mini-batch): after it the
 weights are no longer the sampler's. Non-finite logprobs, loss or gradient norm raise `NonFiniteError` before
-that update's optimizer step (earlier updates of the step stay applied in memory; `train()` saves the policy of
-the previous step). Metrics: loss, grad_norm, loss/* are means over the updates; with several updates also
+that update's optimizer step; when earlier updates of the step were applied (`e.partial`), `train()` saves
+nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means over the updates; with several updates also
 `train/updates` and `loss/clip_frac_last`, `loss/ratio_mean_last`. Left out: shuffling between iterations,
-cross-rank gradient reduction, micro-batch-size-independent weight gradients (fixed-order chunked reduction).
+cross-rank gradient reduction, micro-batch-size-independent weight gradients (fixed-order chunked reduction):
+they differ by fp32 rounding (tiny default: relative L2 ~1.5e-7 between 1-sequence micro-batches and one
+batch; ~3.5e-3 with a bf16 model, whose per-micro-batch weight grads are rounded to bf16 before the fp32 sum).
 """
 from __future__ import annotations
 
@@ -155,6 +157,11 @@ def update_policy(run, scored: ScoredBatch, step: int) -> dict:
             per_update.append(_one_update(run, scored, upd, len(schedule), first, metrics))
             if upd.on_policy:
                 metrics.update(first.metrics())
+    except NonFiniteError as e:
+        e.partial = bool(per_update)  # earlier updates of this step are applied: the weights are not the last good
+        if e.partial:
+            e.what += f" (update {len(per_update) + 1} of {len(schedule)}; updates 1-{len(per_update)} were applied)"
+        raise
     finally:
         run.optimizer.zero_grad()
         run.llm.reset_prefix_cache()

@@ -162,3 +162,26 @@ def test_bf16_lr_1e6_moves_every_master_weight(tiny_cfg):
 def test_memory_metrics_absent_on_cpu(tiny_cfg):
     m, _, _ = _one_step(tiny_cfg, "mem")
     assert not any(k.startswith("memory/") for k in m)
+
+
+def test_nan_in_a_later_update_saves_no_half_updated_policy(tiny_cfg, monkeypatch):
+    """Update 2 of 2 gets a NaN gradient norm: update 1 is already applied, so train() must not save the
+    weights in memory as 'the last good policy'; it points at the last checkpoint (none here)."""
+    from onpolicy.trainer import train
+    from onpolicy.trainer.checkpoint import checkpoint_root, list_checkpoints
+    from onpolicy.trainer.health import NonFiniteError
+
+    calls = {"n": 0}
+    real = torch.nn.utils.clip_grad_norm_
+
+    def patched(params, max_norm):
+        calls["n"] += 1
+        norm = real(params, max_norm)
+        return norm * float("nan") if calls["n"] == 2 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", patched)
+    cfg = tiny_cfg("nan2", **{"trainer.mini_batches": 2, "trainer.steps": 2})
+    with pytest.raises(NonFiniteError, match=r"step 1: gradient norm \(update 2 of 2; updates 1-1 were applied\)")\
+            as e:
+        train(cfg, log=lambda *a: None)
+    assert e.value.saved is None and list_checkpoints(checkpoint_root(cfg)) == []
