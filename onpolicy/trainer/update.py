@@ -18,8 +18,9 @@ that update's optimizer step; when earlier updates of the step were applied (`e.
 nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means over the
 updates; with several updates also `train/updates`, `loss/clip_frac_last` and `loss/ratio_mean_last`.
 Left out: shuffling between iterations, cross-rank gradient reduction, micro-batch-size-independent weight
-gradients (fixed-order chunked reduction): they differ by fp32 rounding (tiny default: relative L2 ~1.5e-7 between 1-sequence micro-batches and one
-batch; ~3.5e-3 with a bf16 model, whose per-micro-batch weight grads are rounded to bf16 before the fp32 sum).
+gradients (fixed-order chunked reduction): they differ by fp32 rounding (tiny default: relative L2 ~1.5e-7
+between 1-sequence micro-batches and one batch; ~3.5e-3 with a bf16 model, whose per-micro-batch weight grads
+are rounded to bf16 before the fp32 sum).
 """
 from __future__ import annotations
 
