@@ -30,11 +30,11 @@ def step_tokens(cfg) -> int:
 
 def activation_bytes(mc, tokens: int, checkpointing: bool, elem: int) -> int:
     """Upper estimate of the autograd activations of a `tokens`-token forward (per-layer saved tensors: norms,
-    q/k/v, attention out, MLP gate/up/act; checkpointing keeps each layer's input plus one layer's worth)."""
+    q/k/v, attention out, MLP gate/up/act; checkpointing keeps each layer's input plus the layer being recomputed)."""
     qkv = (mc.num_attention_heads + 2 * mc.num_key_value_heads) * mc.head_dim
     per_layer = tokens * elem * (6 * mc.hidden_size + 2 * qkv + 4 * mc.intermediate_size)
     if checkpointing:
-        return mc.num_hidden_layers * tokens * mc.hidden_size * elem + 2 * per_layer
+        return mc.num_hidden_layers * tokens * mc.hidden_size * elem + per_layer
     return mc.num_hidden_layers * per_layer
 
 
