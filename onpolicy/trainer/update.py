@@ -73,8 +73,9 @@ class _FirstUpdate:
         if self.run.cfg.trainer.strict_onpolicy:
             mm = first_mismatch(mb.sampler_logprobs, lps)
             if mm is not None:
-                mm = replace(mm, sequence=mm.sequence + offset)
-                raise OnPolicyViolation(mismatch_report(mm, self.step + 1, f"prompt {mb.prompt_ids[0]!r}; "))
+                prompt = mb.prompt_ids[mm.sequence]
+                mm = replace(mm, sequence=mm.sequence + offset)  # index in the step's rollout order
+                raise OnPolicyViolation(mismatch_report(mm, self.step + 1, f"prompt {prompt!r}; "))
 
     def metrics(self) -> dict:
         return parity_metrics(self.sampler, self.trainer)
