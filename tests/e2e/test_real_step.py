@@ -185,3 +185,20 @@ def test_nan_in_a_later_update_saves_no_half_updated_policy(tiny_cfg, monkeypatc
             as e:
         train(cfg, log=lambda *a: None)
     assert e.value.saved is None and list_checkpoints(checkpoint_root(cfg)) == []
+
+
+def test_default_ops_with_mini_batches_and_truncated_is(tiny_cfg):
+    """invariant: false with 2 updates (the sampler's logprobs as the old policy), truncated IS, micro-batches
+    and checkpointing: the step runs with finite metrics."""
+    from onpolicy.trainer.loop import rl_step
+    from onpolicy.trainer.setup import build_run
+
+    cfg = tiny_cfg("fast", **{"trainer.invariant": False, "trainer.strict_onpolicy": False, "trainer.tis_cap": 2.0,
+                              "trainer.mini_batches": 2, "trainer.micro_batch_tokens": 64,
+                              "trainer.activation_checkpointing": True})
+    with kernels.invariant_mode(False):
+        run = build_run(cfg, log=lambda *a: None)
+        m = rl_step(run, 0)
+        run.logger.close()
+    assert m["train/updates"] == 2 and math.isfinite(m["loss"]) and m["grad_norm"] > 0
+    assert math.isfinite(m["onpolicy/kl"])
