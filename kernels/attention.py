@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from onpolicy.kernels._common import check, check_same_device, check_tensor, is_invariant, use_triton
+from onpolicy.kernels.attention_torch import attention_varlen_torch
 from onpolicy.kernels.attention_cpu import attention_backward_cpu, attention_forward_cpu
 from onpolicy.kernels.attention_triton import attention_backward_triton, attention_forward_triton
 
@@ -174,5 +175,5 @@ def attention_varlen(q, k, v, cu_seqlens, scale=None, metadata=None):
     check_attention_args(q, k, v, cu_seqlens, *meta, TRAINING_BLOCK_SIZE, scale)
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
     if not is_invariant():
-        return attention_reference(q, k, v, cu_seqlens, *meta, TRAINING_BLOCK_SIZE, scale)
+        return attention_varlen_torch(q, k, v, cu_seqlens, scale)
     return _AttentionVarlen.apply(q, k, v, cu_seqlens, *meta, scale)

@@ -12,7 +12,8 @@ into that row's (max, sum, target logit) state in place.
 CPU: the same chunked algorithm in torch; the sum of exp is a pairwise-halving tree of elementwise adds (one
 fixed order per row whatever M or the thread count); max is exact; only exp/log are used (elementwise).
 
-Backward of `token_logprobs` (autograd wrt hidden and weight) recomputes each chunk's logits with plain
+`invariant_mode(False)`: the same chunking with torch's default ops (F.linear, logsumexp), no [M, V] logits.
+Backward of `token_logprobs` (autograd wrt hidden and weight, both modes) recomputes each chunk's logits with plain
 `F.linear` and accumulates d_hidden in fp32 in fixed chunk order and d_weight chunk by chunk: deterministic,
 not batch invariant. Left out: fused GEMM + softmax kernel, logits with -inf entries (a row whose first
 chunk is all -inf gives NaN), label smoothing / ignore_index, entropy.
@@ -246,10 +247,26 @@ def _token_logprobs_forward(hidden, weight, targets, temperature, triton_update=
     return _fold_spans(spans, targets, M, hidden.device, gpu)
 
 
+def _token_logprobs_fast_forward(hidden, weight, targets, temperature):
+    """`invariant_mode(False)`: torch's default ops (cuBLAS GEMM, logsumexp) per VOCAB_CHUNK of the vocab --
+    never [M, V] logits. Not batch invariant. -> (logprobs fp32 [M], lse fp32 [M])."""
+    M = hidden.shape[0]
+    lse, tgt = None, torch.zeros(M, device=hidden.device)
+    for c0 in range(0, weight.shape[0], VOCAB_CHUNK):
+        logits = _scale_logits(F.linear(hidden, weight[c0 : c0 + VOCAB_CHUNK]), temperature)
+        part = torch.logsumexp(logits, dim=-1)
+        lse = part if lse is None else torch.logaddexp(lse, part)
+        rel = targets - c0
+        hit = (rel >= 0) & (rel < logits.shape[1])
+        tgt = torch.where(hit, logits.gather(1, rel.clamp(0, logits.shape[1] - 1)[:, None])[:, 0], tgt)
+    return tgt - lse, lse
+
+
 class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature):
-        out, lse = _token_logprobs_forward(hidden, weight, targets, temperature)
+    def forward(ctx, hidden, weight, targets, temperature, fast=False):
+        forward = _token_logprobs_fast_forward if fast else _token_logprobs_forward
+        out, lse = forward(hidden, weight, targets, temperature)
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature = temperature
         return out
@@ -275,7 +292,7 @@ class _TokenLogprobs(torch.autograd.Function):
                 d_hidden += (d_logits @ w_c).float()
             if need_w:
                 d_weight[c0 : c0 + VOCAB_CHUNK] = d_logits.t() @ hidden
-        return (d_hidden.to(hidden.dtype) if need_h else None), d_weight, None, None
+        return (d_hidden.to(hidden.dtype) if need_h else None), d_weight, None, None, None
 
 
 def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
@@ -288,6 +305,6 @@ def token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     temperature = _check_temperature("token_logprobs", temperature)
     check_same_device("token_logprobs", hidden=hidden, weight=weight)
     _check_targets(hidden, targets, weight.shape[0])
-    if not is_invariant():
-        return token_logprobs_reference(hidden, weight, targets, temperature)
-    return _TokenLogprobs.apply(hidden.contiguous(), weight.contiguous(), targets.long().contiguous(), temperature)
+    fast = not is_invariant()  # torch's default ops, chunked over the vocab (see _token_logprobs_fast_forward)
+    return _TokenLogprobs.apply(hidden.contiguous(), weight.contiguous(), targets.long().contiguous(), temperature,
+                                fast)

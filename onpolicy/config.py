@@ -113,6 +113,11 @@ class TrainerArgs(Section):
     seed: int = _f(0, "global seed (python/numpy/torch and sampling)", ge=0)
     save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)", ge=0)
     keep_checkpoints: int = _f(2, "checkpoints kept on disk (the newest N); the final policy is always saved", ge=1)
+    micro_batch_tokens: int | None = _f(None, "token budget (prompt + completion) of one forward/backward; "
+                                        "null = the whole mini-batch at once", ge=1)
+    mini_batches: int = _f(1, "optimizer steps per pass over the rollout batch (whole groups each)", ge=1)
+    num_iterations: int = _f(1, "passes over each rollout batch (PPO epochs); updates = mini_batches * this", ge=1)
+    activation_checkpointing: bool = _f(False, "recompute each decoder layer in the backward (less memory)")
     resume: bool | str = _f(False, "true = resume from <output_dir>/checkpoints/latest; a string = checkpoint path")
 
     def _validate(self):
@@ -128,6 +133,8 @@ class TrainerArgs(Section):
                     "false when trainer.invariant is false (the default ops are not bitwise on-policy)")
         self._check(not isinstance(self.resume, str) or bool(self.resume.strip()), "resume",
                     "true/false or a checkpoint path")
+        self._check(self.prompts_per_step % self.mini_batches == 0, "mini_batches",
+                    f"a divisor of prompts_per_step ({self.prompts_per_step}): mini-batches hold whole groups")
 
 
 @dataclass

@@ -10,6 +10,7 @@ Left out: rope scaling, sliding windows, MoE, dropout, MLP bias, tensor parallel
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -208,9 +209,13 @@ class CausalLM(nn.Module):
         rope_table = self.rope_table(input_ids.device)
         h = F.embedding(input_ids, self.model.embed_tokens.weight)
         recompute = self.activation_checkpointing and kv_caches is None and torch.is_grad_enabled()
+        # The recompute runs in the backward, on autograd's device thread for CUDA, which does not see this
+        # thread's kernels.invariant_mode (a contextvar): re-enter the forward's mode there.
+        mode = kernels.is_invariant()
+        context_fn = lambda: (contextlib.nullcontext(), kernels.invariant_mode(mode))  # noqa: E731
         for i, layer in enumerate(self.model.layers):
             if recompute:
-                h = checkpoint(layer, h, positions, rope_table, meta, None, use_reentrant=False)
+                h = checkpoint(layer, h, positions, rope_table, meta, None, use_reentrant=False, context_fn=context_fn)
             else:
                 h = layer(h, positions, rope_table, meta, None if kv_caches is None else kv_caches[i])
         return self.model.norm(h)

@@ -3,6 +3,7 @@
 `generate_rollouts` (the engine holds the same model object as the trainer: `trainer.prompts_per_step` prompts x
 `sampling.num_generations` seeded samples) -> `Rollout` -> `score_rollouts` (rewards, group advantages, loss mask)
 -> `ScoredBatch` -> `update_policy` (trainer forward, parity, loss, backward, optimizer step) -> metrics.
+On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (peak allocated per phase).
 `train()` enters the kernels' invariant mode (`trainer.invariant`) once around the whole run, checkpoints every
 `save_every` steps and always at the end (the final policy is an HF directory loadable by transformers), stops
 with `NonFiniteError` (after saving the last good policy, i.e. the weights before the bad update, which is never
@@ -14,6 +15,7 @@ from __future__ import annotations
 import time
 
 from onpolicy.trainer.health import CollapseWatch, NonFiniteError
+from onpolicy.trainer.memory import PhasePeak
 from onpolicy.trainer.rollout import generate_rollouts
 from onpolicy.trainer.scoring import score_rollouts
 from onpolicy.trainer.setup import Run, build_run, save_checkpoint
@@ -30,13 +32,17 @@ def rl_step(run: Run, step: int) -> dict:
     import torch
 
     cfg = run.cfg
+    peak = PhasePeak(run.device)
+    peak.start()
     t0 = time.perf_counter()
     rows = next(run.prompts)
     prompt_ids = [run.encode(r["prompt"]) for r in rows]
     with torch.no_grad():
         ro = generate_rollouts(run.llm, prompt_ids, cfg.sampling, run_seed=cfg.trainer.seed, step=step)
     t_sample = time.perf_counter() - t0
+    sample_peak = peak.gib()
     scored = score_rollouts(cfg, rows, ro)
+    peak.start()
     t1 = time.perf_counter()
     try:
         update = update_policy(run, scored, step)
@@ -45,13 +51,24 @@ def rl_step(run: Run, step: int) -> dict:
         raise
     t_train = time.perf_counter() - t1
     t_step = time.perf_counter() - t0
+    memory = {} if sample_peak is None else {"memory/sample_peak_gib": sample_peak,
+                                             "memory/train_peak_gib": peak.gib()}
     return {
         "step": step + 1, **update, **scored.metrics(), **scored.completion_metrics(),
         "throughput/tokens_per_s": (ro.num_tokens + sum(len(p) for p in ro.prompt_ids)) / max(t_step, 1e-9),
         "time/sample": t_sample,
         "time/train": t_train,
         "time/step": t_step,
+        **memory,
     }
+
+
+def _last_saved(run: Run) -> str | None:
+    """The policy directory of the newest checkpoint on disk (None if there is none)."""
+    from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root, list_checkpoints
+
+    done = list_checkpoints(checkpoint_root(run.cfg))
+    return f"{done[-1][1]}/{POLICY_DIR}" if done else None
 
 
 def _run_steps(run: Run, history: list[dict], log) -> int | None:
@@ -68,6 +85,8 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
             history.append(e.metrics)
             run.logger.log(e.metrics, step=step + 1)
             run.prompts.load_state_dict(prompt_state)
+            if getattr(e, "partial", False):  # some updates of the step applied: the weights in memory are not good
+                raise NonFiniteError(e.step, e.what, e.metrics, saved=_last_saved(run)) from None
             path = save_checkpoint(run, step)
             raise NonFiniteError(e.step, e.what, e.metrics, saved=f"{path}/policy") from None
         history.append(metrics)

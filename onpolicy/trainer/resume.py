@@ -2,10 +2,11 @@
 
 `check_resume_config(cfg)` runs before any compute: it compares the config saved with the checkpoint
 (`meta.json`) field by field with the current one; any difference outside `MAY_CHANGE` (run length, checkpoint
-cadence, logging, engine sizes, device, strictness) is an error listing every changed field. Checkpoints
-written without a saved config are resumed with a warning. `trim_metrics` keeps the rows of metrics.jsonl up to
-the resumed step and drops a last line cut short by a kill during a write. Left out: resuming with a changed
-learning rate on purpose (start a fresh run from the saved policy instead).
+cadence, logging, engine sizes, device, strictness, micro-batch size, activation checkpointing) is an error
+listing every changed field. Checkpoints written without a saved config are resumed with a warning.
+`trim_metrics` keeps the rows of metrics.jsonl up to the resumed step and drops a last line cut short by a kill
+during a write. Left out: resuming with a changed learning rate on purpose (start a fresh run from the saved
+policy instead).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import os
 
 # Dotted config fields (or section prefixes ending in ".") that may differ between a checkpoint and its resume.
 MAY_CHANGE = ("trainer.steps", "trainer.save_every", "trainer.resume", "trainer.strict_onpolicy",
-              "trainer.keep_checkpoints", "model.device", "logging.", "engine.")
+              "trainer.keep_checkpoints", "model.device", "logging.", "engine.",
+              "trainer.micro_batch_tokens", "trainer.activation_checkpointing")  # memory knobs (e.g. after an OOM)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

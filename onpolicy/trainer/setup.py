@@ -1,5 +1,5 @@
 """Build everything one RL run needs from an ExperimentConfig: model, tokenizer, data, SFT warm-start,
-reference model, optimizer, engine, logger, and the resumed state.
+reference model, optimizer (fp32 masters), engine (KV cache sized next to the trainer), logger, and the resumed state.
 
 Order matters for clear errors: the config is validated at construction, rewards and data are checked before
 any model is built, and every check runs before compute. The SFT warm-start runs (or loads from its cache)
@@ -9,6 +9,7 @@ Left out: multi-process (accelerate) placement, LoRA, optimizer choices other th
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ class Run:
     model: torch.nn.Module
     tokenizer: Any
     llm: Any
-    optimizer: torch.optim.Optimizer
+    optimizer: Any                    # onpolicy.trainer.precision.MasterWeightAdamW
     params: list
     ref_model: torch.nn.Module | None
     prompts: Any                      # onpolicy.data.PromptIterator
@@ -122,6 +123,8 @@ def build_run(cfg, log=print) -> Run:
     from onpolicy.engine import LLM
     from onpolicy.logging import RunLogger
     from onpolicy.rewards import check_rewards
+    from onpolicy.trainer.memory import kv_cache_blocks
+    from onpolicy.trainer.precision import MasterWeightAdamW
     from onpolicy.trainer.resume import check_resume_config, resume_run, trim_metrics
 
     t0 = time.perf_counter()
@@ -145,8 +148,10 @@ def build_run(cfg, log=print) -> Run:
     if t.beta > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    llm = LLM(model, tokenizer, cfg.engine, seed=t.seed)
+    model.activation_checkpointing = t.activation_checkpointing
+    optimizer = MasterWeightAdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device))
+    llm = LLM(model, tokenizer, engine, seed=t.seed)
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,

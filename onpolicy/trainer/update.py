@@ -1,24 +1,38 @@
-"""`update_policy(run, scored, step)`: the trainer half of one RL step -- one gradient update on a ScoredBatch.
+"""`update_policy(run, scored, step)`: the trainer half of one RL step -- the optimizer updates of a ScoredBatch.
 
-Trainer forward (`sequence_logprobs`, packed varlen, autograd) -> parity metrics vs the sampler's logprobs
-(`strict_onpolicy` stops on the first bitwise mismatch) -> clipped policy loss -> backward, grad clip, AdamW
-step -> the engine's prefix cache is reset (its cached KV came from the old weights). The PPO ratio uses the
-sampler's logprobs as "old" in invariant mode (ratio == 1 exactly); with `invariant: false` it uses the
-trainer's own detached logprobs (one update per batch, as TRL) and `tis_cap` adds the truncated importance
-weight min(exp(trainer - sampler), cap). Non-finite logprobs, loss or gradient norm raise `NonFiniteError`
-before the optimizer step (and before the strict parity check: a NaN is not a parity violation).
-The kernels' invariant mode is the caller's (`train()` enters it once).
-This is the seam for what comes next: micro-batches (token budget, gradient accumulation with whole-batch
-normalisers), several mini-batch updates per rollout batch, and the cross-rank gradient reduction all belong
-here. Left out today: all three -- one forward/backward over the whole batch, one optimizer step.
+    for upd in update_schedule(...):          # trainer.num_iterations passes x trainer.mini_batches (whole groups)
+        w = loss_weights(mini-batch)          # normalisers of the whole mini-batch, never of a micro-batch
+        for each micro-batch (trainer.micro_batch_tokens of prompt + completion; null = the whole mini-batch):
+            trainer forward (packed varlen; trainer.activation_checkpointing) -> logprobs
+            update 1 only: parity vs the sampler (strict_onpolicy: bitwise, and the loss checks ratio == 1.0)
+            slice_loss -> backward -> optimizer.accumulate_grads()    (fp32 master grads)
+        clip -> MasterWeightAdamW step (fp32 masters; the model's bf16 copy, shared with the engine, refreshed)
+    engine prefix cache reset (its cached KV came from the old weights)
+
+Old policy: the sampler's logprobs. On update 1 in invariant mode they equal the trainer's bitwise (ratio 1.0);
+later updates clip for real. With `invariant: false` and one update per batch the trainer's own detached
+logprobs are the old policy (as TRL); with several updates the sampler's (as verl's rollout-logprob mode;
+`tis_cap` corrects the mismatch). Parity metrics cover update 1's sequences (the first mini-batch): after it the
+weights are no longer the sampler's. Non-finite logprobs, loss or gradient norm raise `NonFiniteError` before
+that update's optimizer step; when earlier updates of the step were applied (`e.partial`), `train()` saves
+nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means over the
+updates; with several updates also `train/updates`, `loss/clip_frac_last` and `loss/ratio_mean_last`.
+Left out: shuffling between iterations, cross-rank gradient reduction, micro-batch-size-independent weight
+gradients (fixed-order chunked reduction): they differ by fp32 rounding (tiny default: relative L2 ~1.5e-7
+between 1-sequence micro-batches and one batch; ~3.5e-3 with a bf16 model, whose per-micro-batch weight grads
+are rounded to bf16 before the fp32 sum).
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from onpolicy.trainer.health import check_finite
-from onpolicy.trainer.losses import policy_loss, truncated_is_weights
+from onpolicy.trainer.health import NonFiniteError, check_finite
+from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss, truncated_is_weights
+from onpolicy.trainer.microbatch import plan_micro_batches, token_spans, update_schedule
 from onpolicy.trainer.parity import OnPolicyViolation, first_mismatch, mismatch_report, parity_metrics
+from onpolicy.trainer.rollout import Rollout
 from onpolicy.trainer.scoring import ScoredBatch
 
 
@@ -35,55 +49,128 @@ def trainer_logprobs(model, ro, temperature: float, grad: bool) -> list[torch.Te
         return sequence_logprobs(model, ro.prompt_ids, ro.completion_ids, temperature=temperature)
 
 
-def _check_parity(run, ro, sampler_lp, lp, trainer_lps, step: int, metrics: dict) -> None:
-    """Non-finite logprobs first (NonFiniteError), then the strict bitwise check (OnPolicyViolation)."""
-    check_finite(step + 1, "sampler logprobs", sampler_lp, metrics)
-    check_finite(step + 1, "trainer logprobs", lp.detach(), metrics)
-    if run.cfg.trainer.strict_onpolicy:
-        mm = first_mismatch(ro.sampler_logprobs, trainer_lps)
-        if mm is not None:
-            raise OnPolicyViolation(mismatch_report(mm, step + 1, f"prompt {ro.prompt_ids[mm.sequence]!r}; "))
+def sub_rollout(ro: Rollout, seqs: range) -> Rollout:
+    """Sequences `seqs` (a contiguous range) of `ro`."""
+    s = slice(seqs.start, seqs.stop)
+    return Rollout(group_size=ro.group_size, prompt_ids=ro.prompt_ids[s], completion_ids=ro.completion_ids[s],
+                   sampler_logprobs=ro.sampler_logprobs[s], texts=ro.texts[s], finish_reasons=ro.finish_reasons[s],
+                   group_index=ro.group_index[s])
 
 
-def _loss(run, scored: ScoredBatch, lp, sampler_lp):
-    t, s, device = run.cfg.trainer, run.cfg.sampling, run.device
-    ro = scored.rollout
-    old = sampler_lp if t.invariant else lp.detach()
+class _FirstUpdate:
+    """Update 1's trainer logprobs (detached) for the parity metrics, and its per-micro-batch checks."""
+
+    def __init__(self, run, step: int):
+        self.run, self.step, self.sampler, self.trainer = run, step, [], []
+
+    def check(self, mb: Rollout, offset: int, sampler_lp, lps: list[torch.Tensor]) -> None:
+        """Non-finite logprobs first (NonFiniteError, with the parity metrics so far), then strict_onpolicy."""
+        self.sampler += mb.sampler_logprobs
+        self.trainer += [x.detach() for x in lps]
+        for what, v in (("sampler logprobs", sampler_lp), ("trainer logprobs", torch.cat(lps).detach())):
+            if not bool(torch.isfinite(v).all()):
+                raise NonFiniteError(self.step + 1, what, self.metrics())
+        if self.run.cfg.trainer.strict_onpolicy:
+            mm = first_mismatch(mb.sampler_logprobs, lps)
+            if mm is not None:
+                prompt = mb.prompt_ids[mm.sequence]
+                mm = replace(mm, sequence=mm.sequence + offset)  # index in the step's rollout order
+                raise OnPolicyViolation(mismatch_report(mm, self.step + 1, f"prompt {prompt!r}; "))
+
+    def metrics(self) -> dict:
+        return parity_metrics(self.sampler, self.trainer)
+
+
+def _micro_loss(run, mb: Rollout, lps, w, *, old_is_sampler: bool, on_policy: bool):
+    """slice_loss of one micro-batch (old policy, reference KL and truncated IS per the config)."""
+    t, device = run.cfg.trainer, run.device
+    lp = torch.cat(lps)
+    sampler_lp = torch.cat(mb.sampler_logprobs).to(device)
+    old = sampler_lp if old_is_sampler else lp.detach()
     ref_lp = None
     if t.beta > 0:
-        ref_lp = torch.cat(trainer_logprobs(run.ref_model, ro, s.temperature, grad=False))
+        ref_lp = torch.cat(trainer_logprobs(run.ref_model, mb, run.cfg.sampling.temperature, grad=False))
     is_w = truncated_is_weights(lp, sampler_lp, t.tis_cap) if t.tis_cap is not None else None
-    return policy_loss(lp, old, scored.advantages.to(device), ro.seq_lens, epsilon_low=t.epsilon_low,
-                       epsilon_high=t.epsilon_high, agg=t.loss_agg, max_tokens=s.max_tokens,
-                       loss_mask=scored.loss_mask.to(device), beta=t.beta, ref_logprobs=ref_lp, is_weights=is_w)
+    return slice_loss(lp, old, w, epsilon_low=t.epsilon_low, epsilon_high=t.epsilon_high, beta=t.beta,
+                      ref_logprobs=ref_lp, is_weights=is_w,
+                      check_on_policy=on_policy and t.invariant and t.strict_onpolicy)
+
+
+def _mini_batch_weights(run, scored: ScoredBatch, seqs: range, span: range):
+    t, s = run.cfg.trainer, run.cfg.sampling
+    lens = scored.rollout.seq_lens[seqs.start:seqs.stop]
+    return loss_weights(scored.advantages[seqs.start:seqs.stop].to(run.device), lens, agg=t.loss_agg,
+                        max_tokens=s.max_tokens, loss_mask=scored.loss_mask[span.start:span.stop].to(run.device))
+
+
+def _one_update(run, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpdate, metrics: dict) -> dict:
+    """Forward/backward of every micro-batch of update `upd`, clip and optimizer step; -> its loss stats."""
+    t, ro, step = run.cfg.trainer, scored.rollout, first.step
+    mini = sub_rollout(ro, upd.seqs)
+    w = _mini_batch_weights(run, scored, upd.seqs, token_spans(ro.seq_lens, [upd.seqs])[0])
+    plan = plan_micro_batches([len(p) + len(c) for p, c in zip(mini.prompt_ids, mini.completion_ids)],
+                              t.micro_batch_tokens)
+    acc = LossAccumulator()
+    for seqs, span in zip(plan, token_spans(mini.seq_lens, plan)):
+        mb = sub_rollout(mini, seqs)
+        lps = trainer_logprobs(run.model, mb, run.cfg.sampling.temperature, grad=True)
+        if upd.on_policy:
+            first.check(mb, upd.seqs.start + seqs.start, torch.cat(mb.sampler_logprobs), lps)
+        else:
+            check_finite(step + 1, "trainer logprobs", torch.cat(lps).detach(), metrics)
+        part = _micro_loss(run, mb, lps, w.slice(span), on_policy=upd.on_policy,
+                           old_is_sampler=t.invariant or n_updates > 1)
+        check_finite(step + 1, "loss", part.loss.detach(), {**metrics, **_parity(first, upd)})
+        part.loss.backward()
+        run.optimizer.accumulate_grads()
+        acc.add(part)
+        del lps, part
+    stats = acc.result()
+    grad_norm = run.optimizer.clip_grad_norm_(t.max_grad_norm)
+    check_finite(step + 1, "gradient norm", grad_norm, {**metrics, **_parity(first, upd), "grad_norm": grad_norm})
+    run.optimizer.step()
+    run.optimizer.zero_grad()
+    return {"loss": stats.loss, "loss/clip_frac": stats.clip_frac, "loss/ratio_mean": stats.ratio_mean,
+            "loss/kl_ref": stats.kl_ref, "grad_norm": grad_norm}
+
+
+def _parity(first: _FirstUpdate, upd) -> dict:
+    return first.metrics() if upd.on_policy else {}
+
+
+def _mean(values: list[float]) -> float:
+    return values[0] if len(values) == 1 else sum(values) / len(values)
 
 
 def update_policy(run, scored: ScoredBatch, step: int) -> dict:
-    """One optimizer step of `run.model` on `scored` (0-based `step`); returns parity, loss and optimizer
-    metrics. Raises OnPolicyViolation (strict mode) or NonFiniteError; then no weight has changed."""
+    """Every optimizer update of `run.model` on `scored` (0-based `step`); returns parity, loss and optimizer
+    metrics. Raises OnPolicyViolation (strict mode) or NonFiniteError before the failing update's step."""
     t = run.cfg.trainer
     ro = scored.rollout
     run.model.train()
-    trainer_lps = trainer_logprobs(run.model, ro, run.cfg.sampling.temperature, grad=True)
-    metrics = parity_metrics(ro.sampler_logprobs, trainer_lps)
-    lp = torch.cat(trainer_lps)
-    sampler_lp = torch.cat(ro.sampler_logprobs).to(run.device)
-    _check_parity(run, ro, sampler_lp, lp, trainer_lps, step, metrics)
-    out = _loss(run, scored, lp, sampler_lp)
     lr = learning_rate(step, t.lr, t.warmup_steps)
-    metrics.update({"loss": out.loss.item(), "lr": lr, "loss/clip_frac": out.clip_frac,
-                    "loss/ratio_mean": out.ratio_mean, "loss/kl_ref": out.kl_ref})
-    check_finite(step + 1, "loss", metrics["loss"], metrics)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    run.optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm).item()
-    metrics["grad_norm"] = grad_norm
+    schedule = update_schedule(len(ro.seq_lens), t.mini_batches, t.num_iterations)
+    first = _FirstUpdate(run, step)
+    per_update, metrics = [], {}
     try:
-        check_finite(step + 1, "gradient norm", grad_norm, metrics)
-        run.optimizer.step()
+        for upd in schedule:
+            per_update.append(_one_update(run, scored, upd, len(schedule), first, metrics))
+            if upd.on_policy:
+                metrics.update(first.metrics())
+    except NonFiniteError as e:
+        e.partial = bool(per_update)  # earlier updates of this step are applied: the weights are not the last good
+        if e.partial:
+            e.what += f" (update {len(per_update) + 1} of {len(schedule)}; updates 1-{len(per_update)} were applied)"
+        raise
     finally:
-        run.optimizer.zero_grad(set_to_none=True)
-    run.llm.reset_prefix_cache()
+        run.optimizer.zero_grad()
+        run.llm.reset_prefix_cache()
+    metrics.update({"loss": _mean([u["loss"] for u in per_update]), "lr": lr})
+    for key in ("loss/clip_frac", "loss/ratio_mean", "loss/kl_ref", "grad_norm"):
+        metrics[key] = _mean([u[key] for u in per_update])
+    if len(per_update) > 1:
+        metrics.update({"train/updates": len(per_update), "loss/clip_frac_last": per_update[-1]["loss/clip_frac"],
+                        "loss/ratio_mean_last": per_update[-1]["loss/ratio_mean"]})
     return metrics

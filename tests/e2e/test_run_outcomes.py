@@ -91,7 +91,7 @@ def _nan_at(step_index, monkeypatch, target):
 
         monkeypatch.setattr(update, "trainer_logprobs", patched)
     elif target == "loss":
-        real = update.policy_loss
+        real = update.slice_loss  # one call per micro-batch: the default has one
 
         def patched(*a, **k):
             out = real(*a, **k)
@@ -100,7 +100,7 @@ def _nan_at(step_index, monkeypatch, target):
                 out.loss = out.loss * float("nan")
             return out
 
-        monkeypatch.setattr(update, "policy_loss", patched)
+        monkeypatch.setattr(update, "slice_loss", patched)
     else:
         real = torch.nn.utils.clip_grad_norm_
 

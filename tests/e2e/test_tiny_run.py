@@ -132,8 +132,10 @@ def test_default_config_raises_reward(e2e_root, default_config_path):
     assert s["reward_last10"] > s["reward_first10"] + 0.2, (s["reward_first10"], s["reward_last10"])
 
 
-def test_strict_onpolicy_stops_on_a_one_ulp_mismatch(tiny_cfg, monkeypatch):
-    """Nudge one sampler logprob by one ulp: strict mode must stop with the sequence/token and a pointer."""
+@pytest.mark.parametrize("micro_batch_tokens", [None, 1])
+def test_strict_onpolicy_stops_on_a_one_ulp_mismatch(tiny_cfg, monkeypatch, micro_batch_tokens):
+    """Nudge one sampler logprob by one ulp: strict mode must stop with the sequence/token and a pointer
+    (the sequence's index in the step, also when it is checked in a micro-batch of its own)."""
     from onpolicy.trainer import loop
     from onpolicy.trainer.parity import OnPolicyViolation
 
@@ -147,7 +149,7 @@ def test_strict_onpolicy_stops_on_a_one_ulp_mismatch(tiny_cfg, monkeypatch):
 
     monkeypatch.setattr(loop, "generate_rollouts", nudged)
     with pytest.raises(OnPolicyViolation, match=r"step 1: sequence 1, completion token 0.*doctor\.py"):
-        _train(tiny_cfg(**{"trainer.strict_onpolicy": True}))
+        _train(tiny_cfg(**{"trainer.strict_onpolicy": True, "trainer.micro_batch_tokens": micro_batch_tokens}))
 
 
 def test_sft_warm_start_is_cached(tiny_cfg):

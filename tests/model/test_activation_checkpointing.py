@@ -57,3 +57,33 @@ def test_checkpointing_inactive_without_grad(monkeypatch):
     with torch.no_grad():
         sequence_logprobs(model, PROMPTS, COMPLETIONS)
     assert len(calls) == 2
+
+
+def test_recompute_keeps_the_forward_kernel_mode_on_another_thread():
+    """The backward (hence the recompute) runs on autograd's device thread on CUDA, which does not inherit
+    `kernels.invariant_mode(False)`; the recompute must still use the forward's (torch default) ops. Emulated on
+    the CPU by running backward on a new thread; fails with a CheckpointError if the recompute switches ops."""
+    import threading
+
+    from onpolicy import kernels
+
+    model = build_tiny(seed=3, num_hidden_layers=2)[0].train()
+    with kernels.invariant_mode(False):
+        lps = sequence_logprobs(model, PROMPTS, COMPLETIONS)
+        ref = torch.autograd.grad(torch.cat(lps).sum(), list(model.parameters()))
+        model.activation_checkpointing = True
+        loss = torch.cat(sequence_logprobs(model, PROMPTS, COMPLETIONS)).sum()
+    errors = []
+
+    def backward():
+        try:
+            loss.backward()
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    worker = threading.Thread(target=backward)
+    worker.start()
+    worker.join()
+    assert not errors, errors
+    for p, g in zip(model.parameters(), ref):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)

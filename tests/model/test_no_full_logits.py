@@ -1,6 +1,5 @@
 """Training never materialises a [tokens, vocab] logits tensor: every op output of the trainer's forward and
 backward (recorded with a TorchDispatchMode) is checked on a model whose vocab spans several VOCAB_CHUNKs."""
-import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -45,7 +44,6 @@ def test_invariant_training_holds_one_vocab_chunk_of_logits():
     assert _widest_logits(invariant=True) == VOCAB_CHUNK
 
 
-@pytest.mark.xfail(strict=True, reason="invariant: false uses kernels.logprobs.token_logprobs_reference: full "
-                   "[tokens, vocab] logits (bf16 + fp32) and log_softmax (issue 10)")
-def test_reference_training_holds_one_vocab_chunk_of_logits():
+def test_fast_path_training_holds_one_vocab_chunk_of_logits():
+    """invariant: false (torch's default ops) chunks the vocab too (issue 10)."""
     assert _widest_logits(invariant=False) <= VOCAB_CHUNK

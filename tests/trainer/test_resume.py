@@ -45,3 +45,15 @@ def test_trim_metrics_refuses_a_corrupt_middle_line(tmp_path):
         trim_metrics(_cfg(tmp_path), 3, lambda *a: None)
     trim_metrics(_cfg(tmp_path), 0, lambda *a: None)  # a fresh run does not care: it starts an empty file
     assert path.read_text() == ""
+
+
+def test_memory_knobs_may_change_on_resume_mini_batches_may_not():
+    """A run resumed after an OOM may use smaller micro-batches or checkpointing; more updates per step is
+    another run."""
+    from onpolicy.trainer.resume import config_differences
+
+    saved = {"trainer": {"micro_batch_tokens": None, "activation_checkpointing": False, "mini_batches": 1}}
+    now = {"trainer": {"micro_batch_tokens": 4096, "activation_checkpointing": True, "mini_batches": 1}}
+    assert config_differences(saved, now) == []
+    now["trainer"]["mini_batches"] = 2
+    assert config_differences(saved, now) == ["trainer.mini_batches: 1 -> 2"]
