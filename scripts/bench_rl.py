@@ -152,7 +152,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
             "train_s": mean("train_s"), "step_s": mean("sample_s") + mean("train_s"),
             "sample_peak_gib": max((r["sample_peak_gib"] or 0.0) for r in rows) if peaks else None,
             "train_peak_gib": max((r["train_peak_gib"] or 0.0) for r in rows) if peaks else None,
-            "peak_gib": max(peaks) if peaks else None, "kl": [r["kl"] for r in rows], "kv_blocks": blocks,
+            "peak_gib": max(peaks) if peaks else None, "kl": [r["kl"] for r in rows], "kv_blocks": engine.num_blocks,
             "tokens_per_step": timed[0]["tokens"]}
 
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from onpolicy import kernels
-from onpolicy.kernels.attention import BLOCK_K, attention_reference, training_metadata
-from onpolicy.kernels.attention import attention_varlen
+from onpolicy.kernels.attention import TRAINING_BLOCK_SIZE, attention_reference, attention_varlen, training_metadata
 from onpolicy.kernels.logprobs import VOCAB_CHUNK, token_logprobs, token_logprobs_reference
 
 
@@ -39,8 +38,8 @@ def test_fast_training_attention_matches_padded_reference():
     v = torch.randn(sum(lens), 2, 64, generator=g)
     with kernels.invariant_mode(False):
         got, got_g = _grads(lambda a, b, c: attention_varlen(a, b, c, cu), q, k, v)
-    meta = training_metadata(cu, BLOCK_K)
-    ref, ref_g = _grads(lambda a, b, c: attention_reference(a, b, c, cu, *meta, BLOCK_K), q, k, v)
+    meta = training_metadata(cu)
+    ref, ref_g = _grads(lambda a, b, c: attention_reference(a, b, c, cu, *meta, TRAINING_BLOCK_SIZE), q, k, v)
     torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
     for a, b in zip(got_g, ref_g):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
