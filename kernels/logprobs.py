@@ -27,83 +27,15 @@ import torch
 import torch.nn.functional as F
 
 from onpolicy.kernels._common import (check, check_in_range, check_same_device, check_tensor, is_invariant,
-                                      require_triton, tl, tree_sum_last, triton, use_triton)
+                                      tree_sum_last, use_triton)
+from onpolicy.kernels.logprobs_triton import LOG_SOFTMAX_BLOCK, VOCAB_CHUNK, _fold_span_triton, _log_softmax_triton
 from onpolicy.kernels.matmul import linear, tile_config
 
-# Rows of the LM head per step of token_logprobs (fixed; never derived from M). 151936 = 37 * 4096 + 384.
-VOCAB_CHUNK = 4096
-# Columns per step of the Triton log_softmax loop (and of the CPU path's chunked sum).
-LOG_SOFTMAX_BLOCK = 4096
+# VOCAB_CHUNK: rows of the LM head per step of token_logprobs (151936 = 37 * 4096 + 384); LOG_SOFTMAX_BLOCK:
+# columns per step of log_softmax. Both fixed, never derived from M; defined beside the Triton kernels.
 # GPU token_logprobs: at most this many logits per LM-head GEMM call (2**26: 128 MiB bf16; the whole vocab in
 # one GEMM up to M = 431 rows). Changes launch shapes only, never a logit's value (see _gemm_spans).
 GEMM_LOGITS_BUDGET = 2**26
-
-if triton is not None:
-
-    @triton.jit
-    def _log_softmax_kernel(x_ptr, out_ptr, V, stride_x, stride_out, BLOCK: tl.constexpr):
-        """One program per row: running (max, sum exp) over BLOCK-wide chunks, then out = x - lse."""
-        row = tl.program_id(0).to(tl.int64)
-        x_row = x_ptr + row * stride_x
-        out_row = out_ptr + row * stride_out
-        offs = tl.arange(0, BLOCK)
-        m = float("-inf")
-        s = 0.0
-        for start in range(0, V, BLOCK):
-            cols = start + offs
-            x = tl.load(x_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-            m = m_new
-        lse = m + tl.log(s)
-        for start in range(0, V, BLOCK):
-            cols = start + offs
-            x = tl.load(x_row + cols, mask=cols < V, other=0.0).to(tl.float32)
-            tl.store(out_row + cols, x - lse, mask=cols < V)
-
-    @triton.jit
-    def _fold_span_kernel(logits_ptr, stride_l, W, c0, targets_ptr, m_ptr, s_ptr, tgt_ptr, CHUNK: tl.constexpr):
-        """One program per row: fold the logits of vocab columns [c0, c0 + W) (any float dtype, upcast exactly),
-        CHUNK columns at a time in order, into the row's fp32 (max, sum exp, target logit) state, in place.
-        A span of n chunks performs exactly the operations of n one-chunk launches."""
-        row = tl.program_id(0).to(tl.int64)
-        l_row = logits_ptr + row * stride_l
-        offs = tl.arange(0, CHUNK)
-        m = tl.load(m_ptr + row)
-        s = tl.load(s_ptr + row)
-        for j in range(0, W, CHUNK):
-            cols = j + offs
-            x = tl.load(l_row + cols, mask=cols < W, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-            m = m_new
-        tl.store(m_ptr + row, m)
-        tl.store(s_ptr + row, s)
-        t = tl.load(targets_ptr + row) - c0
-        hit = (t >= 0) & (t < W)
-        x_t = tl.load(l_row + t, mask=hit, other=0.0).to(tl.float32)
-        tl.store(tgt_ptr + row, x_t, mask=hit)
-
-
-def _log_softmax_triton(x: torch.Tensor, block: int = LOG_SOFTMAX_BLOCK) -> torch.Tensor:
-    """Triton log_softmax of 2-D x (unit stride along V) -> fp32; one program per row."""
-    require_triton("log_softmax")
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    M, V = x.shape
-    out = torch.empty((M, V), device=x.device, dtype=torch.float32)
-    if M:
-        _log_softmax_kernel[(M,)](x, out, V, x.stride(0), out.stride(0), BLOCK=block, num_warps=8)
-    return out
-
-
-def _fold_span_triton(logits: torch.Tensor, c0: int, targets: torch.Tensor, m: torch.Tensor, s: torch.Tensor,
-                      tgt: torch.Tensor) -> None:
-    """logits [M, W] (unit column stride) are vocab columns [c0, c0 + W), c0 a multiple of VOCAB_CHUNK."""
-    M, W = logits.shape
-    if M:
-        _fold_span_kernel[(M,)](logits, logits.stride(0), W, c0, targets, m, s, tgt, CHUNK=VOCAB_CHUNK,
-                                num_warps=8)
-
 
 def _gemm_spans(M: int, V: int, hidden: torch.Tensor, gpu: bool, budget: int | None) -> list[tuple[int, int]]:
     """Column spans of the LM-head GEMMs, each a whole number of VOCAB_CHUNKs (the last one ragged).
