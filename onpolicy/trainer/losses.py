@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from onpolicy.trainer.reductions import fixed_sum
+
 from onpolicy.trainer.algorithms import ALGO_DEFAULTS, LOSS_AGGS
 from onpolicy.trainer.parity import OnPolicyViolation
 
@@ -162,7 +164,7 @@ def slice_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, w: LossWeight
         per_token = per_token + beta * kl
     weights = w.weights.to(logprobs.dtype)
     terms = per_token * weights
-    loss = terms.sum()
+    loss = fixed_sum(terms)  # one fixed order: the same bits for any thread count (and micro-batch split)
     with torch.no_grad():
         was_clipped = ((ratio < 1.0 - epsilon_low) & (adv < 0)) | ((ratio > 1.0 + epsilon_high) & (adv > 0))
         return SliceLoss(loss=loss, terms=terms.detach(), pg_terms=(pg * weights).detach(),
@@ -202,10 +204,10 @@ def _reduce(parts: list[SliceLoss]) -> LossStats:
     maskf = mask.to(parts[0].ratio.dtype)
     ntok = parts[0].num_tokens
     denom = max(ntok, 1)
-    kl = 0.0 if parts[0].kl is None else ((cat("kl") * maskf).sum() / denom).item()
-    return LossStats(loss=cat("terms").sum().item(), pg_loss=cat("pg_terms").sum().item(), kl_ref=kl,
+    kl = 0.0 if parts[0].kl is None else (fixed_sum(cat("kl") * maskf) / denom).item()
+    return LossStats(loss=fixed_sum(cat("terms")).item(), pg_loss=fixed_sum(cat("pg_terms")).item(), kl_ref=kl,
                      clip_frac=(cat("clipped").sum() / denom).item(),
-                     ratio_mean=((cat("ratio") * maskf).sum() / denom).item(), num_tokens=ntok)
+                     ratio_mean=(fixed_sum(cat("ratio") * maskf) / denom).item(), num_tokens=ntok)
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, seq_lens, *,

@@ -119,3 +119,24 @@ def test_harness_detects_thread_dependent_ops():
         return _fwd_bwd(lambda t: t.softmax(-1), s)
 
     assert thread_dependence(softmax_backward) != []
+
+
+@pytest.mark.parametrize("agg", ["sequence", "token", "constant"])
+def test_policy_loss_and_its_metrics_same_bits_for_1_2_3_threads(agg):
+    """The trainer's loss over > 32768 tokens (where torch.sum splits per thread): value, metrics and gradient."""
+    from onpolicy.trainer.losses import policy_loss
+
+    seq_lens = [700] * 64  # 44,800 tokens
+    n = sum(seq_lens)
+    g = torch.Generator().manual_seed(5)
+    lp0 = -torch.rand(n, generator=g, dtype=torch.float64).float()
+    old = lp0 + torch.randn(n, generator=g) * 0.1
+    adv = torch.randn(len(seq_lens), generator=g)
+
+    def run():
+        lp = lp0.clone().requires_grad_(True)
+        out = policy_loss(lp, old, adv, seq_lens, agg=agg, max_tokens=700)
+        (grad,) = torch.autograd.grad(out.loss, lp)
+        return [out.loss, torch.tensor([out.pg_loss, out.clip_frac, out.ratio_mean], dtype=torch.float64), grad]
+
+    assert thread_dependence(run) == []
