@@ -115,11 +115,21 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
                           batch_size=SFT_BATCH_SIZE, seed=t.seed, cache_dir=cache, log=log)
 
 
+def build_sampler(cfg, model, tokenizer):
+    """The rollout engine `engine.backend` names: onpolicy's LLM, or vLLM on the same model (a weight copy)."""
+    if cfg.engine.backend == "vllm":
+        from onpolicy.engine.vllm_backend import VllmLLM
+
+        return VllmLLM(model, tokenizer, cfg.engine, seed=cfg.trainer.seed)
+    from onpolicy.engine import LLM
+
+    return LLM(model, tokenizer, cfg.engine, seed=cfg.trainer.seed)
+
+
 def build_run(cfg, log=print) -> Run:
     from onpolicy import determinism
     from onpolicy.config import check_context
     from onpolicy.data import PromptIterator, load_prompts
-    from onpolicy.engine import LLM
     from onpolicy.logging import RunLogger
     from onpolicy.rewards import check_rewards
     from onpolicy.trainer.resume import check_resume_config, resume_run, trim_metrics
@@ -146,7 +156,7 @@ def build_run(cfg, log=print) -> Run:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    llm = LLM(model, tokenizer, cfg.engine, seed=t.seed)
+    llm = build_sampler(cfg, model, tokenizer)
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,

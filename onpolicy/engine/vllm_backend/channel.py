@@ -24,6 +24,9 @@ class Channel:
     model: torch.nn.Module | None = None                # the vLLM-side CausalLM, set when vLLM builds it
     hidden: torch.Tensor | None = None                  # [M, H] rows behind this step's logits
     records: dict[tuple[str, int], tuple[int, float | None]] = field(default_factory=dict)
+    # forward steps, tokens computed, and tokens a multi-token (prefill) chunk found already cached: prefix-cache
+    # hits or earlier chunks of a chunked prefill
+    stats: dict[str, int] = field(default_factory=lambda: {"steps": 0, "forward_tokens": 0, "prefill_cached_tokens": 0})
 
 
 def open_channel(model_config) -> int:

@@ -13,8 +13,10 @@ scheduler drives `generate`), multiprocess engine cores, tensor parallelism, LoR
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import tempfile
 
 import torch
@@ -29,6 +31,19 @@ MAX_KV_BYTES = 4 << 30
 def vllm_block_size(block_size: int, device: torch.device) -> int:
     """vLLM's CPU attention allocates blocks of a multiple of 32 tokens; our logprobs never depend on it."""
     return -(-block_size // 32) * 32 if device.type == "cpu" else block_size
+
+
+@contextlib.contextmanager
+def _keep_global_rng():
+    import numpy as np
+
+    states = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(states[0])
+        random.setstate(states[1])
+        np.random.set_state(states[2])
 
 
 class VllmLLM:
@@ -47,11 +62,15 @@ class VllmLLM:
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
         self.requests: dict = {}
         self._next_id = 0
-        self.stats = {"steps": 0, "forward_tokens": 0, "generated_tokens": 0}
         self.channel_id = open_channel(model.config)
         self.channel = CHANNELS[self.channel_id]
+        self.stats = self.channel.stats  # steps, forward_tokens, prefill_cached_tokens (model.py) + generated_tokens
+        self.stats["generated_tokens"] = 0
         self._dir = tempfile.TemporaryDirectory(prefix="onpolicy-vllm-")
-        self.engine = self._build_engine(seed)
+        # vLLM drops torch to 1 thread in this (shared) process unless OMP_NUM_THREADS is set
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+        with _keep_global_rng():  # vLLM seeds the global RNGs of the process it runs in
+            self.engine = self._build_engine(seed)
         self.sync_weights()
 
     def _build_engine(self, seed: int):
@@ -73,7 +92,7 @@ class VllmLLM:
                     enforce_eager=True, max_model_len=mc.max_position_embeddings, block_size=block,
                     enable_prefix_caching=cfg.enable_prefix_caching, enable_chunked_prefill=True,
                     max_num_batched_tokens=max(cfg.max_num_batched_tokens, block),
-                    max_num_seqs=cfg.max_num_seqs, logits_processors=[OnpolicyLogitsProcessor],
+                    max_num_seqs=min(cfg.max_num_seqs, max(cfg.max_num_batched_tokens, block)), logits_processors=[OnpolicyLogitsProcessor],
                     async_scheduling=False, kv_cache_memory_bytes=min(MAX_KV_BYTES, blocks * per_block),
                     seed=seed)
 

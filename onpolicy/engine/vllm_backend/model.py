@@ -61,7 +61,14 @@ class OnpolicyForCausalLM(nn.Module):
         for v, (k_s, v_s) in zip(views, scratch):
             _scatter(v, plan, k_s, v_s, self.inner.config.head_dim)
         out[:n] = hidden
+        self._count(plan, n)
         return out
+
+    def _count(self, plan: dict, n: int) -> None:
+        stats = self.channel.stats
+        stats["steps"] += 1
+        stats["forward_tokens"] += n
+        stats["prefill_cached_tokens"] += int(plan["cached"][plan["q_lens"] > 1].sum())
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Stash the rows for the logits processor; the logits it starts from are zeros (it masks them)."""
@@ -97,7 +104,7 @@ def _plan(md, block_size: int, n: int) -> dict:
         block_table=torch.arange(region // TRAINING_BLOCK_SIZE, dtype=torch.int32, device=dev).repeat(b, 1),
         kv_offsets=starts.to(torch.int32), block_size=TRAINING_BLOCK_SIZE, slot_mapping=new_slots,
         max_seqlen_q=int(q_lens.max()))
-    return {"meta": meta, "num_slots": b * region, "src_block": blocks, "src_off": pos % block_size,
+    return {"meta": meta, "cached": cached, "q_lens": q_lens, "num_slots": b * region, "src_block": blocks, "src_off": pos % block_size,
             "dst": starts[seq_of] + pos, "new_slots": new_slots, "dst_block": vslots // block_size,
             "dst_off": vslots % block_size}
 
