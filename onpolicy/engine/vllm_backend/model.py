@@ -55,6 +55,9 @@ class OnpolicyForCausalLM(nn.Module):
         md = ctx.attn_metadata[self.attn_names[0]]
         n = int(md.num_actual_tokens)
         views = [ctx.no_compile_layers[name].kv_cache for name in self.attn_names]
+        if views[0].dim() != 4 or views[0].shape[-1] < 2 * self.inner.config.head_dim:
+            raise RuntimeError(f"OnpolicyForCausalLM: vLLM's per-layer KV view must be [blocks, kv_heads, block_size, "
+                               f">= 2 * head_dim], got {tuple(views[0].shape)}")
         plan = _plan(md, views[0].shape[2], n)
         scratch = [_gather(v, plan, self.inner.config.head_dim) for v in views]
         hidden = self.inner(input_ids[:n].long(), positions[:n].long(), plan["meta"], scratch)

@@ -80,7 +80,7 @@ class OnpolicyLogitsProcessor(LogitsProcessor):
         runner = SimpleNamespace(model=self.channel.model, device=hidden.device)
         tokens, logprobs = ModelRunner.sample(runner, hidden[torch.tensor(idx, device=hidden.device)], rows)
         mask = torch.full((len(idx), logits.shape[1]), float("-inf"), dtype=logits.dtype, device=logits.device)
-        mask[torch.arange(len(idx)), torch.tensor(tokens)] = 0.0
+        mask[torch.arange(len(idx), device=logits.device), torch.tensor(tokens, device=logits.device)] = 0.0
         logits[torch.tensor(idx, device=logits.device)] = mask
         for r, tok, lp in zip(rows, tokens, logprobs):
             self.channel.records[(r.key, r.num_output)] = (tok, lp)
