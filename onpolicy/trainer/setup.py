@@ -141,6 +141,10 @@ def build_run(cfg, log=print) -> Run:
     if isinstance(t.resume, str) and not os.path.exists(t.resume):
         raise ValueError(f"trainer.resume: checkpoint path {t.resume!r} does not exist; allowed: false, true, a path")
     check_resume_config(cfg, log)
+    if cfg.engine.backend == "vllm":
+        from onpolicy.engine.vllm_backend import check_available
+
+        check_available()
     device = resolve_device(cfg.model.device)
     determinism.enable(seed=t.seed)
     tokenizer = build_tokenizer(cfg)

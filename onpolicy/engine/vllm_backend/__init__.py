@@ -6,6 +6,15 @@ CPU; see README) and VLLM_ENABLE_V1_MULTIPROCESSING=0 (set when unset). Importin
 import vllm; building a VllmLLM does.
 """
 
+import importlib.util
+
+
+def check_available() -> None:
+    """Raise the one-line config error when vllm is not importable (call before any compute)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError("engine.backend: 'vllm' needs vLLM installed (pip install -e '.[vllm]', see the README); "
+                         "allowed without it: native")
+
 
 def __getattr__(name):
     if name == "VllmLLM":
@@ -15,4 +24,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["VllmLLM"]
+__all__ = ["VllmLLM", "check_available"]
