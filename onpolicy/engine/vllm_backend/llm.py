@@ -100,7 +100,8 @@ class VllmLLM:
                     enforce_eager=True, max_model_len=mc.max_position_embeddings, block_size=block,
                     enable_prefix_caching=cfg.enable_prefix_caching, enable_chunked_prefill=True,
                     max_num_batched_tokens=max(cfg.max_num_batched_tokens, block),
-                    max_num_seqs=min(cfg.max_num_seqs, max(cfg.max_num_batched_tokens, block)), logits_processors=[OnpolicyLogitsProcessor],
+                    max_num_seqs=min(cfg.max_num_seqs, max(cfg.max_num_batched_tokens, block)),
+                    logits_processors=[OnpolicyLogitsProcessor],
                     async_scheduling=False, kv_cache_memory_bytes=min(MAX_KV_BYTES, blocks * per_block),
                     seed=seed)
 
@@ -129,11 +130,13 @@ class VllmLLM:
             raise ValueError(f"params[{i}]: must be a SamplingParams, got {type(params).__name__}")
         params.validate()
         if params.stop and self.tokenizer is None:
-            raise ValueError(f"params[{i}].stop: stop strings need a tokenizer (VllmLLM(tokenizer=...)); use stop_token_ids")
+            raise ValueError(f"params[{i}].stop: stop strings need a tokenizer (VllmLLM(tokenizer=...)); "
+                             "use stop_token_ids")
         limit = self.model.config.max_position_embeddings
         if len(ids) + params.max_tokens > limit:
             raise ValueError(f"prompts[{i}]: prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) = "
-                             f"{len(ids) + params.max_tokens} exceeds the context limit max_position_embeddings={limit}")
+                             f"{len(ids) + params.max_tokens} exceeds the context limit "
+                             f"max_position_embeddings={limit}")
 
     def _seed(self, params: SamplingParams) -> int:
         if params.seed is None:
@@ -165,7 +168,8 @@ class VllmLLM:
         params = SamplingParams() if params is None else params
         if isinstance(params, (list, tuple)):
             if len(params) != len(prompts):
-                raise ValueError(f"params: list of {len(params)} SamplingParams for {len(prompts)} prompts; lengths must match")
+                raise ValueError(f"params: list of {len(params)} SamplingParams for {len(prompts)} prompts; "
+                                 "lengths must match")
             plist = list(params)
         else:
             plist = [params] * len(prompts)

@@ -7,8 +7,10 @@ per-layer block view [blocks, kv_heads, block_size, >= 2 * head_dim] (K in chann
 module reads or writes the cache) into a slot-layout scratch cache, one contiguous region per sequence; our
 unmodified `CausalLM.forward` runs on it with training-style metadata (kv_offsets = region starts, block
 table = arange, block size 16) and writes the new tokens' K/V there; they are then scattered into vLLM's
-blocks at vLLM's slot_mapping. `compute_logits` only hands the hidden rows to the logits processor
-(sampler.py), which computes the real logits, samples and scores.
+blocks at vLLM's slot_mapping. Cost: the scratch holds one more copy of the step's K/V (all layers at once),
+and each step copies it in; a custom vLLM attention backend with our slot layout would avoid both.
+`compute_logits` only hands the hidden rows to the logits processor (sampler.py), which computes the real
+logits, samples and scores.
 Left out: tensor/pipeline parallelism, CUDA graphs and torch.compile (run with enforce_eager), loading weights
 from disk (`load_format="dummy"`, then the adapter copies the trainer's weights in).
 """
@@ -33,7 +35,8 @@ class OnpolicyForCausalLM(nn.Module):
         self.channel = get_channel(channel_id(vllm_config.model_config.hf_config))
         cfg = self.channel.model_config
         self.inner = CausalLM(cfg, init=False)
-        self.attn_names = [f"{prefix}layers.{i}.attn" for i in range(cfg.num_hidden_layers)]
+        base = f"{prefix}.layers" if prefix else "layers"
+        self.attn_names = [f"{base}.{i}.attn" for i in range(cfg.num_hidden_layers)]
         self.attn = nn.ModuleList(
             Attention(cfg.num_attention_heads, cfg.head_dim, cfg.head_dim ** -0.5, num_kv_heads=cfg.num_key_value_heads,
                       cache_config=vllm_config.cache_config, prefix=name)
@@ -107,7 +110,8 @@ def _plan(md, block_size: int, n: int) -> dict:
         block_table=torch.arange(region // TRAINING_BLOCK_SIZE, dtype=torch.int32, device=dev).repeat(b, 1),
         kv_offsets=starts.to(torch.int32), block_size=TRAINING_BLOCK_SIZE, slot_mapping=new_slots,
         max_seqlen_q=int(q_lens.max()))
-    return {"meta": meta, "cached": cached, "q_lens": q_lens, "num_slots": b * region, "src_block": blocks, "src_off": pos % block_size,
+    return {"meta": meta, "cached": cached, "q_lens": q_lens, "num_slots": b * region, "src_block": blocks,
+            "src_off": pos % block_size,
             "dst": starts[seq_of] + pos, "new_slots": new_slots, "dst_block": vslots // block_size,
             "dst_off": vslots % block_size}
 
