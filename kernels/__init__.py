@@ -2,7 +2,13 @@
 
 Each public op runs a Triton kernel on CUDA tensors and a batch-invariant torch path on CPU tensors; inside
 `invariant_mode(False)` it runs its `*_reference` (torch default ops) instead. See docs/invariance.md.
+Imported as `onpolicy.kernels`; imported as top-level `kernels` (the checkout root on sys.path) it hands that
+name back to Hugging Face's `kernels` package (or fails as a plain environment would).
 """
+if __name__ == "kernels":
+    import onpolicy
+
+    onpolicy._hand_back_top_level_kernels()
 from onpolicy.kernels._common import invariant_mode, is_invariant
 from onpolicy.kernels.activation import silu_mul, silu_mul_reference
 from onpolicy.kernels.attention import attention, attention_reference, attention_varlen

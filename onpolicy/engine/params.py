@@ -77,6 +77,9 @@ class EngineConfig(Section):
     attention reads its padded sizes back to the host, which a graph capture cannot hold)."""
 
     _name: ClassVar[str] = "engine"
+    backend: str = _f("native", "sampler: native (onpolicy's engine) or vllm (vLLM's scheduler and paged cache on "
+                                "onpolicy's model, kernels and sampler; needs the `vllm` extra)",
+                      choices=("native", "vllm"))
     block_size: int = _f(16, "KV-cache block size in tokens", ge=1)
     num_blocks: int | None = _f(None, "KV-cache blocks; null = sized automatically", ge=1)
     max_num_seqs: int = _f(256, "max sequences per engine step", ge=1)

@@ -116,14 +116,26 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
                           batch_size=SFT_BATCH_SIZE, seed=t.seed, cache_dir=cache, log=log)
 
 
+def build_sampler(cfg, model, tokenizer, device: torch.device):
+    """The rollout engine `engine.backend` names: onpolicy's LLM (its KV cache sized beside the trainer's needs,
+    `memory.kv_cache_blocks`), or vLLM on the same model (a weight copy; vLLM sizes its own cache)."""
+    if cfg.engine.backend == "vllm":
+        from onpolicy.engine.vllm_backend import VllmLLM
+
+        return VllmLLM(model, tokenizer, cfg.engine, seed=cfg.trainer.seed)
+    from onpolicy.engine import LLM
+    from onpolicy.trainer.memory import kv_cache_blocks
+
+    engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device))
+    return LLM(model, tokenizer, engine, seed=cfg.trainer.seed)
+
+
 def build_run(cfg, log=print) -> Run:
     from onpolicy import determinism
     from onpolicy.config import check_context
     from onpolicy.data import PromptIterator, load_prompts
-    from onpolicy.engine import LLM
     from onpolicy.logging import RunLogger
     from onpolicy.rewards import check_rewards
-    from onpolicy.trainer.memory import kv_cache_blocks
     from onpolicy.trainer.precision import MasterWeightAdamW
     from onpolicy.trainer.resume import check_resume_config, resume_run, trim_metrics
 
@@ -134,6 +146,10 @@ def build_run(cfg, log=print) -> Run:
     if isinstance(t.resume, str) and not os.path.exists(t.resume):
         raise ValueError(f"trainer.resume: checkpoint path {t.resume!r} does not exist; allowed: false, true, a path")
     check_resume_config(cfg, log)
+    if cfg.engine.backend == "vllm":
+        from onpolicy.engine.vllm_backend import check_available
+
+        check_available()
     device = resolve_device(cfg.model.device)
     determinism.enable(seed=t.seed)
     tokenizer = build_tokenizer(cfg)
@@ -150,8 +166,7 @@ def build_run(cfg, log=print) -> Run:
     params = [p for p in model.parameters() if p.requires_grad]
     model.activation_checkpointing = t.activation_checkpointing
     optimizer = MasterWeightAdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device))
-    llm = LLM(model, tokenizer, engine, seed=t.seed)
+    llm = build_sampler(cfg, model, tokenizer, device)
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,

@@ -48,6 +48,21 @@ def test_hub_kernels_package_does_not_shadow_ours(tmp_path):
         assert ours == os.path.join(REPO_KERNELS, "__init__.py") and matmul.startswith(REPO_KERNELS)
 
 
+def test_checkout_root_on_sys_path_still_gives_hub_kernels():
+    """`python -m pytest` / `python -c` from the checkout root put kernels/ on the path as top-level `kernels`;
+    it must hand the name back to Hugging Face's package (transformers imports it by name), or fail cleanly."""
+    root = os.path.dirname(REPO_KERNELS)
+    code = "import kernels, onpolicy.kernels as ok; print(kernels.__file__, ok.__file__, hasattr(kernels, 'get_kernel'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    if not _installed("kernels"):
+        assert out.returncode != 0 and "imported as onpolicy.kernels" in out.stderr
+        return
+    assert out.returncode == 0, out.stderr[-2000:]
+    theirs, ours, has_get_kernel = out.stdout.split()
+    assert not theirs.startswith(REPO_KERNELS) and has_get_kernel == "True"
+    assert ours == os.path.join(REPO_KERNELS, "__init__.py")
+
+
 def test_tiny_transformers_qwen3_forward():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.Qwen3Config(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
