@@ -3,7 +3,7 @@
 Each public op runs a Triton kernel on CUDA tensors and a batch-invariant torch path on CPU tensors; inside
 `invariant_mode(False)` it runs its `*_reference` (torch default ops) instead. See docs/invariance.md.
 Imported as `onpolicy.kernels`; imported as top-level `kernels` (the checkout root on sys.path) it hands that
-name back to Hugging Face's `kernels` package (or fails as a plain environment would).
+name back to Hugging Face's `kernels` package when that is installed.
 """
 if __name__ == "kernels":
     import onpolicy

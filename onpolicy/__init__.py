@@ -31,14 +31,14 @@ def _map_checkout_kernels() -> None:
 def _hand_back_top_level_kernels() -> None:
     """kernels/__init__.py ran as top-level `kernels`: the checkout root is on sys.path (`python -m`, `-c`) and
     something (e.g. transformers' hub-kernels glue) imported Hugging Face's package by name. Put theirs in
-    sys.modules, or fail as an environment without it would."""
+    sys.modules when it is installed; otherwise leave ours, which has no `__version__`, so transformers'
+    `is_kernels_available()` stays False (raising here would break transformers' own import, which probes it)."""
     from importlib.machinery import PathFinder
 
     root = _Path(__file__).resolve().parent.parent
     spec = PathFinder.find_spec("kernels", [p for p in _sys.path if _Path(p or ".").resolve() != root])
     if spec is None:
-        raise ModuleNotFoundError("No module named 'kernels' (onpolicy's kernels/ is imported as onpolicy.kernels)",
-                                  name="kernels")
+        return
     module = _util.module_from_spec(spec)
     _sys.modules["kernels"] = module
     spec.loader.exec_module(module)

@@ -50,14 +50,13 @@ def test_hub_kernels_package_does_not_shadow_ours(tmp_path):
 
 def test_checkout_root_on_sys_path_still_gives_hub_kernels():
     """`python -m pytest` / `python -c` from the checkout root put kernels/ on the path as top-level `kernels`;
-    it must hand the name back to Hugging Face's package (transformers imports it by name), or fail cleanly."""
+    it must hand the name back to Hugging Face's package (transformers imports it by name) when installed."""
     root = os.path.dirname(REPO_KERNELS)
     code = "import kernels, onpolicy.kernels as ok; print(kernels.__file__, ok.__file__, hasattr(kernels, 'get_kernel'))"
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
-    if not _installed("kernels"):
-        assert out.returncode != 0 and "imported as onpolicy.kernels" in out.stderr
-        return
     assert out.returncode == 0, out.stderr[-2000:]
+    if not _installed("kernels"):
+        return  # nothing to hand back: the name stays with the folder, as for any module beside a script
     theirs, ours, has_get_kernel = out.stdout.split()
     assert not theirs.startswith(REPO_KERNELS) and has_get_kernel == "True"
     assert ours == os.path.join(REPO_KERNELS, "__init__.py")

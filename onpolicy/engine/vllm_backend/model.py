@@ -25,6 +25,7 @@ from onpolicy.model.metadata import TRAINING_BLOCK_SIZE, AttentionMetadata
 from onpolicy.model.transformer import CausalLM
 
 ARCHITECTURE = "OnpolicyForCausalLM"
+SCRATCH_ALIGN = 16  # scratch region per sequence: its longest context rounded up to this (any value works)
 
 
 class OnpolicyForCausalLM(nn.Module):
@@ -94,7 +95,7 @@ def _plan(md, block_size: int, n: int) -> dict:
     b = seq_lens.numel()
     q_lens = qsl[1:] - qsl[:-1]
     cached = seq_lens - q_lens
-    region = -(-int(seq_lens.max()) // TRAINING_BLOCK_SIZE) * TRAINING_BLOCK_SIZE
+    region = -(-int(seq_lens.max()) // SCRATCH_ALIGN) * SCRATCH_ALIGN  # scratch slots per sequence
     starts = torch.arange(b, device=dev) * region
     # cached tokens: (sequence, position) pairs, sequence-major
     seq_of = torch.repeat_interleave(torch.arange(b, device=dev), cached)
@@ -107,9 +108,8 @@ def _plan(md, block_size: int, n: int) -> dict:
     vslots = md.slot_mapping[:n].long()
     meta = AttentionMetadata(
         cu_seqlens_q=md.query_start_loc.to(torch.int32), seqlens_k=md.seq_lens.to(torch.int32),
-        block_table=torch.arange(region // TRAINING_BLOCK_SIZE, dtype=torch.int32, device=dev).repeat(b, 1),
-        kv_offsets=starts.to(torch.int32), block_size=TRAINING_BLOCK_SIZE, slot_mapping=new_slots,
-        max_seqlen_q=int(q_lens.max()))
+        block_table=torch.zeros(b, 1, dtype=torch.int32, device=dev),  # one block per sequence, as in training
+        kv_offsets=starts.to(torch.int32), block_size=TRAINING_BLOCK_SIZE, slot_mapping=new_slots)
     return {"meta": meta, "cached": cached, "q_lens": q_lens, "num_slots": b * region, "src_block": blocks,
             "src_off": pos % block_size,
             "dst": starts[seq_of] + pos, "new_slots": new_slots, "dst_block": vslots // block_size,
