@@ -170,6 +170,10 @@ class TrainerArgs(Section):
         self._check(self.prompts_per_step % self.mini_batches == 0, "mini_batches",
                     f"a divisor of prompts_per_step ({self.prompts_per_step}): mini-batches hold whole groups")
         self._check(self.num_iterations >= 1, "num_iterations", "an int >= 1")
+        rc = self.reduction_chunks
+        self._check(rc is None or (rc >= 1 and rc & (rc - 1) == 0 and (self.prompts_per_step // self.mini_batches)
+                                   % rc == 0), "reduction_chunks",
+                    "null or a power of two dividing the prompts of one mini-batch (prompts_per_step / mini_batches)")
 
     # trainer helper (issue 8) -- for the coordinator to port into the new config:
     keep_checkpoints: int = _f(2, "checkpoints kept on disk (the newest N); the final policy is always saved")
@@ -179,6 +183,10 @@ class TrainerArgs(Section):
     mini_batches: int = _f(1, "optimizer steps per pass over the rollout batch (whole groups each)")
     num_iterations: int = _f(1, "passes over each rollout batch (PPO epochs); updates = mini_batches * this")
     activation_checkpointing: bool = _f(False, "recompute each decoder layer in the backward (less memory)")
+    # dist helper (issue 11) -- for the coordinator to port into the new config:
+    reduction_chunks: int | None = _f(None, "gradient reduction chunks per mini-batch (power of two, whole "
+                                      "groups; null = world size); equal values give the same bits on any "
+                                      "world size dividing it")
 
 
 @dataclass

@@ -16,7 +16,7 @@ import time
 
 from onpolicy.trainer.health import CollapseWatch, NonFiniteError
 from onpolicy.trainer.memory import PhasePeak
-from onpolicy.trainer.rollout import generate_rollouts
+from onpolicy.trainer.rollout import generate_rollouts, merge_rollouts
 from onpolicy.trainer.scoring import score_rollouts
 from onpolicy.trainer.setup import Run, build_run, save_checkpoint
 from onpolicy.trainer.summary import format_summary, summarize
@@ -25,12 +25,24 @@ from onpolicy.trainer.update import learning_rate, update_policy
 __all__ = ["learning_rate", "rl_step", "train"]
 
 
-def _generate(llm, prompt_ids, s, *, run_seed: int, step: int):
+def _generate(llm, prompt_ids, s, *, run_seed: int, step: int, first_index: int = 0):
     """TEMPORARY adapter (delete at merge): the config branch makes `generate_rollouts(llm, prompt_ids,
     sampling_section, *, run_seed, step)`; this branch still has the field-by-field signature."""
     return generate_rollouts(llm, prompt_ids, group_size=s.num_generations, temperature=s.temperature,
                              top_p=s.top_p, top_k=s.top_k, max_tokens=s.max_tokens, stop=s.stop,
-                             run_seed=run_seed, step=step)
+                             run_seed=run_seed, step=step, first_index=first_index)
+
+
+def _sample_share(run: Run, prompt_ids: list, step: int):
+    """This rank samples its contiguous share of the step's prompts; every rank gets the whole step's rollout
+    (gathered in rank order, i.e. as world size 1 orders it), so scoring and metrics are global."""
+    import torch
+
+    mine = run.dist.share(range(len(prompt_ids)))
+    with torch.no_grad():
+        ro = _generate(run.llm, prompt_ids[mine.start:mine.stop], run.cfg.sampling, run_seed=run.cfg.trainer.seed,
+                       step=step, first_index=mine.start)
+    return merge_rollouts(run.dist.gather(ro)) if run.dist.world_size > 1 else ro
 
 
 def rl_step(run: Run, step: int) -> dict:
@@ -45,8 +57,7 @@ def rl_step(run: Run, step: int) -> dict:
     t0 = time.perf_counter()
     rows = next(run.prompts)
     prompt_ids = [run.encode(r["prompt"]) for r in rows]
-    with torch.no_grad():
-        ro = _generate(run.llm, prompt_ids, cfg.sampling, run_seed=cfg.trainer.seed, step=step)
+    ro = _sample_share(run, prompt_ids, step)
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()
     scored = score_rollouts(cfg, rows, ro)
@@ -62,7 +73,7 @@ def rl_step(run: Run, step: int) -> dict:
     memory = {} if sample_peak is None else {"memory/sample_peak_gib": sample_peak,
                                              "memory/train_peak_gib": peak.gib()}
     return {
-        "step": step + 1, **update, **scored.metrics(), **scored.completion_metrics(),
+        "step": step + 1, "world_size": run.dist.world_size, **update, **scored.metrics(), **scored.completion_metrics(),
         "throughput/tokens_per_s": (ro.num_tokens + sum(len(p) for p in ro.prompt_ids)) / max(t_step, 1e-9),
         "time/sample": t_sample,
         "time/train": t_train,

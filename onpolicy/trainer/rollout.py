@@ -40,13 +40,15 @@ class Rollout:
 
 
 def generate_rollouts(llm, prompt_ids: list[list[int]], *, group_size: int, temperature: float, top_p: float,
-                      top_k: int, max_tokens: int, stop: list[str] | None, run_seed: int, step: int) -> Rollout:
-    """Sample `group_size` completions per prompt (logprobs at `temperature`) and flatten them."""
+                      top_k: int, max_tokens: int, stop: list[str] | None, run_seed: int, step: int,
+                      first_index: int = 0) -> Rollout:
+    """Sample `group_size` completions per prompt (logprobs at `temperature`) and flatten them. `first_index`:
+    the step-wide index of prompt_ids[0] (a rank's share), used for the seeds and `group_index`."""
     from onpolicy.engine import SamplingParams
 
     params = [SamplingParams(n=group_size, temperature=temperature, top_p=top_p, top_k=top_k,
                              max_tokens=max_tokens, stop=list(stop) or None,
-                             seed=sampling_seed(run_seed, step, i), logprobs=True)
+                             seed=sampling_seed(run_seed, step, first_index + i), logprobs=True)
               for i in range(len(prompt_ids))]
     outputs = llm.generate(prompt_ids, params)
     if len(outputs) != len(prompt_ids):
@@ -63,5 +65,14 @@ def generate_rollouts(llm, prompt_ids: list[list[int]], *, group_size: int, temp
             ro.sampler_logprobs.append(comp.logprobs.detach().float().cpu())
             ro.texts.append(comp.text)
             ro.finish_reasons.append(comp.finish_reason)
-            ro.group_index.append(i)
+            ro.group_index.append(first_index + i)
     return ro
+
+
+def merge_rollouts(parts: list[Rollout]) -> Rollout:
+    """Concatenate rank shares (in rank order) into the step's rollout, as one process would have made it."""
+    out = Rollout(group_size=parts[0].group_size)
+    for p in parts:
+        for name in ("prompt_ids", "completion_ids", "sampler_logprobs", "texts", "finish_reasons", "group_index"):
+            getattr(out, name).extend(getattr(p, name))
+    return out
