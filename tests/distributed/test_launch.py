@@ -1,0 +1,149 @@
+"""`accelerate launch --num_processes 2` (gloo, CPU) of the tiny default with mini-batches and micro-batches:
+KL exactly 0.0 on every rank, run-to-run identical weights, world size 1 == world size 2 bitwise (same
+reduction chunks), kill -9 of one rank reported and resumed bitwise, and world sizes the config cannot take
+refused with one `error:` line (exit 2) before compute."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("accelerate")
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 4
+ARGS = ["--config", str(ROOT / "configs/tiny-cpu.yaml"), "--trainer.steps", str(STEPS), "--trainer.save_every", "1",
+        "--trainer.mini_batches", "2", "--trainer.micro_batch_tokens", "48", "--trainer.sft_warmup_steps", "40",
+        "--logging.plot", "false"]
+TIMING = ("time/", "throughput/")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / "configs/accelerate/cpu_ddp.yaml"), "--num_processes", "2", "--main_process_port",
+            str(_free_port()), str(ROOT / "recipes/grpo.py"), *ARGS, "--logging.output_dir", str(out), *extra]
+
+
+def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **kw.pop("env", {})}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240, **kw)
+
+
+def _weights_hash(out: Path, step: int = STEPS) -> str:
+    return hashlib.sha256((out / f"checkpoints/step-{step}/policy/model.safetensors").read_bytes()).hexdigest()
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two identical world-size-2 runs (sharing one SFT cache under the same parent directory)."""
+    root = tmp_path_factory.mktemp("dist")
+    outs = []
+    for name in ("a", "b"):
+        res = _run(_launch_cmd(root / name))
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        outs.append((root / name, res))
+    return root, outs
+
+
+def test_two_ranks_on_policy_and_run_to_run_identical(runs):
+    _, [(a, res_a), (b, _)] = runs
+    rows = _rows(a)
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))  # rank 0 alone writes metrics.jsonl
+    for r in rows:
+        assert r["world_size"] == 2
+        for key in ("onpolicy/kl", "rank0/onpolicy/kl", "rank1/onpolicy/kl", "onpolicy/mismatch_frac",
+                    "rank0/onpolicy/mismatch_frac", "rank1/onpolicy/mismatch_frac"):
+            assert r[key] == 0.0, (key, r)
+    assert any(r["grad_norm"] > 0 for r in rows)  # the updates did move the weights
+    assert res_a.stdout.count("step 1 |") == 1  # console from rank 0 only
+    assert _weights_hash(a) == _weights_hash(b)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rs]  # noqa: E731
+    assert strip(_rows(a)) == strip(_rows(b))
+
+
+def test_world_size_1_equals_world_size_2_bitwise(runs):
+    """One process with reduction_chunks 2 sums the same chunk gradients in the same tree as two ranks."""
+    root, [(a, _), _] = runs
+    one = root / "one"
+    res = _run([sys.executable, str(ROOT / "recipes/grpo.py"), *ARGS, "--logging.output_dir", str(one),
+                "--trainer.reduction_chunks", "2"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert _weights_hash(one) == _weights_hash(a)
+    keep = lambda r: {k: v for k, v in r.items() if not k.startswith(TIMING + ("rank",)) and k != "world_size"}  # noqa: E731
+    assert [keep(r) for r in _rows(one)] == [keep(r) for r in _rows(a)]
+    assert all(r["world_size"] == 1 for r in _rows(one))
+
+
+def _worker_pids(launcher_pid: int) -> dict[int, int]:
+    """rank -> pid of the launcher's worker processes (their RANK environment variable)."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (proc / "environ").read_bytes().split(b"\0") if ppid == launcher_pid else []
+        except (OSError, IndexError, ValueError):
+            continue
+        for item in env:
+            if item.startswith(b"RANK="):
+                out[int(item[5:])] = int(proc.name)
+    return out
+
+
+def test_kill_one_rank_is_reported_and_resume_is_bitwise(runs):
+    root, [(a, _), _] = runs
+    out = root / "killed"
+    proc = subprocess.Popen(_launch_cmd(out), cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 180
+        while not (out / "checkpoints/step-1").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+            time.sleep(0.05)
+        pids = _worker_pids(proc.pid)
+        assert set(pids) == {0, 1}, pids
+        os.kill(pids[1], signal.SIGKILL)
+        log, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "SIGKILL" in log and "rank" in log, log[-3000:]  # the launcher names the signal and the failed rank
+    saved = sorted(int(p.name.split("-")[1]) for p in (out / "checkpoints").glob("step-*"))
+    assert saved and saved[-1] < STEPS, saved
+    res = _run(_launch_cmd(out, "--trainer.resume", "true"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"resumed after step {saved[-1]}" in res.stdout
+    assert _weights_hash(out) == _weights_hash(a)
+    assert [r["step"] for r in _rows(out)] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.parametrize("world, extra, message", [
+    ("3", [], "world size 3"),
+    ("4", ["--trainer.prompts_per_step", "6"], "trainer.prompts_per_step: 6 is not divisible by the world size 4"),
+])
+def test_world_size_refused_before_compute(tmp_path, world, extra, message):
+    res = _run([sys.executable, str(ROOT / "recipes/grpo.py"), *ARGS, "--logging.output_dir",
+                str(tmp_path / "out"), *extra], env={"WORLD_SIZE": world})
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
+    assert not (tmp_path / "out").exists()  # nothing ran
