@@ -6,8 +6,8 @@ Also `accelerate launch --config_file configs/accelerate/<cpu|cpu_ddp|single_gpu
 size against the config (before any process group or model), `onpolicy.determinism.enable(trainer.seed)`,
 check reward names, an `accelerate.Accelerator` (process group: gloo on CPU, NCCL on GPU; `model.device: auto`
 becomes its device), then `onpolicy.trainer.train(cfg)` (console output from rank 0 only).
-Left out: FSDP (refused before compute). `dapo.py`, `rloo.py`, `dr_grpo.py` are this recipe with
-`trainer.algo` fixed.
+Left out: FSDP and accelerate's mixed_precision (refused before compute). `dapo.py`, `rloo.py`, `dr_grpo.py`
+are this recipe with `trainer.algo` fixed.
 """
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 def check_launch(cfg) -> None:
     """Errors before compute: the launched world size (WORLD_SIZE) against the config; exit 2 with one line."""
-    from onpolicy.trainer.distributed import check_world_size, launched_world_size
+    from onpolicy.trainer.distributed import check_launch_env, check_world_size, launched_world_size
 
     try:
+        check_launch_env(cfg)
         check_world_size(cfg, launched_world_size())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -33,14 +34,7 @@ def build_accelerator(cfg):
     import torch
     from accelerate import Accelerator
 
-    from onpolicy.trainer.distributed import check_fsdp
-
     accelerator = Accelerator(cpu=cfg.model.device == "cpu")
-    try:
-        check_fsdp(accelerator.state)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     if accelerator.device.type == "cuda":
         torch.cuda.set_device(accelerator.device)  # this rank's GPU for every "cuda" tensor
     if cfg.model.device == "auto":

@@ -13,10 +13,11 @@ rank ^ 2^k at level k). fp32 addition is commutative bitwise (a+b == b+a), so ev
 ((g0+g1)+(g2+g3)) and the result does not depend on how the C chunks are spread over 1, 2, 4, ... ranks.
 C and W must be powers of two with W | C. Cost of the fixed order vs NCCL's all_reduce: each rank sends
 log2(W) full fp32 gradients (a ring all_reduce sends 2(W-1)/W of one), no overlap with the backward, and
-up to log2(C/W)+2 flat fp32 gradient buffers (the tree's partial sums and the receive buffer). Metrics are gathered (`gather`) as per-sample
-values and reduced in global order, so they match world size 1.
+up to log2(C/W)+2 flat fp32 gradient buffers (the tree's partial sums and the receive buffer).
+Metrics: every rank gets the whole step's rollout (gathered in rank order) and scores it, so rewards and
+advantages are world size 1's; loss and parity gather per-token values and reduce them in global order.
 Left out: NCCL algorithm pinning (we order the sums ourselves), bucketed overlap with the backward,
-non-power-of-two world sizes, FSDP2 sharding of masters/optimizer state (see `check_fsdp`).
+non-power-of-two world sizes, FSDP2 sharding of masters/optimizer state (refused: `check_launch_env`).
 """
 from __future__ import annotations
 
@@ -220,10 +221,19 @@ def _detached(part, device):
     return replace(part, **moved)
 
 
-def check_fsdp(accelerator_state) -> None:
-    """FSDP is refused before compute: masters/optimizer sharding with fully_shard is not built yet."""
-    if getattr(accelerator_state, "distributed_type", None) is not None and \
-            str(accelerator_state.distributed_type).endswith("FSDP"):
+def check_launch_env(cfg, env=None) -> None:
+    """Errors before compute for an accelerate config this trainer cannot honour (read from the launcher's
+    environment): FSDP (not built: sharded fp32 masters need fully_shard plus a per-step gather into the
+    engine's bf16 copy, see docs/distributed.md), mixed precision (autocast; precision comes from model.dtype),
+    use_cpu with model.device: cuda."""
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         raise ValueError("accelerate config: distributed_type FSDP is not supported yet (fully_shard of the fp32 "
-                         "masters is not built); allowed: MULTI_CPU, MULTI_GPU (DDP) or NO "
-                         "(configs/accelerate/cpu_ddp.yaml, ddp.yaml)")
+                         "masters is not built); allowed: MULTI_GPU (configs/accelerate/ddp.yaml, "
+                         "cpu_ddp.yaml) or NO")
+    mp = env.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if mp not in ("no", "none"):
+        raise ValueError(f"accelerate config: mixed_precision {mp!r} is not supported (the kernels run "
+                         f"model.dtype themselves, fp32 masters); allowed: 'no' (set model.dtype: bfloat16)")
+    if env.get("ACCELERATE_USE_CPU", "false").lower() == "true" and cfg.model.device == "cuda":
+        raise ValueError("model.device: 'cuda' but the accelerate config has use_cpu: true; allowed: cpu, auto")

@@ -8,7 +8,9 @@ On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (pea
 `save_every` steps and always at the end (the final policy is an HF directory loadable by transformers), stops
 with `NonFiniteError` (after saving the last good policy, i.e. the weights before the bad update, which is never
 applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
-Left out: multi-process (accelerate) sharding; see `update.py` for what the update leaves out.
+Several processes (`accelerate launch`): each rank samples its share of the prompts, the rollouts are gathered
+in global order and every rank scores the whole step (onpolicy.trainer.distributed); `world_size` is logged.
+See `update.py` for what the update leaves out.
 """
 from __future__ import annotations
 
@@ -49,8 +51,6 @@ def rl_step(run: Run, step: int) -> dict:
     """One RL step (0-based `step`); returns its metrics (the step number logged is step + 1).
     A NonFiniteError carries the step's metrics so far (reward and completion metrics included). Call it inside
     `onpolicy.kernels.invariant_mode(cfg.trainer.invariant)`, as `train()` does."""
-    import torch
-
     cfg = run.cfg
     peak = PhasePeak(run.device)
     peak.start()
@@ -73,7 +73,8 @@ def rl_step(run: Run, step: int) -> dict:
     memory = {} if sample_peak is None else {"memory/sample_peak_gib": sample_peak,
                                              "memory/train_peak_gib": peak.gib()}
     return {
-        "step": step + 1, "world_size": run.dist.world_size, **update, **scored.metrics(), **scored.completion_metrics(),
+        "step": step + 1, "world_size": run.dist.world_size, **update, **scored.metrics(),
+        **scored.completion_metrics(),
         "throughput/tokens_per_s": (ro.num_tokens + sum(len(p) for p in ro.prompt_ids)) / max(t_step, 1e-9),
         "time/sample": t_sample,
         "time/train": t_train,

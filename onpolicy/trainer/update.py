@@ -6,6 +6,7 @@
             trainer forward (packed varlen; trainer.activation_checkpointing) -> logprobs
             update 1 only: parity vs the sampler (strict_onpolicy: bitwise, and the loss checks ratio == 1.0)
             slice_loss -> backward -> optimizer.accumulate_grads()    (fp32 master grads)
+        (micro-batches planned within this rank's reduction chunks; distributed.GradReduction sums the chunks)
         clip -> MasterWeightAdamW step (fp32 masters; the model's bf16 copy, shared with the engine, refreshed)
     engine prefix cache reset (its cached KV came from the old weights)
 
@@ -17,7 +18,7 @@ weights are no longer the sampler's. Non-finite logprobs, loss or gradient norm 
 that update's optimizer step; when earlier updates of the step were applied (`e.partial`), `train()` saves
 nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means over the
 updates; with several updates also `train/updates`, `loss/clip_frac_last` and `loss/ratio_mean_last`.
-Left out: shuffling between iterations, cross-rank gradient reduction, micro-batch-size-independent weight
+Left out: shuffling between iterations, micro-batch-size-independent weight
 gradients (fixed-order chunked reduction): they differ by fp32 rounding (tiny default: relative L2 ~1.5e-7
 between 1-sequence micro-batches and one batch; ~3.5e-3 with a bf16 model, whose per-micro-batch weight grads
 are rounded to bf16 before the fp32 sum).

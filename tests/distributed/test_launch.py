@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
 ARGS = ["--config", str(ROOT / "configs/tiny-cpu.yaml"), "--trainer.steps", str(STEPS), "--trainer.save_every", "1",
         "--trainer.mini_batches", "2", "--trainer.micro_batch_tokens", "48", "--trainer.sft_warmup_steps", "40",
-        "--logging.plot", "false"]
+        "--model.dtype", "bfloat16", "--logging.plot", "false"]
 TIMING = ("time/", "throughput/")
 
 
