@@ -115,6 +115,11 @@ class Dist:
         return flat
 
 
+def run_dist(run) -> Dist:
+    """`run.dist`, or world size 1 for run-like objects without one (benchmarks, tests)."""
+    return getattr(run, "dist", None) or Dist()
+
+
 class ChunkTree:
     """Sums chunk gradients (flat fp32) pushed in chunk order as a binary tree: ((g0+g1)+(g2+g3))...;
     holds at most log2(n)+1 buffers. `push` count must be a power of two for the tree to be the full one."""
@@ -161,7 +166,7 @@ class GradReduction:
     rank every method is a no-op and the update is exactly the single-process one."""
 
     def __init__(self, run, num_seqs: int, group_size: int):
-        self.run, self.dist = run, run.dist
+        self.run, self.dist = run, run_dist(run)
         self.chunks = reduction_chunks(run.cfg, self.dist.world_size)
         if num_seqs % (self.chunks * group_size):
             raise ValueError(f"trainer.reduction_chunks: {self.chunks} chunks of whole groups do not divide a "

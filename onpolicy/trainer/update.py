@@ -29,7 +29,7 @@ from dataclasses import replace
 
 import torch
 
-from onpolicy.trainer.distributed import GradReduction, gather_parity
+from onpolicy.trainer.distributed import GradReduction, gather_parity, run_dist
 from onpolicy.trainer.health import NonFiniteError, check_finite
 from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss, truncated_is_weights
 from onpolicy.trainer.microbatch import plan_micro_batches, token_spans, update_schedule
@@ -175,7 +175,7 @@ def update_policy(run, scored: ScoredBatch, step: int) -> dict:
         for upd in schedule:
             per_update.append(_one_update(run, scored, upd, len(schedule), first, metrics))
             if upd.on_policy:
-                metrics.update(gather_parity(run.dist, first.sampler, first.trainer))
+                metrics.update(gather_parity(run_dist(run), first.sampler, first.trainer))
     except NonFiniteError as e:
         e.partial = bool(per_update)  # earlier updates of this step are applied: the weights are not the last good
         if e.partial:
