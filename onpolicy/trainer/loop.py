@@ -105,7 +105,9 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
             history.append(e.metrics)
             run.logger.log(e.metrics, step=step + 1)
             run.prompts.load_state_dict(prompt_state)
-            if getattr(e, "partial", False):  # some updates of the step applied: the weights in memory are not good
+            # some updates of the step applied (the weights in memory are not good), or several ranks (the others
+            # may wait in a collective: no collective save; the launcher stops them): the last checkpoint on disk
+            if getattr(e, "partial", False) or run.dist.world_size > 1:
                 raise NonFiniteError(e.step, e.what, e.metrics, saved=_last_saved(run)) from None
             path = save_checkpoint(run, step)
             raise NonFiniteError(e.step, e.what, e.metrics, saved=f"{path}/policy") from None

@@ -147,3 +147,35 @@ def test_world_size_refused_before_compute(tmp_path, world, extra, message):
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], res.stderr
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+NAN_ON_RANK1 = '''
+import os, sys
+from dataclasses import replace
+sys.path[:0] = [{root!r}, {recipes!r}]
+from onpolicy.trainer import loop, update
+real_loss, real_update, state = update.slice_loss, update.update_policy, {{}}
+def update_policy(run, scored, step):
+    state["step"] = step
+    return real_update(run, scored, step)
+def slice_loss(*a, **k):
+    out = real_loss(*a, **k)
+    return replace(out, loss=out.loss * float("nan")) if os.environ["RANK"] == "1" and state["step"] == 1 else out
+loop.update_policy, update.slice_loss = update_policy, slice_loss
+import grpo
+grpo.main()
+'''
+
+
+def test_non_finite_loss_on_one_rank_stops_the_job_without_hanging(tmp_path):
+    """Rank 1's loss turns NaN in step 2 while rank 0 waits in the gradient reduction: rank 1 reports it and
+    saves nothing collectively, the launcher stops rank 0; step 1's checkpoint is the last good policy."""
+    script = tmp_path / "nan_rank1.py"
+    script.write_text(NAN_ON_RANK1.format(root=str(ROOT), recipes=str(ROOT / "recipes")))
+    cmd = _launch_cmd(tmp_path / "out")
+    cmd[cmd.index(str(ROOT / "recipes/grpo.py"))] = str(script)
+    res = _run(cmd)
+    log = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "step 2: loss non-finite" in log and "step-1/policy" in log, log[-3000:]
+    assert sorted(p.name for p in (tmp_path / "out/checkpoints").glob("step-*")) == ["step-1"]
