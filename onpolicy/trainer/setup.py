@@ -163,8 +163,9 @@ def build_run(cfg, log=print) -> Run:
     model.activation_checkpointing = t.activation_checkpointing
     optimizer = MasterWeightAdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
     e = cfg.engine
+    blocks = kv_cache_blocks(cfg, model, device, world_size=dist.world_size)  # this rank's share of the prompts
     llm = LLM(model, tokenizer, EngineConfig(
-        block_size=e.block_size, num_blocks=kv_cache_blocks(cfg, model, device), max_num_seqs=e.max_num_seqs,
+        block_size=e.block_size, num_blocks=blocks, max_num_seqs=e.max_num_seqs,
         max_num_batched_tokens=e.max_num_batched_tokens, enable_prefix_caching=e.enable_prefix_caching,
         invariant=t.invariant, use_cuda_graphs=e.use_cuda_graphs, seed=t.seed))
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)

@@ -2,6 +2,8 @@
 (gloo, spawned processes), the same bits on every rank; launch checks that refuse before compute."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as td
@@ -84,3 +86,24 @@ def test_accelerate_config_mismatch_refused(env, message):
     with pytest.raises(ValueError, match=message):
         check_launch_env(cfg, env)
     check_launch_env(cfg, {"ACCELERATE_USE_CPU": "False", "ACCELERATE_MIXED_PRECISION": "no"})
+
+
+def test_kv_cache_and_activation_reserve_per_rank():
+    """Each rank's engine holds its share of the step's sequences; a micro-batch is at most one chunk."""
+    from onpolicy.engine.kv_cache import kv_bytes_per_block
+    from onpolicy.model.tiny import build_tiny
+    from onpolicy.trainer.memory import kv_cache_blocks, step_tokens, trainer_reserve_bytes
+
+    from onpolicy.config import parse_args
+
+    cfg = parse_args(["--config", str(Path(__file__).resolve().parents[2] / "configs/tiny-cpu.yaml"), "--trainer.prompts_per_step", "8",
+                      "--sampling.num_generations", "4"])
+    model = build_tiny(seed=0)[0]
+    seq_blocks = -(-(cfg.data.max_prompt_tokens + cfg.sampling.max_tokens + 1) // cfg.engine.block_size)
+    free = trainer_reserve_bytes(cfg, model) + 10**12
+    cpu = torch.device("cpu")
+    assert kv_cache_blocks(cfg, model, cpu, free_bytes=free) == 32 * seq_blocks
+    assert kv_cache_blocks(cfg, model, cpu, free_bytes=free, world_size=2) == 16 * seq_blocks
+    assert step_tokens(cfg, world_size=2) * 2 == step_tokens(cfg)
+    assert trainer_reserve_bytes(cfg, model, world_size=2) < trainer_reserve_bytes(cfg, model)
+    assert kv_bytes_per_block(model.config, cfg.engine.block_size, torch.float32) > 0
