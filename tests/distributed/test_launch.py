@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("accelerate")
 ROOT = Path(__file__).resolve().parents[2]
@@ -179,3 +180,24 @@ def test_non_finite_loss_on_one_rank_stops_the_job_without_hanging(tmp_path):
     assert res.returncode != 0
     assert "step 2: loss non-finite" in log and "step-1/policy" in log, log[-3000:]
     assert sorted(p.name for p in (tmp_path / "out/checkpoints").glob("step-*")) == ["step-1"]
+
+
+@pytest.mark.gpu
+def test_ddp_config_on_one_gpu_chunked_reduction(tmp_path):
+    """On the H100: configs/accelerate/ddp.yaml with one process (NCCL process group, world size 1) and two
+    reduction chunks (the chunk tree on CUDA), bf16 with micro-batches: KL exactly 0.0 every step, and the
+    weights equal a plain single-process run with the same chunks."""
+    outs = []
+    for name, launcher in (("ddp", ["-m", "accelerate.commands.launch", "--config_file",
+                                    str(ROOT / "configs/accelerate/ddp.yaml"), "--num_processes", "1",
+                                    "--main_process_port", str(_free_port())]),
+                           ("plain", [])):
+        out = tmp_path / name
+        res = _run([sys.executable, *launcher, str(ROOT / "recipes/grpo.py"), *ARGS, "--model.device", "auto",
+                    "--trainer.reduction_chunks", "2", "--logging.output_dir", str(out)])
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        rows = _rows(out)
+        assert len(rows) == STEPS and all(r["onpolicy/kl"] == 0.0 and r["world_size"] == 1 for r in rows)
+        assert yaml.safe_load((out / "config.yaml").read_text())["model"]["device"] == "cuda"
+        outs.append(out)
+    assert _weights_hash(outs[0]) == _weights_hash(outs[1])
