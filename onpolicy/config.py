@@ -118,6 +118,9 @@ class TrainerArgs(Section):
     mini_batches: int = _f(1, "optimizer steps per pass over the rollout batch (whole groups each)", ge=1)
     num_iterations: int = _f(1, "passes over each rollout batch (PPO epochs); updates = mini_batches * this", ge=1)
     activation_checkpointing: bool = _f(False, "recompute each decoder layer in the backward (less memory)")
+    reduction_chunks: int | None = _f(None, "gradient reduction chunks per mini-batch (power of two, whole groups; "
+                                      "null = world size); equal values give the same bits on any world size "
+                                      "dividing it", ge=1)
     resume: bool | str = _f(False, "true = resume from <output_dir>/checkpoints/latest; a string = checkpoint path")
 
     def _validate(self):
@@ -135,6 +138,10 @@ class TrainerArgs(Section):
                     "true/false or a checkpoint path")
         self._check(self.prompts_per_step % self.mini_batches == 0, "mini_batches",
                     f"a divisor of prompts_per_step ({self.prompts_per_step}): mini-batches hold whole groups")
+        rc = self.reduction_chunks
+        self._check(rc is None or (rc & (rc - 1) == 0 and (self.prompts_per_step // self.mini_batches) % rc == 0),
+                    "reduction_chunks",
+                    "null or a power of two dividing the prompts of one mini-batch (prompts_per_step / mini_batches)")
 
 
 @dataclass

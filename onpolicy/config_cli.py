@@ -118,22 +118,20 @@ def help_text(sections: dict[str, type], extra: list[str] = ()) -> str:
     return "\n".join(lines)
 
 
-def check_single_process(env: dict | None = None) -> None:
-    """Refuse a multi-process launch (data parallel is not implemented yet), on every rank, before any work.
+def check_launch(cfg, env: dict | None = None) -> None:
+    """Launch errors before any process group or model, on every rank: the launched world size against the
+    config and the accelerate config (`onpolicy.trainer.distributed`), and accelerate's simple launcher
+    (distributed_type: 'NO', as configs/accelerate/cpu.yaml), which runs ONE process whatever --num_processes
+    says: it sets MASTER_ADDR (only for num_processes > 1) beside ACCELERATE_USE_CPU but no WORLD_SIZE."""
+    from onpolicy.trainer.distributed import check_launch_env, check_world_size
 
-    torchrun / `accelerate launch --multi_gpu` set WORLD_SIZE. accelerate's simple launcher (a config with
-    distributed_type: 'NO', as configs/accelerate/cpu.yaml) runs ONE process whatever --num_processes says; it
-    then sets MASTER_ADDR (only for num_processes > 1) beside ACCELERATE_USE_CPU but no WORLD_SIZE."""
     env = os.environ if env is None else env
-    one = "allowed: one process (accelerate launch --num_processes 1, or python recipes/<algo>.py)"
-    world = env.get("WORLD_SIZE", "")
-    if world.isdigit() and int(world) > 1:
-        raise ConfigError(f"launch: {world} processes started (WORLD_SIZE={world}, rank {env.get('RANK', '?')}), but "
-                          f"multi-process data parallel is not implemented yet; {one}")
-    if not world and "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env:
+    if "WORLD_SIZE" not in env and "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env:
         raise ConfigError("launch: accelerate was asked for num_processes > 1 (it set MASTER_ADDR) but its simple "
-                          "launcher (distributed_type: 'NO') starts one process, and multi-process data parallel is "
-                          f"not implemented yet; {one}")
+                          "launcher (distributed_type: 'NO') starts one process; allowed: --num_processes 1, or "
+                          "configs/accelerate/cpu_ddp.yaml for several CPU processes")
+    check_launch_env(cfg, env)
+    check_world_size(cfg, int(env.get("WORLD_SIZE", "1")))
 
 
 def _record_for_torchrun(message: str) -> None:

@@ -8,7 +8,9 @@ On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (pea
 `save_every` steps and always at the end (the final policy is an HF directory loadable by transformers), stops
 with `NonFiniteError` (after saving the last good policy, i.e. the weights before the bad update, which is never
 applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
-Left out: multi-process (accelerate) sharding; see `update.py` for what the update leaves out.
+Several processes (`accelerate launch`): each rank samples its share of the prompts, the rollouts are gathered
+in global order and every rank scores the whole step (onpolicy.trainer.distributed); `world_size` is logged.
+See `update.py` for what the update leaves out.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 
 from onpolicy.trainer.health import CollapseWatch, NonFiniteError
 from onpolicy.trainer.memory import PhasePeak
-from onpolicy.trainer.rollout import generate_rollouts
+from onpolicy.trainer.rollout import generate_rollouts, merge_rollouts
 from onpolicy.trainer.scoring import score_rollouts
 from onpolicy.trainer.setup import Run, build_run, save_checkpoint
 from onpolicy.trainer.summary import format_summary, summarize
@@ -25,20 +27,29 @@ from onpolicy.trainer.update import learning_rate, update_policy
 __all__ = ["learning_rate", "rl_step", "train"]
 
 
+def _sample_share(run: Run, prompt_ids: list, step: int):
+    """This rank samples its contiguous share of the step's prompts; every rank gets the whole step's rollout
+    (gathered in rank order, i.e. as world size 1 orders it), so scoring and metrics are global."""
+    import torch
+
+    mine = run.dist.share(range(len(prompt_ids)))
+    with torch.no_grad():
+        ro = generate_rollouts(run.llm, prompt_ids[mine.start:mine.stop], run.cfg.sampling,
+                               run_seed=run.cfg.trainer.seed, step=step, first_index=mine.start)
+    return merge_rollouts(run.dist.gather(ro)) if run.dist.world_size > 1 else ro
+
+
 def rl_step(run: Run, step: int) -> dict:
     """One RL step (0-based `step`); returns its metrics (the step number logged is step + 1).
     A NonFiniteError carries the step's metrics so far (reward and completion metrics included). Call it inside
     `onpolicy.kernels.invariant_mode(cfg.trainer.invariant)`, as `train()` does."""
-    import torch
-
     cfg = run.cfg
     peak = PhasePeak(run.device)
     peak.start()
     t0 = time.perf_counter()
     rows = next(run.prompts)
     prompt_ids = [run.encode(r["prompt"]) for r in rows]
-    with torch.no_grad():
-        ro = generate_rollouts(run.llm, prompt_ids, cfg.sampling, run_seed=cfg.trainer.seed, step=step)
+    ro = _sample_share(run, prompt_ids, step)
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()
     scored = score_rollouts(cfg, rows, ro)
@@ -54,7 +65,8 @@ def rl_step(run: Run, step: int) -> dict:
     memory = {} if sample_peak is None else {"memory/sample_peak_gib": sample_peak,
                                              "memory/train_peak_gib": peak.gib()}
     return {
-        "step": step + 1, **update, **scored.metrics(), **scored.completion_metrics(),
+        "step": step + 1, "world_size": run.dist.world_size, **update, **scored.metrics(),
+        **scored.completion_metrics(),
         "throughput/tokens_per_s": (ro.num_tokens + sum(len(p) for p in ro.prompt_ids)) / max(t_step, 1e-9),
         "time/sample": t_sample,
         "time/train": t_train,
@@ -85,7 +97,9 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
             history.append(e.metrics)
             run.logger.log(e.metrics, step=step + 1)
             run.prompts.load_state_dict(prompt_state)
-            if getattr(e, "partial", False):  # some updates of the step applied: the weights in memory are not good
+            # some updates of the step applied (the weights in memory are not good), or several ranks (the others
+            # may wait in a collective: no collective save; the launcher stops them): the last checkpoint on disk
+            if getattr(e, "partial", False) or run.dist.world_size > 1:
                 raise NonFiniteError(e.step, e.what, e.metrics, saved=_last_saved(run)) from None
             path = save_checkpoint(run, step)
             raise NonFiniteError(e.step, e.what, e.metrics, saved=f"{path}/policy") from None

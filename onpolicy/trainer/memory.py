@@ -20,11 +20,14 @@ ACTIVATION_MARGIN = 1.5
 FIXED_SLACK = 2 << 30
 
 
-def step_tokens(cfg) -> int:
-    """Prompt + completion tokens of one micro-batch at most (the whole mini-batch without a budget)."""
+def step_tokens(cfg, world_size: int = 1) -> int:
+    """Prompt + completion tokens of one micro-batch at most (a whole reduction chunk of a mini-batch without a
+    budget: the whole mini-batch on one process with the default single chunk)."""
+    from onpolicy.trainer.distributed import reduction_chunks
+
     t, s = cfg.trainer, cfg.sampling
     seq = cfg.data.max_prompt_tokens + s.max_tokens
-    whole = t.prompts_per_step * s.num_generations // t.mini_batches * seq
+    whole = t.prompts_per_step * s.num_generations // (t.mini_batches * reduction_chunks(cfg, world_size)) * seq
     return whole if t.micro_batch_tokens is None else min(whole, max(t.micro_batch_tokens, seq))
 
 
@@ -38,18 +41,20 @@ def activation_bytes(mc, tokens: int, checkpointing: bool, elem: int) -> int:
     return mc.num_hidden_layers * per_layer
 
 
-def trainer_reserve_bytes(cfg, model) -> int:
+def trainer_reserve_bytes(cfg, model, world_size: int = 1) -> int:
     """Bytes the trainer will still allocate after the engine is built (see the module docstring)."""
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     low = sum(p.numel() * p.element_size() for p in params if p.dtype != torch.float32)
     elem = next(iter(model.parameters())).element_size()
-    acts = activation_bytes(model.config, step_tokens(cfg), cfg.trainer.activation_checkpointing, elem)
+    acts = activation_bytes(model.config, step_tokens(cfg, world_size), cfg.trainer.activation_checkpointing, elem)
     return 8 * n + 4 * n + low + int(ACTIVATION_MARGIN * acts) + FIXED_SLACK
 
 
-def kv_cache_blocks(cfg, model, device: torch.device, free_bytes: int | None = None) -> int | None:
-    """`engine.num_blocks` for this run (None: the engine's own sizing; see the module docstring)."""
+def kv_cache_blocks(cfg, model, device: torch.device, free_bytes: int | None = None,
+                    world_size: int = 1) -> int | None:
+    """`engine.num_blocks` for this run (None: the engine's own sizing; see the module docstring); with
+    `world_size` ranks each engine samples prompts_per_step / world_size prompts."""
     from onpolicy.engine.kv_cache import kv_bytes_per_block
 
     e, s, t = cfg.engine, cfg.sampling, cfg.trainer
@@ -57,13 +62,13 @@ def kv_cache_blocks(cfg, model, device: torch.device, free_bytes: int | None = N
         return e.num_blocks
     mc = model.config
     seq = min(cfg.data.max_prompt_tokens + s.max_tokens + 1, mc.max_position_embeddings)
-    want = min(e.max_num_seqs, t.prompts_per_step * s.num_generations) * -(-seq // e.block_size)
+    want = min(e.max_num_seqs, t.prompts_per_step // world_size * s.num_generations) * -(-seq // e.block_size)
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)
-    budget = free_bytes - trainer_reserve_bytes(cfg, model)
+    budget = free_bytes - trainer_reserve_bytes(cfg, model, world_size)
     per_block = kv_bytes_per_block(mc, e.block_size, next(iter(model.parameters())).dtype)
     if budget < per_block * -(-seq // e.block_size):
-        need = (trainer_reserve_bytes(cfg, model) + per_block * -(-seq // e.block_size)) / GIB
+        need = (trainer_reserve_bytes(cfg, model, world_size) + per_block * -(-seq // e.block_size)) / GIB
         raise ValueError(f"trainer.micro_batch_tokens: the trainer's estimated needs plus one sequence's KV cache "
                          f"({need:.1f} GiB) exceed the free GPU memory ({free_bytes / GIB:.1f} GiB); set a smaller "
                          f"trainer.micro_batch_tokens or trainer.activation_checkpointing: true")

@@ -39,15 +39,17 @@ class Rollout:
         return sum(self.seq_lens)
 
 
-def generate_rollouts(llm, prompt_ids: list[list[int]], sampling, *, run_seed: int, step: int) -> Rollout:
+def generate_rollouts(llm, prompt_ids: list[list[int]], sampling, *, run_seed: int, step: int,
+                      first_index: int = 0) -> Rollout:
     """Sample `sampling.num_generations` completions per prompt (logprobs at `sampling.temperature`) and flatten
-    them; `sampling` is the config's `SamplingArgs` section."""
+    them; `sampling` is the config's `SamplingArgs` section. `first_index`: the step-wide index of
+    prompt_ids[0] (a rank's share), used for the seeds and `group_index`."""
     from onpolicy.engine import SamplingParams
 
     group_size = sampling.num_generations
     params = [SamplingParams(n=group_size, temperature=sampling.temperature, top_p=sampling.top_p,
                              top_k=sampling.top_k, max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None,
-                             seed=sampling_seed(run_seed, step, i), logprobs=True)
+                             seed=sampling_seed(run_seed, step, first_index + i), logprobs=True)
               for i in range(len(prompt_ids))]
     outputs = llm.generate(prompt_ids, params)
     if len(outputs) != len(prompt_ids):
@@ -64,5 +66,14 @@ def generate_rollouts(llm, prompt_ids: list[list[int]], sampling, *, run_seed: i
             ro.sampler_logprobs.append(comp.logprobs.detach().float().cpu())
             ro.texts.append(comp.text)
             ro.finish_reasons.append(comp.finish_reason)
-            ro.group_index.append(i)
+            ro.group_index.append(first_index + i)
     return ro
+
+
+def merge_rollouts(parts: list[Rollout]) -> Rollout:
+    """Concatenate rank shares (in rank order) into the step's rollout, as one process would have made it."""
+    out = Rollout(group_size=parts[0].group_size)
+    for p in parts:
+        for name in ("prompt_ids", "completion_ids", "sampler_logprobs", "texts", "finish_reasons", "group_index"):
+            getattr(out, name).extend(getattr(p, name))
+    return out

@@ -4,7 +4,8 @@ reference model, optimizer (fp32 masters), engine (KV cache sized next to the tr
 Order matters for clear errors: the config is validated at construction, rewards and data are checked before
 any model is built, and every check runs before compute. The SFT warm-start runs (or loads from its cache)
 before a resume so that a frozen reference model (beta > 0) is the same post-SFT model in both.
-Left out: multi-process (accelerate) placement, LoRA, optimizer choices other than AdamW.
+Several processes (`accelerate launch`): `Run.dist` says which rank this is; rank 0 runs the SFT warm start
+first, writes checkpoints and logs. Left out: LoRA, optimizer choices other than AdamW.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class Run:
     start_step: int
     setup_time: float
     sft_stats: dict
+    dist: Any = None                  # onpolicy.trainer.distributed.Dist (rank, world size)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,14 +86,20 @@ def build_model(cfg, device: torch.device, seed: int):
 
 
 def save_checkpoint(run: Run, step: int) -> str:
-    """Save after `step` completed steps; the prompt iterator's position and the config travel with it."""
+    """Save after `step` completed steps; the prompt iterator's position and the config travel with it.
+    Rank 0 writes (every rank holds the same weights and optimizer state); the others wait for it."""
     from onpolicy.trainer import checkpoint
 
-    return str(checkpoint.save_checkpoint(checkpoint.checkpoint_root(run.cfg), step=step, model=run.model,
-                                          optimizer=run.optimizer, tokenizer=run.tokenizer,
-                                          extra={"prompts": run.prompts.state_dict()},
-                                          keep=run.cfg.trainer.keep_checkpoints,
-                                          meta={"config": run.cfg.to_dict()}))
+    root = checkpoint.checkpoint_root(run.cfg)
+    if run.dist is None or run.dist.is_main:
+        world = {"world_size": run.dist.world_size} if run.dist is not None else {}
+        checkpoint.save_checkpoint(root, step=step, model=run.model, optimizer=run.optimizer,
+                                   tokenizer=run.tokenizer, extra={"prompts": run.prompts.state_dict()},
+                                   keep=run.cfg.trainer.keep_checkpoints,
+                                   meta={"config": run.cfg.to_dict(), **world})
+    if run.dist is not None:
+        run.dist.barrier()
+    return str(root / f"step-{step}")
 
 
 def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
@@ -116,9 +124,10 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
                           batch_size=SFT_BATCH_SIZE, seed=t.seed, cache_dir=cache, log=log)
 
 
-def build_sampler(cfg, model, tokenizer, device: torch.device):
-    """The rollout engine `engine.backend` names: onpolicy's LLM (its KV cache sized beside the trainer's needs,
-    `memory.kv_cache_blocks`), or vLLM on the same model (a weight copy; vLLM sizes its own cache)."""
+def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int = 1):
+    """The rollout engine `engine.backend` names: onpolicy's LLM (its KV cache sized for this rank's share of the
+    prompts beside the trainer's needs, `memory.kv_cache_blocks`), or vLLM on the same model (a weight copy;
+    vLLM sizes its own cache)."""
     if cfg.engine.backend == "vllm":
         from onpolicy.engine.vllm_backend import VllmLLM
 
@@ -126,7 +135,7 @@ def build_sampler(cfg, model, tokenizer, device: torch.device):
     from onpolicy.engine import LLM
     from onpolicy.trainer.memory import kv_cache_blocks
 
-    engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device))
+    engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device, world_size=world_size))
     return LLM(model, tokenizer, engine, seed=cfg.trainer.seed)
 
 
@@ -137,6 +146,7 @@ def build_run(cfg, log=print) -> Run:
     from onpolicy.logging import RunLogger
     from onpolicy.rewards import check_rewards
     from onpolicy.trainer.precision import MasterWeightAdamW
+    from onpolicy.trainer.distributed import Dist, check_world_size
     from onpolicy.trainer.resume import check_resume_config, resume_run, trim_metrics
 
     t0 = time.perf_counter()
@@ -145,6 +155,8 @@ def build_run(cfg, log=print) -> Run:
     check_context(cfg)
     if isinstance(t.resume, str) and not os.path.exists(t.resume):
         raise ValueError(f"trainer.resume: checkpoint path {t.resume!r} does not exist; allowed: false, true, a path")
+    dist = Dist.current()
+    check_world_size(cfg, dist.world_size)
     check_resume_config(cfg, log)
     if cfg.engine.backend == "vllm":
         from onpolicy.engine.vllm_backend import check_available
@@ -159,22 +171,27 @@ def build_run(cfg, log=print) -> Run:
     def encode(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
+    if not dist.is_main:  # rank 0 runs the warm start (or loads its cache) first; the others load its cache
+        dist.barrier()
     sft_stats = run_sft(cfg, model, tokenizer, rows, encode, log)
+    if dist.is_main:
+        dist.barrier()
     ref_model = None
     if t.beta > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     model.activation_checkpointing = t.activation_checkpointing
     optimizer = MasterWeightAdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    llm = build_sampler(cfg, model, tokenizer, device)
+    llm = build_sampler(cfg, model, tokenizer, device, dist.world_size)
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,
-              setup_time=0.0, sft_stats=sft_stats)
+              setup_time=0.0, sft_stats=sft_stats, dist=dist)
     if t.resume is not False:
         run.start_step = resume_run(run)
         log(f"resumed after step {run.start_step}" if run.start_step else "resume: no checkpoint yet, starting fresh")
-    trim_metrics(cfg, run.start_step, log)
-    run.logger = RunLogger(cfg)
+    if dist.is_main:  # console, metrics.jsonl and W&B from rank 0 only
+        trim_metrics(cfg, run.start_step, log)
+    run.logger = RunLogger(cfg, enabled=dist.is_main)
     run.setup_time = time.perf_counter() - t0
     return run

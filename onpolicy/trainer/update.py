@@ -6,6 +6,7 @@
             trainer forward (packed varlen; trainer.activation_checkpointing) -> logprobs
             update 1 only: parity vs the sampler (strict_onpolicy: bitwise, and the loss checks ratio == 1.0)
             slice_loss -> backward -> optimizer.accumulate_grads()    (fp32 master grads)
+        (micro-batches planned within this rank's reduction chunks; distributed.GradReduction sums the chunks)
         clip -> MasterWeightAdamW step (fp32 masters; the model's bf16 copy, shared with the engine, refreshed)
     engine prefix cache reset (its cached KV came from the old weights)
 
@@ -17,7 +18,7 @@ weights are no longer the sampler's. Non-finite logprobs, loss or gradient norm 
 that update's optimizer step; when earlier updates of the step were applied (`e.partial`), `train()` saves
 nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means over the
 updates; with several updates also `train/updates`, `loss/clip_frac_last` and `loss/ratio_mean_last`.
-Left out: shuffling between iterations, cross-rank gradient reduction, micro-batch-size-independent weight
+Left out: shuffling between iterations, micro-batch-size-independent weight
 gradients (fixed-order chunked reduction): they differ by fp32 rounding (tiny default: relative L2 ~1.5e-7
 between 1-sequence micro-batches and one batch; ~3.5e-3 with a bf16 model, whose per-micro-batch weight grads
 are rounded to bf16 before the fp32 sum).
@@ -28,6 +29,7 @@ from dataclasses import replace
 
 import torch
 
+from onpolicy.trainer.distributed import GradReduction, gather_parity, run_dist
 from onpolicy.trainer.health import NonFiniteError, check_finite
 from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss, truncated_is_weights
 from onpolicy.trainer.microbatch import plan_micro_batches, token_spans, update_schedule
@@ -108,10 +110,11 @@ def _one_update(run, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpda
     t, ro, step = run.cfg.trainer, scored.rollout, first.step
     mini = sub_rollout(ro, upd.seqs)
     w = _mini_batch_weights(run, scored, upd.seqs, token_spans(ro.seq_lens, [upd.seqs])[0])
-    plan = plan_micro_batches([len(p) + len(c) for p, c in zip(mini.prompt_ids, mini.completion_ids)],
-                              t.micro_batch_tokens)
+    seq_tokens = [len(p) + len(c) for p, c in zip(mini.prompt_ids, mini.completion_ids)]
+    reduction = GradReduction(run, len(seq_tokens), ro.group_size)  # this rank's chunks; cross-rank grad sum
     acc = LossAccumulator()
-    for seqs, span in zip(plan, token_spans(mini.seq_lens, plan)):
+    for seqs, span, chunk_end in _chunk_micro_batches(reduction.my_chunks(), seq_tokens, mini.seq_lens,
+                                                      t.micro_batch_tokens):
         mb = sub_rollout(mini, seqs)
         lps = trainer_logprobs(run.model, mb, run.cfg.sampling.temperature, grad=True)
         if upd.on_policy:
@@ -125,6 +128,10 @@ def _one_update(run, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpda
         run.optimizer.accumulate_grads()
         acc.add(part)
         del lps, part
+        if chunk_end:
+            reduction.chunk_done()
+    reduction.finish()
+    acc.parts = reduction.loss_parts(acc.parts)
     stats = acc.result()
     grad_norm = run.optimizer.clip_grad_norm_(t.max_grad_norm)
     check_finite(step + 1, "gradient norm", grad_norm, {**metrics, **_parity(first, upd), "grad_norm": grad_norm})
@@ -132,6 +139,16 @@ def _one_update(run, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpda
     run.optimizer.zero_grad()
     return {"loss": stats.loss, "loss/clip_frac": stats.clip_frac, "loss/ratio_mean": stats.ratio_mean,
             "loss/kl_ref": stats.kl_ref, "grad_norm": grad_norm}
+
+
+def _chunk_micro_batches(chunks: list[range], seq_tokens: list[int], seq_lens: list[int], budget):
+    """(sequences, token span, last of its chunk) of each micro-batch, planned within each chunk (so the plan
+    does not depend on the world size); ranges are relative to the mini-batch."""
+    for chunk in chunks:
+        plan = [range(chunk.start + r.start, chunk.start + r.stop)
+                for r in plan_micro_batches(seq_tokens[chunk.start:chunk.stop], budget)]
+        for i, (seqs, span) in enumerate(zip(plan, token_spans(seq_lens, plan))):
+            yield seqs, span, i == len(plan) - 1
 
 
 def _parity(first: _FirstUpdate, upd) -> dict:
@@ -158,7 +175,7 @@ def update_policy(run, scored: ScoredBatch, step: int) -> dict:
         for upd in schedule:
             per_update.append(_one_update(run, scored, upd, len(schedule), first, metrics))
             if upd.on_policy:
-                metrics.update(first.metrics())
+                metrics.update(gather_parity(run_dist(run), first.sampler, first.trainer))
     except NonFiniteError as e:
         e.partial = bool(per_update)  # earlier updates of this step are applied: the weights are not the last good
         if e.partial:

@@ -1,5 +1,5 @@
 """Recipes from the command line: accelerate launches, one-line user errors (exit 2), --debug, refused
-multi-process launches. Each test runs the recipe in a subprocess (0 RL steps where it gets that far)."""
+launches (a world size the config cannot use, accelerate's one-process launcher asked for several). Each test runs the recipe in a subprocess (0 RL steps where it gets that far)."""
 import json
 import os
 import subprocess
@@ -71,7 +71,7 @@ def _write(tmp_path, name, text):
     ("context", "data.max_prompt_tokens (60) + sampling.max_tokens (6) = 66 exceeds the model's context "
                 "max_position_embeddings=64"),
     ("bad_value", "trainer.lr: got -1.0; allowed: a float > 0"),
-    ("world_size", "launch: 2 processes started (WORLD_SIZE=2"),
+    ("world_size", "trainer.prompts_per_step: 3 is not divisible by the world size 2"),
     ("accelerate_simple_launcher", "accelerate was asked for num_processes > 1"),
 ])
 def test_recipe_user_errors_are_one_line(tmp_path, case, expect):
@@ -90,8 +90,8 @@ def test_recipe_user_errors_are_one_line(tmp_path, case, expect):
         args = ["--data.max_prompt_tokens", "60"]  # tiny-cpu.yaml: max_tokens 6, max_position_embeddings 64
     elif case == "bad_value":
         args = ["--trainer.lr", "-1"]
-    elif case == "world_size":
-        env = {"WORLD_SIZE": "2", "RANK": "1"}
+    elif case == "world_size":  # refused before any process group is started
+        env, args = {"WORLD_SIZE": "2", "RANK": "1"}, ["--trainer.prompts_per_step", "3"]
     else:
         env = {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "127.0.0.1"}
     out = _recipe(tmp_path, *args, env=env)
@@ -111,14 +111,16 @@ def test_recipe_debug_keeps_the_traceback(tmp_path):
 
 
 def test_torchrun_launch_refused_with_the_reason_in_its_summary(tmp_path):
-    """`accelerate launch --multi_gpu` runs torchrun: every rank stops with one `error:` line, and torchrun's
-    failure summary ("Root Cause") carries that line instead of 'N/A'."""
+    """`accelerate launch --multi_gpu` runs torchrun: a world size the config cannot use stops every rank with
+    one `error:` line, and torchrun's failure summary ("Root Cause") carries that line instead of 'N/A'."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
-           str(ROOT / "recipes/grpo.py"), "--config", str(ROOT / "configs/tiny-cpu.yaml")]
+           str(ROOT / "recipes/grpo.py"), "--config", str(ROOT / "configs/tiny-cpu.yaml"),
+           "--trainer.prompts_per_step", "3"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     text = out.stdout + out.stderr
     assert out.returncode != 0
-    first = [line for line in text.splitlines() if line.startswith("error: launch: 2 processes started")]
+    expect = "error: trainer.prompts_per_step: 3 is not divisible by the world size 2"
+    first = [line for line in text.splitlines() if line.startswith(expect)]
     assert 1 <= len(first) <= 2, text[-3000:]
     root = text[text.index("Root Cause"):]
-    assert "traceback : error: launch: 2 processes started (WORLD_SIZE=2" in root, text[-3000:]
+    assert "traceback : " + expect in root, text[-3000:]
