@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("accelerate")
 ROOT = Path(__file__).resolve().parents[2]
