@@ -23,15 +23,14 @@ import argparse
 import json
 import math
 import os
-import statistics
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench_timing import bench, graph_ms, rows_invariant  # noqa: E402  (scripts/ is sys.path[0])
 from onpolicy import kernels  # noqa: E402
 from onpolicy import determinism  # noqa: E402
 
@@ -69,46 +68,6 @@ def shapes(quick: bool) -> dict:
         "token_logprobs": [(m, h, VOCAB, bf) for h in (1024, 4096) for m in (1, 64, 1024, 4096)]
         + [(64, 1024, VOCAB, f32)],
     }
-
-
-def bench(fn, device: str, reps: int) -> float:
-    """Median milliseconds of fn(): triton.testing.do_bench on CUDA, a perf_counter loop on CPU."""
-    if device == "cuda":
-        import triton.testing
-
-        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def graph_ms(fn, calls: int, replays: int = 10) -> float:
-    """GPU milliseconds per call: median over `replays` of one CUDA-graph replay of fn (which makes `calls`
-    calls), timed with events. No host launch overhead, weights read from HBM (fn rotates copies)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / calls)
-    return statistics.median(times)
-
-
-def rows_invariant(fn_batch, fn_one) -> bool:
-    """Whether row/sequence 0 of the full batch equals the same input computed alone (bitwise)."""
-    return bool(torch.equal(fn_batch()[: 1], fn_one()[: 1]))
 
 
 def _rand(*shape, dtype, device, scale=1.0):
