@@ -125,7 +125,7 @@ def plot(results, path):
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="outputs/bench_engine")
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, batch 1/4, 8 new tokens")
@@ -141,7 +141,11 @@ def main(argv=None) -> int:
                          "its torch reference attention cannot be graph-captured)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     from onpolicy import determinism
 
     determinism.enable(seed=args.seed)

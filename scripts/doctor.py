@@ -169,6 +169,15 @@ def diagnose(model, tokenizer, prompt_ids: list[int], *, max_tokens=8, temperatu
         hidden = model(ids, pos, AttentionMetadata.for_training(cu))
         trainer_lp = model.token_logprobs(hidden[score_rows[probe_rows]], targets[probe_rows], t)
 
+    first, n_diff, n_cmp = _first_difference(sampler, trainer, n_ctx)
+    lp_equal = bool(torch.equal(engine_lp.cpu(), trainer_lp.float().cpu()))
+    return {"equal": first is None and lp_equal, "first_diff": first, "num_diff": n_diff, "num_compared": n_cmp,
+            "completion": completion, "logprob_equal": lp_equal,
+            "logprob_max_diff": float((engine_lp.cpu() - trainer_lp.float().cpu()).abs().max())}
+
+
+def _first_difference(sampler: "Recorder", trainer: "Recorder", n_ctx: int):
+    """(first differing (op key, max |diff|) in the trainer's op order or None, ops differing, ops compared)."""
     first, n_diff, n_cmp = None, 0, 0
     for key in trainer.order:
         a = _stack_rows(sampler.store.get(key, {}), n_ctx)
@@ -180,10 +189,7 @@ def diagnose(model, tokenizer, prompt_ids: list[int], *, max_tokens=8, temperatu
             n_diff += 1
             if first is None:
                 first = (key, float((a - b).abs().max()))
-    lp_equal = bool(torch.equal(engine_lp.cpu(), trainer_lp.float().cpu()))
-    return {"equal": first is None and lp_equal, "first_diff": first, "num_diff": n_diff, "num_compared": n_cmp,
-            "completion": completion, "logprob_equal": lp_equal,
-            "logprob_max_diff": float((engine_lp.cpu() - trainer_lp.float().cpu()).abs().max())}
+    return first, n_diff, n_cmp
 
 
 def build_model(path: str, device: str, dtype: str):
