@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from onpolicy.engine.kv_cache import BlockManager
-from onpolicy.engine.params import CompletionOutput, EngineConfig, RequestOutput, SamplingParams
+from onpolicy.engine.params import CompletionOutput, EngineConfig, RequestOutput, SamplingParams, params_per_prompt
 from onpolicy.engine.runner import ModelRunner
 from onpolicy.engine.scheduler import Scheduler, Sequence
 
@@ -183,22 +183,10 @@ class LLM:
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = False) -> list[RequestOutput]:
         """Generate for every prompt; outputs in prompt order. All requests are validated first."""
-        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-            raise ValueError(f"prompts: must be a list of str or of token-id lists, got {type(prompts).__name__}")
-        if not prompts:
-            raise ValueError("prompts: empty list; need at least one prompt")
-        if isinstance(prompts[0], int):
-            raise ValueError("prompts: got a flat list of ints; wrap one tokenised prompt as [[ids...]]")
         if self.requests:  # their outputs would finish inside this call with no one to return them to
             raise ValueError(f"LLM.generate: {len(self.requests)} request(s) added with add_request() are unfinished; "
                              "step() until has_unfinished() is False first")
-        params = SamplingParams() if params is None else params
-        if isinstance(params, (list, tuple)):
-            if len(params) != len(prompts):
-                raise ValueError(f"params: list of {len(params)} SamplingParams for {len(prompts)} prompts; lengths must match")
-            plist = list(params)
-        else:
-            plist = [params] * len(prompts)
+        plist = params_per_prompt(prompts, params)
         checked = []
         for i, (prompt, p) in enumerate(zip(prompts, plist)):
             text, ids = self._prompt_ids(prompt, i)

@@ -109,3 +109,19 @@ class RequestOutput:
     prompt: str | None
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
+
+
+def params_per_prompt(prompts, params) -> list:
+    """`generate(prompts, params)`'s argument checks (before any compute) -> one SamplingParams per prompt."""
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
+        raise ValueError(f"prompts: must be a list of str or of token-id lists, got {type(prompts).__name__}")
+    if not prompts:
+        raise ValueError("prompts: empty list; need at least one prompt")
+    if isinstance(prompts[0], int):
+        raise ValueError("prompts: got a flat list of ints; wrap one tokenised prompt as [[ids...]]")
+    params = SamplingParams() if params is None else params
+    if not isinstance(params, (list, tuple)):
+        return [params] * len(prompts)
+    if len(params) != len(prompts):
+        raise ValueError(f"params: list of {len(params)} SamplingParams for {len(prompts)} prompts; lengths must match")
+    return list(params)

@@ -30,7 +30,7 @@ import tempfile
 import torch
 
 from onpolicy.engine.llm import LLM, _to_int64
-from onpolicy.engine.params import CompletionOutput, EngineConfig, RequestOutput, SamplingParams
+from onpolicy.engine.params import CompletionOutput, EngineConfig, RequestOutput, SamplingParams, params_per_prompt
 from onpolicy.engine.vllm_backend.channel import CHANNELS, open_channel
 
 MAX_KV_BYTES = 4 << 30
@@ -159,20 +159,7 @@ class VllmLLM:
     def generate(self, prompts, params: SamplingParams | list[SamplingParams] | None = None,
                  use_tqdm: bool = False) -> list[RequestOutput]:
         """As `onpolicy.engine.LLM.generate`: every request validated first, outputs in prompt order."""
-        if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
-            raise ValueError(f"prompts: must be a list of str or of token-id lists, got {type(prompts).__name__}")
-        if not prompts:
-            raise ValueError("prompts: empty list; need at least one prompt")
-        if isinstance(prompts[0], int):
-            raise ValueError("prompts: got a flat list of ints; wrap one tokenised prompt as [[ids...]]")
-        params = SamplingParams() if params is None else params
-        if isinstance(params, (list, tuple)):
-            if len(params) != len(prompts):
-                raise ValueError(f"params: list of {len(params)} SamplingParams for {len(prompts)} prompts; "
-                                 "lengths must match")
-            plist = list(params)
-        else:
-            plist = [params] * len(prompts)
+        plist = params_per_prompt(prompts, params)
         checked = []
         for i, (prompt, p) in enumerate(zip(prompts, plist)):
             text, ids = self._prompt_ids(prompt, i)
