@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from onpolicy.engine.kv_cache import BlockManager
-from onpolicy.engine.params import CompletionOutput, EngineConfig, RequestOutput, SamplingParams, params_per_prompt
+from onpolicy.engine.params import (CompletionOutput, EngineConfig, RequestOutput, SamplingParams, checked_engine_args,
+                                    params_per_prompt)
 from onpolicy.engine.runner import ModelRunner
 from onpolicy.engine.scheduler import Scheduler, Sequence
 
@@ -24,12 +25,7 @@ def _to_int64(seed: int) -> int:
 class LLM:
     def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, seed: int = 0):
         """`seed` seeds the generator that gives unseeded requests (SamplingParams.seed=None) their seeds."""
-        config = EngineConfig() if config is None else config
-        if not isinstance(config, EngineConfig):
-            raise ValueError(f"LLM: config must be an EngineConfig, got {type(config).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"LLM: seed must be an int, got {seed!r}")
-        config.validate()  # again: a field may have been assigned since construction
+        config = checked_engine_args("LLM", config, seed)
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.runner = ModelRunner(model, config)
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)

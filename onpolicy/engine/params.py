@@ -125,3 +125,15 @@ def params_per_prompt(prompts, params) -> list:
     if len(params) != len(prompts):
         raise ValueError(f"params: list of {len(params)} SamplingParams for {len(prompts)} prompts; lengths must match")
     return list(params)
+
+
+def checked_engine_args(owner: str, config, seed) -> "EngineConfig":
+    """An engine's constructor checks: `config` an EngineConfig (None = defaults), validated again (a field may
+    have been assigned since construction); `seed` an int."""
+    config = EngineConfig() if config is None else config
+    if not isinstance(config, EngineConfig):
+        raise ValueError(f"{owner}: config must be an EngineConfig, got {type(config).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"{owner}: seed must be an int, got {seed!r}")
+    config.validate()
+    return config

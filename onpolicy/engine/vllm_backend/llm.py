@@ -30,7 +30,8 @@ import tempfile
 import torch
 
 from onpolicy.engine.llm import LLM, _to_int64
-from onpolicy.engine.params import CompletionOutput, EngineConfig, RequestOutput, SamplingParams, params_per_prompt
+from onpolicy.engine.params import (CompletionOutput, EngineConfig, RequestOutput, SamplingParams, checked_engine_args,
+                                    params_per_prompt)
 from onpolicy.engine.vllm_backend.channel import CHANNELS, open_channel
 
 MAX_KV_BYTES = 4 << 30
@@ -56,12 +57,7 @@ def _keep_global_rng():
 
 class VllmLLM:
     def __init__(self, model, tokenizer=None, config: EngineConfig | None = None, seed: int = 0):
-        config = EngineConfig() if config is None else config
-        if not isinstance(config, EngineConfig):
-            raise ValueError(f"VllmLLM: config must be an EngineConfig, got {type(config).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"VllmLLM: seed must be an int, got {seed!r}")
-        config.validate()
+        config = checked_engine_args("VllmLLM", config, seed)
         if os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0") != "0":
             raise ValueError("VLLM_ENABLE_V1_MULTIPROCESSING: the onpolicy vLLM backend runs vLLM in process; "
                              "allowed: 0 (or unset)")
