@@ -1,18 +1,22 @@
 """bench_rl: seconds per RL step (sample / train) and peak GPU memory per phase, onpolicy vs TRL.
 
-Default (H100): random bf16 weights of Qwen3-0.6B's shape at 16 prompts x 8 samples x 256 tokens and 32x8x512,
-Qwen3-1.7B's shape at 32x8x1024; 10-token random prompts, completions of exactly the given length (ignore_eos),
-temperature 1.0, random rewards (seeded). A step is `onpolicy.trainer`'s own: engine generate -> ScoredBatch ->
-`update_policy` (micro-batches of `--micro-batch-tokens`, activation checkpointing, fp32 masters; the KV cache
-sized by `trainer.memory.kv_cache_blocks`). Systems: onpolicy invariant (Triton batch-invariant kernels, CUDA
-graphs), onpolicy `invariant: false` (torch's default ops: cuBLAS, flash varlen training attention, chunked-vocab
-logprobs; the engine eager), and TRL `GRPOTrainer`: its figures recorded in issue 10 (marked "recorded"), with
-a printed note -- the live TRL run is left out (trl is on neither the bench machine nor CI). Each system gets
-`--warmup` untimed steps (Triton compile, graph capture) then `--steps` timed ones; the invariant system also
-checks onpolicy/kl == 0.0 every step.
+Default (H100): random bf16 weights of Qwen3-0.6B's shape at 16 prompts x 8 samples x 256 tokens and 32x8x512
+(10-token random prompts), the shipped configs/qwen3-0.6b-gsm8k.yaml's shape (32x8x512 with 512-token random
+prompts, that config's engine and trainer settings), and Qwen3-1.7B's shape at 32x8x1024; completions of exactly
+the given length (ignore_eos), temperature 1.0, random rewards (seeded). A step is `onpolicy.trainer`'s own:
+engine generate -> ScoredBatch -> `update_policy` (micro-batches of `trainer.micro_batch_tokens`, activation
+checkpointing, fp32 masters; the KV cache sized by `trainer.memory.kv_cache_blocks`). Systems: onpolicy
+invariant (Triton batch-invariant kernels, CUDA graphs), onpolicy `invariant: false` (torch's default ops:
+cuBLAS, flash varlen training attention, chunked-vocab logprobs; the engine eager), and TRL's `GRPOTrainer` (HF
+generate) run live on the same weights, prompts and sampling (scripts/bench_rl_trl.py says how); without trl the
+figures recorded in issue 10 stand in (marked "recorded") and a note is printed. Each system gets `--warmup`
+untimed steps (Triton compile, graph capture) then `--steps` timed ones; the invariant system also checks
+onpolicy/kl == 0.0 every step.
 Writes bench_rl.json (after every measurement) and bench_rl.png to --out; prints the table with ratios.
-`--quick`: the tiny model on CPU, 2x4x8, one timed step per system (a smoke run, not a measurement).
-Left out: real data and rewards, multi-GPU, sequence packing across steps, TRL's vLLM backend.
+`--workloads` / `--systems` pick a part (to split a long run); `--merge a.json b.json` joins parts into one
+table, JSON and PNG without measuring. `--quick`: the tiny model on CPU, 2x4x8, one timed step per system (a
+smoke run, not a measurement). Left out: real data and rewards, multi-GPU, sequence packing across steps,
+TRL's vLLM backend.
 """
 from __future__ import annotations
 
@@ -24,19 +28,39 @@ import os
 import sys
 import time
 from types import SimpleNamespace
+from typing import NamedTuple
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bench_rl_* siblings, however we are loaded
 
 import torch  # noqa: E402
 
+import bench_rl_report as report  # noqa: E402
+import bench_rl_trl  # noqa: E402
+
+GIB = float(1 << 30)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKLOADS = {"0.6b-16x8x256": ("0.6b", 16, 8, 256), "0.6b-32x8x512": ("0.6b", 32, 8, 512),
-             "1.7b-32x8x1024": ("1.7b", 32, 8, 1024)}
-QUICK_WORKLOADS = {"tiny-2x4x8": ("tiny", 2, 4, 8)}
-# TRL 1.16 GRPOTrainer (HF generate), measured on the H100 for issue 10: (s/step, peak GiB).
+# The synthetic workloads' settings on top of configs/tiny-cpu.yaml (a workload on a shipped config keeps its own).
+SYNTHETIC = {"engine.max_num_batched_tokens": 16384, "trainer.micro_batch_tokens": 16384,
+             "trainer.activation_checkpointing": True}
+
+
+class Workload(NamedTuple):
+    shape: str  # "tiny", "0.6b" or "1.7b"
+    prompts: int
+    generations: int
+    length: int  # completion tokens, exactly
+    prompt_len: int = 10
+    config: str = "tiny-cpu.yaml"  # base config under configs/ (SYNTHETIC applies on tiny-cpu.yaml)
+
+
+WORKLOADS = {"0.6b-16x8x256": Workload("0.6b", 16, 8, 256), "0.6b-32x8x512": Workload("0.6b", 32, 8, 512),
+             "0.6b-gsm8k": Workload("0.6b", 32, 8, 512, 512, "qwen3-0.6b-gsm8k.yaml"),
+             "1.7b-32x8x1024": Workload("1.7b", 32, 8, 1024)}
+QUICK_WORKLOADS = {"tiny-2x4x8": Workload("tiny", 2, 4, 8)}
+# TRL 1.16 GRPOTrainer (HF generate), measured on the H100 for issue 10: (s/step, peak GiB); used without trl.
 TRL_RECORDED = {"0.6b-16x8x256": (12.0, 8.5), "0.6b-32x8x512": (22.3, 22.4)}
-SYSTEMS = ("invariant", "default", "trl")
-PROMPT_LEN = 10
+SYSTEMS = report.SYSTEMS
 
 
 def model_config(shape: str):
@@ -48,39 +72,41 @@ def model_config(shape: str):
     return cfg if shape == "0.6b" else cfg.replace(hidden_size=2048, intermediate_size=6144)
 
 
-def run_config(work, invariant: bool, args):
+def run_config(work: Workload, invariant: bool, args):
     """An ExperimentConfig for the trainer and KV sizing (the model is built here, not from model.path)."""
     from onpolicy.config import parse_args
 
-    _, n, g, length = work
-    over = {"model.dtype": "bfloat16", "model.device": args.device, "data.max_prompt_tokens": PROMPT_LEN,
-            "sampling.num_generations": g, "sampling.max_tokens": length, "trainer.prompts_per_step": n,
-            "trainer.lr": 1e-6, "trainer.warmup_steps": 0, "trainer.invariant": invariant,
-            "trainer.strict_onpolicy": False, "trainer.micro_batch_tokens": args.micro_batch_tokens,
-            "trainer.activation_checkpointing": not args.no_checkpointing, "engine.max_num_seqs": n * g,
-            "engine.max_num_batched_tokens": 16384, "engine.use_cuda_graphs": args.device == "cuda",
-            "logging.report_to": ["console"]}
-    argv = ["--config", os.path.join(REPO, "configs", "tiny-cpu.yaml")]
+    n, g = work.prompts, work.generations
+    over = dict(SYNTHETIC) if work.config == "tiny-cpu.yaml" else {}
+    over.update({"model.dtype": "bfloat16", "model.device": args.device, "data.max_prompt_tokens": work.prompt_len,
+                 "sampling.num_generations": g, "sampling.max_tokens": work.length, "trainer.prompts_per_step": n,
+                 "trainer.lr": 1e-6, "trainer.warmup_steps": 0, "trainer.invariant": invariant,
+                 "trainer.strict_onpolicy": False, "engine.max_num_seqs": n * g,
+                 "engine.use_cuda_graphs": args.device == "cuda", "logging.report_to": ["console"]})
+    if args.micro_batch_tokens is not None:
+        over["trainer.micro_batch_tokens"] = args.micro_batch_tokens
+    if args.no_checkpointing:
+        over["trainer.activation_checkpointing"] = False
+    argv = ["--config", os.path.join(REPO, "configs", work.config)]
     for k, v in over.items():
         argv += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     return parse_args(argv)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def prompt_ids(work: Workload, step: int, vocab: int) -> list[list[int]]:
+    """Step `step`'s random prompts (ids >= 4, seeded by the step): the same for every system."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    return torch.randint(4, vocab, (work.prompts, work.prompt_len), generator=gen).tolist()
 
 
-def _rollout(llm, work, step: int, vocab: int):
+def _rollout(llm, work: Workload, step: int, vocab: int):
     from onpolicy.engine import SamplingParams
     from onpolicy.trainer.rollout import Rollout
 
-    _, n, g, length = work
-    gen = torch.Generator().manual_seed(1000 + step)
-    prompts = torch.randint(4, vocab, (n, PROMPT_LEN), generator=gen).tolist()
-    params = [SamplingParams(n=g, temperature=1.0, max_tokens=length, ignore_eos=True, logprobs=True,
-                             seed=step * 100003 + i) for i in range(n)]
-    ro = Rollout(group_size=g)
+    prompts = prompt_ids(work, step, vocab)
+    params = [SamplingParams(n=work.generations, temperature=1.0, max_tokens=work.length, ignore_eos=True,
+                             logprobs=True, seed=step * 100003 + i) for i in range(work.prompts)]
+    ro = Rollout(group_size=work.generations)
     for i, (ids, req) in enumerate(zip(prompts, llm.generate(prompts, params))):
         for comp in sorted(req.outputs, key=lambda c: c.index):
             ro.prompt_ids.append(ids)
@@ -113,9 +139,11 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
     from onpolicy.trainer.update import update_policy
 
     device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
     warmup, steps = (args.warmup, args.steps) if invariant else (args.default_warmup, args.default_steps)
     cfg = run_config(work, invariant, args)
-    mc = model_config(work[0])
+    mc = model_config(work.shape)
+    resident = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None  # others' leftovers
     with kernels.invariant_mode(invariant):
         model = CausalLM(mc, init=False).to(device)
         model.load_state_dict(state)
@@ -132,12 +160,12 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
             t0 = time.perf_counter()
             with torch.no_grad():
                 ro = _rollout(llm, work, step, mc.vocab_size)
-            _sync(device)
+            sync(device)
             t_sample, sample_peak = time.perf_counter() - t0, peak.gib()
             peak.start()
             t1 = time.perf_counter()
             m = update_policy(run, _scored(ro, step), step)
-            _sync(device)
+            sync(device)
             rows.append({"sample_s": t_sample, "train_s": time.perf_counter() - t1, "sample_peak_gib": sample_peak,
                          "train_peak_gib": peak.gib(), "kl": m["onpolicy/kl"], "tokens": ro.num_tokens})
             print(f"  {name} {'invariant' if invariant else 'default'} step {step}: {rows[-1]}", flush=True)
@@ -153,125 +181,113 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
             "sample_peak_gib": max((r["sample_peak_gib"] or 0.0) for r in rows) if peaks else None,
             "train_peak_gib": max((r["train_peak_gib"] or 0.0) for r in rows) if peaks else None,
             "peak_gib": max(peaks) if peaks else None, "kl": [r["kl"] for r in rows], "kv_blocks": engine.num_blocks,
+            "micro_batch_tokens": cfg.trainer.micro_batch_tokens, "resident_before_gib": resident,
             "tokens_per_step": timed[0]["tokens"]}
 
 
-def trl_row(name):
-    """TRL's figures recorded in issue 10 (TRL 1.16 GRPOTrainer, HF generate, same shapes, on the H100); a
-    live TRL run is left out: neither the bench machine nor CI has trl (a note says so)."""
-    try:
-        import trl  # noqa: F401
-        note = "trl imports, but the live TRL run is not implemented here"
-    except ImportError:
-        note = "trl is not importable here"
-    print(f"  {name} trl: {note}; using the TRL figures recorded in issue 10", flush=True)
+def trl_row(name, work: Workload, state, args):
+    """TRL's GRPOTrainer live on the same weights and prompts when trl imports; else the figures recorded in
+    issue 10 (None for a workload without them), with a note."""
+    if bench_rl_trl.available():
+        from onpolicy.model import CausalLM
+
+        model = CausalLM(model_config(work.shape), init=False)
+        model.load_state_dict(state)
+        bench = {"micro_batch_tokens": run_config(work, True, args).trainer.micro_batch_tokens, "lr": 1e-6,
+                 "checkpointing": not args.no_checkpointing}
+        return bench_rl_trl.bench_trl(name, work, model, lambda step: prompt_ids(work, step, model.config.vocab_size),
+                                      bench, args)
+    print(f"  {name} trl: trl is not importable here; using the TRL figures recorded in issue 10"
+          + ("" if name in TRL_RECORDED else " (none for this workload)"), flush=True)
     if name not in TRL_RECORDED:
         return None
     s, gib = TRL_RECORDED[name]
     return {"workload": name, "system": "trl", "recorded": True, "step_s": s, "peak_gib": gib}
 
 
-def plot(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(dict.fromkeys(r["workload"] for r in results))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.8 / len(SYSTEMS)
-    for j, system in enumerate(SYSTEMS):
-        by = {r["workload"]: r for r in results if r["system"] == system}
-        xs = [i + j * width for i, n in enumerate(names) if n in by]
-        axes[0].bar(xs, [by[n]["step_s"] for n in names if n in by], width, label=system)
-        axes[1].bar(xs, [by[n]["peak_gib"] or 0.0 for n in names if n in by], width, label=system)
-    for ax, label in zip(axes, ("seconds per RL step", "peak GPU memory (GiB)")):
-        ax.set_xticks([i + width for i in range(len(names))], names)
-        ax.set_ylabel(label)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def table(results) -> str:
-    lines = ["| workload | system | s/step (sample + train) | peak GiB (sample / train) | vs invariant |",
-             "|---|---|---|---|---|"]
-    inv = {r["workload"]: r["step_s"] for r in results if r["system"] == "invariant"}
-    for r in results:
-        peak = "-" if r.get("peak_gib") is None else f"{r['peak_gib']:.1f}"
-        if r.get("sample_peak_gib") is not None:
-            peak += f" ({r['sample_peak_gib']:.1f} / {r['train_peak_gib']:.1f})"
-        split = f" ({r['sample_s']:.2f} + {r['train_s']:.2f})" if "sample_s" in r else ""
-        ratio = f"{r['step_s'] / inv[r['workload']]:.2f}x" if r["workload"] in inv else "-"
-        system = r["system"] + (" (recorded)" if r.get("recorded") else "")
-        lines.append(f"| {r['workload']} | {system} | {r['step_s']:.2f}{split} | {peak} | {ratio} |")
-    return "\n".join(lines)
-
-
-def write_json(args, results, skipped) -> None:
-    meta = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-            "torch": torch.__version__, "steps": args.steps, "warmup": args.warmup,
-            "default_steps": args.default_steps, "default_warmup": args.default_warmup,
-            "micro_batch_tokens": args.micro_batch_tokens, "checkpointing": not args.no_checkpointing,
-            "prompt_len": PROMPT_LEN, "skipped": skipped}
-    with open(os.path.join(args.out, "bench_rl.json"), "w") as f:
-        json.dump({"meta": meta, "results": results}, f, indent=1)
-
-
-def main(argv=None) -> int:
+def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="outputs/bench_rl")
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2x4x8 (smoke run)")
     ap.add_argument("--workloads", default=None, help=f"comma separated subset of {', '.join(WORKLOADS)}")
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of invariant,default,trl")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per system (default 2; quick 1)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per system (default 1; quick 0)")
     ap.add_argument("--default-steps", type=int, default=None, help="timed steps of invariant: false (default --steps)")
     ap.add_argument("--default-warmup", type=int, default=None, help="its untimed steps (default --warmup)")
-    ap.add_argument("--micro-batch-tokens", type=int, default=16384)
+    ap.add_argument("--micro-batch-tokens", type=int, default=None,
+                    help="trainer.micro_batch_tokens (default: 16384, or the workload's shipped config's)")
     ap.add_argument("--no-checkpointing", action="store_true", help="trainer.activation_checkpointing: false")
     ap.add_argument("--time-budget", type=float, default=None, help="skip measurements that start after N s")
+    ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                    help="join these bench_rl.json files into one table / JSON / PNG in --out (no measuring)")
     args = ap.parse_args(argv)
     args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     args.steps = args.steps if args.steps is not None else (1 if args.quick else 2)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
     args.default_steps = args.steps if args.default_steps is None else args.default_steps
     args.default_warmup = args.warmup if args.default_warmup is None else args.default_warmup
-    pool = QUICK_WORKLOADS if args.quick else WORKLOADS
-    names = args.workloads.split(",") if args.workloads else list(pool)
-    bad = [n for n in names if n not in pool]
+    args.pool = QUICK_WORKLOADS if args.quick else WORKLOADS
+    args.names = args.workloads.split(",") if args.workloads else list(args.pool)
+    bad = [n for n in args.names if n not in args.pool]
     if bad:
-        raise SystemExit(f"--workloads: unknown {bad}; allowed: {', '.join(pool)}")
-    systems = args.systems.split(",")
-    os.makedirs(args.out, exist_ok=True)
+        raise SystemExit(f"--workloads: unknown {bad}; allowed: {', '.join(args.pool)}")
+    args.system_list = args.systems.split(",")
+    bad = [s for s in args.system_list if s not in SYSTEMS]
+    if bad:
+        raise SystemExit(f"--systems: unknown {bad}; allowed: {', '.join(SYSTEMS)}")
+    return args
+
+
+def meta(args, skipped) -> dict:
+    return {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+            "steps": args.steps, "warmup": args.warmup, "default_steps": args.default_steps,
+            "default_warmup": args.default_warmup, "micro_batch_tokens": args.micro_batch_tokens,
+            "checkpointing": not args.no_checkpointing, "trl_live": bench_rl_trl.available(), "skipped": skipped}
+
+
+def measure(args) -> tuple[list, list]:
+    """Every selected (system, workload), system-major; the JSON rewritten after each measurement."""
     from onpolicy import determinism
     from onpolicy.model import CausalLM
 
     determinism.enable(seed=0)
     results, t_start, skipped = [], time.perf_counter(), []
     states = {}  # random N(0, 0.02) weights (seed 0, on the CPU), one set per workload, shared by the systems
-    for system in systems:  # system-major: every invariant measurement first (the time budget cuts the rest)
-        for name in names:
+    live_trl = bench_rl_trl.available()
+    for system in args.system_list:  # system-major: every invariant measurement first (the budget cuts the rest)
+        for name in args.names:
             late = args.time_budget is not None and time.perf_counter() - t_start > args.time_budget
-            if late and system != "trl":  # the recorded TRL figures cost nothing
+            if late and (system != "trl" or live_trl):  # the recorded TRL figures cost nothing
                 skipped.append(f"{name}/{system}")
                 continue
-            work = pool[name]
-            if system != "trl" and name not in states:
-                states[name] = CausalLM(model_config(work[0])).state_dict()
-            row = trl_row(name) if system == "trl" else \
+            work = args.pool[name]
+            if (system != "trl" or live_trl) and name not in states:
+                states[name] = CausalLM(model_config(work.shape)).state_dict()
+            row = trl_row(name, work, states.get(name), args) if system == "trl" else \
                 bench_onpolicy(name, work, states[name], system == "invariant", args)
             if row is not None:
                 results.append(row)
-            write_json(args, results, skipped)
-    results.sort(key=lambda r: names.index(r["workload"]))
-    write_json(args, results, skipped)
-    print(table(results))
+            report.write_json(os.path.join(args.out, "bench_rl.json"), meta(args, skipped), results)
+    results.sort(key=lambda r: args.names.index(r["workload"]))
+    return results, skipped
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.merge:
+        info, results = report.merge(args.merge)
+        skipped = [s for m in info["merged"] for s in m.get("skipped", [])]
+    else:
+        results, skipped = measure(args)
+        info = meta(args, skipped)
+    report.write_json(os.path.join(args.out, "bench_rl.json"), info, results)
+    print(report.table(results))
     if skipped:
         print(f"skipped (time budget): {', '.join(skipped)}")
+    report.plot(results, os.path.join(args.out, "bench_rl.png"))
     bad_kl = [r for r in results if r["system"] == "invariant" and any(k != 0.0 for k in r["kl"])]
-    plot(results, os.path.join(args.out, "bench_rl.png"))
     if bad_kl:
         print(f"FAIL: invariant onpolicy/kl != 0.0 in {[r['workload'] for r in bad_kl]}")
         return 1
