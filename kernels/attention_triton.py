@@ -199,6 +199,31 @@ if triton is not None:
         tl.store(_rows(dv_ptr, k_tok, kv_head, stride_vt, stride_vh, d), dv.to(dv_ptr.dtype.element_ty), mask=k_ok[:, None])
 
 
+if triton is not None:
+
+    @triton.jit
+    def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_k, stride_v, stride_kc, stride_vc,
+                         ROW: tl.constexpr, BLOCK: tl.constexpr):
+        """One program per new token: copy its k and v rows (all kv heads, ROW elements) into cache slot
+        slot_mapping[t]. Slots are distinct, so no two programs write one place (no atomics, no sort)."""
+        t = tl.program_id(0).to(tl.int64)
+        slot = tl.load(slot_ptr + t)
+        offs = tl.arange(0, BLOCK)
+        ok = offs < ROW
+        tl.store(kc_ptr + slot * stride_kc + offs, tl.load(k_ptr + t * stride_k + offs, mask=ok), mask=ok)
+        tl.store(vc_ptr + slot * stride_vc + offs, tl.load(v_ptr + t * stride_v + offs, mask=ok), mask=ok)
+
+
+def kv_write_triton(k_cache, v_cache, slot_mapping, k, v) -> None:
+    """k/v [T, Hkv, D] (each token's row contiguous) into k_cache/v_cache [slots, Hkv, D] at slot_mapping [T]."""
+    require_triton("write_kv_cache")
+    t, hkv, d = k.shape
+    if t:
+        row = hkv * d
+        _kv_write_kernel[(t,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), k_cache.stride(0),
+                               v_cache.stride(0), ROW=row, BLOCK=triton.next_power_of_2(row), num_warps=4)
+
+
 def attention_forward_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, block_size, scale, with_lse):
     """-> (out [T, Hq, D] in q.dtype, fp32 logsumexp [T, Hq] or None); no host sync."""
     require_triton("attention")
