@@ -134,7 +134,7 @@ def attention(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_s
         return attention_reference(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
     if use_triton(q, k, v):  # both modes on CUDA: the fastest paged kernel we have, no host sync (graph-capturable)
         return attention_forward_triton(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale,
-                                        False)[0]
+                                        False, pack=True)[0]
     return attention_forward_cpu(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
 
 

@@ -93,3 +93,31 @@ def test_gpu_default_mode_engine_replays_graphs():
     for o in outs:
         assert len(o.outputs[0].token_ids) == 12 and bool(torch.isfinite(o.outputs[0].logprobs).all())
         assert bool((o.outputs[0].logprobs <= 0).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_gqa_packed_attention_equals_unpacked(dtype):
+    """The engine's GQA-packed tiles (one program per kv head reads K/V once for its q heads) give every row the
+    bits of the training kernel's tiles: decode (1 query), chunked prefill and ragged mixes, paged K/V."""
+    from onpolicy.kernels.attention_triton import attention_forward_triton
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    bs, hq, hkv, d = 16, 16, 8, 128
+    lens_k = [1, 17, 300, 64, 1000, 33]
+    lens_q = [1, 17, 1, 20, 1, 5]
+    blocks = [-(-n // bs) for n in lens_k]
+    perm = torch.randperm(sum(blocks), device="cuda", generator=g).int()
+    width = max(blocks)
+    table = torch.zeros(len(lens_k), width, dtype=torch.int32, device="cuda")
+    start = 0
+    for i, n in enumerate(blocks):
+        table[i, :n] = perm[start : start + n]
+        start += n
+    k, v = (torch.randn(sum(blocks) * bs, hkv, d, device="cuda", generator=g).to(dtype) for _ in range(2))
+    cu = torch.tensor([0] + torch.tensor(lens_q).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    q = torch.randn(sum(lens_q), hq, d, device="cuda", generator=g).to(dtype)
+    args = (q, k, v, cu, torch.tensor(lens_k, dtype=torch.int32, device="cuda"), table,
+            torch.zeros(len(lens_k), dtype=torch.int32, device="cuda"), bs, 0.088)
+    plain, lse = attention_forward_triton(*args, True)
+    packed, lse_packed = attention_forward_triton(*args, True, pack=True)
+    assert torch.equal(plain, packed) and torch.equal(lse, lse_packed)
