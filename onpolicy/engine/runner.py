@@ -35,7 +35,7 @@ class ModelRunner:
         self.num_blocks = config.num_blocks or auto_num_blocks(
             mc, config.block_size, config.max_num_seqs, self.dtype, self.device, config.kv_cache_memory_fraction)
         self.max_blocks_per_seq = -(-mc.max_position_embeddings // config.block_size)
-        use_graphs = config.use_cuda_graphs and self.device.type == "cuda"  # replayed only in invariant mode
+        use_graphs = config.use_cuda_graphs and self.device.type == "cuda"  # one graph set per kernel mode
         self.scratch_slot_base = self.num_blocks * config.block_size
         extra = config.max_num_seqs if use_graphs else 0
         self.kv_caches = allocate_kv_caches(mc, self.num_blocks, config.block_size, self.dtype, self.device, extra)
