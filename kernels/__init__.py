@@ -11,9 +11,10 @@ if __name__ == "kernels":
     onpolicy._hand_back_top_level_kernels()
 from onpolicy.kernels._common import invariant_mode, is_invariant
 from onpolicy.kernels.activation import silu_mul, silu_mul_reference
-from onpolicy.kernels.attention import attention, attention_reference, attention_varlen
+from onpolicy.kernels.attention import attention, attention_reference, attention_varlen, write_kv_cache
 from onpolicy.kernels.logprobs import (
     lm_logits,
+    logits_token_logprobs,
     lm_logits_reference,
     log_softmax,
     log_softmax_reference,
@@ -26,8 +27,8 @@ from onpolicy.kernels.rope import rope, rope_cache, rope_reference
 
 __all__ = [
     "attention", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",
-    "linear", "linear_reference", "lm_logits", "lm_logits_reference", "log_softmax",
+    "linear", "linear_reference", "lm_logits", "lm_logits_reference", "log_softmax", "logits_token_logprobs",
     "log_softmax_reference", "matmul", "matmul_reference", "rms_norm", "rms_norm_reference", "rope",
     "rope_cache", "rope_reference", "silu_mul", "silu_mul_reference", "token_logprobs",
-    "token_logprobs_reference",
+    "token_logprobs_reference", "write_kv_cache",
 ]

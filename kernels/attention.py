@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from onpolicy.kernels._common import check, check_same_device, check_tensor, is_invariant, use_triton
 from onpolicy.kernels.attention_torch import attention_varlen_torch
 from onpolicy.kernels.attention_cpu import attention_backward_cpu, attention_forward_cpu
-from onpolicy.kernels.attention_triton import attention_backward_triton, attention_forward_triton
+from onpolicy.kernels.attention_triton import attention_backward_triton, attention_forward_triton, kv_write_triton
 
 # Packed training K/V: each sequence is one block starting at its kv_offset (block_table is all 0). Any
 # block_size >= the longest sequence gives slot = kv_offset + position; the kernels never tile by it.
@@ -130,12 +130,24 @@ def attention(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_s
     """Forward attention over slot-layout K/V (engine path; no autograd). Returns [Tq, Hq, D] in q.dtype."""
     check_attention_args(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
-    if not is_invariant():
+    if not is_invariant() and not use_triton(q, k, v):
         return attention_reference(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
-    if use_triton(q, k, v):
+    if use_triton(q, k, v):  # both modes on CUDA: the fastest paged kernel we have, no host sync (graph-capturable)
         return attention_forward_triton(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale,
-                                        False)[0]
+                                        False, pack=True)[0]
     return attention_forward_cpu(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
+
+
+def write_kv_cache(k_cache, v_cache, slot_mapping, k, v) -> None:
+    """k_cache[slot_mapping] = k and v_cache[slot_mapping] = v for [T, Hkv, D] k/v and distinct int64 slots.
+    CUDA: one Triton launch (a plain copy; torch's index_copy_ under deterministic algorithms sorts the
+    indices, ~10 launches per layer). CPU, or rows that are not contiguous: index_copy_."""
+    rows_ok = all(t.stride(2) == 1 and t.stride(1) == t.shape[2] for t in (k, v, k_cache, v_cache))
+    if use_triton(k_cache, v_cache, slot_mapping, k, v) and rows_ok and k.dtype == k_cache.dtype == v.dtype:
+        kv_write_triton(k_cache, v_cache, slot_mapping, k, v)
+        return
+    k_cache.index_copy_(0, slot_mapping, k)
+    v_cache.index_copy_(0, slot_mapping, v)
 
 
 class _AttentionVarlen(torch.autograd.Function):

@@ -1,6 +1,7 @@
 """Triton kernels of `kernels.attention`: one forward for training, chunked prefill and decode; the training backward.
 
-Forward: one program per (query tile of `GPU_BLOCK_Q` queries of one sequence, q head); keys are reduced from
+Forward: one program per (query tile of `GPU_BLOCK_Q` queries of one sequence, q head) -- for the engine, per
+(tile of GPU_BLOCK_Q // group positions x the group's q heads, kv head) -- keys are reduced from
 position 0 upward in `BLOCK_K`-key tiles for every caller, masked or unused slots load as 0 and score -inf,
 online softmax in fp32, optional fp32 logsumexp. No split-KV, no atomics, one tile config per (dtype, D).
 Backward (packed training K/V only): delta = rowsum(dO * O) in torch, then a dq kernel (one program per (query
@@ -56,29 +57,38 @@ if triton is not None:
         num_seqs, block_size, qk_scale_log2,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_bt,
         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
-        WRITE_LSE: tl.constexpr, IEEE: tl.constexpr,
+        WRITE_LSE: tl.constexpr, IEEE: tl.constexpr, PACK: tl.constexpr,
     ):
         pid = tl.program_id(0)
-        head = tl.program_id(1)
-        b, q_begin, q_len, tile_start = _seq_tile(cu_q_ptr, pid, num_seqs, BQ)
+        # PACK (engine): the tile's BQ rows are BQ // GROUP query positions x the GROUP q heads of kv head
+        # program_id(1), so one program reads its K/V once for the whole group. Otherwise: BQ positions of q head
+        # program_id(1). Either way each row runs the same [BQ, BK] dots and the same key tiles in the same order.
+        QP: tl.constexpr = BQ // GROUP if PACK else BQ
+        b, q_begin, q_len, tile_start = _seq_tile(cu_q_ptr, pid, num_seqs, QP)
         if tile_start >= q_len:
             return
         ctx_len = tl.load(seqlens_k_ptr + b)
         kv_off = tl.load(kv_offsets_ptr + b).to(tl.int64)
-        kv_head = head // GROUP
-
-        rows = tile_start + tl.arange(0, BQ)
+        r = tl.arange(0, BQ)
+        if PACK:
+            kv_head = tl.program_id(1)
+            head = kv_head * GROUP + r % GROUP
+            rows = tile_start + r // GROUP
+        else:
+            head = tl.program_id(1) + 0 * r
+            kv_head = tl.program_id(1) // GROUP
+            rows = tile_start + r
         row_ok = rows < q_len
         q_pos = ctx_len - q_len + rows
         d = tl.arange(0, HEAD_DIM)
         q_tok = (q_begin + rows).to(tl.int64)
-        q_ptrs = q_ptr + q_tok[:, None] * stride_qt + head * stride_qh + d[None, :]
+        q_ptrs = q_ptr + q_tok[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :]
         q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
 
         m = tl.full([BQ], float("-inf"), tl.float32)
         l = tl.zeros([BQ], tl.float32)
         acc = tl.zeros([BQ, HEAD_DIM], tl.float32)
-        last_pos = ctx_len - q_len + tl.minimum(tile_start + BQ, q_len)  # one past the tile's last query position
+        last_pos = ctx_len - q_len + tl.minimum(tile_start + QP, q_len)  # one past the tile's last query position
         for j in range(0, tl.cdiv(last_pos, BK)):
             k_pos = j * BK + tl.arange(0, BK)
             k_ok = k_pos < ctx_len
@@ -99,11 +109,12 @@ if triton is not None:
             acc = dot(p.to(vt.dtype), vt, acc, IEEE)
             m = m_new
         out = acc / l[:, None]
-        o_ptrs = o_ptr + q_tok[:, None] * stride_ot + head * stride_oh + d[None, :]
+        o_ptrs = o_ptr + q_tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
         tl.store(o_ptrs, out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
         if WRITE_LSE:  # natural-log logsumexp of the scaled scores, [T, Hq] contiguous
             lse = (m + tl.log2(l)) / _LOG2E
-            tl.store(lse_ptr + q_tok * tl.num_programs(1) + head, lse, mask=row_ok)
+            n_heads = tl.num_programs(1) * GROUP if PACK else tl.num_programs(1)
+            tl.store(lse_ptr + q_tok * n_heads + head, lse, mask=row_ok)
 
 
     @triton.jit
@@ -199,23 +210,54 @@ if triton is not None:
         tl.store(_rows(dv_ptr, k_tok, kv_head, stride_vt, stride_vh, d), dv.to(dv_ptr.dtype.element_ty), mask=k_ok[:, None])
 
 
-def attention_forward_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, block_size, scale, with_lse):
-    """-> (out [T, Hq, D] in q.dtype, fp32 logsumexp [T, Hq] or None); no host sync."""
+if triton is not None:
+
+    @triton.jit
+    def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_k, stride_v, stride_kc, stride_vc,
+                         ROW: tl.constexpr, BLOCK: tl.constexpr):
+        """One program per new token: copy its k and v rows (all kv heads, ROW elements) into cache slot
+        slot_mapping[t]. Slots are distinct, so no two programs write one place (no atomics, no sort)."""
+        t = tl.program_id(0).to(tl.int64)
+        slot = tl.load(slot_ptr + t)
+        offs = tl.arange(0, BLOCK)
+        ok = offs < ROW
+        tl.store(kc_ptr + slot * stride_kc + offs, tl.load(k_ptr + t * stride_k + offs, mask=ok), mask=ok)
+        tl.store(vc_ptr + slot * stride_vc + offs, tl.load(v_ptr + t * stride_v + offs, mask=ok), mask=ok)
+
+
+def kv_write_triton(k_cache, v_cache, slot_mapping, k, v) -> None:
+    """k/v [T, Hkv, D] (each token's row contiguous) into k_cache/v_cache [slots, Hkv, D] at slot_mapping [T]."""
+    require_triton("write_kv_cache")
+    t, hkv, d = k.shape
+    if t:
+        row = hkv * d
+        _kv_write_kernel[(t,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), k_cache.stride(0),
+                               v_cache.stride(0), ROW=row, BLOCK=triton.next_power_of_2(row), num_warps=4)
+
+
+def attention_forward_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, block_size, scale, with_lse,
+                             pack: bool = False):
+    """-> (out [T, Hq, D] in q.dtype, fp32 logsumexp [T, Hq] or None); no host sync. `pack` (the engine): a tile
+    holds GPU_BLOCK_Q // group positions x the group's q heads, so K/V are read once per kv head (decode reads
+    1/group of the bytes); each row's arithmetic is unchanged (tested: engine vs trainer torch.equal)."""
     require_triton("attention")
     t, hq, d = q.shape
+    group = hq // k.shape[1]
+    pack = pack and group > 1 and GPU_BLOCK_Q % group == 0
     num_seqs = seqlens_k.shape[0]
     out = torch.empty_like(q)
     lse = torch.empty((t, hq), device=q.device, dtype=torch.float32) if with_lse else out
     if t == 0:
         return out, (lse if with_lse else None)
-    grid = (t // GPU_BLOCK_Q + num_seqs, hq)  # upper bound on sum(ceil(q_len / GPU_BLOCK_Q)); no host sync
+    positions = GPU_BLOCK_Q // group if pack else GPU_BLOCK_Q
+    grid = (t // positions + num_seqs, k.shape[1] if pack else hq)  # >= sum(ceil(q_len / positions)); no host sync
     _attn_fwd_kernel[grid](
         q, k, v, out, lse, cu_q, seqlens_k, block_table, kv_offsets,
         num_seqs, block_size, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), block_table.stride(0),
         GROUP=hq // k.shape[1], HEAD_DIM=d, BQ=GPU_BLOCK_Q, BK=BLOCK_K,
-        WRITE_LSE=with_lse, IEEE=q.dtype == torch.float32, num_warps=num_warps(d), num_stages=2,
+        WRITE_LSE=with_lse, IEEE=q.dtype == torch.float32, PACK=pack, num_warps=num_warps(d), num_stages=2,
     )
     return out, (lse if with_lse else None)
 

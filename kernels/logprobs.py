@@ -194,6 +194,29 @@ def _token_logprobs_fast_forward(hidden, weight, targets, temperature):
     return tgt - lse, lse
 
 
+def logits_token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                          head_dtype: torch.dtype) -> torch.Tensor:
+    """log softmax(logits)[i, targets[i]] -> fp32 [M] from `logits = lm_logits(hidden, weight, temperature)` of an
+    LM head of dtype `head_dtype` (no autograd): the engine runs the LM head once per step.
+
+    Invariant mode: the fold of `token_logprobs` over the logits it would have made itself -- at T == 1 on GPU
+    that is the GEMM's own output dtype (`logits.to(head_dtype)` gives it back exactly; the fold kernel's load
+    layout, hence its sum order, depends on the dtype it reads) -- so the result equals
+    `token_logprobs(hidden, weight, targets, temperature)` bitwise (tested on GPU and CPU).
+    `invariant_mode(False)`: torch's logsumexp over the row. Values at -inf are not supported (see module doc)."""
+    op = "logits_token_logprobs"
+    check_tensor(op, "logits", logits, (torch.float32,))
+    check(logits.dim() == 2 and logits.shape[1] > 0, op, f"logits must be 2-D [M, V] with V > 0, got shape {tuple(logits.shape)}")
+    temperature = _check_temperature(op, temperature)
+    _check_targets(logits, targets, logits.shape[1], op=op)
+    targets = targets.long()
+    if not is_invariant():
+        return logits.gather(1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+    gpu = use_triton(logits)
+    folded = logits.to(head_dtype) if gpu and temperature == 1.0 else logits
+    return _fold_spans([(0, folded)], targets, logits.shape[0], logits.device, gpu)[0]
+
+
 class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, fast=False):

@@ -1,13 +1,17 @@
-"""CUDA graphs for pure-decode steps (every sequence computes exactly one token).
+"""CUDA graphs for pure-decode steps (every sequence computes exactly one token and samples it).
 
-A graph is captured lazily per padded batch-size bucket (1, 2, 4, 8, then multiples of 16 up to
-max_num_seqs) over static input buffers; a step of b sequences replays the smallest bucket >= b after copying
-its inputs in. Pad rows compute a dummy token: it writes its k/v to a private scratch slot past the paged
-cache (one per row, so no duplicate writes) and reads block 0; its outputs are dropped. The captured kernels
-are the eager ones at the bucket's shape, and every op is batch invariant, so a real row's result equals eager
-(tested on GPU: graphs on vs off, torch.equal). Only in invariant mode: the torch reference attention reads
-its padded sizes back to the host (a sync), which a capture cannot hold. A capture that fails disables graphs
-(eager from then on, with a warning).
+A graph is captured lazily per (padded batch-size bucket, temperature, kernel mode); buckets are 1, 2, 4, 8,
+then multiples of 16 up to max_num_seqs. With a temperature the graph holds the whole step: forward, LM head
+(`model.logits`, once), the sampling kernel (`sampling.sample_plain`) and the reported logprob
+(`kernels.logits_token_logprobs`, the same bits as the trainer's `token_logprobs`); a step whose rows share
+one temperature and use no top-k / top-p replays it and reads back tokens and logprobs in one copy. Other
+decode steps replay a forward-only graph (temperature None) and sample eagerly.
+Inputs travel in two staging buffers (int64: ids, positions, slots, seeds, sample indices, output positions;
+int32: seqlens then the block table), each one host-to-device copy per step into static device buffers that
+the graphs read through views. Pad rows compute a dummy greedy token: they write k/v to a private scratch slot
+past the paged cache (one per row) and read block 0; their outputs are dropped. Every op is row-wise batch
+invariant in invariant mode, so a real row's result equals eager (tested on GPU: graphs on vs off,
+torch.equal). A capture that fails disables graphs (eager from then on, with a warning).
 Graphs hold the parameters' and caches' addresses: weights must be updated in place (optimizer steps,
 `load_state_dict` copy), not replaced. Left out: graphs for prefill / mixed steps, piecewise graphs.
 """
@@ -15,9 +19,13 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 
+from onpolicy import kernels
 from onpolicy.model.metadata import AttentionMetadata
+
+_I64_ROWS = ("input_ids", "positions", "slot_mapping", "seeds", "sample_index", "out_positions")
 
 
 def bucket_sizes(max_num_seqs: int) -> list[int]:
@@ -33,70 +41,122 @@ class DecodeGraphs:
         self.model = runner.model
         self.buckets = bucket_sizes(runner.config.max_num_seqs)
         n, dev = self.buckets[-1], runner.device
-        self.max_bs = n
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.slot_mapping = runner.scratch_slot_base + torch.arange(n, dtype=torch.int64, device=dev)
-        self.pad_slots = self.slot_mapping.clone()
-        self.seqlens_k = torch.ones(n, dtype=torch.int32, device=dev)
-        self.block_table = torch.zeros((n, runner.max_blocks_per_seq), dtype=torch.int32, device=dev)
+        self.max_bs, self.width = n, runner.max_blocks_per_seq
+        pin = dev.type == "cuda"
+        self.host_i64 = torch.zeros((len(_I64_ROWS), n), dtype=torch.int64, pin_memory=pin)
+        self.host_i32 = torch.zeros(n + n * self.width, dtype=torch.int32, pin_memory=pin)
+        self.host_greedy = torch.ones(n, dtype=torch.bool, pin_memory=pin)
+        self.dev_i64 = torch.zeros_like(self.host_i64, device=dev)
+        self.dev_i32 = torch.zeros_like(self.host_i32, device=dev)
+        self.dev_greedy = torch.ones(n, dtype=torch.bool, device=dev)
+        self.pad_slots = runner.scratch_slot_base + np.arange(n, dtype=np.int64)
         self.cu_seqlens_q = torch.arange(n + 1, dtype=torch.int32, device=dev)
         self.kv_offsets = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[tuple, tuple] = {}
         self.pool = None
         self.disabled = False
         self.replays = 0
 
+    def _row(self, name: str, bs: int) -> torch.Tensor:
+        return self.dev_i64[_I64_ROWS.index(name), :bs]
+
     def _meta(self, bs: int) -> AttentionMetadata:
+        n = self.max_bs
+        table = self.dev_i32[n : n + bs * self.width].view(bs, self.width)
         return AttentionMetadata(
-            cu_seqlens_q=self.cu_seqlens_q[: bs + 1], seqlens_k=self.seqlens_k[:bs],
-            block_table=self.block_table[:bs], kv_offsets=self.kv_offsets[:bs],
-            block_size=self.runner.block_size, slot_mapping=self.slot_mapping[:bs])
+            cu_seqlens_q=self.cu_seqlens_q[: bs + 1], seqlens_k=self.dev_i32[:bs], block_table=table,
+            kv_offsets=self.kv_offsets[:bs], block_size=self.runner.block_size, slot_mapping=self._row("slot_mapping", bs))
 
-    def _reset_pad(self, start: int, stop: int) -> None:
-        self.input_ids[start:stop] = 0
-        self.positions[start:stop] = 0
-        self.slot_mapping[start:stop] = self.pad_slots[start:stop]
-        self.seqlens_k[start:stop] = 1
-        self.block_table[start:stop] = 0
+    def _step(self, bs: int, temperature: float | None):
+        """The captured work: hidden [bs, H], or fp64 [2, bs] (token ids; logprobs) with a temperature."""
+        from onpolicy.engine.sampling import sample_plain
 
-    def _capture(self, bs: int):
-        self._reset_pad(0, bs)
-        args = (self.input_ids[:bs], self.positions[:bs], self._meta(bs), self.runner.kv_caches)
-        self.model(*args)  # eager warm-up: Triton compiles and autotune-free launches happen outside capture
+        hidden = self.model(self._row("input_ids", bs), self._row("positions", bs), self._meta(bs), self.runner.kv_caches)
+        if temperature is None:
+            return hidden
+        logits = self.model.logits(hidden, temperature)
+        tok = sample_plain(logits, self.dev_greedy[:bs], self._row("seeds", bs), self._row("sample_index", bs),
+                           self._row("out_positions", bs))
+        # one fp64 [2, bs] output: ids < 2**53 and fp32 logprobs are exact in it, so one copy reads both back
+        return torch.stack([tok.double(), self.model.logits_logprobs(logits, tok, temperature).double()])
+
+    def _capture(self, bs: int, temperature: float | None):
+        self._fill_pad(0)
+        self._upload(bs)
+        self._step(bs, temperature)  # eager warm-up: Triton compiles happen outside capture
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self.model(*args)
+            out = self._step(bs, temperature)
         torch.cuda.synchronize()
-        self.graphs[bs] = (graph, out)
-        return self.graphs[bs]
+        return graph, out
 
-    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor | None:
-        """hidden [b, H] by graph replay, or None (caller runs eager) when b is too big or graphs are off."""
-        b = input_ids.shape[0]
-        if self.disabled or b > self.max_bs:
-            return None
-        bs = next(x for x in self.buckets if x >= b)
-        entry = self.graphs.get(bs)
+    def _fill_pad(self, start: int) -> None:
+        """Pad rows start.. of the host staging: token 0 at position 0 into its own scratch slot, greedy."""
+        i64 = self.host_i64.numpy()
+        i64[:, start:] = 0
+        i64[_I64_ROWS.index("slot_mapping"), start:] = self.pad_slots[start:]
+        self.host_i32.numpy()[start : self.max_bs] = 1
+        self.host_greedy.numpy()[start:] = True
+
+    def _upload(self, bs: int) -> None:
+        n = self.max_bs
+        self.dev_i64.copy_(self.host_i64, non_blocking=True)
+        self.dev_i32[: n + bs * self.width].copy_(self.host_i32[: n + bs * self.width], non_blocking=True)
+        self.dev_greedy.copy_(self.host_greedy, non_blocking=True)
+
+    def _stage(self, seqs, bs: int) -> None:
+        """Write the step's inputs for sequences `seqs` (one new token each) into the host staging buffers."""
+        b, bsz, n, w = len(seqs), self.runner.block_size, self.max_bs, self.width
+        pos = np.fromiter((s.num_tokens - 1 for s in seqs), np.int64, b)
+        i64 = self.host_i64.numpy()
+        i64[0, :b] = np.fromiter((s.token_ids[-1] for s in seqs), np.int64, b)
+        i64[1, :b] = pos
+        last_block = np.fromiter((s.block_table[p // bsz] for s, p in zip(seqs, pos.tolist())), np.int64, b)
+        i64[2, :b] = last_block * bsz + pos % bsz
+        i64[3, :b] = np.fromiter((s.seed for s in seqs), np.int64, b)
+        i64[4, :b] = np.fromiter((s.index for s in seqs), np.int64, b)
+        i64[5, :b] = np.fromiter((s.num_output for s in seqs), np.int64, b)
+        i32 = self.host_i32.numpy()
+        i32[:b] = pos + 1
+        table = i32[n : n + bs * w].reshape(bs, w)
+        for i, s in enumerate(seqs):
+            table[i, : len(s.block_table)] = s.block_table
+        table[b:, 0] = 0
+        self.host_greedy.numpy()[:b] = np.fromiter((s.params.temperature == 0 for s in seqs), np.bool_, b)
+        if bs > b:
+            self._fill_pad(b)
+
+    def _entry(self, bs: int, temperature: float | None):
+        key = (bs, temperature, kernels.is_invariant())
+        entry = self.graphs.get(key)
         if entry is None:
             try:
-                entry = self._capture(bs)
+                entry = self.graphs[key] = self._capture(bs, temperature)
             except Exception as exc:  # noqa: BLE001 -- any capture failure means: run eager
                 self.disabled = True
                 warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly")
                 return None
+        return entry
+
+    def run(self, seqs, temperature: float | None):
+        """Replay the step for `seqs` (one new token each, in order). With a temperature: (tokens, logprobs)
+        on the host as lists; without: hidden [b, H] on the device. None: the caller runs eager."""
+        b = len(seqs)
+        if self.disabled or b > self.max_bs or b == 0:
+            return None
+        bs = next(x for x in self.buckets if x >= b)
+        entry = self._entry(bs, temperature)
+        if entry is None:
+            return None
         graph, out = entry
-        self.input_ids[:b].copy_(input_ids)
-        self.positions[:b].copy_(positions)
-        self.slot_mapping[:b].copy_(meta.slot_mapping)
-        self.seqlens_k[:b].copy_(meta.seqlens_k)
-        w = meta.block_table.shape[1]
-        self.block_table[:b, :w].copy_(meta.block_table)
-        if bs > b:
-            self._reset_pad(b, bs)
+        self._stage(seqs, bs)
+        self._upload(bs)
         graph.replay()
         self.replays += 1
-        return out[:b]
+        if temperature is None:
+            return out[:b]
+        both = out[:, :b].cpu()  # the step's one device-to-host copy (and sync)
+        return both[0].long().tolist(), both[1].float().tolist()

@@ -101,17 +101,19 @@ class BlockManager:
         block.key, block.token_ids, block.ref_count = None, None, 1
         return bid
 
-    def allocate(self, seq, num_new_tokens: int) -> None:
-        """Add the blocks seq needs to compute `num_new_tokens` more tokens, then key its blocks that these
-        tokens fill. Caller checked `blocks_needed(...) <= num_free`."""
-        need = self.blocks_needed(seq, num_new_tokens)
-        if need > self.num_free:
-            raise RuntimeError(f"BlockManager.allocate: need {need} blocks, {self.num_free} free")
-        seq.block_table.extend(self._take() for _ in range(need))
-        if not self.enable_prefix_caching:
-            return
+    def allocate(self, seq, num_new_tokens: int, need: int | None = None) -> None:
+        """Add the blocks seq needs to compute `num_new_tokens` more tokens (`need`: blocks_needed(...) when the
+        caller has it), then key its blocks that these tokens fill. Caller checked `need <= num_free`."""
+        if need is None:
+            need = self.blocks_needed(seq, num_new_tokens)
+        if need:
+            if need > len(self.free):
+                raise RuntimeError(f"BlockManager.allocate: need {need} blocks, {self.num_free} free")
+            seq.block_table.extend(self._take() for _ in range(need))
         bs = self.block_size
         full = (seq.num_computed + num_new_tokens) // bs
+        if not self.enable_prefix_caching or full <= seq.num_registered:  # a decode step inside a block: nothing
+            return
         for i in range(seq.num_registered, full):
             key = self._key(seq, i)
             block = self.blocks[seq.block_table[i]]

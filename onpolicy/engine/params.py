@@ -73,8 +73,7 @@ class EngineConfig(Section):
     max_num_seqs sequences of max_position_embeddings tokens, capped by `kv_cache_memory_fraction` of free
     GPU memory (CUDA) or of physical RAM capped at 4 GiB (CPU). Batch-invariant or default ops follow
     `onpolicy.kernels.is_invariant()` at each step (the trainer's `trainer.invariant` switch);
-    `use_cuda_graphs` applies to pure-decode steps on CUDA in invariant mode only (the torch reference
-    attention reads its padded sizes back to the host, which a graph capture cannot hold)."""
+    `use_cuda_graphs` applies to pure-decode steps on CUDA, in either kernel mode (one graph set per mode)."""
 
     _name: ClassVar[str] = "engine"
     backend: str = _f("native", "sampler: native (onpolicy's engine) or vllm (vLLM's scheduler and paged cache on "
@@ -85,8 +84,8 @@ class EngineConfig(Section):
     max_num_seqs: int = _f(256, "max sequences per engine step", ge=1)
     max_num_batched_tokens: int = _f(2048, "max tokens per engine step", ge=1)
     enable_prefix_caching: bool = _f(True, "reuse cached prompt blocks (reset after every optimizer step)")
-    use_cuda_graphs: bool = _f(True, "capture decode steps in CUDA graphs (ignored on CPU and with "
-                                     "trainer.invariant: false)")
+    use_cuda_graphs: bool = _f(True, "capture decode steps (forward, LM head, sampling) in CUDA graphs "
+                                     "(ignored on CPU)")
     kv_cache_memory_fraction: float = _f(0.4, "share of free GPU memory (CPU: of RAM, at most 4 GiB) the "
                                               "automatic num_blocks may use", gt=0, le=1)
 

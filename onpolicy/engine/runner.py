@@ -2,13 +2,15 @@
 
 Per step: `input_ids`/`positions` [T] of every chunk back to back, `AttentionMetadata` (cu_seqlens_q,
 seqlens_k = computed + new, block tables padded with block 0, kv_offsets = 0, slot_mapping of each new token),
-one `model(...)` call, then for the sequences that sample: `model.logits` -> `sampling.sample_tokens` and
-`model.token_logprobs` (the trainer's function), grouped by temperature because both take a scalar.
+one `model(...)` call, then for the sequences that sample, per effective temperature: the LM head once
+(`model.logits`), tokens from those logits (`sampling.sample`: one Triton kernel on CUDA, `sample_tokens`'
+bits), and the reported logprob from the same logits with the trainer's reduction
+(`model.logits_logprobs` == `model.token_logprobs` bitwise), read back in one copy.
 Temperature 0 samples argmax of the temperature-1 logits and reports temperature-1 logprobs.
 Batch-invariant or default ops follow the caller's `kernels.is_invariant()` (the trainer enters
-`kernels.invariant_mode(cfg.trainer.invariant)` once per run). Pure-decode steps on CUDA in invariant mode
-replay a captured CUDA graph (graphs.py); in default mode they run eagerly. Left out: tensor/pipeline
-parallelism, async output processing.
+`kernels.invariant_mode(cfg.trainer.invariant)` once per run). Pure-decode steps on CUDA replay captured CUDA
+graphs in either mode (graphs.py; one set per mode). Left out: tensor/pipeline parallelism, async output
+processing.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from onpolicy import kernels
 from onpolicy.engine.kv_cache import allocate_kv_caches, auto_num_blocks
 from onpolicy.engine.params import EngineConfig
-from onpolicy.engine.sampling import sample_tokens
+from onpolicy.engine import sampling
 from onpolicy.engine.scheduler import ScheduledChunk
 from onpolicy.model.metadata import AttentionMetadata
 
@@ -33,7 +35,7 @@ class ModelRunner:
         self.num_blocks = config.num_blocks or auto_num_blocks(
             mc, config.block_size, config.max_num_seqs, self.dtype, self.device, config.kv_cache_memory_fraction)
         self.max_blocks_per_seq = -(-mc.max_position_embeddings // config.block_size)
-        use_graphs = config.use_cuda_graphs and self.device.type == "cuda"  # replayed only in invariant mode
+        use_graphs = config.use_cuda_graphs and self.device.type == "cuda"  # one graph set per kernel mode
         self.scratch_slot_base = self.num_blocks * config.block_size
         extra = config.max_num_seqs if use_graphs else 0
         self.kv_caches = allocate_kv_caches(mc, self.num_blocks, config.block_size, self.dtype, self.device, extra)
@@ -70,20 +72,19 @@ class ModelRunner:
         return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev), meta)
 
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
-        """hidden [T, H] of the packed step."""
-        input_ids, positions, meta = self.build_inputs(chunks)
-        if self.graphs is not None and kernels.is_invariant() and all(c.num_tokens == 1 for c in chunks):
-            out = self.graphs.run(input_ids, positions, meta)
-            if out is not None:
-                return out
-        return self.model(input_ids, positions, meta, self.kv_caches)
+        """hidden [T, H] of the packed step, eagerly."""
+        return self.model(*self.build_inputs(chunks), self.kv_caches)
 
     @torch.inference_mode()
     def step(self, chunks: list[ScheduledChunk]) -> tuple[list[int], list[float | None]]:
         """Run one packed forward; return (token, logprob) for each chunk with `samples` True, in order."""
+        seqs = [c.seq for c in chunks if c.samples]
+        if self.graphs is not None and len(seqs) == len(chunks) and all(c.num_tokens == 1 for c in chunks):
+            out = self._graph_step(seqs)
+            if out is not None:
+                return out
         hidden = self.forward(chunks)
-        sampling = [c for c in chunks if c.samples]
-        if not sampling:
+        if not seqs:
             return [], []
         rows, end = [], 0
         for c in chunks:
@@ -92,17 +93,29 @@ class ModelRunner:
                 rows.append(end - 1)
         # pure decode: every row samples, in order (no gather, no host-to-device copy)
         h_last = hidden if len(rows) == hidden.shape[0] else hidden[torch.tensor(rows, device=self.device)]
-        return self.sample(h_last, [c.seq for c in sampling])
+        return self.sample(h_last, seqs)
+
+    def _graph_step(self, seqs):
+        """Pure decode by graph replay: the whole step when every row shares one effective temperature and none
+        uses top-k / top-p, else the forward alone and eager sampling. None: run eagerly."""
+        temps = {_effective_temperature(s.params.temperature) for s in seqs}
+        plain = len(temps) == 1 and not any(_filtered(s.params) for s in seqs)
+        if plain:
+            return self.graphs.run(seqs, temps.pop())
+        hidden = self.graphs.run(seqs, None)
+        return None if hidden is None else self.sample(hidden, seqs)
 
     def sample(self, h_last: torch.Tensor, seqs) -> tuple[list[int], list[float | None]]:
-        tokens: list[int] = [0] * len(seqs)
-        logprobs: list[float | None] = [None] * len(seqs)
+        """(token, logprob or None) per row of h_last [len(seqs), H]: the LM head once per temperature group,
+        the tokens from those logits (`sampling.sample`), the logprob from the same logits with the trainer's
+        reduction (`model.logits_logprobs`), then one device-to-host copy. Uses only self.model and
+        self.device (the vLLM backend calls it with a stand-in runner)."""
         groups: dict[float, list[int]] = {}
         for i, s in enumerate(seqs):
-            groups.setdefault(float(s.params.temperature), []).append(i)
+            groups.setdefault(_effective_temperature(s.params.temperature), []).append(i)
         dev = self.device
-        for temp, idx in groups.items():
-            t_eff = temp if temp > 0 else 1.0
+        order, parts = [], []
+        for t_eff, idx in groups.items():
             # one group (the usual case) is every row in order: no gather needed
             h = h_last if len(idx) == len(seqs) else h_last[torch.tensor(idx, device=dev)]
             group = [seqs[i] for i in idx]
@@ -111,19 +124,32 @@ class ModelRunner:
             top_k, seeds, sample_index, positions = torch.tensor(
                 [[s.params.top_k for s in group], [s.seed for s in group], [s.index for s in group],
                  [s.num_output for s in group]], dtype=torch.int64, device=dev)
-            tok = sample_tokens(
+            tok = sampling.sample(
                 logits,
-                greedy=torch.full((len(idx),), temp == 0, dtype=torch.bool, device=dev),
+                greedy=torch.tensor([s.params.temperature == 0 for s in group], dtype=torch.bool, device=dev),
                 top_k=top_k,
                 top_p=torch.tensor([float(s.params.top_p) for s in group], dtype=torch.float64, device=dev),
-                seeds=seeds,
-                sample_index=sample_index,
-                positions=positions,
+                seeds=seeds, sample_index=sample_index, positions=positions,
+                filtered=[j for j, s in enumerate(group) if _filtered(s.params)],
             )
-            want_lp = any(s.params.logprobs for s in group)
-            lp = self.model.token_logprobs(h, tok, t_eff).tolist() if want_lp else []
-            for j, (i, t) in enumerate(zip(idx, tok.tolist())):
-                tokens[i] = t
-                if group[j].params.logprobs:
-                    logprobs[i] = lp[j]
+            lp = self.model.logits_logprobs(logits, tok, t_eff)
+            order.extend(idx)
+            parts.append(torch.stack([tok.double(), lp.double()]))  # ids < 2**53 and fp32 are exact in fp64
+        both = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).cpu()  # one device-to-host copy
+        tokens: list[int] = [0] * len(seqs)
+        logprobs: list[float | None] = [None] * len(seqs)
+        for i, t, lp in zip(order, both[0].long().tolist(), both[1].float().tolist()):
+            tokens[i] = t
+            if seqs[i].params.logprobs:
+                logprobs[i] = lp
         return tokens, logprobs
+
+
+def _effective_temperature(temperature: float) -> float:
+    """Temperature 0 (greedy) samples argmax of, and reports logprobs at, the temperature-1 logits."""
+    return float(temperature) if temperature > 0 else 1.0
+
+
+def _filtered(params) -> bool:
+    """A stochastic row that uses top-k or top-p (sampled by the torch path)."""
+    return params.temperature > 0 and (params.top_k > 0 or params.top_p < 1.0)

@@ -104,3 +104,32 @@ def sample_tokens(logits: torch.Tensor, greedy: torch.Tensor, top_k: torch.Tenso
     scores = logp.double() + gumbel_noise(keys, vocab)
     tokens[idx] = torch.argmax(scores, dim=-1)
     return tokens
+
+
+def sample_plain(logits: torch.Tensor, greedy: torch.Tensor, seeds: torch.Tensor, sample_index: torch.Tensor,
+                 positions: torch.Tensor) -> torch.Tensor:
+    """`sample_tokens` for rows with no top-k / top-p, the same bits: on CUDA one Triton launch with no host
+    sync (sampling_triton.py; graph-capturable), on CPU `sample_tokens` itself."""
+    if logits.is_cuda:
+        from onpolicy.engine.sampling_triton import sample_plain_triton
+
+        return sample_plain_triton(logits, greedy, seeds.long(), sample_index.long(), positions.long())
+    m = logits.shape[0]
+    no_k = torch.zeros(m, dtype=torch.int64)
+    no_p = torch.ones(m, dtype=torch.float64)
+    return sample_tokens(logits, greedy, no_k, no_p, seeds, sample_index, positions)
+
+
+def sample(logits: torch.Tensor, greedy: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, seeds: torch.Tensor,
+           sample_index: torch.Tensor, positions: torch.Tensor, filtered: list[int]) -> torch.Tensor:
+    """`sample_tokens` (same arguments), with the rows listed in `filtered` (host ints: the rows that use top-k
+    or top-p) sampled by `sample_tokens` and every other row by `sample_plain` -- the same bits as
+    `sample_tokens` on all rows, since every step is row-wise."""
+    if not logits.is_cuda:
+        return sample_tokens(logits, greedy, top_k, top_p, seeds, sample_index, positions)
+    tokens = sample_plain(logits, greedy, seeds, sample_index, positions)
+    if filtered:
+        idx = torch.tensor(filtered, device=logits.device)
+        tokens[idx] = sample_tokens(logits[idx], greedy[idx], top_k[idx], top_p[idx], seeds[idx], sample_index[idx],
+                                    positions[idx])
+    return tokens

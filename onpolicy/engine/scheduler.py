@@ -99,8 +99,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_tokens - seq.num_computed, budget)
-            while self.blocks.blocks_needed(seq, n) > self.blocks.num_free:
+            n = min(len(seq.token_ids) - seq.num_computed, budget)
+            need = self.blocks.blocks_needed(seq, n)
+            while need > self.blocks.num_free:
                 victim = self.running.pop()
                 self._preempt(victim)
                 preempted = True
@@ -108,7 +109,7 @@ class Scheduler:
                     break
             else:
                 start = seq.num_computed
-                self.blocks.allocate(seq, n)
+                self.blocks.allocate(seq, n, need)
                 chunks.append(ScheduledChunk(seq, start, n))
                 budget -= n
                 i += 1

@@ -115,8 +115,7 @@ class Attention(nn.Module):
                                            metadata=(meta.seqlens_k, meta.block_table, meta.kv_offsets))
         else:
             k_cache, v_cache = kv_cache
-            k_cache.index_copy_(0, meta.slot_mapping, k)
-            v_cache.index_copy_(0, meta.slot_mapping, v)
+            kernels.write_kv_cache(k_cache, v_cache, meta.slot_mapping, k, v)
             out = kernels.attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seqlens_k, meta.block_table,
                                     meta.kv_offsets, meta.block_size, scale=self.scale)
         return self.o_proj(out.reshape(t, self.n_heads * d))
@@ -225,6 +224,10 @@ class CausalLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         return kernels.lm_logits(hidden, self.lm_head_weight, temperature)
+
+    def logits_logprobs(self, logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """`token_logprobs` (same bits) from `logits = self.logits(hidden, temperature)`: no second LM-head pass."""
+        return kernels.logits_token_logprobs(logits, targets, temperature, self.lm_head_weight.dtype)
 
     def _check_inputs(self, input_ids, positions, meta, kv_caches) -> None:
         def bad(msg):

@@ -17,15 +17,15 @@ class _EagerGraph:
         self.fn()
 
 
-def _eager_capture(self, bs):
-    self._reset_pad(0, bs)
-    out = torch.empty(bs, self.model.config.hidden_size, dtype=self.runner.dtype)
+def _eager_capture(self, bs, temperature):
+    self._fill_pad(0)
+    self._upload(bs)
+    out = self._step(bs, temperature).clone()
 
     def run():
-        out.copy_(self.model(self.input_ids[:bs], self.positions[:bs], self._meta(bs), self.runner.kv_caches))
+        out.copy_(self._step(bs, temperature))
 
-    self.graphs[bs] = (_EagerGraph(run), out)
-    return self.graphs[bs]
+    return _EagerGraph(run), out
 
 
 def test_bucket_sizes():
@@ -54,8 +54,9 @@ def test_padded_decode_buffers_match_eager(monkeypatch):
     assert bool(r.kv_caches[0][0][r.scratch_slot_base:].abs().sum() > 0)
 
 
-def test_graphs_replay_only_in_invariant_mode(monkeypatch):
-    """The engine reads `kernels.is_invariant()` per step: default ops (trainer.invariant: false) run eagerly."""
+def test_graphs_per_kernel_mode(monkeypatch):
+    """The engine reads `kernels.is_invariant()` per step; each mode replays graphs of its own (trainer.invariant:
+    false gets a graph-captured engine too), keyed by (bucket, temperature, mode)."""
     from onpolicy import kernels
 
     model, tok = build_tiny(seed=4, head_dim=64, num_hidden_layers=1)
@@ -68,6 +69,27 @@ def test_graphs_replay_only_in_invariant_mode(monkeypatch):
     params = SamplingParams(temperature=1.0, max_tokens=4, seed=0, ignore_eos=True)
     with kernels.invariant_mode(False):
         llm.generate([[5, 6, 7]], params)
-    assert r.graphs.replays == 0
+    assert r.graphs.replays > 0 and set(r.graphs.graphs) == {(1, 1.0, False)}
     llm.generate([[5, 6, 7]], params)
-    assert r.graphs.replays > 0
+    assert set(r.graphs.graphs) == {(1, 1.0, False), (1, 1.0, True)}
+
+
+def test_filtered_and_mixed_temperature_rows_use_the_forward_graph(monkeypatch):
+    """top-k / top-p rows, or rows of two temperatures, replay the forward-only graph and sample eagerly: the
+    same tokens and logprobs as no graphs at all."""
+    model, tok = build_tiny(seed=5, head_dim=64, num_hidden_layers=1)
+    monkeypatch.setattr(DecodeGraphs, "_capture", _eager_capture)
+    prompts = [[7 + i] * (2 + 3 * i) for i in range(4)]
+    params = [SamplingParams(temperature=t, top_k=k, top_p=p, max_tokens=5, seed=i, ignore_eos=True)
+              for i, (t, k, p) in enumerate([(1.0, 5, 1.0), (0.7, -1, 1.0), (1.0, -1, 0.9), (0.0, -1, 1.0)])]
+    cfg = EngineConfig(num_blocks=64, block_size=4, max_num_seqs=8)
+    plain = LLM(model, tok, cfg).generate(prompts, params)
+    llm = LLM(model, tok, cfg)
+    r = llm.runner
+    r.kv_caches = allocate_kv_caches(model.config, r.num_blocks, r.block_size, r.dtype, r.device, cfg.max_num_seqs)
+    r.graphs = DecodeGraphs(r)
+    graphed = llm.generate(prompts, params)
+    assert r.graphs.replays > 0 and all(key[1] is None for key in r.graphs.graphs)
+    for a, b in zip(plain, graphed):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert torch.equal(a.outputs[0].logprobs, b.outputs[0].logprobs)
