@@ -13,10 +13,11 @@ CPU: the same chunked algorithm in torch; the sum of exp is a pairwise-halving t
 fixed order per row whatever M or the thread count); max is exact; only exp/log are used (elementwise).
 
 `invariant_mode(False)`: the same chunking with torch's default ops (F.linear, logsumexp), no [M, V] logits.
-Backward of `token_logprobs` (autograd wrt hidden and weight, both modes) recomputes each chunk's logits with plain
-`F.linear` and accumulates d_hidden in fp32 in fixed chunk order and d_weight chunk by chunk: deterministic,
-not batch invariant. Left out: fused GEMM + softmax kernel, logits with -inf entries (a row whose first
-chunk is all -inf gives NaN), label smoothing / ignore_index, entropy.
+Backward of `token_logprobs` (autograd wrt hidden and weight) recomputes each chunk's logits and accumulates
+d_hidden in fp32 in fixed chunk order and d_weight chunk by chunk: deterministic, not batch invariant. Its
+GEMMs are `matmul.grad_mm` in invariant mode (on CPU: the same bits for any thread count), plain torch in fast
+mode. Left out: fused GEMM + softmax kernel, logits with -inf entries (a row whose first chunk is all -inf
+gives NaN), label smoothing / ignore_index, entropy.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from onpolicy.kernels._common import (check, check_in_range, check_same_device, check_tensor, is_invariant,
                                       tree_sum_last, use_triton)
 from onpolicy.kernels.logprobs_triton import LOG_SOFTMAX_BLOCK, VOCAB_CHUNK, _fold_span_triton, _log_softmax_triton
-from onpolicy.kernels.matmul import linear, tile_config
+from onpolicy.kernels.matmul import grad_mm, linear, tile_config
 
 # VOCAB_CHUNK: rows of the LM head per step of token_logprobs (151936 = 37 * 4096 + 384); LOG_SOFTMAX_BLOCK:
 # columns per step of log_softmax. Both fixed, never derived from M; defined beside the Triton kernels.
@@ -223,7 +224,7 @@ class _TokenLogprobs(torch.autograd.Function):
         forward = _token_logprobs_fast_forward if fast else _token_logprobs_forward
         out, lse = forward(hidden, weight, targets, temperature)
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.temperature = temperature
+        ctx.temperature, ctx.fast = temperature, fast
         return out
 
     @staticmethod
@@ -231,22 +232,23 @@ class _TokenLogprobs(torch.autograd.Function):
         hidden, weight, targets, lse = ctx.saved_tensors
         T = ctx.temperature
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        mm = torch.matmul if ctx.fast else grad_mm  # invariant mode, CPU: the same bits for any thread count
         g = grad_out.float()
         d_hidden = torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32) if need_h else None
         d_weight = torch.empty_like(weight) if need_w else None
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         for c0 in range(0, weight.shape[0], VOCAB_CHUNK):
             w_c = weight[c0 : c0 + VOCAB_CHUNK]
-            logits = _scale_logits(F.linear(hidden, w_c), T)
+            logits = _scale_logits(mm(hidden, w_c.t()), T)
             d_logits = torch.exp(logits - lse[:, None]) * -g[:, None]  # d/dlogit of (x_t - lse) is onehot - p
             rel = targets - c0
             hit = (rel >= 0) & (rel < w_c.shape[0])
             d_logits[rows, rel.clamp(0, w_c.shape[0] - 1)] += torch.where(hit, g, 0.0)  # one entry per row
             d_logits = (d_logits / T).to(weight.dtype)
             if need_h:
-                d_hidden += (d_logits @ w_c).float()
+                d_hidden += mm(d_logits, w_c).float()
             if need_w:
-                d_weight[c0 : c0 + VOCAB_CHUNK] = d_logits.t() @ hidden
+                d_weight[c0 : c0 + VOCAB_CHUNK] = mm(d_logits.t(), hidden)
         return (d_hidden.to(hidden.dtype) if need_h else None), d_weight, None, None, None
 
 

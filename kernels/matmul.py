@@ -11,11 +11,15 @@ in fp32, and rounds once; fp32 dots use `input_precision="ieee"` (no TF32).
 Both take their tiles from `tile_config(dtype, K, N)` only -- never from M -- so a row's arithmetic is the same
 whatever rows come with it. No atomics, no autotune; tiles are visited in grouped order (L2 reuse of B).
 
-CPU: fp32 `torch.mm` on fixed-shape [MATMUL_CPU_TILE, K] zero-padded row blocks (`cpu_row_tiled`); bf16/fp16
-inputs are upcast to fp32 (faster than MKL's bf16 mm here, and one rounding like the GPU kernel).
+CPU: fp32 `torch.mm` on fixed-shape [MATMUL_CPU_TILE, K] zero-padded row blocks (`cpu_row_tiled`), N zero-padded
+to a multiple of CPU_N_ALIGN; bf16/fp16 inputs are upcast to fp32 (faster than MKL's bf16 mm here, and one
+rounding like the GPU kernel). MKL splits a GEMM across threads by shape and thread count, and its edge kernels
+(few rows per thread, or N % 16 in 1..11) round differently: measured on MKL 2024.2 (AVX-512), 64-row tiles with
+N % 16 == 0 give the same bits for 1 to 128 threads, while e.g. [5, 128] @ [128, 86] differs at 2 threads.
 
-Backward (autograd): plain torch matmuls -- deterministic, not batch invariant. Left out: stream-K, fp8, TMA
-for `matmul` and fp32.
+Backward (autograd): GPU, plain torch matmuls -- deterministic, not batch invariant. CPU, `grad_mm`: the same
+fixed-tile mm, so gradients have the same bits for any thread count (the weight gradient reduces over all the
+tokens of the call at once: not batch invariant). Left out: stream-K, fp8, TMA for `matmul` and fp32.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from onpolicy.kernels._common import (FLOATS, check, check_same_device, check_tensor, cpu_row_tiled, is_invariant, require_triton, tl,
-                             triton, use_triton)
+                             tree_sum_last, triton, use_triton)
 from onpolicy.kernels import _gemm_tma
 
 try:
@@ -34,6 +38,8 @@ except ImportError:  # pragma: no cover - no triton, or one without host-side te
 # CPU rows per fixed-shape tile. Measured on [4096,256]x[256,768] fp32 (2 threads): tile 32 ~29 ms,
 # 64 ~8 ms, 128 ~7 ms, 256 ~7 ms, plain mm ~32 ms (bf16 plain mm ~10 ms). 64 keeps decode padding small.
 MATMUL_CPU_TILE = 64
+# CPU GEMM widths are zero-padded to a multiple of this (MKL's column edge kernels depend on the thread count).
+CPU_N_ALIGN = 16
 
 
 def tile_config(dtype: torch.dtype, K: int, N: int) -> dict:
@@ -182,15 +188,23 @@ def _linear_triton(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def _mm_cpu(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """CPU batch-invariant a[M, K] @ b[K, N]: fp32 mm on fixed [MATMUL_CPU_TILE, K] row tiles, one rounding."""
-    out_dtype = a.dtype
+    out_dtype, N = a.dtype, b.shape[1]
     bf = b.float()
+    if N % CPU_N_ALIGN:
+        bf = F.pad(bf, (0, -N % CPU_N_ALIGN))
     biasf = None if bias is None else bias.float()
 
     def tile_fn(block: torch.Tensor) -> torch.Tensor:
-        out = torch.mm(block.float(), bf)
+        out = torch.mm(block.float(), bf)[:, :N]
         return out if biasf is None else out + biasf
 
     return cpu_row_tiled(tile_fn, a, tile=MATMUL_CPU_TILE).to(out_dtype)
+
+
+def grad_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for a backward pass: CPU, the fixed-tile `_mm_cpu` (same bits for any thread count); GPU, torch's
+    matmul (deterministic, not batch invariant)."""
+    return _mm_cpu(a, b) if a.device.type == "cpu" else a @ b
 
 
 def _mm_invariant(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,8 +233,8 @@ class _Matmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         a, b = ctx.saved_tensors
-        grad_a = grad_out @ b.t() if ctx.needs_input_grad[0] else None
-        grad_b = a.t() @ grad_out if ctx.needs_input_grad[1] else None
+        grad_a = grad_mm(grad_out, b.t()) if ctx.needs_input_grad[0] else None
+        grad_b = grad_mm(a.t(), grad_out) if ctx.needs_input_grad[1] else None
         return grad_a, grad_b
 
 
@@ -234,9 +248,12 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x2d, weight = ctx.saved_tensors
-        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
-        grad_w = grad_out.t() @ x2d if ctx.needs_input_grad[1] else None
-        grad_b = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_x = grad_mm(grad_out, weight) if ctx.needs_input_grad[0] else None
+        grad_w = grad_mm(grad_out.t(), x2d) if ctx.needs_input_grad[1] else None
+        grad_b = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:  # CPU: a fixed-order sum over the tokens
+            grad_b = (tree_sum_last(grad_out.t().float()).to(grad_out.dtype) if grad_out.device.type == "cpu"
+                      else grad_out.sum(0))
         return grad_x, grad_w, grad_b
 
 

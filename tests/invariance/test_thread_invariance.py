@@ -1,7 +1,7 @@
 """Same bits for any torch thread count (`torch.equal` under 1, 2 and 3 threads), forward and backward.
 
-Every CPU op the model, the sampler and the trainer run: linear/matmul (MKL GEMMs on fixed shapes, and their
-backward), rms_norm, rope, silu_mul, attention (engine forward, training forward and backward), log_softmax,
+Every CPU op the model, the sampler and the trainer run: linear/matmul (MKL GEMMs on fixed shapes, forward and
+backward, also at few rows and odd widths, and up to 32 threads), rms_norm, rope, silu_mul, attention (engine forward, training forward and backward), log_softmax,
 lm_logits, token_logprobs (forward and backward), the embedding backward, and the trainer's reductions
 (`fixed_sum` for loss sums, torch's `clip_grad_norm_`, AdamW). Shapes are big enough that torch splits work
 across threads (> 32768 elements). A self-test shows the harness catches what does depend on the thread count
@@ -33,17 +33,17 @@ def _fwd_bwd(fn, *inputs):
     return [out, *torch.autograd.grad(out, leaves, g)]
 
 
-def thread_dependence(make_results) -> list[int]:
-    """Thread counts whose results differ (any tensor, any bit) from 1 thread's."""
+def thread_dependence(make_results, threads=THREADS) -> list[int]:
+    """Thread counts whose results differ (any tensor, any bit) from those of threads[0] (1)."""
     old = torch.get_num_threads()
     try:
         runs = {}
-        for n in THREADS:
+        for n in threads:
             torch.set_num_threads(n)
             runs[n] = [t.detach() for t in make_results()]
     finally:
         torch.set_num_threads(old)
-    return [n for n in THREADS[1:] if not all(torch.equal(a, b) for a, b in zip(runs[1], runs[n]))]
+    return [n for n in threads[1:] if not all(torch.equal(a, b) for a, b in zip(runs[threads[0]], runs[n]))]
 
 
 def _cu(lens):
@@ -53,6 +53,14 @@ def _cu(lens):
 OPS = {
     "linear": lambda dt: _fwd_bwd(kernels.linear, _leaf((3000, 128), dt, 1), _leaf((384, 128), dt, 2, 0.1),
                                   _leaf((384,), dt, 3)),
+    # a micro-batch of one short sequence through the tiny model's LM head (vocab 86): MKL's [5, 86] @ [86, 128]
+    # input-gradient GEMM differed at 2 threads (the old plain-torch backward)
+    "linear_few_rows": lambda dt: _fwd_bwd(kernels.linear, _leaf((5, 128), dt, 26), _leaf((86, 128), dt, 27, 0.1),
+                                           _leaf((86,), dt, 28)),
+    "token_logprobs_few_rows": lambda dt: _fwd_bwd(
+        lambda h, w: kernels.token_logprobs(h, w, torch.tensor([3, 85, 0, 40, 7]), 0.7),
+        _leaf((5, 128), dt, 29), _leaf((86, 128), dt, 30, 0.1)),
+    "matmul_few_rows": lambda dt: _fwd_bwd(kernels.matmul, _leaf((5, 64), dt, 31), _leaf((64, 100), dt, 32, 0.1)),
     "linear_long_k": lambda dt: _fwd_bwd(kernels.linear, _leaf((700, 2048), dt, 1), _leaf((64, 2048), dt, 2, 0.02)),
     "matmul": lambda dt: _fwd_bwd(kernels.matmul, _leaf((1000, 96), dt, 4), _leaf((96, 300), dt, 5, 0.1)),
     "rms_norm": lambda dt: _fwd_bwd(lambda x, w: kernels.rms_norm(x, w, 1e-6), _leaf((3000, 128), dt, 6, 3.0),
@@ -83,6 +91,16 @@ OPS = {
 @pytest.mark.parametrize("op", sorted(OPS))
 def test_op_forward_backward_same_bits_for_1_2_3_threads(op, dtype):
     assert thread_dependence(lambda: OPS[op](dtype)) == []
+
+
+@pytest.mark.parametrize("rows", [1, 5, 64, 200])
+@pytest.mark.parametrize("width", [17, 86, 100, 128])
+def test_linear_same_bits_for_up_to_32_threads(rows, width):
+    """Machines with many cores: MKL's column edge kernels (N % 16 in 1..11) gave other bits from 3 threads
+    (width 17) or 24 threads (width 86) on; fp32 forward and backward, 1 vs 2, 4, 8, 16, 24 and 32 threads."""
+    make = lambda: _fwd_bwd(kernels.linear, _leaf((rows, 128), torch.float32, 33),
+                            _leaf((width, 128), torch.float32, 34, 0.1))
+    assert thread_dependence(make, threads=(1, 2, 4, 8, 16, 24, 32)) == []
 
 
 def _grads(seed, sizes=(300000, 70000, 128, 5)):
