@@ -96,3 +96,23 @@ def test_vllm_backend_refused_under_fsdp():
     cfg = ExperimentConfig.from_dict({"engine": {"backend": "vllm"}})
     with pytest.raises(ValueError, match="engine.backend: 'vllm' with FSDP2 is not supported"):
         check_launch_env(cfg, {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
+
+
+@pytest.mark.gpu
+def test_fsdp2_config_on_one_gpu(tmp_path):
+    """On the H100: configs/accelerate/fsdp2.yaml with one process (NCCL, fully_shard on a 1-GPU mesh), bf16
+    with micro-batches: KL exactly 0.0 every step on CUDA, and the weights equal a plain single-process run."""
+    outs = []
+    for name, launcher in (("fsdp2", ["-m", "accelerate.commands.launch", "--config_file",
+                                      str(ROOT / "configs/accelerate/fsdp2.yaml"), "--num_processes", "1",
+                                      "--main_process_port", str(_free_port())]),
+                           ("plain", [])):
+        out = tmp_path / name
+        _ok(_run([sys.executable, *launcher, str(ROOT / "recipes/grpo.py"), *FSDP_ARGS, "--model.device", "auto",
+                  "--logging.output_dir", str(out)]))
+        rows = _rows(out)
+        assert len(rows) == STEPS and all(r["onpolicy/kl"] == 0.0 and r["world_size"] == 1 for r in rows)
+        assert all("memory/train_peak_gib" in r for r in rows)  # logged on CUDA only: model.device auto -> cuda
+        outs.append(out)
+    assert (outs[0] / f"checkpoints/step-{STEPS}/optimizer").is_dir()
+    assert _weights_hash(outs[0], STEPS) == _weights_hash(outs[1], STEPS)
