@@ -6,7 +6,8 @@ any model is built, and every check runs before compute. The SFT warm-start runs
 before a resume so that a frozen reference model (beta > 0) is the same post-SFT model in both.
 Several processes (`accelerate launch`): `Run.dist` says which rank this is; rank 0 runs the SFT warm start
 first, writes checkpoints and logs. Under FSDP2 (`Run.dist.fsdp`) the trainer runs `Run.train_model` (the
-sharded fp32 masters, onpolicy.trainer.fsdp) and `Run.model` is the engine's full copy. Left out: LoRA, optimizer choices other than AdamW.
+sharded fp32 masters, onpolicy.trainer.fsdp) and `Run.model` is the engine's full copy.
+Left out: LoRA, optimizer choices other than AdamW.
 """
 from __future__ import annotations
 

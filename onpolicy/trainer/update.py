@@ -6,7 +6,8 @@
             trainer forward (packed varlen; trainer.activation_checkpointing) -> logprobs
             update 1 only: parity vs the sampler (strict_onpolicy: bitwise, and the loss checks ratio == 1.0)
             slice_loss -> backward -> optimizer.accumulate_grads()    (fp32 master grads)
-        (micro-batches planned within this rank's reduction chunks; distributed.GradReduction sums the chunks)
+        (micro-batches planned within this rank's reduction chunks; distributed.GradReduction sums the chunks;
+         under FSDP2 FSDP reduce-scatters each backward and ranks with fewer micro-batches run idle ones)
         clip -> MasterWeightAdamW step (fp32 masters; the model's bf16 copy, shared with the engine, refreshed)
     engine prefix cache reset (its cached KV came from the old weights)
 
