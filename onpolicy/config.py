@@ -30,6 +30,7 @@ from onpolicy.config_cli import apply_override, help_text, load_yaml, split_cli
 from onpolicy.config_fields import ConfigError, Section, coerce, config_field
 from onpolicy.engine.params import EngineConfig
 from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS
+from onpolicy.trainer.distributed import GRAD_REDUCTIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
            "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
@@ -121,6 +122,9 @@ class TrainerArgs(Section):
     reduction_chunks: int | None = _f(None, "gradient reduction chunks per mini-batch (power of two, whole groups; "
                                       "null = world size); equal values give the same bits on any world size "
                                       "dividing it", ge=1)
+    grad_reduction: str = _f("tree", "cross-rank gradient sum (data parallel): 'tree' = fixed order, the same bits "
+                             "run after run and on any world size; 'all_reduce' = the backend's all_reduce "
+                             "(faster, order not fixed; for comparison)", choices=GRAD_REDUCTIONS)
     resume: bool | str = _f(False, "true = resume from <output_dir>/checkpoints/latest; a string = checkpoint path")
 
     def _validate(self):

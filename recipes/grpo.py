@@ -1,15 +1,18 @@
 """GRPO recipe: `python recipes/grpo.py --config configs/tiny-cpu.yaml [--section.field value ...]`.
 
-Also `accelerate launch --config_file configs/accelerate/<cpu|cpu_ddp|single_gpu|ddp>.yaml recipes/grpo.py
---config ...` on N processes (data parallel, docs/distributed.md; accelerate starts the processes and sets
+Also `accelerate launch --config_file configs/accelerate/<cpu|cpu_ddp|cpu_fsdp2|single_gpu|ddp|fsdp2>.yaml
+recipes/grpo.py --config ...` on N processes (data parallel, or FSDP2-sharded masters and optimizer state:
+docs/distributed.md; accelerate starts the processes and sets
 their environment, `model.device` picks the device). Steps: parse and validate the config
 (`onpolicy.config.parse_args`; `--print-config` shows the resolved YAML and exits), check the launch (world size
 against the config, the accelerate config) before any process group or model, start the process group when
 launched on several processes (gloo on CPU, NCCL on GPU, each rank on its GPU), then
 `onpolicy.trainer.train(cfg)`, which seeds, checks rewards, data and the context budget before any compute
 (console output from rank 0 only). A config, data or launch error prints one line `error: <message>` and
-exits 2 (`--debug` or ONPOLICY_DEBUG=1 keeps the traceback). Left out: FSDP and accelerate's mixed_precision
-(refused before compute). `dapo.py`, `rloo.py`, `dr_grpo.py` are this recipe with `trainer.algo` fixed.
+exits 2 (`--debug` or ONPOLICY_DEBUG=1 keeps the traceback). Under FSDP the recipe pins NCCL's algorithm
+and protocol (onpolicy.trainer.fsdp.NCCL_PINS) before the process group exists. Left out: FSDP1 and
+accelerate's mixed_precision (refused before compute). `dapo.py`, `rloo.py`, `dr_grpo.py` are this recipe
+with `trainer.algo` fixed.
 """
 from __future__ import annotations
 
@@ -26,11 +29,15 @@ def main(argv: list[str] | None = None, algo: str | None = None) -> dict:
 
 
 def start_processes(cfg) -> bool:
-    """On a multi-process launch, the process group (through accelerate) and this rank's GPU; True on rank 0.
-    `cfg.model.device` is left as validated ("cuda" then means this rank's GPU)."""
+    """On a multi-process launch (or any FSDP launch: fully_shard needs a process group), the process group
+    (through accelerate) and this rank's GPU; True on rank 0. `cfg.model.device` is left as validated
+    ("cuda" then means this rank's GPU)."""
     from onpolicy.trainer.distributed import launched_world_size
+    from onpolicy.trainer.fsdp import fsdp_requested, pin_nccl
 
-    if launched_world_size() == 1:
+    if fsdp_requested():
+        pin_nccl()
+    elif launched_world_size() == 1:
         return True
     import torch
     from accelerate import Accelerator

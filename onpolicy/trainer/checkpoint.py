@@ -8,8 +8,9 @@ can be read without unpickling the optimizer state: `train()` stores the run's c
 file and the directory are fsynced, then `os.replace` renames it to `step-N/`, then the `latest` file is
 rewritten through `latest.tmp` + `os.replace`. A crash at any point leaves the previous checkpoint and pointer
 intact; stale `tmp-step-*` directories are removed by the next save. `trainer_state.pt` is a pickle (the RNG
-states are not tensors): load only checkpoints you wrote. Left out: sharded/distributed optimizer state,
-async saving, remote storage.
+states are not tensors): load only checkpoints you wrote. Sharded state (FSDP2, onpolicy.trainer.fsdp): every
+rank writes its shard into the directory `prepare_tmp` made, then `save_checkpoint(..., prepared=True)` adds
+the rest and commits it atomically as above. Left out: async saving, remote storage.
 """
 from __future__ import annotations
 
@@ -73,9 +74,23 @@ def _write_latest(root: Path, name: str) -> None:
     _fsync_dir(root)
 
 
+def prepare_tmp(ckpt_dir: str | Path, step: int) -> Path:
+    """Remove stale `tmp-step-*` directories and create `tmp-step-<step>` (empty) for state that several
+    processes write before `save_checkpoint(..., prepared=True)` commits it; returns its path."""
+    root = Path(ckpt_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob("tmp-step-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f"tmp-step-{step}"
+    tmp.mkdir()
+    return tmp
+
+
 def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, scheduler=None,
-                    extra: dict | None = None, keep: int = 2, tokenizer=None, meta: dict | None = None) -> Path:
-    """Write `<ckpt_dir>/step-<step>` atomically, point `latest` at it, keep the newest `keep`; returns its path."""
+                    extra: dict | None = None, keep: int = 2, tokenizer=None, meta: dict | None = None,
+                    prepared: bool = False) -> Path:
+    """Write `<ckpt_dir>/step-<step>` atomically, point `latest` at it, keep the newest `keep`; returns its path.
+    `prepared`: `prepare_tmp(ckpt_dir, step)` made the temporary directory and others wrote into it: keep it."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"save_checkpoint: step must be an int >= 0, got {step!r}")
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -86,11 +101,12 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, sche
     from onpolicy.model import save_pretrained
 
     root = Path(ckpt_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob("tmp-step-*"):
-        shutil.rmtree(stale, ignore_errors=True)
     name = f"step-{step}"
     tmp, final = root / f"tmp-{name}", root / name
+    if not prepared:
+        prepare_tmp(root, step)
+    elif not tmp.is_dir():
+        raise ValueError(f"save_checkpoint: prepared=True but {str(tmp)!r} does not exist (call prepare_tmp)")
     try:
         save_pretrained(model, str(tmp / POLICY_DIR))
         if tokenizer is not None:

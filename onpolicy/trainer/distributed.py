@@ -16,8 +16,11 @@ log2(W) full fp32 gradients (a ring all_reduce sends 2(W-1)/W of one), no overla
 up to log2(C/W)+2 flat fp32 gradient buffers (the tree's partial sums and the receive buffer).
 Metrics: every rank gets the whole step's rollout (gathered in rank order) and scores it, so rewards and
 advantages are world size 1's; loss and parity gather per-token values and reduce them in global order.
-Left out: NCCL algorithm pinning (we order the sums ourselves), bucketed overlap with the backward,
-non-power-of-two world sizes, FSDP2 sharding of masters/optimizer state (refused: `check_launch_env`).
+`trainer.grad_reduction: all_reduce` replaces the cross-rank tree by the backend's all_reduce (for measuring
+the tree's cost: scripts/bench_scale.py). FSDP2 (`Dist.fsdp`, onpolicy.trainer.fsdp): FSDP reduce-scatters
+the gradients itself and this module's chunk reduction stands aside (one chunk per rank).
+Left out: NCCL algorithm pinning for DDP (we order the sums ourselves), bucketed overlap with the backward,
+non-power-of-two world sizes.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+GRAD_REDUCTIONS = ("tree", "all_reduce")  # trainer.grad_reduction: fixed-order tree, or the backend's all_reduce
 
 def _power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
@@ -61,16 +65,20 @@ def reduction_chunks(cfg, world_size: int) -> int:
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the job; world_size 1 without an initialised process group."""
+    """This process's place in the job; world_size 1 without an initialised process group; `fsdp`: the
+    accelerate config asked for FSDP2 (sharded masters, onpolicy.trainer.fsdp)."""
     rank: int = 0
     world_size: int = 1
+    fsdp: bool = False
 
     @staticmethod
     def current() -> "Dist":
         import torch.distributed as td
 
+        from onpolicy.trainer.fsdp import fsdp_requested
+
         if td.is_available() and td.is_initialized():
-            return Dist(td.get_rank(), td.get_world_size())
+            return Dist(td.get_rank(), td.get_world_size(), fsdp_requested())
         return Dist()
 
     @property
@@ -173,7 +181,8 @@ class GradReduction:
                              f"mini-batch of {num_seqs} sequences (groups of {group_size})")
         self.size = num_seqs // self.chunks
         self.tree = ChunkTree()
-        self.active = self.chunks > 1
+        self.active = self.chunks > 1 and not self.dist.fsdp  # FSDP2 reduce-scatters in the backward
+        self.all_reduce = getattr(run.cfg.trainer, "grad_reduction", "tree") == "all_reduce"
 
     def my_chunks(self) -> list[range]:
         """This rank's chunks: sequence ranges relative to the mini-batch, in order."""
@@ -191,7 +200,11 @@ class GradReduction:
         if not self.active:
             return
         flat = self.tree.result()
-        if self.dist.world_size > 1:
+        if self.dist.world_size > 1 and self.all_reduce:
+            import torch.distributed as td
+
+            td.all_reduce(flat)  # the backend's order (bench_scale's comparison), not run-to-run bitwise
+        elif self.dist.world_size > 1:
             self.dist.tree_sum_(flat)
         put_master_grads(self.run.optimizer, flat)
 
@@ -228,14 +241,13 @@ def _detached(part, device):
 
 def check_launch_env(cfg, env=None) -> None:
     """Errors before compute for an accelerate config this trainer cannot honour (read from the launcher's
-    environment): FSDP (not built: sharded fp32 masters need fully_shard plus a per-step gather into the
-    engine's bf16 copy, see docs/distributed.md), mixed precision (autocast; precision comes from model.dtype),
-    use_cpu with model.device: cuda."""
+    environment): FSDP other than FSDP2 as onpolicy.trainer.fsdp builds it (`check_fsdp_env`), mixed
+    precision (autocast; precision comes from model.dtype), use_cpu with model.device: cuda."""
+    from onpolicy.trainer.fsdp import check_fsdp_env, fsdp_requested
+
     env = os.environ if env is None else env
-    if env.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        raise ValueError("accelerate config: distributed_type FSDP is not supported yet (fully_shard of the fp32 "
-                         "masters is not built); allowed: MULTI_GPU (configs/accelerate/ddp.yaml, "
-                         "cpu_ddp.yaml) or NO")
+    if fsdp_requested(env):
+        check_fsdp_env(cfg, env, int(env.get("WORLD_SIZE", "1")))
     mp = env.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if mp not in ("no", "none"):
         raise ValueError(f"accelerate config: mixed_precision {mp!r} is not supported (the kernels run "

@@ -36,8 +36,9 @@ def config_differences(saved: dict, current: dict) -> list[str]:
             if a[k] != b[k] and not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MAY_CHANGE)]
 
 
-def check_resume_config(cfg, log=print) -> None:
-    """Raise ValueError when `trainer.resume` names a checkpoint written with a config of different meaning."""
+def check_resume_config(cfg, log=print, dist=None) -> None:
+    """Raise ValueError when `trainer.resume` names a checkpoint written with a config of different meaning,
+    or (`dist`: this launch) with another optimizer layout (FSDP2 shards vs replicated)."""
     from onpolicy.trainer import checkpoint
 
     path = checkpoint.resume_path(cfg)
@@ -47,6 +48,9 @@ def check_resume_config(cfg, log=print) -> None:
     if meta is None or "config" not in meta:
         log(f"warning: {path} holds no saved config; cannot check that it belongs to this run's config")
         return
+    from onpolicy.trainer.fsdp import check_resume_layout
+
+    check_resume_layout(meta, dist, path)
     diffs = config_differences(meta["config"], cfg.to_dict())
     if diffs:
         raise ValueError(f"trainer.resume: {path} was written by a run with a different config ({'; '.join(diffs)}); "
@@ -61,7 +65,13 @@ def resume_run(run) -> int:
     path = checkpoint.resume_path(run.cfg)
     if path is None:
         return 0
-    ck = checkpoint.load_checkpoint(path, model=run.model, optimizer=run.optimizer, device=run.device)
+    fsdp = run.dist is not None and run.dist.fsdp
+    ck = checkpoint.load_checkpoint(path, model=run.model, optimizer=None if fsdp else run.optimizer,
+                                    device=run.device)
+    if fsdp:  # every rank reads its shard of the masters and AdamW state, then gathers the engine copy
+        from onpolicy.trainer.fsdp import SHARDS_DIR
+
+        run.optimizer.load_sharded(ck.path / SHARDS_DIR)
     if "prompts" not in ck.extra:
         raise ValueError(f"trainer.resume: {str(path)!r} has no prompt-iterator state (not written by train())")
     run.prompts.load_state_dict(ck.extra["prompts"])

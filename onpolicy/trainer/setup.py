@@ -5,7 +5,9 @@ Order matters for clear errors: the config is validated at construction, rewards
 any model is built, and every check runs before compute. The SFT warm-start runs (or loads from its cache)
 before a resume so that a frozen reference model (beta > 0) is the same post-SFT model in both.
 Several processes (`accelerate launch`): `Run.dist` says which rank this is; rank 0 runs the SFT warm start
-first, writes checkpoints and logs. Left out: LoRA, optimizer choices other than AdamW.
+first, writes checkpoints and logs. Under FSDP2 (`Run.dist.fsdp`) the trainer runs `Run.train_model` (the
+sharded fp32 masters, onpolicy.trainer.fsdp) and `Run.model` is the engine's full copy.
+Left out: LoRA, optimizer choices other than AdamW.
 """
 from __future__ import annotations
 
@@ -37,7 +39,13 @@ class Run:
     start_step: int
     setup_time: float
     sft_stats: dict
-    dist: Any = None                  # onpolicy.trainer.distributed.Dist (rank, world size)
+    dist: Any = None                  # onpolicy.trainer.distributed.Dist (rank, world size, fsdp)
+    train_model: Any = None           # the module the trainer's forward runs under FSDP2; None: `model`
+
+
+def trainer_module(run) -> torch.nn.Module:
+    """The module the trainer's forward and backward run: the FSDP2-sharded masters, or the model itself."""
+    return getattr(run, "train_model", None) or run.model
 
 
 def resolve_device(name: str) -> torch.device:
@@ -91,6 +99,10 @@ def save_checkpoint(run: Run, step: int) -> str:
     from onpolicy.trainer import checkpoint
 
     root = checkpoint.checkpoint_root(run.cfg)
+    if run.dist is not None and run.dist.fsdp:
+        from onpolicy.trainer.fsdp import save_fsdp_checkpoint
+
+        return save_fsdp_checkpoint(run, root, step)
     if run.dist is None or run.dist.is_main:
         world = {"world_size": run.dist.world_size} if run.dist is not None else {}
         checkpoint.save_checkpoint(root, step=step, model=run.model, optimizer=run.optimizer,
@@ -157,7 +169,7 @@ def build_run(cfg, log=print) -> Run:
         raise ValueError(f"trainer.resume: checkpoint path {t.resume!r} does not exist; allowed: false, true, a path")
     dist = Dist.current()
     check_world_size(cfg, dist.world_size)
-    check_resume_config(cfg, log)
+    check_resume_config(cfg, log, dist)
     if cfg.engine.backend == "vllm":
         from onpolicy.engine.vllm_backend import check_available
 
@@ -181,12 +193,20 @@ def build_run(cfg, log=print) -> Run:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     model.activation_checkpointing = t.activation_checkpointing
-    optimizer = MasterWeightAdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    adamw = dict(lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    train_model = None
+    if dist.fsdp:
+        from onpolicy.trainer.fsdp import ShardedAdamW, shard_trainer
+
+        train_model = shard_trainer(model, device)
+        optimizer = ShardedAdamW(train_model, model, **adamw)
+    else:
+        optimizer = MasterWeightAdamW(params, **adamw)
     llm = build_sampler(cfg, model, tokenizer, device, dist.world_size)
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,
-              setup_time=0.0, sft_stats=sft_stats, dist=dist)
+              setup_time=0.0, sft_stats=sft_stats, dist=dist, train_model=train_model)
     if t.resume is not False:
         run.start_step = resume_run(run)
         log(f"resumed after step {run.start_step}" if run.start_step else "resume: no checkpoint yet, starting fresh")

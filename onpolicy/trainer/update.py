@@ -6,7 +6,8 @@
             trainer forward (packed varlen; trainer.activation_checkpointing) -> logprobs
             update 1 only: parity vs the sampler (strict_onpolicy: bitwise, and the loss checks ratio == 1.0)
             slice_loss -> backward -> optimizer.accumulate_grads()    (fp32 master grads)
-        (micro-batches planned within this rank's reduction chunks; distributed.GradReduction sums the chunks)
+        (micro-batches planned within this rank's reduction chunks; distributed.GradReduction sums the chunks;
+         under FSDP2 FSDP reduce-scatters each backward and ranks with fewer micro-batches run idle ones)
         clip -> MasterWeightAdamW step (fp32 masters; the model's bf16 copy, shared with the engine, refreshed)
     engine prefix cache reset (its cached KV came from the old weights)
 
@@ -36,6 +37,7 @@ from onpolicy.trainer.microbatch import plan_micro_batches, token_spans, update_
 from onpolicy.trainer.parity import OnPolicyViolation, first_mismatch, mismatch_report, parity_metrics
 from onpolicy.trainer.rollout import Rollout
 from onpolicy.trainer.scoring import ScoredBatch
+from onpolicy.trainer.setup import trainer_module
 
 
 def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
@@ -113,10 +115,11 @@ def _one_update(run, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpda
     seq_tokens = [len(p) + len(c) for p, c in zip(mini.prompt_ids, mini.completion_ids)]
     reduction = GradReduction(run, len(seq_tokens), ro.group_size)  # this rank's chunks; cross-rank grad sum
     acc = LossAccumulator()
-    for seqs, span, chunk_end in _chunk_micro_batches(reduction.my_chunks(), seq_tokens, mini.seq_lens,
-                                                      t.micro_batch_tokens):
+    model = trainer_module(run)
+    plan = list(_chunk_micro_batches(reduction.my_chunks(), seq_tokens, mini.seq_lens, t.micro_batch_tokens))
+    for seqs, span, chunk_end in plan:
         mb = sub_rollout(mini, seqs)
-        lps = trainer_logprobs(run.model, mb, run.cfg.sampling.temperature, grad=True)
+        lps = trainer_logprobs(model, mb, run.cfg.sampling.temperature, grad=True)
         if upd.on_policy:
             first.check(mb, upd.seqs.start + seqs.start, torch.cat(mb.sampler_logprobs), lps)
         else:
@@ -130,6 +133,11 @@ def _one_update(run, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpda
         del lps, part
         if chunk_end:
             reduction.chunk_done()
+    if reduction.dist.fsdp:  # FSDP2: every rank runs the same number of forward/backward collectives
+        from onpolicy.trainer.fsdp import idle_micro_batch
+
+        for _ in range(_most_micro_batches(reduction, seq_tokens, mini.seq_lens, t.micro_batch_tokens) - len(plan)):
+            idle_micro_batch(model)
     reduction.finish()
     acc.parts = reduction.loss_parts(acc.parts)
     stats = acc.result()
@@ -151,6 +159,14 @@ def _chunk_micro_batches(chunks: list[range], seq_tokens: list[int], seq_lens: l
             yield seqs, span, i == len(plan) - 1
 
 
+def _most_micro_batches(reduction: GradReduction, seq_tokens: list[int], seq_lens: list[int], budget) -> int:
+    """The largest number of micro-batches any rank plans for this mini-batch (every rank can compute it)."""
+    per_rank = reduction.chunks // reduction.dist.world_size
+    chunks = [range(k * reduction.size, (k + 1) * reduction.size) for k in range(reduction.chunks)]
+    return max(len(list(_chunk_micro_batches(chunks[r * per_rank:(r + 1) * per_rank], seq_tokens, seq_lens, budget)))
+               for r in range(reduction.dist.world_size))
+
+
 def _parity(first: _FirstUpdate, upd) -> dict:
     return first.metrics() if upd.on_policy else {}
 
@@ -165,6 +181,7 @@ def update_policy(run, scored: ScoredBatch, step: int) -> dict:
     t = run.cfg.trainer
     ro = scored.rollout
     run.model.train()
+    trainer_module(run).train()
     lr = learning_rate(step, t.lr, t.warmup_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr

@@ -77,7 +77,7 @@ def test_world_size_checks():
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"ACCELERATE_USE_FSDP": "true"}, "distributed_type FSDP is not supported"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "fsdp_version 1 is not supported"),
     ({"ACCELERATE_MIXED_PRECISION": "bf16"}, "mixed_precision 'bf16' is not supported"),
     ({"ACCELERATE_USE_CPU": "True"}, "model.device: 'cuda' but the accelerate config has use_cpu: true"),
 ])
