@@ -14,21 +14,28 @@ VOCAB_CHUNK = 4096  # rows of the LM head per step of token_logprobs (fixed; nev
 if triton is not None:
 
     @triton.jit
+    def row_fold_lse(x_row, W, m, s, BLOCK: tl.constexpr):
+        """Fold columns [0, W) of one row (any float dtype, upcast exactly), BLOCK at a time in order, into the
+        fp32 online state (max m, sum of exp(x - m) s); returns the new (m, s). The one copy of this update:
+        log_softmax, the token_logprobs span fold and the engine's sampler all reduce through it."""
+        offs = tl.arange(0, BLOCK)
+        for start in range(0, W, BLOCK):
+            cols = start + offs
+            x = tl.load(x_row + cols, mask=cols < W, other=float("-inf")).to(tl.float32)
+            m_new = tl.maximum(m, tl.max(x, axis=0))
+            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        return m, s
+
+    @triton.jit
     def _log_softmax_kernel(x_ptr, out_ptr, V, stride_x, stride_out, BLOCK: tl.constexpr):
         """One program per row: running (max, sum exp) over BLOCK-wide chunks, then out = x - lse."""
         row = tl.program_id(0).to(tl.int64)
         x_row = x_ptr + row * stride_x
         out_row = out_ptr + row * stride_out
-        offs = tl.arange(0, BLOCK)
-        m = float("-inf")
-        s = 0.0
-        for start in range(0, V, BLOCK):
-            cols = start + offs
-            x = tl.load(x_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-            m = m_new
+        m, s = row_fold_lse(x_row, V, tl.full([], float("-inf"), tl.float32), tl.full([], 0.0, tl.float32), BLOCK)
         lse = m + tl.log(s)
+        offs = tl.arange(0, BLOCK)
         for start in range(0, V, BLOCK):
             cols = start + offs
             x = tl.load(x_row + cols, mask=cols < V, other=0.0).to(tl.float32)
@@ -41,15 +48,7 @@ if triton is not None:
         A span of n chunks performs exactly the operations of n one-chunk launches."""
         row = tl.program_id(0).to(tl.int64)
         l_row = logits_ptr + row * stride_l
-        offs = tl.arange(0, CHUNK)
-        m = tl.load(m_ptr + row)
-        s = tl.load(s_ptr + row)
-        for j in range(0, W, CHUNK):
-            cols = j + offs
-            x = tl.load(l_row + cols, mask=cols < W, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-            m = m_new
+        m, s = row_fold_lse(l_row, W, tl.load(m_ptr + row), tl.load(s_ptr + row), CHUNK)
         tl.store(m_ptr + row, m)
         tl.store(s_ptr + row, s)
         t = tl.load(targets_ptr + row) - c0

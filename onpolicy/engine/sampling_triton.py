@@ -16,7 +16,7 @@ import torch
 
 from onpolicy.engine.sampling import _GOLDEN, _MIX1, _MIX2
 from onpolicy.kernels._common import tl, triton
-from onpolicy.kernels.logprobs_triton import LOG_SOFTMAX_BLOCK
+from onpolicy.kernels.logprobs_triton import LOG_SOFTMAX_BLOCK, row_fold_lse
 
 ARGMAX_BLOCK = 1024  # columns per step of pass 2 (any width gives the same argmax: max is exact, ties -> lowest id)
 
@@ -60,15 +60,8 @@ if triton is not None:
 
     @triton.jit
     def _gumbel_row(x_row, V, seed, index, pos, BLOCK: tl.constexpr, ARG_BLOCK: tl.constexpr, LIBDEVICE: tl.constexpr):
-        offs = tl.arange(0, BLOCK)  # pass 1: kernels.log_softmax's loop, verbatim
-        m = float("-inf")
-        s = 0.0
-        for start in range(0, V, BLOCK):
-            cols = start + offs
-            x = tl.load(x_row + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
-            m = m_new
+        # pass 1: kernels.log_softmax's own fold (the same helper, so the same lse bits)
+        m, s = row_fold_lse(x_row, V, tl.full([], float("-inf"), tl.float32), tl.full([], 0.0, tl.float32), BLOCK)
         lse = m + tl.log(s)
         key = _splitmix64(_splitmix64(_splitmix64(seed) ^ index) ^ pos)  # sampling.row_keys
         offs = tl.arange(0, ARG_BLOCK)
