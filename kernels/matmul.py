@@ -11,15 +11,12 @@ in fp32, and rounds once; fp32 dots use `input_precision="ieee"` (no TF32).
 Both take their tiles from `tile_config(dtype, K, N)` only -- never from M -- so a row's arithmetic is the same
 whatever rows come with it. No atomics, no autotune; tiles are visited in grouped order (L2 reuse of B).
 
-CPU: fp32 `torch.mm` on fixed-shape [MATMUL_CPU_TILE, K] zero-padded row blocks (`cpu_row_tiled`), N zero-padded
-to a multiple of CPU_N_ALIGN; bf16/fp16 inputs are upcast to fp32 (faster than MKL's bf16 mm here, and one
-rounding like the GPU kernel). MKL splits a GEMM across threads by shape and thread count, and its edge kernels
-(few rows per thread, or N % 16 in 1..11) round differently: measured on MKL 2024.2 (AVX-512), 64-row tiles with
-N % 16 == 0 give the same bits for 1 to 128 threads, while e.g. [5, 128] @ [128, 86] differs at 2 threads.
-
-Backward (autograd): GPU, plain torch matmuls -- deterministic, not batch invariant. CPU, `grad_mm`: the same
-fixed-tile mm, so gradients have the same bits for any thread count (the weight gradient reduces over all the
-tokens of the call at once: not batch invariant). Left out: stream-K, fp8, TMA for `matmul` and fp32.
+CPU: fp32 `torch.mm` on fixed [MATMUL_CPU_TILE, K] zero-padded row blocks (`cpu_row_tiled`), N zero-padded to a
+multiple of CPU_N_ALIGN; bf16/fp16 upcast to fp32 (one rounding, like the GPU). MKL splits a GEMM by shape and
+thread count and its edge kernels (few rows, N % 16 in 1..11) round differently (MKL 2024.2, AVX-512: 64-row
+tiles with N % 16 == 0 give the same bits for 1 to 128 threads; [5, 128] @ [128, 86] differs at 2 threads).
+Backward: GPU, plain torch matmuls (deterministic, not batch invariant); CPU, `grad_mm`, the same fixed-tile mm
+(same bits for any thread count; not batch invariant). Left out: stream-K, fp8, TMA for `matmul` and fp32.
 """
 from __future__ import annotations
 
@@ -35,10 +32,9 @@ try:
 except ImportError:  # pragma: no cover - no triton, or one without host-side tensor descriptors
     TensorDescriptor = None
 
-# CPU rows per fixed-shape tile. Measured on [4096,256]x[256,768] fp32 (2 threads): tile 32 ~29 ms,
-# 64 ~8 ms, 128 ~7 ms, 256 ~7 ms, plain mm ~32 ms (bf16 plain mm ~10 ms). 64 keeps decode padding small.
+# CPU rows per fixed-shape tile ([4096,256]x[256,768] fp32, 2 threads: tile 32 ~29 ms, 64 ~8, 128/256 ~7, plain
+# mm ~32 ms); 64 keeps decode padding small. Widths padded to CPU_N_ALIGN (MKL's column edge kernels vary).
 MATMUL_CPU_TILE = 64
-# CPU GEMM widths are zero-padded to a multiple of this (MKL's column edge kernels depend on the thread count).
 CPU_N_ALIGN = 16
 
 
@@ -291,7 +287,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a[M, K] @ b[K, N] -> [M, N] in a.dtype; batch invariant in M; autograd (plain torch backward)."""
+    """a[M, K] @ b[K, N] -> [M, N] in a.dtype; batch invariant in M; autograd (backward: `grad_mm`)."""
     check_tensor("matmul", "a", a)
     check_tensor("matmul", "b", b)
     check(a.dim() == 2 and b.dim() == 2, "matmul",

@@ -151,29 +151,51 @@ def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int =
     return LLM(model, tokenizer, engine, seed=cfg.trainer.seed)
 
 
-def build_run(cfg, log=print) -> Run:
-    from onpolicy import determinism
+def check_before_compute(cfg, dist, log=print) -> None:
+    """The run-level checks that need no model: rewards, context budget, resume path, world size, backend."""
     from onpolicy.config import check_context
-    from onpolicy.data import PromptIterator, load_prompts
-    from onpolicy.logging import RunLogger
     from onpolicy.rewards import check_rewards
-    from onpolicy.trainer.precision import MasterWeightAdamW
-    from onpolicy.trainer.distributed import Dist, check_world_size
-    from onpolicy.trainer.resume import check_resume_config, resume_run, trim_metrics
+    from onpolicy.trainer.distributed import check_world_size
+    from onpolicy.trainer.resume import check_resume_config
 
-    t0 = time.perf_counter()
-    t = cfg.trainer
     check_rewards(cfg.rewards)
     check_context(cfg)
-    if isinstance(t.resume, str) and not os.path.exists(t.resume):
-        raise ValueError(f"trainer.resume: checkpoint path {t.resume!r} does not exist; allowed: false, true, a path")
-    dist = Dist.current()
+    resume = cfg.trainer.resume
+    if isinstance(resume, str) and not os.path.exists(resume):
+        raise ValueError(f"trainer.resume: checkpoint path {resume!r} does not exist; allowed: false, true, a path")
     check_world_size(cfg, dist.world_size)
     check_resume_config(cfg, log, dist)
     if cfg.engine.backend == "vllm":
         from onpolicy.engine.vllm_backend import check_available
 
         check_available()
+
+
+def build_optimizer(t, model, params, device, dist):
+    """(optimizer, train_model): fp32-master AdamW on the replicated model, or under FSDP2 a sharded fp32
+    trainer module (train_model) with its sharded AdamW; train_model is None when the trainer runs `model`."""
+    adamw = dict(lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
+    if dist.fsdp:
+        from onpolicy.trainer.fsdp import ShardedAdamW, shard_trainer
+
+        train_model = shard_trainer(model, device)
+        return ShardedAdamW(train_model, model, **adamw), train_model
+    from onpolicy.trainer.precision import MasterWeightAdamW
+
+    return MasterWeightAdamW(params, **adamw), None
+
+
+def build_run(cfg, log=print) -> Run:
+    from onpolicy import determinism
+    from onpolicy.data import PromptIterator, load_prompts
+    from onpolicy.logging import RunLogger
+    from onpolicy.trainer.distributed import Dist
+    from onpolicy.trainer.resume import resume_run, trim_metrics
+
+    t0 = time.perf_counter()
+    t = cfg.trainer
+    dist = Dist.current()
+    check_before_compute(cfg, dist, log)
     device = resolve_device(cfg.model.device)
     determinism.enable(seed=t.seed)
     tokenizer = build_tokenizer(cfg)
@@ -193,15 +215,7 @@ def build_run(cfg, log=print) -> Run:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     model.activation_checkpointing = t.activation_checkpointing
-    adamw = dict(lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay)
-    train_model = None
-    if dist.fsdp:
-        from onpolicy.trainer.fsdp import ShardedAdamW, shard_trainer
-
-        train_model = shard_trainer(model, device)
-        optimizer = ShardedAdamW(train_model, model, **adamw)
-    else:
-        optimizer = MasterWeightAdamW(params, **adamw)
+    optimizer, train_model = build_optimizer(t, model, params, device, dist)
     llm = build_sampler(cfg, model, tokenizer, device, dist.world_size)
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
