@@ -4,7 +4,8 @@ The KV cache is allocated once (the engine's CUDA graphs are captured on its ten
 `kv_cache_blocks` gives it what the step's sequences can use -- min(max_num_seqs, prompts x generations)
 sequences of max_prompt_tokens + max_tokens -- capped by the GPU memory free at engine construction minus the
 trainer's not-yet-allocated needs: AdamW state (8 B per parameter), fp32 master grads (4 B), the model-dtype
-grads of one backward, and one micro-batch's activations (`activation_bytes`, an upper estimate). A smaller
+grads of one backward, and one micro-batch's activations (`activation_bytes`, an upper estimate); under FSDP2
+(`sharded`) the AdamW state and master grads are 1 / world_size of that per rank. A smaller
 cache is still correct (the scheduler preempts and recomputes), only slower. `engine.num_blocks` set in the
 config wins; on the CPU the engine's own default stands. `PhasePeak` reads torch's peak-allocated counter
 (CUDA only: the CPU has none; metrics are absent there). Left out: freeing the KV cache between phases
@@ -41,20 +42,21 @@ def activation_bytes(mc, tokens: int, checkpointing: bool, elem: int) -> int:
     return mc.num_hidden_layers * per_layer
 
 
-def trainer_reserve_bytes(cfg, model, world_size: int = 1) -> int:
+def trainer_reserve_bytes(cfg, model, world_size: int = 1, sharded: bool = False) -> int:
     """Bytes the trainer will still allocate after the engine is built (see the module docstring)."""
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     low = sum(p.numel() * p.element_size() for p in params if p.dtype != torch.float32)
     elem = next(iter(model.parameters())).element_size()
     acts = activation_bytes(model.config, step_tokens(cfg, world_size), cfg.trainer.activation_checkpointing, elem)
-    return 8 * n + 4 * n + low + int(ACTIVATION_MARGIN * acts) + FIXED_SLACK
+    state = (8 + 4) * n // (world_size if sharded else 1)  # AdamW moments + fp32 master grads
+    return state + low + int(ACTIVATION_MARGIN * acts) + FIXED_SLACK
 
 
 def kv_cache_blocks(cfg, model, device: torch.device, free_bytes: int | None = None,
-                    world_size: int = 1) -> int | None:
+                    world_size: int = 1, sharded: bool = False) -> int | None:
     """`engine.num_blocks` for this run (None: the engine's own sizing; see the module docstring); with
-    `world_size` ranks each engine samples prompts_per_step / world_size prompts."""
+    `world_size` ranks each engine samples prompts_per_step / world_size prompts; `sharded`: FSDP2."""
     from onpolicy.engine.kv_cache import kv_bytes_per_block
 
     e, s, t = cfg.engine, cfg.sampling, cfg.trainer
@@ -65,10 +67,11 @@ def kv_cache_blocks(cfg, model, device: torch.device, free_bytes: int | None = N
     want = min(e.max_num_seqs, t.prompts_per_step // world_size * s.num_generations) * -(-seq // e.block_size)
     if free_bytes is None:
         free_bytes, _ = torch.cuda.mem_get_info(device)
-    budget = free_bytes - trainer_reserve_bytes(cfg, model, world_size)
+    reserve = trainer_reserve_bytes(cfg, model, world_size, sharded)
+    budget = free_bytes - reserve
     per_block = kv_bytes_per_block(mc, e.block_size, next(iter(model.parameters())).dtype)
     if budget < per_block * -(-seq // e.block_size):
-        need = (trainer_reserve_bytes(cfg, model, world_size) + per_block * -(-seq // e.block_size)) / GIB
+        need = (reserve + per_block * -(-seq // e.block_size)) / GIB
         raise ValueError(f"trainer.micro_batch_tokens: the trainer's estimated needs plus one sequence's KV cache "
                          f"({need:.1f} GiB) exceed the free GPU memory ({free_bytes / GIB:.1f} GiB); set a smaller "
                          f"trainer.micro_batch_tokens or trainer.activation_checkpointing: true")

@@ -136,9 +136,9 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
                           batch_size=SFT_BATCH_SIZE, seed=t.seed, cache_dir=cache, log=log)
 
 
-def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int = 1):
+def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int = 1, sharded: bool = False):
     """The rollout engine `engine.backend` names: onpolicy's LLM (its KV cache sized for this rank's share of the
-    prompts beside the trainer's needs, `memory.kv_cache_blocks`), or vLLM on the same model (a weight copy;
+    prompts beside the trainer's needs, `memory.kv_cache_blocks`; `sharded`: FSDP2), or vLLM on the same model (a weight copy;
     vLLM sizes its own cache)."""
     if cfg.engine.backend == "vllm":
         from onpolicy.engine.vllm_backend import VllmLLM
@@ -147,7 +147,8 @@ def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int =
     from onpolicy.engine import LLM
     from onpolicy.trainer.memory import kv_cache_blocks
 
-    engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device, world_size=world_size))
+    engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device, world_size=world_size,
+                                                                        sharded=sharded))
     return LLM(model, tokenizer, engine, seed=cfg.trainer.seed)
 
 
@@ -216,7 +217,7 @@ def build_run(cfg, log=print) -> Run:
     params = [p for p in model.parameters() if p.requires_grad]
     model.activation_checkpointing = t.activation_checkpointing
     optimizer, train_model = build_optimizer(t, model, params, device, dist)
-    llm = build_sampler(cfg, model, tokenizer, device, dist.world_size)
+    llm = build_sampler(cfg, model, tokenizer, device, dist.world_size, sharded=dist.fsdp)
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,

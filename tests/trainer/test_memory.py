@@ -41,6 +41,24 @@ def test_trainer_reserve_shrinks_with_micro_batches_and_checkpointing():
     assert whole > micro > both
 
 
+def test_fsdp2_reserves_a_shard_of_the_optimizer_state():
+    """Under FSDP2 each rank holds 1/W of the AdamW moments and master grads: the KV cache gets the rest."""
+    cfg = _cfg(**{"trainer.prompts_per_step": 4, "sampling.num_generations": 4})
+    model = build_tiny(seed=0)[0]
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    replicated = trainer_reserve_bytes(cfg, model, world_size=2)
+    sharded = trainer_reserve_bytes(cfg, model, world_size=2, sharded=True)
+    assert replicated - sharded == 12 * n - 12 * n // 2
+    per_block = kv_bytes_per_block(model.config, cfg.engine.block_size, torch.float32)
+    free = replicated + 3 * per_block
+    cpu = torch.device("cpu")
+    assert kv_cache_blocks(cfg, model, cpu, free_bytes=free, world_size=2) == 3
+    seq_blocks = -(-(cfg.data.max_prompt_tokens + cfg.sampling.max_tokens + 1) // cfg.engine.block_size)
+    want = 4 // 2 * 4 * seq_blocks  # this rank's share of the step's sequences
+    blocks = kv_cache_blocks(cfg, model, cpu, free_bytes=free, world_size=2, sharded=True)
+    assert blocks == min(want, 3 + (replicated - sharded) // per_block) > 3
+
+
 def test_phase_peak_is_none_on_cpu():
     peak = PhasePeak(torch.device("cpu"))
     peak.start()
