@@ -20,7 +20,7 @@ import torch
 def block_key(parent: bytes | None, token_ids: list[int]) -> bytes:
     h = hashlib.blake2b(digest_size=16)
     h.update(parent or b"root")
-    h.update(b",".join(str(t).encode() for t in token_ids))
+    h.update(",".join(map(str, token_ids)).encode())
     return h.digest()
 
 

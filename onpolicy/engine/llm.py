@@ -109,25 +109,36 @@ class LLM:
         if not chunks:
             return []
         tokens, logprobs = self.runner.step(chunks)
-        self.scheduler.advance(chunks)
         self.stats["steps"] += 1
-        self.stats["forward_tokens"] += sum(c.num_tokens for c in chunks)
+        self.stats["forward_tokens"] += self.scheduler.advance(chunks)
+        sampled = [c.seq for c in chunks if c.samples]
+        self.stats["generated_tokens"] += len(sampled)
+        eos = self.eos_token_id
         done: list[RequestOutput] = []
-        for c, tok, lp in zip([c for c in chunks if c.samples], tokens, logprobs):
-            seq = c.seq
+        for seq, tok, lp in zip(sampled, tokens, logprobs):
             seq.token_ids.append(tok)
             if lp is not None:
                 seq.logprobs.append(lp)
-            self.stats["generated_tokens"] += 1
-            reason = self._check_stop(seq, tok)
+            p = seq.params
+            if p.stop or p.stop_token_ids:
+                reason = self._check_stop(seq, tok)
+            elif tok == eos and not p.ignore_eos:  # _check_stop's rules without stop strings / stop ids
+                reason = "stop"
+            elif len(seq.token_ids) - seq.num_prompt_tokens >= p.max_tokens:
+                reason = "length"
+            else:
+                continue
             if reason is not None:
-                if self.tokenizer is not None and not seq.params.stop:
-                    seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-                self.scheduler.finish(seq, reason)
-                out = self._maybe_finish_request(seq.request_id)
-                if out is not None:
-                    done.append(out)
+                self._finish(seq, reason, done)
         return done
+
+    def _finish(self, seq: Sequence, reason: str, done: list[RequestOutput]) -> None:
+        if self.tokenizer is not None and not seq.params.stop:
+            seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+        self.scheduler.finish(seq, reason)
+        out = self._maybe_finish_request(seq.request_id)
+        if out is not None:
+            done.append(out)
 
     def _check_stop(self, seq: Sequence, tok: int) -> str | None:
         p = seq.params

@@ -12,8 +12,6 @@ its last token. Left out: priorities, swap-out, async scheduling, speculative de
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-
 from onpolicy.engine.kv_cache import BlockManager
 from onpolicy.engine.params import SamplingParams
 
@@ -57,16 +55,20 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
 
-@dataclass
 class ScheduledChunk:
-    seq: Sequence
-    start: int        # first position computed this step (= seq.num_computed before the step)
-    num_tokens: int   # tokens computed this step
+    """`num_tokens` tokens of `seq` computed this step from position `start` (= seq.num_computed before the
+    step). `samples` is True when the chunk reaches the sequence's last token, so a new token is sampled; it is
+    fixed when the chunk is made (the scheduler knows it then), not re-derived per read."""
 
-    @property
-    def samples(self) -> bool:
-        """True when this chunk reaches the sequence's last token, so a new token is sampled."""
-        return self.start + self.num_tokens == self.seq.num_tokens
+    __slots__ = ("seq", "start", "num_tokens", "samples")
+
+    def __init__(self, seq: Sequence, start: int, num_tokens: int, samples: bool | None = None):
+        self.seq, self.start, self.num_tokens = seq, start, num_tokens
+        self.samples = start + num_tokens == len(seq.token_ids) if samples is None else samples
+
+    def __repr__(self) -> str:
+        return f"ScheduledChunk(seq={self.seq.request_id}/{self.seq.index}, start={self.start}, " \
+               f"num_tokens={self.num_tokens}, samples={self.samples})"
 
 
 class Scheduler:
@@ -96,21 +98,26 @@ class Scheduler:
         budget = self.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
         preempted = False
+        blocks, running, bs = self.blocks, self.running, self.blocks.block_size
+        free, keyed = blocks.free, blocks.enable_prefix_caching
         i = 0
-        while i < len(self.running) and budget > 0:
-            seq = self.running[i]
-            n = min(len(seq.token_ids) - seq.num_computed, budget)
-            need = self.blocks.blocks_needed(seq, n)
-            while need > self.blocks.num_free:
-                victim = self.running.pop()
+        while i < len(running) and budget > 0:
+            seq = running[i]
+            start, total = seq.num_computed, len(seq.token_ids)
+            n = min(total - start, budget)
+            end = start + n
+            need = -(-end // bs) - len(seq.block_table)  # blocks_needed, inlined: > 0 only across a boundary
+            while need > len(free):
+                victim = running.pop()
                 self._preempt(victim)
                 preempted = True
                 if victim is seq:
                     break
             else:
-                start = seq.num_computed
-                self.blocks.allocate(seq, n, need)
-                chunks.append(ScheduledChunk(seq, start, n))
+                # allocate() has nothing to do without new blocks or newly filled blocks to key
+                if need > 0 or (keyed and end // bs > seq.num_registered):
+                    blocks.allocate(seq, n, max(need, 0))
+                chunks.append(ScheduledChunk(seq, start, n, end == total))
                 budget -= n
                 i += 1
         # Admit waiting sequences (not in a step that had to preempt: there is no room).
@@ -130,10 +137,13 @@ class Scheduler:
             budget -= n
         return chunks
 
-    def advance(self, chunks: list[ScheduledChunk]) -> None:
-        """Mark the chunks' tokens computed (after the forward)."""
+    def advance(self, chunks: list[ScheduledChunk]) -> int:
+        """Mark the chunks' tokens computed (after the forward); returns how many tokens that is."""
+        total = 0
         for c in chunks:
             c.seq.num_computed = c.start + c.num_tokens
+            total += c.num_tokens
+        return total
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
