@@ -95,8 +95,15 @@ class Scheduler:
         self.waiting.appendleft(seq)
 
     def schedule(self) -> list[ScheduledChunk]:
-        budget = self.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
+        budget, preempted = self._schedule_running(chunks, self.max_num_batched_tokens)
+        if not preempted:  # admit waiting sequences, not in a step that had to preempt: there is no room
+            self._admit_waiting(chunks, budget)
+        return chunks
+
+    def _schedule_running(self, chunks: list[ScheduledChunk], budget: int) -> tuple[int, bool]:
+        """Chunks for running sequences in order (preempting from the back when blocks run out) -> (budget
+        left, whether it preempted). A decode chunk inside a block costs no BlockManager call."""
         preempted = False
         blocks, running, bs = self.blocks, self.running, self.blocks.block_size
         free, keyed = blocks.free, blocks.enable_prefix_caching
@@ -104,7 +111,7 @@ class Scheduler:
         while i < len(running) and budget > 0:
             seq = running[i]
             start, total = seq.num_computed, len(seq.token_ids)
-            n = min(total - start, budget)
+            n = total - start if total - start < budget else budget
             end = start + n
             need = -(-end // bs) - len(seq.block_table)  # blocks_needed, inlined: > 0 only across a boundary
             while need > len(free):
@@ -120,8 +127,11 @@ class Scheduler:
                 chunks.append(ScheduledChunk(seq, start, n, end == total))
                 budget -= n
                 i += 1
-        # Admit waiting sequences (not in a step that had to preempt: there is no room).
-        while self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs:
+        return budget, preempted
+
+    def _admit_waiting(self, chunks: list[ScheduledChunk], budget: int) -> None:
+        """Admit waiting sequences in order (prefix-cache hits first) while budget, seats and blocks allow."""
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             hits = self.blocks.match_prefix(seq)
             n = min(seq.num_tokens - len(hits) * self.blocks.block_size, budget)
@@ -135,7 +145,6 @@ class Scheduler:
             self.running.append(seq)
             chunks.append(ScheduledChunk(seq, start, n))
             budget -= n
-        return chunks
 
     def advance(self, chunks: list[ScheduledChunk]) -> int:
         """Mark the chunks' tokens computed (after the forward); returns how many tokens that is."""
