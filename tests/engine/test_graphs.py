@@ -34,18 +34,23 @@ def test_bucket_sizes():
     assert bucket_sizes(64) == [1, 2, 4, 8, 16, 32, 48, 64]
 
 
-def test_padded_decode_buffers_match_eager(monkeypatch):
-    model, tok = build_tiny(seed=4, head_dim=64, num_hidden_layers=1)
-    monkeypatch.setattr(DecodeGraphs, "_capture", _eager_capture)
-    prompts = [[5 + i] * (3 + 5 * i) for i in range(5)]
-    params = [SamplingParams(temperature=1.0, max_tokens=2 + 2 * i, seed=i, ignore_eos=True) for i in range(5)]
-    cfg = EngineConfig(num_blocks=64, block_size=4, max_num_seqs=12)
+def _plain_and_graphed(model, tok, prompts, params, max_num_seqs):
+    """(plain outputs, outputs with DecodeGraphs on the CPU (captures run eagerly), that runner)."""
+    cfg = EngineConfig(num_blocks=64, block_size=4, max_num_seqs=max_num_seqs)
     plain = LLM(model, tok, cfg).generate(prompts, params)
     llm = LLM(model, tok, cfg)
     r = llm.runner
     r.kv_caches = allocate_kv_caches(model.config, r.num_blocks, r.block_size, r.dtype, r.device, cfg.max_num_seqs)
     r.graphs = DecodeGraphs(r)
-    padded = llm.generate(prompts, params)
+    return plain, llm.generate(prompts, params), r
+
+
+def test_padded_decode_buffers_match_eager(monkeypatch):
+    model, tok = build_tiny(seed=4, head_dim=64, num_hidden_layers=1)
+    monkeypatch.setattr(DecodeGraphs, "_capture", _eager_capture)
+    prompts = [[5 + i] * (3 + 5 * i) for i in range(5)]
+    params = [SamplingParams(temperature=1.0, max_tokens=2 + 2 * i, seed=i, ignore_eos=True) for i in range(5)]
+    plain, padded, r = _plain_and_graphed(model, tok, prompts, params, max_num_seqs=12)
     assert r.graphs.replays > 5 and len(r.graphs.graphs) >= 2  # several buckets, pad rows in use
     for a, b in zip(plain, padded):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
@@ -82,13 +87,7 @@ def test_filtered_and_mixed_temperature_rows_use_the_forward_graph(monkeypatch):
     prompts = [[7 + i] * (2 + 3 * i) for i in range(4)]
     params = [SamplingParams(temperature=t, top_k=k, top_p=p, max_tokens=5, seed=i, ignore_eos=True)
               for i, (t, k, p) in enumerate([(1.0, 5, 1.0), (0.7, -1, 1.0), (1.0, -1, 0.9), (0.0, -1, 1.0)])]
-    cfg = EngineConfig(num_blocks=64, block_size=4, max_num_seqs=8)
-    plain = LLM(model, tok, cfg).generate(prompts, params)
-    llm = LLM(model, tok, cfg)
-    r = llm.runner
-    r.kv_caches = allocate_kv_caches(model.config, r.num_blocks, r.block_size, r.dtype, r.device, cfg.max_num_seqs)
-    r.graphs = DecodeGraphs(r)
-    graphed = llm.generate(prompts, params)
+    plain, graphed, r = _plain_and_graphed(model, tok, prompts, params, max_num_seqs=8)
     assert r.graphs.replays > 0 and all(key[1] is None for key in r.graphs.graphs)
     for a, b in zip(plain, graphed):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
