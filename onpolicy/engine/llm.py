@@ -113,21 +113,12 @@ class LLM:
         self.stats["forward_tokens"] += self.scheduler.advance(chunks)
         sampled = [c.seq for c in chunks if c.samples]
         self.stats["generated_tokens"] += len(sampled)
-        eos = self.eos_token_id
         done: list[RequestOutput] = []
         for seq, tok, lp in zip(sampled, tokens, logprobs):
             seq.token_ids.append(tok)
             if lp is not None:
                 seq.logprobs.append(lp)
-            p = seq.params
-            if p.stop or p.stop_token_ids:
-                reason = self._check_stop(seq, tok)
-            elif tok == eos and not p.ignore_eos:  # _check_stop's rules without stop strings / stop ids
-                reason = "stop"
-            elif len(seq.token_ids) - seq.num_prompt_tokens >= p.max_tokens:
-                reason = "length"
-            else:
-                continue
+            reason = self._check_stop(seq, tok)
             if reason is not None:
                 self._finish(seq, reason, done)
         return done

@@ -1,6 +1,6 @@
 """The engine's host fast paths change no result: the scheduler's inlined decode path (no BlockManager call
 inside a block) against the plain rule (blocks_needed + allocate for every running chunk), and LLM.step's
-inline stop checks against the stop rules written out, with a stand-in runner (no model forward)."""
+stop checks against the stop rules written out, with a stand-in runner (no model forward)."""
 import importlib.util
 import pathlib
 
@@ -100,7 +100,7 @@ def _stop_reason(tokens, params, eos):
     raise AssertionError("script too short")
 
 
-def test_inline_stop_checks_match_the_rules():
+def test_stop_checks_match_the_rules():
     model, _ = build_tiny(seed=0, num_hidden_layers=1)
     llm = LLM(model.eval(), None, EngineConfig(num_blocks=64, block_size=4, max_num_seqs=8))
     llm.eos_token_id = 2
