@@ -14,7 +14,8 @@ import torch
 from onpolicy.config import ExperimentConfig
 from onpolicy.trainer.distributed import check_launch_env
 
-from tests.distributed.test_launch import ARGS, ROOT, _free_port, _rows, _run, _weights_hash
+from tests.distributed.test_launch import (ARGS, ROOT, _accelerate, _one_gpu_launch_and_plain, _rows, _run,
+                                          _weights_hash)
 
 pytest.importorskip("accelerate")
 STEPS = 3
@@ -22,9 +23,8 @@ FSDP_ARGS = [*ARGS, "--trainer.steps", str(STEPS)]
 
 
 def _fsdp_cmd(out, nproc: int = 2, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "configs/accelerate/cpu_fsdp2.yaml"), "--num_processes", str(nproc), "--main_process_port",
-            str(_free_port()), str(ROOT / "recipes/grpo.py"), *FSDP_ARGS, "--logging.output_dir", str(out), *extra]
+    return [*_accelerate("cpu_fsdp2.yaml", nproc), str(ROOT / "recipes/grpo.py"), *FSDP_ARGS,
+            "--logging.output_dir", str(out), *extra]
 
 
 def _ok(res) -> None:
@@ -102,17 +102,6 @@ def test_vllm_backend_refused_under_fsdp():
 def test_fsdp2_config_on_one_gpu(tmp_path):
     """On the H100: configs/accelerate/fsdp2.yaml with one process (NCCL, fully_shard on a 1-GPU mesh), bf16
     with micro-batches: KL exactly 0.0 every step on CUDA, and the weights equal a plain single-process run."""
-    outs = []
-    for name, launcher in (("fsdp2", ["-m", "accelerate.commands.launch", "--config_file",
-                                      str(ROOT / "configs/accelerate/fsdp2.yaml"), "--num_processes", "1",
-                                      "--main_process_port", str(_free_port())]),
-                           ("plain", [])):
-        out = tmp_path / name
-        _ok(_run([sys.executable, *launcher, str(ROOT / "recipes/grpo.py"), *FSDP_ARGS, "--model.device", "auto",
-                  "--logging.output_dir", str(out)]))
-        rows = _rows(out)
-        assert len(rows) == STEPS and all(r["onpolicy/kl"] == 0.0 and r["world_size"] == 1 for r in rows)
-        assert all("memory/train_peak_gib" in r for r in rows)  # logged on CUDA only: model.device auto -> cuda
-        outs.append(out)
+    outs = _one_gpu_launch_and_plain(tmp_path, "fsdp2.yaml", FSDP_ARGS, STEPS)
     assert (outs[0] / f"checkpoints/step-{STEPS}/optimizer").is_dir()
     assert _weights_hash(outs[0], STEPS) == _weights_hash(outs[1], STEPS)

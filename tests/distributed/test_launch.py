@@ -31,10 +31,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch_cmd(out: Path, *extra: str) -> list[str]:
+def _accelerate(config: str, nproc: int) -> list[str]:
+    """`python -m accelerate.commands.launch` with configs/accelerate/<config> on nproc processes, a free port."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "configs/accelerate/cpu_ddp.yaml"), "--num_processes", "2", "--main_process_port",
-            str(_free_port()), str(ROOT / "recipes/grpo.py"), *ARGS, "--logging.output_dir", str(out), *extra]
+            str(ROOT / "configs/accelerate" / config), "--num_processes", str(nproc),
+            "--main_process_port", str(_free_port())]
+
+
+def _launch_cmd(out: Path, *extra: str) -> list[str]:
+    return [*_accelerate("cpu_ddp.yaml", 2), str(ROOT / "recipes/grpo.py"), *ARGS, "--logging.output_dir", str(out),
+            *extra]
+
+
+def _one_gpu_launch_and_plain(tmp_path: Path, config: str, args: list[str], steps: int) -> list[Path]:
+    """Output dirs of configs/accelerate/<config> on one process and of a plain run (model.device auto -> cuda),
+    each checked: KL exactly 0.0 every step, world_size 1, CUDA peak memory logged."""
+    outs = []
+    for name, launcher in (("launched", _accelerate(config, 1)), ("plain", [sys.executable])):
+        out = tmp_path / name
+        res = _run([*launcher, str(ROOT / "recipes/grpo.py"), *args, "--model.device", "auto",
+                    "--logging.output_dir", str(out)])
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        rows = _rows(out)
+        assert len(rows) == steps and all(r["onpolicy/kl"] == 0.0 and r["world_size"] == 1 for r in rows)
+        assert all("memory/train_peak_gib" in r for r in rows)  # logged on CUDA only: model.device auto -> cuda
+        outs.append(out)
+    return outs
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -186,17 +208,5 @@ def test_ddp_config_on_one_gpu_chunked_reduction(tmp_path):
     """On the H100: configs/accelerate/ddp.yaml with one process (NCCL process group, world size 1) and two
     reduction chunks (the chunk tree on CUDA), bf16 with micro-batches: KL exactly 0.0 every step, and the
     weights equal a plain single-process run with the same chunks."""
-    outs = []
-    for name, launcher in (("ddp", ["-m", "accelerate.commands.launch", "--config_file",
-                                    str(ROOT / "configs/accelerate/ddp.yaml"), "--num_processes", "1",
-                                    "--main_process_port", str(_free_port())]),
-                           ("plain", [])):
-        out = tmp_path / name
-        res = _run([sys.executable, *launcher, str(ROOT / "recipes/grpo.py"), *ARGS, "--model.device", "auto",
-                    "--trainer.reduction_chunks", "2", "--logging.output_dir", str(out)])
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        rows = _rows(out)
-        assert len(rows) == STEPS and all(r["onpolicy/kl"] == 0.0 and r["world_size"] == 1 for r in rows)
-        assert all("memory/train_peak_gib" in r for r in rows)  # logged on CUDA only: model.device auto -> cuda
-        outs.append(out)
+    outs = _one_gpu_launch_and_plain(tmp_path, "ddp.yaml", [*ARGS, "--trainer.reduction_chunks", "2"], STEPS)
     assert _weights_hash(outs[0]) == _weights_hash(outs[1])
