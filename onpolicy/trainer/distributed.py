@@ -184,10 +184,10 @@ class GradReduction:
         self.active = self.chunks > 1 and not self.dist.fsdp  # FSDP2 reduce-scatters in the backward
         self.all_reduce = getattr(run.cfg.trainer, "grad_reduction", "tree") == "all_reduce"
 
-    def my_chunks(self) -> list[range]:
-        """This rank's chunks: sequence ranges relative to the mini-batch, in order."""
+    def my_chunks(self, rank: int | None = None) -> list[range]:
+        """This rank's chunks (or `rank`'s): sequence ranges relative to the mini-batch, in order."""
         per_rank = self.chunks // self.dist.world_size
-        first = self.dist.rank * per_rank
+        first = (self.dist.rank if rank is None else rank) * per_rank
         return [range(k * self.size, (k + 1) * self.size) for k in range(first, first + per_rank)]
 
     def chunk_done(self) -> None:

@@ -161,9 +161,7 @@ def _chunk_micro_batches(chunks: list[range], seq_tokens: list[int], seq_lens: l
 
 def _most_micro_batches(reduction: GradReduction, seq_tokens: list[int], seq_lens: list[int], budget) -> int:
     """The largest number of micro-batches any rank plans for this mini-batch (every rank can compute it)."""
-    per_rank = reduction.chunks // reduction.dist.world_size
-    chunks = [range(k * reduction.size, (k + 1) * reduction.size) for k in range(reduction.chunks)]
-    return max(len(list(_chunk_micro_batches(chunks[r * per_rank:(r + 1) * per_rank], seq_tokens, seq_lens, budget)))
+    return max(len(list(_chunk_micro_batches(reduction.my_chunks(r), seq_tokens, seq_lens, budget)))
                for r in range(reduction.dist.world_size))
 
 
