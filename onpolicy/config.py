@@ -113,6 +113,8 @@ class TrainerArgs(Section):
     sft_lr: float = _f(1e-3, "learning rate of the SFT warm-up", gt=0)
     seed: int = _f(0, "global seed (python/numpy/torch and sampling)", ge=0)
     save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)", ge=0)
+    save_only_model: bool = _f(False, "checkpoints hold the policy and data position only, no optimizer state "
+                               "(smaller and faster; such a checkpoint cannot be resumed)")
     keep_checkpoints: int = _f(2, "checkpoints kept on disk (the newest N); the final policy is always saved", ge=1)
     micro_batch_tokens: int | None = _f(None, "token budget (prompt + completion) of one forward/backward; "
                                         "null = the whole mini-batch at once", ge=1)

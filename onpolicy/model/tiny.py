@@ -1,8 +1,8 @@
 """Tiny models for CPU tests and the embedded task, plus the Qwen3-0.6B shape for GPU benches.
 
 `CharTokenizer()` is a `transformers.PreTrainedTokenizerFast` built offline: one token per character of a
-fixed set, specials `<pad>` `<bos>` `<eos>` `<unk>` first (ids 0..3). Left out: any subword merging, chat
-templates, characters outside `CHARS` (they map to `<unk>`).
+fixed set (`tiny_chars` widens it to a model's vocab), specials `<pad>` `<bos>` `<eos>` `<unk>` first (ids 0..3).
+Left out: any subword merging, chat templates, characters outside the set (they map to `<unk>`).
 """
 from __future__ import annotations
 
@@ -32,6 +32,16 @@ def CharTokenizer(chars: str = CHARS):  # noqa: N802 -- a factory named like the
         tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
         clean_up_tokenization_spaces=False, model_max_length=1 << 30,
     )
+
+
+def tiny_chars(vocab_size: int | None = None) -> str:
+    """`CHARS`, extended (for a model.tiny vocab_size above the char set, e.g. Qwen3's 151,936 for benches) with
+    distinct code points from U+4E00 on, skipping surrogates, so that every model id decodes to a character."""
+    n = 0 if vocab_size is None else vocab_size - len(SPECIAL_TOKENS) - len(CHARS)
+    if n <= 0:
+        return CHARS
+    points = (c for c in range(0x4E00, 0x110000) if not 0xD800 <= c <= 0xDFFF)
+    return CHARS + "".join(chr(next(points)) for _ in range(n))
 
 
 def tiny_config(**overrides) -> ModelConfig:

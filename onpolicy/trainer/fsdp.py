@@ -195,12 +195,15 @@ def save_fsdp_checkpoint(run, root, step: int) -> str:
     if dist.is_main:
         checkpoint.prepare_tmp(root, step)
     dist.barrier()
-    run.optimizer.save_sharded(root / f"tmp-step-{step}" / SHARDS_DIR)
-    dist.barrier()
+    only = run.cfg.trainer.save_only_model
+    if not only:
+        run.optimizer.save_sharded(root / f"tmp-step-{step}" / SHARDS_DIR)
+        dist.barrier()
     if dist.is_main:
         checkpoint.save_checkpoint(root, step=step, model=run.model, tokenizer=run.tokenizer,
                                    extra={"prompts": run.prompts.state_dict()}, keep=run.cfg.trainer.keep_checkpoints,
-                                   meta={"config": run.cfg.to_dict(), "world_size": dist.world_size, "fsdp": True},
+                                   meta={"config": run.cfg.to_dict(), "world_size": dist.world_size, "fsdp": True,
+                                         **({"model_only": True} if only else {})},
                                    prepared=True)
     dist.barrier()
     return str(root / f"step-{step}")

@@ -2,7 +2,7 @@
 
 `check_resume_config(cfg)` runs before any compute: it compares the config saved with the checkpoint
 (`meta.json`) field by field with the current one; any difference outside `MAY_CHANGE` (run length, checkpoint
-cadence, logging, engine sizes, device, strictness, micro-batch size, activation checkpointing) is an error
+cadence and contents, logging, engine sizes, device, strictness, micro-batch size, activation checkpointing) is an error
 listing every changed field. Checkpoints written without a saved config are resumed with a warning.
 `trim_metrics` keeps the rows of metrics.jsonl up to the resumed step and drops a last line cut short by a kill
 during a write. Left out: resuming with a changed learning rate on purpose (start a fresh run from the saved
@@ -15,7 +15,7 @@ import os
 
 # Dotted config fields (or section prefixes ending in ".") that may differ between a checkpoint and its resume.
 MAY_CHANGE = ("trainer.steps", "trainer.save_every", "trainer.resume", "trainer.strict_onpolicy",
-              "trainer.keep_checkpoints", "model.device", "logging.", "engine.",
+              "trainer.keep_checkpoints", "trainer.save_only_model", "model.device", "logging.", "engine.",
               "trainer.micro_batch_tokens", "trainer.activation_checkpointing")  # memory knobs (e.g. after an OOM)
 
 
@@ -48,6 +48,9 @@ def check_resume_config(cfg, log=print, dist=None) -> None:
     if meta is None or "config" not in meta:
         log(f"warning: {path} holds no saved config; cannot check that it belongs to this run's config")
         return
+    if meta.get("model_only"):
+        raise ValueError(f"trainer.resume: {path} was saved with trainer.save_only_model (no optimizer state); "
+                         "allowed: a checkpoint saved without it, or a fresh run from its policy/ (model.path)")
     from onpolicy.trainer.fsdp import check_resume_layout
 
     check_resume_layout(meta, dist, path)

@@ -69,9 +69,9 @@ def build_tokenizer(cfg):
     """The tokenizer alone (cheap), so data can be checked before any model is built."""
     check_model_path(cfg)
     if cfg.model.path == "tiny":
-        from onpolicy.model.tiny import CharTokenizer
+        from onpolicy.model.tiny import CharTokenizer, tiny_chars
 
-        return CharTokenizer()
+        return CharTokenizer(tiny_chars(cfg.model.tiny.get("vocab_size")))
     from onpolicy.model import load_tokenizer
 
     return load_tokenizer(cfg.model.path)
@@ -105,10 +105,12 @@ def save_checkpoint(run: Run, step: int) -> str:
         return save_fsdp_checkpoint(run, root, step)
     if run.dist is None or run.dist.is_main:
         world = {"world_size": run.dist.world_size} if run.dist is not None else {}
-        checkpoint.save_checkpoint(root, step=step, model=run.model, optimizer=run.optimizer,
+        only = {"model_only": True} if run.cfg.trainer.save_only_model else {}
+        checkpoint.save_checkpoint(root, step=step, model=run.model,
+                                   optimizer=None if only else run.optimizer,
                                    tokenizer=run.tokenizer, extra={"prompts": run.prompts.state_dict()},
                                    keep=run.cfg.trainer.keep_checkpoints,
-                                   meta={"config": run.cfg.to_dict(), **world})
+                                   meta={"config": run.cfg.to_dict(), **world, **only})
     if run.dist is not None:
         run.dist.barrier()
     return str(root / f"step-{step}")
