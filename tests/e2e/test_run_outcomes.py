@@ -198,3 +198,22 @@ def test_resume_refuses_a_checkpoint_of_a_different_run(tiny_cfg, monkeypatch):
     with pytest.raises(ValueError, match=r"trainer\.resume: .*step-1 was written by a run with a different config "
                                          r"\(sampling\.num_generations: 4 -> 2; trainer\.lr: 0\.0005 -> 0\.001\)"):
         _train(changed)
+
+
+def test_save_only_model_writes_no_optimizer_state_and_refuses_resume(tiny_cfg, monkeypatch):
+    from onpolicy.model import tiny
+
+    first = tiny_cfg("m", **{"trainer.steps": 1, "trainer.save_only_model": True})
+    _train(first)
+    step_dir = Path(first.logging.output_dir) / "checkpoints/step-1"
+    assert torch.load(step_dir / "trainer_state.pt", weights_only=False)["optimizer"] is None
+    assert json.loads((step_dir / "meta.json").read_text())["model_only"] is True
+    _weights(step_dir / "policy")  # the policy itself is complete
+
+    def no_compute(*a, **k):
+        raise AssertionError("a model was built before the resume check")
+
+    monkeypatch.setattr(tiny, "build_tiny", no_compute)
+    again = tiny_cfg("m", **{"trainer.steps": 2, "trainer.save_only_model": True, "trainer.resume": True})
+    with pytest.raises(ValueError, match=r"trainer\.resume: .*step-1 was saved with trainer\.save_only_model"):
+        _train(again)

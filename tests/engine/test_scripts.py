@@ -31,3 +31,10 @@ def test_bench_engine_quick_writes_json(tmp_path):
     data = json.loads((tmp_path / "bench_engine.json").read_text())
     assert [(r["system"], r["batch"], r["tokens"]) for r in data["results"]] == [("invariant", 1, 2), ("invariant", 2, 4)]
     assert (tmp_path / "bench_engine.png").stat().st_size > 0
+
+
+def test_bench_scale_text_hash_reward_is_a_function_of_the_text():
+    mod = _load("bench_scale_recipe")
+    texts = ["abc", "abd", "", "abc"]
+    values = mod.text_hash(prompts=[""] * 4, completions=texts)
+    assert values[0] == values[3] and len(set(values[:3])) == 3 and all(0 <= v < 1 for v in values)

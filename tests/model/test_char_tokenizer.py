@@ -30,3 +30,15 @@ def test_save_and_autotokenizer_round_trip(tmp_path):
     assert loaded.encode(TEXT) == CharTokenizer().encode(TEXT)
     assert loaded.decode(loaded.encode(TEXT)) == TEXT
     assert loaded.eos_token_id == 2 and loaded.pad_token_id == 0
+
+
+def test_tiny_chars_widen_the_tokenizer_to_a_model_vocab():
+    from onpolicy.model.tiny import tiny_chars
+
+    assert tiny_chars() == tiny_chars(len(CHARS) + 4) == CHARS
+    wide = CharTokenizer(tiny_chars(151936))
+    assert len(wide) == 151936
+    assert wide.encode(TEXT) == CharTokenizer().encode(TEXT)  # the default ids are kept
+    top = list(range(len(CHARS) + 4, 151936, 7919)) + [151935]
+    text = wide.decode(top)
+    assert len(text) == len(top) and wide.encode(text) == top  # every id decodes to one character and back
