@@ -52,6 +52,15 @@ if triton is not None:
         return b, first, length, (pid - (first // BLOCK + b)) * BLOCK
 
     @triton.jit
+    def _tile_heads(tile_start, GROUP: tl.constexpr, BQ: tl.constexpr, PACK: tl.constexpr):
+        """(q head, kv head, query row within the sequence) of each of a forward tile's BQ rows."""
+        r = tl.arange(0, BQ)
+        if PACK:
+            kv_head = tl.program_id(1)
+            return kv_head * GROUP + r % GROUP, kv_head, tile_start + r // GROUP
+        return tl.program_id(1) + 0 * r, tl.program_id(1) // GROUP, tile_start + r
+
+    @triton.jit
     def _attn_fwd_kernel(
         q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, seqlens_k_ptr, block_table_ptr, kv_offsets_ptr,
         num_seqs, block_size, qk_scale_log2,
@@ -69,15 +78,7 @@ if triton is not None:
             return
         ctx_len = tl.load(seqlens_k_ptr + b)
         kv_off = tl.load(kv_offsets_ptr + b).to(tl.int64)
-        r = tl.arange(0, BQ)
-        if PACK:
-            kv_head = tl.program_id(1)
-            head = kv_head * GROUP + r % GROUP
-            rows = tile_start + r // GROUP
-        else:
-            head = tl.program_id(1) + 0 * r
-            kv_head = tl.program_id(1) // GROUP
-            rows = tile_start + r
+        head, kv_head, rows = _tile_heads(tile_start, GROUP, BQ, PACK)
         row_ok = rows < q_len
         q_pos = ctx_len - q_len + rows
         d = tl.arange(0, HEAD_DIM)
