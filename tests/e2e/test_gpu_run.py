@@ -10,9 +10,12 @@ PARITY = ("onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/logprob_diff/mea
 
 
 def _chars_reward(prompts, completions, **_):
-    """Random weights rarely emit CharTokenizer ids (86 of 151,936); reward each decoded character, so some
-    groups have reward variance and the policy gradient (hence the weights) really changes between steps."""
-    return [float(len(c)) for c in completions]
+    """Random weights rarely emit the task's characters (86 of 151,936 ids; the tokenizer decodes the rest to
+    other code points, `tiny_chars`); reward each one, so some groups have reward variance and the policy
+    gradient (hence the weights) really changes between steps."""
+    from onpolicy.model.tiny import CHARS
+
+    return [float(sum(ch in CHARS for ch in c)) for c in completions]
 
 
 def _cfg(tmp_path, name, invariant, steps):
