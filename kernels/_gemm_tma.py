@@ -10,13 +10,16 @@ Two schedules give the very same bits:
   piece) writes its fp32 piece sum to a workspace [P, M, N]; `_piece_sum_kernel` then adds the P piece sums in
   the same order, adds the bias and rounds -- the same fp32 operations on the same values as the whole-K
   program, so a row's bits never depend on M or on the schedule. No atomics.
-Programs are persistent (at most one per SM, looping over work items). Left out: TMA stores, fp8.
+Programs are persistent (at most one per SM, looping over work items). The piece sum is launched as a programmatic dependent launch
+(PDL, Hopper `griddepcontrol`): its launch overlaps the GEMM and it waits for the GEMM's completion before its
+first load -- a launch-latency saving, the same data dependence. Left out: TMA stores, fp8.
 """
 from __future__ import annotations
 
 from onpolicy.kernels._common import tl, triton
 
 if triton is not None:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     @triton.jit
     def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
@@ -31,10 +34,13 @@ if triton is not None:
                          HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, PIECES: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          PIECE_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_PROGS,
-                         WARP_SPEC: tl.constexpr):
+                         WARP_SPEC: tl.constexpr, PDL: tl.constexpr):
         """Persistent: program p takes work items p, p + NUM_PROGS, ... Whole-K: an item is an output tile and
         its piece sums are added in order in registers. SPLIT: an item is (tile, piece); its fp32 piece sum
-        goes to ws[piece] (bias and rounding are left to `_piece_sum_kernel`)."""
+        goes to ws[piece] (bias and rounding are left to `_piece_sum_kernel`). PDL: let the piece-sum kernel
+        launch now (it waits for this grid's completion and memory before reading the workspace)."""
+        if PDL:
+            gdc_launch_dependents()
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
         k_tiles = tl.cdiv(K, BLOCK_K)
@@ -80,8 +86,11 @@ if triton is not None:
 
     @triton.jit
     def _piece_sum_kernel(ws_ptr, c_ptr, bias_ptr, M, N, stride_cm, HAS_BIAS: tl.constexpr,
-                          PIECES: tl.constexpr, BLOCK: tl.constexpr):
-        """c[m, n] = round(((0 + ws[0]) + ws[1]) + ... + bias[n]): the whole-K program's adds, in its order."""
+                          PIECES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        """c[m, n] = round(((0 + ws[0]) + ws[1]) + ... + bias[n]): the whole-K program's adds, in its order.
+        PDL (launched as a programmatic dependent of the GEMM): wait for the GEMM grid to finish first."""
+        if PDL:
+            gdc_wait()
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < M * N
         acc = tl.zeros((BLOCK,), dtype=tl.float32)

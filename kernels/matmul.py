@@ -141,9 +141,20 @@ def _tma_ok(x2d: torch.Tensor, weight: torch.Tensor) -> bool:
             and K % 8 == 0 and weight.stride(1) == 1 and weight.stride(0) == K and weight.data_ptr() % 16 == 0)
 
 
-def _linear_tma(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
+# Launch the piece-sum kernel as a programmatic dependent of the split GEMM (Hopper PDL; CUDA only).
+PIECE_SUM_PDL = True
+
+
+def _use_split(tiles: int, pieces: int, sms: int) -> bool:
+    """Split schedule (one program per (tile, K piece)) when the tiles alone would leave SMs idle."""
+    return pieces > 1 and 4 * tiles <= sms
+
+
+def _linear_tma(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: dict,
+                split: bool | None = None) -> torch.Tensor:
     """x2d[M, K] @ weight[N, K].T (+ bias) on the TMA GEMM with tile config `cfg`; whole-K programs, or one
-    program per (tile, K piece) plus an ordered piece sum when the tiles alone would leave SMs idle."""
+    program per (tile, K piece) plus an ordered piece sum when the tiles alone would leave SMs idle
+    (`split` forces a schedule: benchmarks and tests; both give the same bits)."""
     M, K = x2d.shape
     N = weight.shape[0]
     c = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
@@ -157,19 +168,21 @@ def _linear_tma(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     pieces = triton.cdiv(K, pk)
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     sms = _num_sms(x2d.device)
-    split = pieces > 1 and 4 * tiles <= sms  # too few tiles to fill the SMs: one program per (tile, piece)
+    split = _use_split(tiles, pieces, sms) if split is None else (split and pieces > 1)
     ws = torch.empty((pieces, M, N), device=x2d.device, dtype=torch.float32) if split else c
     bias_arg = bias if bias is not None else c
+    pdl = split and x2d.is_cuda and cfg.get("PDL", PIECE_SUM_PDL)
     progs = min(tiles * (pieces if split else 1), sms * cfg.get("OCC", 1))
     _gemm_tma._gemm_tma_kernel[(progs,)](
         a_desc, b_desc, c, ws, bias_arg, M, N, K, c.stride(0), HAS_BIAS=bias is not None, SPLIT=split,
         PIECES=pieces, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PIECE_K=pk, GROUP_M=cfg["GROUP_M"], NUM_PROGS=progs,
-        WARP_SPEC=cfg.get("WARP_SPEC", False), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        WARP_SPEC=cfg.get("WARP_SPEC", False), PDL=pdl, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if split:
         block = 1024
+        extra = dict(launch_pdl=True) if pdl else {}
         _gemm_tma._piece_sum_kernel[(triton.cdiv(M * N, block),)](ws, c, bias_arg, M, N, c.stride(0),
                                                         HAS_BIAS=bias is not None, PIECES=pieces, BLOCK=block,
-                                                        num_warps=4)
+                                                        PDL=pdl, num_warps=4, **extra)
     return c
 
 
