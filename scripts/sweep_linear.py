@@ -175,14 +175,17 @@ def _wide(pk: int, stages: int = 4) -> dict:
 
 # Part C (--part probe): per shape, the current tile_config and candidates, each schedule forced, GPU time only.
 PROBE = {(1024, 3072): [_wide(256), _wide(512)], (2048, 6144): [_wide(512), _wide(1024)],
-         (3072, 1024): [_wide(512), _wide(256)], (6144, 2048): [_wide(512), _wide(2048)],
-         (12288, 4096): [_wide(2048), _wide(4096)], (1024, 151936): [_wide(256), _wide(512)],
+         (3072, 1024): [_wide(1024), _wide(256)], (2048, 1024): [_wide(1024)], (6144, 2048): [_wide(512), _wide(2048)],
+         (12288, 4096): [_wide(1024), _wide(2048)], (1024, 151936): [_wide(256), _wide(512)],
          (2048, 151936): [_wide(512), _wide(1024)]}
 
 
-def part_probe(out: list, ms: list[int]) -> None:
-    """Graph-time ratio vs cuBLAS of each (config, schedule); schedules: whole-K, split (+/- PDL piece sum)."""
+def part_probe(out: list, ms: list[int], kn: str) -> None:
+    """Graph-time ratio vs cuBLAS of each (config, schedule); schedules: whole-K, split (+/- PDL piece sum).
+    `kn`: comma-separated KxN shapes of PROBE to run (empty: all)."""
     for (K, N), extra in PROBE.items():
+        if kn and f"{K}x{N}" not in kn.split(","):
+            continue
         w = (torch.randn(N, K, device="cuda") / K**0.5).bfloat16()
         copies = max(1, int(2e8 // (N * K * 2)))
         wcs = [w] + [w.clone() for _ in range(copies - 1)]
@@ -206,7 +209,8 @@ def part_probe(out: list, ms: list[int]) -> None:
                 except Exception as exc:  # a config that does not compile or fit is skipped, not fatal
                     print(f"K={K} N={N} {name(cfg)} {sname} FAILED {type(exc).__name__}: {str(exc)[:300]}")
                     continue
-                line = f"K={K:5d} N={N:6d} {name(cfg) + ('*' if cfg is cur else ''):<26} {sname:<11} ok={ok:d} inv={inv:d}"
+                label = name(cfg) + ("*" if cfg is cur else "")
+                line = f"K={K:5d} N={N:6d} {label:<26} {sname:<11} ok={ok:d} inv={inv:d}"
                 for M in ms:
                     if M > big.shape[0] or (split and pieces * M * N * 4 > 2**30):
                         continue
@@ -252,6 +256,7 @@ def main() -> None:
     p.add_argument("--part", default="host,sweep")
     p.add_argument("--ms", default="1,16,64,256,1024,4096")
     p.add_argument("--out", default="sweep_out")
+    p.add_argument("--kn", default="", help="--part probe: comma-separated KxN shapes (default: all)")
     args = p.parse_args()
     determinism.enable(seed=0)
     os.makedirs(args.out, exist_ok=True)
@@ -263,7 +268,7 @@ def main() -> None:
         if "profile" in args.part:
             part_profile(out)
         if "probe" in args.part:
-            part_probe(out, [int(m) for m in args.ms.split(",")])
+            part_probe(out, [int(m) for m in args.ms.split(",")], args.kn)
         if "sweep" in args.part:
             part_sweep(out, [int(m) for m in args.ms.split(",")])
     dump(out, args.out)
