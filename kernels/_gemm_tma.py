@@ -10,13 +10,24 @@ Two schedules give the very same bits:
   piece) writes its fp32 piece sum to a workspace [P, M, N]; `_piece_sum_kernel` then adds the P piece sums in
   the same order, adds the bias and rounds -- the same fp32 operations on the same values as the whole-K
   program, so a row's bits never depend on M or on the schedule. No atomics.
-Programs are persistent (at most one per SM, looping over work items). Left out: TMA stores, fp8.
+Programs are persistent (at most OCC per SM, looping over work items). The piece sum is launched as a
+programmatic dependent launch (PDL, Hopper `griddepcontrol`): its launch overlaps the GEMM, and it waits for the
+GEMM grid's completion before its first load -- a launch-latency saving, the same data dependence.
+`_linear_tma` is the host launcher (descriptors, schedule, workspace). Left out: TMA stores, fp8.
 """
 from __future__ import annotations
 
+import torch
+
 from onpolicy.kernels._common import tl, triton
 
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - no triton, or one without host-side tensor descriptors
+    TensorDescriptor = None
+
 if triton is not None:
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     @triton.jit
     def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
@@ -31,10 +42,13 @@ if triton is not None:
                          HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr, PIECES: tl.constexpr,
                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          PIECE_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_PROGS,
-                         WARP_SPEC: tl.constexpr):
+                         WARP_SPEC: tl.constexpr, PDL: tl.constexpr):
         """Persistent: program p takes work items p, p + NUM_PROGS, ... Whole-K: an item is an output tile and
         its piece sums are added in order in registers. SPLIT: an item is (tile, piece); its fp32 piece sum
-        goes to ws[piece] (bias and rounding are left to `_piece_sum_kernel`)."""
+        goes to ws[piece] (bias and rounding are left to `_piece_sum_kernel`). PDL: let the piece-sum kernel
+        launch now (it waits for this grid's completion and memory before reading the workspace)."""
+        if PDL:
+            gdc_launch_dependents()
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
         k_tiles = tl.cdiv(K, BLOCK_K)
@@ -80,8 +94,11 @@ if triton is not None:
 
     @triton.jit
     def _piece_sum_kernel(ws_ptr, c_ptr, bias_ptr, M, N, stride_cm, HAS_BIAS: tl.constexpr,
-                          PIECES: tl.constexpr, BLOCK: tl.constexpr):
-        """c[m, n] = round(((0 + ws[0]) + ws[1]) + ... + bias[n]): the whole-K program's adds, in its order."""
+                          PIECES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+        """c[m, n] = round(((0 + ws[0]) + ws[1]) + ... + bias[n]): the whole-K program's adds, in its order.
+        PDL (launched as a programmatic dependent of the GEMM): wait for the GEMM grid to finish first."""
+        if PDL:
+            gdc_wait()
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < M * N
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -91,3 +108,61 @@ if triton is not None:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + n, mask=mask, other=0.0).to(tl.float32)
         tl.store(c_ptr + (offs // N) * stride_cm + n, acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+def _num_sms(device: torch.device) -> int:
+    """SM count of a CUDA device; 4 for CPU tensors (interpreter tests then see both schedules)."""
+    if device.type != "cuda":
+        return 4
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SMS:
+        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _SMS[idx]
+
+
+_SMS: dict[int, int] = {}
+
+
+# Launch the piece-sum kernel as a programmatic dependent of the split GEMM (Hopper PDL; CUDA only).
+PIECE_SUM_PDL = True
+
+
+def _use_split(tiles: int, pieces: int, sms: int) -> bool:
+    """Split schedule (one program per (tile, K piece)) when the tiles alone would leave SMs idle."""
+    return pieces > 1 and 4 * tiles <= sms
+
+
+def _linear_tma(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: dict,
+                split: bool | None = None) -> torch.Tensor:
+    """x2d[M, K] @ weight[N, K].T (+ bias) on the TMA GEMM with tile config `cfg`; whole-K programs, or one
+    program per (tile, K piece) plus an ordered piece sum when the tiles alone would leave SMs idle
+    (`split` forces a schedule: benchmarks and tests; both give the same bits)."""
+    M, K = x2d.shape
+    N = weight.shape[0]
+    c = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
+    if M == 0 or N == 0:
+        return c
+    if x2d.data_ptr() % 16 or x2d.stride(0) != K or x2d.stride(1) != 1:
+        x2d = x2d.clone(memory_format=torch.contiguous_format)  # fresh allocation: aligned rows
+    bm, bn, bk, pk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["PIECE_K"]
+    a_desc = TensorDescriptor(x2d, [M, K], [K, 1], [bm, bk])
+    b_desc = TensorDescriptor(weight, [N, K], [K, 1], [bn, bk])
+    pieces = triton.cdiv(K, pk)
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    sms = _num_sms(x2d.device)
+    split = _use_split(tiles, pieces, sms) if split is None else (split and pieces > 1)
+    ws = torch.empty((pieces, M, N), device=x2d.device, dtype=torch.float32) if split else c
+    bias_arg = bias if bias is not None else c
+    pdl = split and x2d.is_cuda and cfg.get("PDL", PIECE_SUM_PDL)
+    progs = min(tiles * (pieces if split else 1), sms * cfg.get("OCC", 1))
+    _gemm_tma_kernel[(progs,)](
+        a_desc, b_desc, c, ws, bias_arg, M, N, K, c.stride(0), HAS_BIAS=bias is not None, SPLIT=split,
+        PIECES=pieces, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PIECE_K=pk, GROUP_M=cfg["GROUP_M"], NUM_PROGS=progs,
+        WARP_SPEC=cfg.get("WARP_SPEC", False), PDL=pdl, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if split:
+        block = 1024
+        extra = dict(launch_pdl=True) if pdl else {}
+        _piece_sum_kernel[(triton.cdiv(M * N, block),)](ws, c, bias_arg, M, N, c.stride(0),
+                                                        HAS_BIAS=bias is not None, PIECES=pieces, BLOCK=block,
+                                                        PDL=pdl, num_warps=4, **extra)
+    return c

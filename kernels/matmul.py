@@ -25,12 +25,7 @@ import torch.nn.functional as F
 
 from onpolicy.kernels._common import (FLOATS, check, check_same_device, check_tensor, cpu_row_tiled, is_invariant, require_triton, tl,
                              tree_sum_last, triton, use_triton)
-from onpolicy.kernels import _gemm_tma
-
-try:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover - no triton, or one without host-side tensor descriptors
-    TensorDescriptor = None
+from onpolicy.kernels._gemm_tma import TensorDescriptor, _linear_tma, _num_sms  # noqa: F401  (tests, scripts)
 
 # CPU rows per fixed-shape tile ([4096,256]x[256,768] fp32, 2 threads: tile 32 ~29 ms, 64 ~8, 128/256 ~7, plain
 # mm ~32 ms); 64 keeps decode padding small. Widths padded to CPU_N_ALIGN (MKL's column edge kernels vary).
@@ -47,11 +42,20 @@ def tile_config(dtype: torch.dtype, K: int, N: int) -> dict:
     4096 * j and a 384-column tail) all share it."""
     if dtype == torch.float32:  # ieee fp32 dots: no tensor-core TF32, smaller tiles keep registers in check
         return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, GROUP_M=8, num_warps=4, num_stages=3)
-    if 1024 <= N < K:  # narrow output, long K (down / o projections): 1024-column K pieces that small M splits
-        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4, PIECE_K=1024)
+    if 1024 <= N < K:  # narrow output, long K (down / o projections): K pieces that small M splits
+        return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4,
+                    PIECE_K=_narrow_piece_k(K))
     if K >= 4096:  # long K and wide N: the big tile wins at every M
         return dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4, PIECE_K=K)
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3, PIECE_K=K, OCC=2)
+
+
+def _narrow_piece_k(K: int) -> int:
+    """K piece of the narrow-output config (H100 probe, scripts/sweep_linear.py --part probe, GPU time vs
+    cuBLAS at M = 1..4096): 512 for K <= 4096 (3072 x 1024: 0.93-0.95x at M <= 64 vs 0.75 with 1024, about
+    0.03x slower at M >= 1024), 1024 up to 8192 (6144 x 2048: 512 lost at every M), 4096 above (12288 x 4096:
+    at least as fast as 1024 at every M)."""
+    return 512 if K <= 4096 else (1024 if K <= 8192 else 4096)
 
 
 if triton is not None:
@@ -120,57 +124,12 @@ def _mm_triton(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = Non
     return c
 
 
-def _num_sms(device: torch.device) -> int:
-    """SM count of a CUDA device; 4 for CPU tensors (interpreter tests then see both schedules)."""
-    if device.type != "cuda":
-        return 4
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SMS:
-        _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SMS[idx]
-
-
-_SMS: dict[int, int] = {}
-
-
 def _tma_ok(x2d: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether linear runs the TMA GEMM: bf16/fp16, weight [N, K] row-major, 16-byte aligned rows (K % 8 == 0).
     A property of the weight and dtype only -- never of M -- so a row always takes one path."""
     K = weight.shape[1]
     return (x2d.dtype in (torch.bfloat16, torch.float16) and TensorDescriptor is not None and K > 0
             and K % 8 == 0 and weight.stride(1) == 1 and weight.stride(0) == K and weight.data_ptr() % 16 == 0)
-
-
-def _linear_tma(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: dict) -> torch.Tensor:
-    """x2d[M, K] @ weight[N, K].T (+ bias) on the TMA GEMM with tile config `cfg`; whole-K programs, or one
-    program per (tile, K piece) plus an ordered piece sum when the tiles alone would leave SMs idle."""
-    M, K = x2d.shape
-    N = weight.shape[0]
-    c = torch.empty((M, N), device=x2d.device, dtype=x2d.dtype)
-    if M == 0 or N == 0:
-        return c
-    if x2d.data_ptr() % 16 or x2d.stride(0) != K or x2d.stride(1) != 1:
-        x2d = x2d.clone(memory_format=torch.contiguous_format)  # fresh allocation: aligned rows
-    bm, bn, bk, pk = cfg["BLOCK_M"], cfg["BLOCK_N"], cfg["BLOCK_K"], cfg["PIECE_K"]
-    a_desc = TensorDescriptor(x2d, [M, K], [K, 1], [bm, bk])
-    b_desc = TensorDescriptor(weight, [N, K], [K, 1], [bn, bk])
-    pieces = triton.cdiv(K, pk)
-    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
-    sms = _num_sms(x2d.device)
-    split = pieces > 1 and 4 * tiles <= sms  # too few tiles to fill the SMs: one program per (tile, piece)
-    ws = torch.empty((pieces, M, N), device=x2d.device, dtype=torch.float32) if split else c
-    bias_arg = bias if bias is not None else c
-    progs = min(tiles * (pieces if split else 1), sms * cfg.get("OCC", 1))
-    _gemm_tma._gemm_tma_kernel[(progs,)](
-        a_desc, b_desc, c, ws, bias_arg, M, N, K, c.stride(0), HAS_BIAS=bias is not None, SPLIT=split,
-        PIECES=pieces, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, PIECE_K=pk, GROUP_M=cfg["GROUP_M"], NUM_PROGS=progs,
-        WARP_SPEC=cfg.get("WARP_SPEC", False), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if split:
-        block = 1024
-        _gemm_tma._piece_sum_kernel[(triton.cdiv(M * N, block),)](ws, c, bias_arg, M, N, c.stride(0),
-                                                        HAS_BIAS=bias is not None, PIECES=pieces, BLOCK=block,
-                                                        num_warps=4)
-    return c
 
 
 def _linear_triton(x2d: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -5,7 +5,8 @@ rotating weight copies (GPU time only), and host time per eager call, for F.line
 TMA GEMM launched directly and `kernels.linear`. Part B (--part sweep): cold-L2 median of each candidate
 config on Qwen3 shapes; each config is also checked against F.linear (allclose) and for a row alone == the
 same row inside M=4096 (torch.equal). Writes JSON to --out; prints the best config per shape last.
-Left out: persistent / warp-specialised variants, fp16, bias.
+Part C (--part probe): candidate configs per shape with each schedule forced (whole-K, split with and
+without the PDL piece sum), CUDA-graph time ratio vs cuBLAS. Left out: warp-specialised variants, fp16, bias.
 """
 from __future__ import annotations
 
@@ -168,6 +169,62 @@ def part_sweep(out: list, ms: list[int]) -> None:
         torch.cuda.empty_cache()
 
 
+def _wide(pk: int, stages: int = 4) -> dict:
+    return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=stages, PIECE_K=pk)
+
+
+# Part C (--part probe): per shape, the current tile_config and candidates, each schedule forced, GPU time only.
+PROBE = {(1024, 3072): [_wide(256), _wide(512)], (2048, 6144): [_wide(512), _wide(1024)],
+         (3072, 1024): [_wide(1024), _wide(256)], (2048, 1024): [_wide(1024)], (6144, 2048): [_wide(512), _wide(2048)],
+         (12288, 4096): [_wide(1024), _wide(2048)], (1024, 151936): [_wide(256), _wide(512)],
+         (2048, 151936): [_wide(512), _wide(1024)]}
+
+
+def part_probe(out: list, ms: list[int], kn: str) -> None:
+    """Graph-time ratio vs cuBLAS of each (config, schedule); schedules: whole-K, split (+/- PDL piece sum).
+    `kn`: comma-separated KxN shapes of PROBE to run (empty: all)."""
+    for (K, N), extra in PROBE.items():
+        if kn and f"{K}x{N}" not in kn.split(","):
+            continue
+        w = (torch.randn(N, K, device="cuda") / K**0.5).bfloat16()
+        copies = max(1, int(2e8 // (N * K * 2)))
+        wcs = [w] + [w.clone() for _ in range(copies - 1)]
+        big = torch.randn(4096 if N < 100000 else 1024, K, device="cuda").bfloat16()
+        ref = F.linear(big, w).float()
+        base = {M: graph_time(lambda i, M=M: (lambda: F.linear(big[:M], wcs[i])), copies) for M in ms}
+        cur = dict(mm.tile_config(torch.bfloat16, K, N))
+        for cfg in [cur] + extra:
+            pieces = -(-K // cfg["PIECE_K"])
+            scheds = [("whole", False, True)] + ([("split", True, True), ("split_nopdl", True, False)]
+                                                 if pieces > 1 else [])
+            for sname, split, pdl in scheds:
+                if sname == "split_nopdl" and cfg is not cur:
+                    continue
+                c2 = dict(cfg, PDL=pdl)
+                f = (lambda x, wi, c2=c2, split=split: mm._linear_tma(x, wi, None, c2, split=split))
+                try:
+                    whole = mm._linear_tma(big, w, None, c2, split=False)
+                    ok = torch.allclose(whole.float(), ref, atol=2e-2, rtol=2e-2)
+                    inv = all(torch.equal(f(big[i:i + m], w), whole[i:i + m]) for m in (1, 3, 200) for i in (0, 17))
+                except Exception as exc:  # a config that does not compile or fit is skipped, not fatal
+                    print(f"K={K} N={N} {name(cfg)} {sname} FAILED {type(exc).__name__}: {str(exc)[:300]}")
+                    continue
+                label = name(cfg) + ("*" if cfg is cur else "")
+                line = f"K={K:5d} N={N:6d} {label:<26} {sname:<11} ok={ok:d} inv={inv:d}"
+                for M in ms:
+                    if M > big.shape[0] or (split and pieces * M * N * 4 > 2**30):
+                        continue
+                    t = graph_time(lambda i, M=M: (lambda: f(big[:M], wcs[i])), copies)
+                    out.append(dict(K=K, N=N, M=M, cfg=cfg, sched=sname, ok=ok, inv=inv, graph_ms=t,
+                                    cublas_ms=base[M]))
+                    line += f" {M}:{base[M] / t:.2f}"
+                print(line, flush=True)
+        print(f"K={K:5d} N={N:6d} cublas us " + " ".join(f"{M}:{base[M] * 1e3:.1f}" for M in ms), flush=True)
+        dump(out, OUT_DIR[0])
+        del w, wcs, big, ref
+        torch.cuda.empty_cache()
+
+
 def summarize(recs: list) -> None:
     for M in sorted({r["M"] for r in recs}):
         rows = [r for r in recs if r["M"] == M]
@@ -199,6 +256,7 @@ def main() -> None:
     p.add_argument("--part", default="host,sweep")
     p.add_argument("--ms", default="1,16,64,256,1024,4096")
     p.add_argument("--out", default="sweep_out")
+    p.add_argument("--kn", default="", help="--part probe: comma-separated KxN shapes (default: all)")
     args = p.parse_args()
     determinism.enable(seed=0)
     os.makedirs(args.out, exist_ok=True)
@@ -209,6 +267,8 @@ def main() -> None:
             part_host(out)
         if "profile" in args.part:
             part_profile(out)
+        if "probe" in args.part:
+            part_probe(out, [int(m) for m in args.ms.split(",")], args.kn)
         if "sweep" in args.part:
             part_sweep(out, [int(m) for m in args.ms.split(",")])
     dump(out, args.out)
