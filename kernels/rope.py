@@ -37,8 +37,10 @@ if triton is not None:
 
     @triton.jit
     def rotate_pair(x1, x2, cos, sin):
-        """fp32 halves (x1, x2) of a head -> its rotation (x1 cos - x2 sin, x2 cos + x1 sin)."""
-        return x1 * cos - x2 * sin, x2 * cos + x1 * sin
+        """fp32 halves (x1, x2) of a head -> its rotation (x1 cos - x2 sin, x2 cos + x1 sin). The fma is explicit:
+        left to LLVM, which product gets fused depends on the surrounding kernel (seen on sm_90: `_rope_kernel`
+        and the fused q/k kernel fused different products of y2), so the bits would depend on the kernel."""
+        return tl.fma(x1, cos, -(x2 * sin)), tl.fma(x2, cos, x1 * sin)
 
     @triton.jit
     def _rope_kernel(x_ptr, pos_ptr, cache_ptr, y_ptr, n_heads, stride_xt, stride_xh, stride_yt, stride_yh,

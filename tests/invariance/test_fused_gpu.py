@@ -109,20 +109,22 @@ def test_fused_backward_equals_unfused_gpu(dtype):
     assert all(torch.equal(a, b) for a, b in zip(add_grads(True), add_grads(False)))
 
 
-def _decode_kernels(n_layers, context=100, block_size=16):
-    """CUDA kernels of one engine-mode decode forward (batch 1) of a Qwen3-0.6B-shaped model, in launch order."""
+def _decode_kernels(n_layers, batch, context=100, block_size=16):
+    """CUDA kernels of one engine-mode decode forward (`batch` sequences at `context` tokens) of a
+    Qwen3-0.6B-shaped model, in launch order."""
     cfg = ModelConfig(architecture="qwen3", vocab_size=32000, hidden_size=1024, intermediate_size=3072,
                       num_hidden_layers=n_layers, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                       max_position_embeddings=4096, tie_word_embeddings=True, dtype="bfloat16")
     model = CausalLM(cfg).cuda().eval()
-    n_blocks = context // block_size + 1
-    caches = [tuple(torch.zeros(n_blocks * block_size, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-              for _ in range(n_layers)]
+    per_seq = context // block_size + 1
+    caches = [tuple(torch.zeros(batch * per_seq * block_size, 8, 128, device="cuda", dtype=torch.bfloat16)
+                    for _ in range(2)) for _ in range(n_layers)]
     i32 = dict(device="cuda", dtype=torch.int32)
-    meta = AttentionMetadata(torch.tensor([0, 1], **i32), torch.tensor([context], **i32),
-                             torch.arange(n_blocks, **i32)[None], torch.zeros(1, **i32), block_size,
-                             torch.tensor([context - 1], device="cuda"))
-    ids, pos = torch.tensor([5], device="cuda"), torch.tensor([context - 1], device="cuda")
+    table = torch.arange(batch * per_seq, **i32).reshape(batch, per_seq)
+    slots = table[:, (context - 1) // block_size].long() * block_size + (context - 1) % block_size
+    meta = AttentionMetadata(torch.arange(batch + 1, **i32), torch.full((batch,), context, **i32), table,
+                             torch.zeros(batch, **i32), block_size, slots)
+    ids, pos = torch.full((batch,), 5, device="cuda"), torch.full((batch,), context - 1, device="cuda")
     with torch.no_grad():
         model(ids, pos, meta, caches)  # compile
         torch.cuda.synchronize()
@@ -132,14 +134,17 @@ def _decode_kernels(n_layers, context=100, block_size=16):
     return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
 
 
-def _layer_kernels():
+def _layer_kernels(batch):
     """Kernels of one steady-state decoder layer: a 2-layer forward minus a 1-layer forward."""
-    two, one = _decode_kernels(2), _decode_kernels(1)
-    return len(two) - len(one), two
+    two, one = _decode_kernels(2, batch), _decode_kernels(1, batch)
+    return len(two) - len(one), [n[:40] for n in two]
 
 
-def test_decode_layer_launch_count(monkeypatch):
-    fused_count, fused_names = _layer_kernels()
+# q/k: 2 norms + 2 RoPEs (+ 3 copies of the q/k/v views, which are contiguous at one token) -> 1 launch;
+# each of the two residual adds joins its norm
+@pytest.mark.parametrize("batch,saved", [(1, 5), (4, 8)])
+def test_decode_layer_launch_count(monkeypatch, batch, saved):
+    fused_count, fused_names = _layer_kernels(batch)
 
     def add_rms_norm_unfused(x, residual, weight, eps):
         h = residual + x
@@ -147,9 +152,8 @@ def test_decode_layer_launch_count(monkeypatch):
 
     monkeypatch.setattr(kernels, "add_rms_norm", add_rms_norm_unfused)
     monkeypatch.setattr(kernels, "qk_norm_rope", _qk_norm_rope_unfused)
-    unfused_count, unfused_names = _layer_kernels()
-    print(f"\nlaunches per decoder layer (decode, batch 1): unfused {unfused_count}, fused {fused_count}")
+    unfused_count, unfused_names = _layer_kernels(batch)
+    print(f"\nlaunches per decoder layer (decode, batch {batch}): unfused {unfused_count}, fused {fused_count}")
     print("fused 2-layer forward:", fused_names)
     print("unfused 2-layer forward:", unfused_names)
-    # q/k: 3 copies + 2 norms + 2 RoPEs -> 1; two residual adds + norms: 4 -> 2
-    assert fused_count == unfused_count - 8
+    assert fused_count == unfused_count - saved
