@@ -22,13 +22,14 @@ from onpolicy.kernels.logprobs import (
     token_logprobs_reference,
 )
 from onpolicy.kernels.matmul import linear, linear_reference, matmul, matmul_reference
-from onpolicy.kernels.rmsnorm import rms_norm, rms_norm_reference
+from onpolicy.kernels.qk_norm_rope import qk_norm_rope
+from onpolicy.kernels.rmsnorm import add_rms_norm, rms_norm, rms_norm_reference
 from onpolicy.kernels.rope import rope, rope_cache, rope_reference
 
 __all__ = [
-    "attention", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",
+    "add_rms_norm", "attention", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",
     "linear", "linear_reference", "lm_logits", "lm_logits_reference", "log_softmax", "logits_token_logprobs",
-    "log_softmax_reference", "matmul", "matmul_reference", "rms_norm", "rms_norm_reference", "rope",
+    "log_softmax_reference", "matmul", "matmul_reference", "qk_norm_rope", "rms_norm", "rms_norm_reference", "rope",
     "rope_cache", "rope_reference", "silu_mul", "silu_mul_reference", "token_logprobs",
     "token_logprobs_reference", "write_kv_cache",
 ]

@@ -36,6 +36,13 @@ def rope_cache(max_positions: int, head_dim: int, theta: float, device="cpu") ->
 if triton is not None:
 
     @triton.jit
+    def rotate_pair(x1, x2, cos, sin):
+        """fp32 halves (x1, x2) of a head -> its rotation (x1 cos - x2 sin, x2 cos + x1 sin). The fma is explicit:
+        left to LLVM, which product gets fused depends on the surrounding kernel (seen on sm_90: `_rope_kernel`
+        and the fused q/k kernel fused different products of y2), so the bits would depend on the kernel."""
+        return tl.fma(x1, cos, -(x2 * sin)), tl.fma(x2, cos, x1 * sin)
+
+    @triton.jit
     def _rope_kernel(x_ptr, pos_ptr, cache_ptr, y_ptr, n_heads, stride_xt, stride_xh, stride_yt, stride_yh,
                      HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
         """One program = one token: rotate all its heads with the cos/sin row of its position."""
@@ -50,8 +57,7 @@ if triton is not None:
         x_row = x_ptr + t * stride_xt + h[:, None] * stride_xh + d[None, :]
         x1 = tl.load(x_row, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(x_row + HALF, mask=mask, other=0.0).to(tl.float32)
-        y1 = x1 * cos - x2 * sin
-        y2 = x2 * cos + x1 * sin
+        y1, y2 = rotate_pair(x1, x2, cos, sin)
         y_row = y_ptr + t * stride_yt + h[:, None] * stride_yh + d[None, :]
         tl.store(y_row, y1.to(y_ptr.dtype.element_ty), mask=mask)
         tl.store(y_row + HALF, y2.to(y_ptr.dtype.element_ty), mask=mask)

@@ -28,7 +28,7 @@ from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 from onpolicy.model import AttentionMetadata  # noqa: E402
 from onpolicy.model.logprobs import pack_sequences  # noqa: E402
 
-TRACED_OPS = ("rope", "attention", "attention_varlen", "silu_mul", "rms_norm", "linear")
+TRACED_OPS = ("rope", "attention", "attention_varlen", "silu_mul", "rms_norm", "linear", "add_rms_norm", "qk_norm_rope")
 
 
 class Recorder:
@@ -44,6 +44,10 @@ class Recorder:
         self.handles = []
 
     def _record(self, key: str, out) -> None:
+        if isinstance(out, tuple):  # (h, y) of add_rms_norm, (q, k, v) of qk_norm_rope, a decoder layer's pair
+            for i, part in enumerate(out):
+                self._record(f"{key}[{i}]", part)
+            return
         if not isinstance(out, torch.Tensor) or out.dim() == 0:
             return
         if key not in self.store:

@@ -3,7 +3,8 @@
 Two call modes of one module (see docs/architecture.md): training (`kv_caches=None`: attention over the
 packed fresh k/v with `kernels.attention_varlen`, autograd) and engine (k/v written into each layer's slot
 cache at `meta.slot_mapping`, then `kernels.attention` over the cache). Every matmul, norm, RoPE, activation
-and attention is a `kernels` op; embedding gather and residual adds are elementwise torch.
+and attention is a `kernels` op; each residual add runs inside the norm after it (`kernels.add_rms_norm`;
+with activation checkpointing the add closing a layer is a torch add), q/k norm + RoPE in `kernels.qk_norm_rope`.
 Parameters mirror HF names except the fused `qkv_proj` and `gate_up_proj`; each parameter carries a
 `weight_loader(param, tensor, shard_id=None)` used by `loading.py`.
 Left out: rope scaling, sliding windows, MoE, dropout, MLP bias, tensor parallelism.
@@ -79,6 +80,10 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.rms_norm(x, self.weight, self.eps)
 
+    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, norm(h)) with h = residual + x: one `kernels.add_rms_norm` launch."""
+        return kernels.add_rms_norm(x, residual, self.weight, self.eps)
+
 
 def _shards(**sizes: int) -> dict[str, tuple[int, int]]:
     out, start = {}, 0
@@ -102,14 +107,8 @@ class Attention(nn.Module):
 
     def forward(self, x, positions, rope_table, meta: AttentionMetadata, kv_cache=None):
         t, d = x.shape[0], self.head_dim
-        q, k, v = self.qkv_proj(x).split([self.n_heads * d, self.n_kv_heads * d, self.n_kv_heads * d], dim=-1)
-        q = q.reshape(t, self.n_heads, d).contiguous()
-        k = k.reshape(t, self.n_kv_heads, d).contiguous()
-        v = v.reshape(t, self.n_kv_heads, d).contiguous()
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q = kernels.rope(q, positions, rope_table)
-        k = kernels.rope(k, positions, rope_table)
+        norms = (None, None, 1e-6) if self.q_norm is None else (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
+        q, k, v = kernels.qk_norm_rope(self.qkv_proj(x), positions, rope_table, self.n_heads, self.n_kv_heads, *norms)
         if kv_cache is None:
             out = kernels.attention_varlen(q, k, v, meta.cu_seqlens_q, scale=self.scale,
                                            metadata=(meta.seqlens_k, meta.block_table, meta.kv_offsets))
@@ -143,9 +142,21 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
         self.mlp = MLP(cfg)
 
-    def forward(self, h, positions, rope_table, meta, kv_cache=None):
-        h = h + self.self_attn(self.input_layernorm(h), positions, rope_table, meta, kv_cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(self, h, delta, positions, rope_table, meta, kv_cache=None):
+        """Residual stream h plus the previous layer's un-added MLP output `delta` (None: h is complete) ->
+        (h + delta + attention, this layer's MLP output): each residual add runs fused with the norm after it."""
+        if delta is None:
+            x = self.input_layernorm(h)
+        else:
+            h, x = self.input_layernorm.add_forward(delta, h)
+        h, x = self.post_attention_layernorm.add_forward(self.self_attn(x, positions, rope_table, meta, kv_cache), h)
+        return h, self.mlp(x)
+
+
+def _layer_with_add(layer: DecoderLayer, h, positions, rope_table, meta):
+    """One decoder layer with its last residual add done (the unit activation checkpointing saves: one tensor)."""
+    h, delta = layer(h, None, positions, rope_table, meta)
+    return h + delta
 
 
 class Decoder(nn.Module):
@@ -212,12 +223,14 @@ class CausalLM(nn.Module):
         # thread's kernels.invariant_mode (a contextvar): re-enter the forward's mode there.
         mode = kernels.is_invariant()
         context_fn = lambda: (contextlib.nullcontext(), kernels.invariant_mode(mode))  # noqa: E731
+        delta = None  # the last layer's MLP output, added to h by the next norm (add_rms_norm)
         for i, layer in enumerate(self.model.layers):
             if recompute:
-                h = checkpoint(layer, h, positions, rope_table, meta, None, use_reentrant=False, context_fn=context_fn)
+                h = checkpoint(_layer_with_add, layer, h, positions, rope_table, meta, use_reentrant=False,
+                               context_fn=context_fn)
             else:
-                h = layer(h, positions, rope_table, meta, None if kv_caches is None else kv_caches[i])
-        return self.model.norm(h)
+                h, delta = layer(h, delta, positions, rope_table, meta, None if kv_caches is None else kv_caches[i])
+        return self.model.norm(h) if delta is None else self.model.norm.add_forward(delta, h)[1]
 
     def token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         return kernels.token_logprobs(hidden, self.lm_head_weight, targets, temperature)
