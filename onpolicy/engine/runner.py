@@ -46,7 +46,7 @@ class ModelRunner:
         # the last launched step's tokens, in row order (async scheduling reads its input ids from here)
         self.last_tokens = torch.zeros(config.max_num_seqs, dtype=torch.int64, device=self.device)
         pin = self.device.type == "cuda"
-        self._host_out = [torch.zeros((2, config.max_num_seqs), dtype=torch.float64, pin_memory=pin) for _ in range(2)]
+        self._host_out = [torch.zeros(2 * config.max_num_seqs, dtype=torch.float64, pin_memory=pin) for _ in range(2)]
         self.graphs = None
         if use_graphs:
             from onpolicy.engine.graphs import DecodeGraphs
@@ -127,8 +127,8 @@ class ModelRunner:
             out, _ = self._sample_rows(self.forward(chunks), seqs)  # one temperature group: rows in order
             self.last_tokens[: len(seqs)].copy_(out[0].long())
         self._host_out.reverse()
-        host = self._host_out[0][:, : len(seqs)]
-        host.copy_(out, non_blocking=True)
+        host = self._host_out[0][: 2 * len(seqs)].view(2, len(seqs))  # contiguous: a true async copy
+        host.copy_(out.contiguous(), non_blocking=True)
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
