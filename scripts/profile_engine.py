@@ -75,12 +75,15 @@ def profile_batch(llm, mode: str, b: int, args) -> None:
         one = SamplingParams(temperature=args.temperature, max_tokens=1, ignore_eos=True)
         torch.cuda.synchronize()
         t0 = time.perf_counter()
+        llm.reset_prefix_cache()
         llm.generate(prompts, one)
         torch.cuda.synchronize()
         print(f"== {mode} batch {b}: prefill + 1 token {time.perf_counter() - t0:.3f} s", flush=True)
+        llm.reset_prefix_cache()  # else the hits change the prefill chunks: new shapes, new graph buckets
         dt = timed_generate(llm, prompts, sp)
         print(f"== {mode} batch {b} T={args.temperature}: {args.steps} steps in {dt:.3f} s = "
               f"{dt / args.steps * 1e3:.2f} ms/step, {b * args.steps / dt:.0f} tok/s", flush=True)
+        llm.reset_prefix_cache()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             llm.generate(prompts, sp)
             torch.cuda.synchronize()
