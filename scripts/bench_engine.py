@@ -8,6 +8,8 @@ offline default of 8192 tokens and more); each system gets one short warm-up gen
 "default" (invariant=False) is the fair comparison stack: cuBLAS GEMMs (F.linear), torch's default norms / RoPE /
 activation, torch's logsumexp for the reported logprob, the same paged Triton attention and sampling kernel (no
 faster paged decode kernel runs here), and CUDA graphs like the invariant engine.
+"sync" is the invariant engine with engine.async_scheduling=false (each step waits for its tokens before the
+host schedules the next), to show what overlapping host and GPU buys.
 Prints tok/s and ratios; writes bench_engine.json (after every measurement) and bench_engine.png to --out.
 `--quick`: the tiny model on CPU, batch 1/4, 8 new tokens (a smoke run, not a measurement).
 Left out: time-to-first-token / latency percentiles, online serving, prompts of mixed length.
@@ -29,7 +31,7 @@ import torch  # noqa: E402
 from onpolicy import kernels  # noqa: E402
 from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 
-SYSTEMS = ("invariant", "default", "hf")
+SYSTEMS = ("invariant", "sync", "default", "hf")
 
 
 def _sync(device):
@@ -55,11 +57,13 @@ def prompts_for(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list
     return torch.randint(4, vocab, (batch, prompt_len), generator=g).tolist()
 
 
-def bench_ours(model, invariant: bool, batches, prompt_len, new_tokens, graphs: bool, seed: int):
+def bench_ours(model, invariant: bool, batches, prompt_len, new_tokens, graphs: bool, seed: int,
+               async_scheduling: bool = True):
     block = 16
     need = max(batches) * -(-(prompt_len + new_tokens) // block) + 16
     cfg = EngineConfig(num_blocks=need, block_size=block, max_num_seqs=max(batches),
-                       max_num_batched_tokens=max(8192, prompt_len * max(batches)), use_cuda_graphs=graphs)
+                       max_num_batched_tokens=max(8192, prompt_len * max(batches)), use_cuda_graphs=graphs,
+                       async_scheduling=async_scheduling)
     llm = LLM(model, None, cfg, seed=seed)
     device = model.lm_head_weight.device
     warm = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
@@ -138,7 +142,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--max-tokens", type=int, default=None, help="new tokens per request (default 512)")
     ap.add_argument("--hf-max-tokens", type=int, default=None, help="new tokens for HF (default: --max-tokens)")
     ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of invariant,hf,default (run in that order)")
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="subset of invariant,sync,default,hf (run in that order)")
     ap.add_argument("--default-batch-sizes", default=None,
                     help="batch sizes for the invariant=False system (default: --batch-sizes)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
@@ -176,8 +180,9 @@ def main(argv=None) -> int:
     for system in systems:
         if system == "hf":
             runs = bench_hf(model, batches, args.prompt_len, hf_tokens, args.seed)
-        elif system == "invariant":
-            runs = bench_ours(model, True, batches, args.prompt_len, new_tokens, not args.no_cuda_graphs, args.seed)
+        elif system in ("invariant", "sync"):
+            runs = bench_ours(model, True, batches, args.prompt_len, new_tokens, not args.no_cuda_graphs, args.seed,
+                              async_scheduling=system == "invariant")
         else:
             runs = bench_ours(model, False, default_batches, args.prompt_len, new_tokens, not args.no_cuda_graphs,
                               args.seed)
@@ -193,7 +198,7 @@ def main(argv=None) -> int:
     print("ratios (tok/s):")
     for b in batches:
         parts = []
-        for num, den in (("invariant", "default"), ("invariant", "hf"), ("default", "hf")):
+        for num, den in (("invariant", "default"), ("invariant", "sync"), ("invariant", "hf"), ("default", "hf")):
             if (num, b) in rate and (den, b) in rate:
                 parts.append(f"{num}/{den} = {rate[num, b] / rate[den, b]:.2f}")
         print(f"  batch {b:>4}: " + ", ".join(parts))

@@ -6,9 +6,12 @@ then multiples of 16 up to max_num_seqs. With a temperature the graph holds the 
 (`kernels.logits_token_logprobs`, the same bits as the trainer's `token_logprobs`); a step whose rows share
 one temperature and use no top-k / top-p replays it and reads back tokens and logprobs in one copy. Other
 decode steps replay a forward-only graph (temperature None) and sample eagerly.
-Inputs travel in two staging buffers (int64: ids, positions, slots, seeds, sample indices, output positions;
-int32: seqlens then the block table), each one host-to-device copy per step into static device buffers that
-the graphs read through views. Pad rows compute a dummy greedy token: they write k/v to a private scratch slot
+Inputs travel in two staging buffers (int64: ids, positions, slots, seeds, sample indices, output positions,
+source rows; int32: seqlens then the block table), each one host-to-device copy per step into static device
+buffers that the graphs read through views. The host buffers come in two sets used in turn, so with async
+scheduling step n+1 is staged while step n's copies may still be in flight. A row whose `src` is >= 0 takes
+its input id on the device from `runner.last_tokens[src]` (the previous step's sampled tokens, which every
+full-step graph writes there) -- the async engine's token that the host has not read yet. Pad rows compute a dummy greedy token: they write k/v to a private scratch slot
 past the paged cache (one per row) and read block 0; their outputs are dropped. Every op is row-wise batch
 invariant in invariant mode, so a real row's result equals eager (tested on GPU: graphs on vs off,
 torch.equal). A capture that fails disables graphs (eager from then on, with a warning).
@@ -25,7 +28,7 @@ import torch
 from onpolicy import kernels
 from onpolicy.model.metadata import AttentionMetadata
 
-_I64_ROWS = ("input_ids", "positions", "slot_mapping", "seeds", "sample_index", "out_positions")
+_I64_ROWS = ("input_ids", "positions", "slot_mapping", "seeds", "sample_index", "out_positions", "src")
 
 
 def bucket_sizes(max_num_seqs: int) -> list[int]:
@@ -43,9 +46,10 @@ class DecodeGraphs:
         n, dev = self.buckets[-1], runner.device
         self.max_bs, self.width = n, runner.max_blocks_per_seq
         pin = dev.type == "cuda"
-        self.host_i64 = torch.zeros((len(_I64_ROWS), n), dtype=torch.int64, pin_memory=pin)
-        self.host_i32 = torch.zeros(n + n * self.width, dtype=torch.int32, pin_memory=pin)
-        self.host_greedy = torch.ones(n, dtype=torch.bool, pin_memory=pin)
+        self.host_sets = [(torch.zeros((len(_I64_ROWS), n), dtype=torch.int64, pin_memory=pin),
+                           torch.zeros(n + n * self.width, dtype=torch.int32, pin_memory=pin),
+                           torch.ones(n, dtype=torch.bool, pin_memory=pin)) for _ in range(2)]
+        self.host_i64, self.host_i32, self.host_greedy = self.host_sets[0]
         self.dev_i64 = torch.zeros_like(self.host_i64, device=dev)
         self.dev_i32 = torch.zeros_like(self.host_i32, device=dev)
         self.dev_greedy = torch.ones(n, dtype=torch.bool, device=dev)
@@ -71,12 +75,15 @@ class DecodeGraphs:
         """The captured work: hidden [bs, H], or fp64 [2, bs] (token ids; logprobs) with a temperature."""
         from onpolicy.engine.sampling import sample_plain
 
-        hidden = self.model(self._row("input_ids", bs), self._row("positions", bs), self._meta(bs), self.runner.kv_caches)
+        src, last = self._row("src", bs), self.runner.last_tokens
+        ids = torch.where(src >= 0, last[src.clamp(min=0)], self._row("input_ids", bs))
+        hidden = self.model(ids, self._row("positions", bs), self._meta(bs), self.runner.kv_caches)
         if temperature is None:
             return hidden
         logits = self.model.logits(hidden, temperature)
         tok = sample_plain(logits, self.dev_greedy[:bs], self._row("seeds", bs), self._row("sample_index", bs),
                            self._row("out_positions", bs))
+        last[:bs].copy_(tok)  # the next step's device-side input ids (async scheduling)
         # one fp64 [2, bs] output: ids < 2**53 and fp32 logprobs are exact in it, so one copy reads both back
         return torch.stack([tok.double(), self.model.logits_logprobs(logits, tok, temperature).double()])
 
@@ -98,6 +105,7 @@ class DecodeGraphs:
         i64 = self.host_i64.numpy()
         i64[:, start:] = 0
         i64[_I64_ROWS.index("slot_mapping"), start:] = self.pad_slots[start:]
+        i64[_I64_ROWS.index("src"), start:] = -1
         self.host_i32.numpy()[start : self.max_bs] = 1
         self.host_greedy.numpy()[start:] = True
 
@@ -108,7 +116,10 @@ class DecodeGraphs:
         self.dev_greedy.copy_(self.host_greedy, non_blocking=True)
 
     def _stage(self, seqs, bs: int) -> None:
-        """Write the step's inputs for sequences `seqs` (one new token each) into the host staging buffers."""
+        """Write the step's inputs for sequences `seqs` (one new token each) into the next set of host staging
+        buffers. `src` is each sequence's `pending_row` (-1: the host has its last token)."""
+        self.host_sets.reverse()
+        self.host_i64, self.host_i32, self.host_greedy = self.host_sets[0]
         b, bsz, n, w = len(seqs), self.runner.block_size, self.max_bs, self.width
         pos = np.fromiter((s.num_tokens - 1 for s in seqs), np.int64, b)
         i64 = self.host_i64.numpy()
@@ -119,6 +130,7 @@ class DecodeGraphs:
         i64[3, :b] = np.fromiter((s.seed for s in seqs), np.int64, b)
         i64[4, :b] = np.fromiter((s.index for s in seqs), np.int64, b)
         i64[5, :b] = np.fromiter((s.num_output for s in seqs), np.int64, b)
+        i64[6, :b] = np.fromiter((s.pending_row for s in seqs), np.int64, b)
         i32 = self.host_i32.numpy()
         i32[:b] = pos + 1
         table = i32[n : n + bs * w].reshape(bs, w)
@@ -133,17 +145,23 @@ class DecodeGraphs:
         key = (bs, temperature, kernels.is_invariant())
         entry = self.graphs.get(key)
         if entry is None:
+            if self.runner.device.type == "cuda":
+                torch.cuda.synchronize()  # a step in flight may still read the staging buffers
+            last = self.runner.last_tokens.clone()  # the warm-up overwrites them; this step may read them
             try:
                 entry = self.graphs[key] = self._capture(bs, temperature)
             except Exception as exc:  # noqa: BLE001 -- any capture failure means: run eager
                 self.disabled = True
                 warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly")
                 return None
+            finally:
+                self.runner.last_tokens.copy_(last)
         return entry
 
-    def run(self, seqs, temperature: float | None):
-        """Replay the step for `seqs` (one new token each, in order). With a temperature: (tokens, logprobs)
-        on the host as lists; without: hidden [b, H] on the device. None: the caller runs eager."""
+    def launch(self, seqs, temperature: float | None):
+        """Replay the step for `seqs` (one new token each, in order) without waiting.
+        With a temperature: fp64 [2, b] (token ids; logprobs) on the device; without: hidden [b, H]. Both
+        are views of the graph's static output, valid until its next replay. None: the caller runs eager."""
         b = len(seqs)
         if self.disabled or b > self.max_bs or b == 0:
             return None
@@ -156,7 +174,13 @@ class DecodeGraphs:
         self._upload(bs)
         graph.replay()
         self.replays += 1
-        if temperature is None:
-            return out[:b]
-        both = out[:, :b].cpu()  # the step's one device-to-host copy (and sync)
+        return out[:b] if temperature is None else out[:, :b]
+
+    def run(self, seqs, temperature: float | None):
+        """`launch`, then with a temperature (tokens, logprobs) on the host as lists (the step's one
+        device-to-host copy and sync). None: the caller runs eager."""
+        out = self.launch(seqs, temperature)
+        if out is None or temperature is None:
+            return out
+        both = out.cpu()
         return both[0].long().tolist(), both[1].float().tolist()

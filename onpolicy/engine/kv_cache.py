@@ -111,7 +111,8 @@ class BlockManager:
                 raise RuntimeError(f"BlockManager.allocate: need {need} blocks, {self.num_free} free")
             seq.block_table.extend(self._take() for _ in range(need))
         bs = self.block_size
-        full = (seq.num_computed + num_new_tokens) // bs
+        # a block whose last token is a placeholder (async scheduling) is keyed by a later call
+        full = min(seq.num_computed + num_new_tokens, len(seq.token_ids) - (seq.pending_row >= 0)) // bs
         if not self.enable_prefix_caching or full <= seq.num_registered:  # a decode step inside a block: nothing
             return
         for i in range(seq.num_registered, full):

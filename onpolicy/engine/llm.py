@@ -4,7 +4,8 @@
 then runs `step()` until all finish. `add_request` + `step` allow requests to join mid-run. Stop rules: eos
 (unless ignore_eos) and stop_token_ids -> "stop"; a stop string in the incrementally detokenised text ->
 "stop" (the string and what follows are cut from the text, the tokens stay); max_tokens -> "length".
-Left out: streaming outputs, abort, async/online serving, chat templates (the caller applies them).
+Async scheduling (EngineConfig.async_scheduling): see `step` / `_launch`.
+Left out: streaming outputs, abort, online serving, chat templates (the caller applies them).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from onpolicy.engine.kv_cache import BlockManager
 from onpolicy.engine.params import (CompletionOutput, EngineConfig, RequestOutput, SamplingParams, checked_engine_args,
                                     params_per_prompt)
 from onpolicy.engine.runner import ModelRunner
-from onpolicy.engine.scheduler import Scheduler, Sequence
+from onpolicy.engine.scheduler import FINISHED, Scheduler, Sequence
 
 
 def _to_int64(seed: int) -> int:
@@ -34,7 +35,8 @@ class LLM:
         self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
         self.requests: dict[int, tuple[RequestOutput, list[Sequence]]] = {}
         self._next_id = 0
-        self.stats = {"steps": 0, "forward_tokens": 0, "generated_tokens": 0}
+        self._inflight = None  # async scheduling: (runner.InFlight, its sampling sequences in row order)
+        self.stats = {"steps": 0, "forward_tokens": 0, "generated_tokens": 0, "async_steps": 0, "wasted_rows": 0}
 
     # ---- validation -------------------------------------------------------------------------------
     def _prompt_ids(self, prompt, i: int) -> tuple[str | None, list[int]]:
@@ -100,23 +102,79 @@ class LLM:
 
     # ---- stepping ---------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """One scheduling step + forward; returns the requests that finished in it."""
+        """One scheduling step + forward; returns the requests that finished in it. With async scheduling a
+        plain pure-decode step is launched before the previous step's tokens are read (see _launch)."""
+        done: list[RequestOutput] = []
+        if self._inflight is not None and self._may_admit():
+            done = self._resolve()  # admission reads token ids (prefix keys, prefill inputs): resolve first
         chunks = self.scheduler.schedule()
+        if not chunks and self._inflight is not None:
+            return done + self._resolve()
         if not chunks and self.scheduler.waiting and not self.scheduler.running:
             chunks = self.scheduler.schedule()  # everything was preempted: admission is allowed now
             if not chunks:
                 raise RuntimeError("LLM.step: no waiting sequence fits the KV cache; raise engine.num_blocks")
         if not chunks:
-            return []
+            return done
+        sampled = [c.seq for c in chunks if c.samples]
+        if self.config.async_scheduling and self.runner.can_launch(chunks, sampled):
+            return done + self._launch(chunks, sampled)
+        if self._inflight is not None:  # sequences that stop on the resolved tokens drop out of this step
+            done += self._resolve()
+            chunks = [c for c in chunks if c.seq.status != FINISHED]
+            sampled = [c.seq for c in chunks if c.samples]
+        if not chunks:
+            return done
         tokens, logprobs = self.runner.step(chunks)
         self.stats["steps"] += 1
         self.stats["forward_tokens"] += self.scheduler.advance(chunks)
-        sampled = [c.seq for c in chunks if c.samples]
         self.stats["generated_tokens"] += len(sampled)
-        done: list[RequestOutput] = []
         for seq, tok, lp in zip(sampled, tokens, logprobs):
             seq.token_ids.append(tok)
             if lp is not None:
+                seq.logprobs.append(lp)
+            reason = self._check_stop(seq, tok)
+            if reason is not None:
+                self._finish(seq, reason, done)
+        return done
+
+    def _may_admit(self) -> bool:
+        """Whether this step's schedule may admit a waiting sequence (a free seat and someone waiting)."""
+        return bool(self.scheduler.waiting) and len(self.scheduler.running) < self.config.max_num_seqs
+
+    def _launch(self, chunks, sampled) -> list[RequestOutput]:
+        """Async scheduling: launch this decode step (rows whose last token is still on the device read it
+        there), then read and process the previous step's tokens while the GPU runs, then give this step's
+        rows placeholders. A sequence that stops on the previous token has a wasted row in this step (its
+        output is dropped); batch invariance keeps every other row's bits unchanged."""
+        inflight = self.runner.launch(chunks, sampled)
+        self.stats["steps"] += 1
+        self.stats["async_steps"] += 1
+        self.stats["forward_tokens"] += self.scheduler.advance(chunks)
+        done = self._resolve()
+        for i, seq in enumerate(sampled):
+            if seq.status != FINISHED:
+                seq.token_ids.append(-1)  # placeholder: its id is row i of `inflight`
+                seq.pending_row = i
+        self._inflight = (inflight, sampled)
+        return done
+
+    def _resolve(self) -> list[RequestOutput]:
+        """Wait for the step in flight (if any); fill its placeholders, then the stop checks."""
+        if self._inflight is None:
+            return []
+        inflight, sampled = self._inflight
+        self._inflight = None
+        tokens, logprobs = inflight.result()
+        done: list[RequestOutput] = []
+        for seq, tok, lp in zip(sampled, tokens, logprobs):
+            if seq.status == FINISHED:
+                self.stats["wasted_rows"] += 1  # it stopped on the token before
+                continue
+            seq.token_ids[-1] = tok
+            seq.pending_row = -1
+            self.stats["generated_tokens"] += 1
+            if seq.params.logprobs:
                 seq.logprobs.append(lp)
             reason = self._check_stop(seq, tok)
             if reason is not None:
@@ -205,4 +263,5 @@ class LLM:
                     bar.update(1)
         if bar is not None:
             bar.close()
+        self._resolve()  # a step of wasted rows may be in flight: wait, so the device is idle on return
         return [results[r] for r in rids]

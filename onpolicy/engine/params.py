@@ -86,6 +86,8 @@ class EngineConfig(Section):
     enable_prefix_caching: bool = _f(True, "reuse cached prompt blocks (reset after every optimizer step)")
     use_cuda_graphs: bool = _f(True, "capture decode steps (forward, LM head, sampling) in CUDA graphs "
                                      "(ignored on CPU)")
+    async_scheduling: bool = _f(True, "launch a pure-decode step before reading the previous step's tokens "
+                                      "(host work overlaps the GPU; the same outputs as false)")
     kv_cache_memory_fraction: float = _f(0.4, "share of free GPU memory (CPU: of RAM, at most 4 GiB) the "
                                               "automatic num_blocks may use", gt=0, le=1)
 

@@ -9,8 +9,11 @@ bits), and the reported logprob from the same logits with the trainer's reductio
 Temperature 0 samples argmax of the temperature-1 logits and reports temperature-1 logprobs.
 Batch-invariant or default ops follow the caller's `kernels.is_invariant()` (the trainer enters
 `kernels.invariant_mode(cfg.trainer.invariant)` once per run). Pure-decode steps on CUDA replay captured CUDA
-graphs in either mode (graphs.py; one set per mode). Left out: tensor/pipeline parallelism, async output
-processing.
+graphs in either mode (graphs.py; one set per mode).
+Async scheduling: `launch` runs a plain pure-decode step (one token per row, one effective temperature, no
+top-k / top-p) without waiting -- input ids of rows whose token is still a placeholder are read on the device
+from `last_tokens` (the previous launch's tokens), and the outputs are copied to a pinned host buffer behind
+an event; `InFlight.result()` waits for them. Left out: tensor/pipeline parallelism.
 """
 from __future__ import annotations
 
@@ -40,6 +43,10 @@ class ModelRunner:
         extra = config.max_num_seqs if use_graphs else 0
         self.kv_caches = allocate_kv_caches(mc, self.num_blocks, config.block_size, self.dtype, self.device, extra)
         model.rope_table(self.device)  # build outside inference mode / before any graph capture
+        # the last launched step's tokens, in row order (async scheduling reads its input ids from here)
+        self.last_tokens = torch.zeros(config.max_num_seqs, dtype=torch.int64, device=self.device)
+        pin = self.device.type == "cuda"
+        self._host_out = [torch.zeros(2 * config.max_num_seqs, dtype=torch.float64, pin_memory=pin) for _ in range(2)]
         self.graphs = None
         if use_graphs:
             from onpolicy.engine.graphs import DecodeGraphs
@@ -47,8 +54,9 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self)
 
     def build_inputs(self, chunks: list[ScheduledChunk]):
-        """(input_ids int64 [T], positions int64 [T], AttentionMetadata) for the chunks, on the model's device."""
-        ids, pos, slots, cu, seqlens, table = [], [], [], [0], [], []
+        """(input_ids int64 [T], positions int64 [T], AttentionMetadata) for the chunks, on the model's device.
+        A sequence's placeholder token (`pending_row` >= 0) is read on the device from `last_tokens`."""
+        ids, pos, slots, cu, seqlens, table, pending = [], [], [], [0], [], [], []
         bs = self.block_size
         width = max(1, max(len(c.seq.block_table) for c in chunks))
         for c in chunks:
@@ -58,6 +66,8 @@ class ModelRunner:
             bt = seq.block_table
             slots.extend(bt[p // bs] * bs + p % bs for p in range(c.start, end))
             cu.append(cu[-1] + c.num_tokens)
+            if seq.pending_row >= 0 and end == len(seq.token_ids):  # async: the last id is still on the device
+                pending.append((cu[-1] - 1, seq.pending_row))
             seqlens.append(end)
             table.append(bt + [0] * (width - len(bt)))
         dev = self.device
@@ -69,7 +79,11 @@ class ModelRunner:
             block_size=bs,
             slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
         )
-        return (torch.tensor(ids, dtype=torch.int64, device=dev), torch.tensor(pos, dtype=torch.int64, device=dev), meta)
+        ids = torch.tensor(ids, dtype=torch.int64, device=dev)
+        if pending:
+            at, rows = torch.tensor(pending, dtype=torch.int64, device=dev).T
+            ids[at] = self.last_tokens[rows]
+        return ids, torch.tensor(pos, dtype=torch.int64, device=dev), meta
 
     def forward(self, chunks: list[ScheduledChunk]) -> torch.Tensor:
         """hidden [T, H] of the packed step, eagerly."""
@@ -95,6 +109,32 @@ class ModelRunner:
         h_last = hidden if len(rows) == hidden.shape[0] else hidden[torch.tensor(rows, device=self.device)]
         return self.sample(h_last, seqs)
 
+    def can_launch(self, chunks: list[ScheduledChunk], seqs) -> bool:
+        """Whether `launch` takes the step: pure decode, every row sampling, one effective temperature and no
+        top-k / top-p (`seqs`: the chunks' sequences that sample)."""
+        if len(seqs) != len(chunks) or len(seqs) > len(self.last_tokens):
+            return False
+        temp = _effective_temperature(seqs[0].params.temperature)
+        return all(c.num_tokens == 1 for c in chunks) and not any(
+            _filtered(s.params) or _effective_temperature(s.params.temperature) != temp for s in seqs)
+
+    @torch.inference_mode()
+    def launch(self, chunks: list[ScheduledChunk], seqs) -> "InFlight":
+        """Start a step `can_launch` accepted; don't wait for it."""
+        temp = _effective_temperature(seqs[0].params.temperature)
+        out = None if self.graphs is None else self.graphs.launch(seqs, temp)
+        if out is None:
+            out, _ = self._sample_rows(self.forward(chunks), seqs)  # one temperature group: rows in order
+            self.last_tokens[: len(seqs)].copy_(out[0].long())
+        self._host_out.reverse()
+        host = self._host_out[0][: 2 * len(seqs)].view(2, len(seqs))  # contiguous: a true async copy
+        host.copy_(out.contiguous(), non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return InFlight(host, event)
+
     def _graph_step(self, seqs):
         """Pure decode by graph replay: the whole step when every row shares one effective temperature and none
         uses top-k / top-p, else the forward alone and eager sampling. None: run eagerly."""
@@ -110,6 +150,19 @@ class ModelRunner:
         the tokens from those logits (`sampling.sample`), the logprob from the same logits with the trainer's
         reduction (`model.logits_logprobs`), then one device-to-host copy. Uses only self.model and
         self.device (the vLLM backend calls it with a stand-in runner)."""
+        both, order = ModelRunner._sample_rows(self, h_last, seqs)  # the vLLM stand-in has no methods
+        both = both.cpu()  # one device-to-host copy
+        tokens: list[int] = [0] * len(seqs)
+        logprobs: list[float | None] = [None] * len(seqs)
+        for i, t, lp in zip(order, both[0].long().tolist(), both[1].float().tolist()):
+            tokens[i] = t
+            if seqs[i].params.logprobs:
+                logprobs[i] = lp
+        return tokens, logprobs
+
+    def _sample_rows(self, h_last: torch.Tensor, seqs) -> tuple[torch.Tensor, list[int]]:
+        """fp64 [2, b] on the device (token ids; logprobs) grouped by temperature, and the row of seqs each
+        column belongs to (in order when there is one group)."""
         groups: dict[float, list[int]] = {}
         for i, s in enumerate(seqs):
             groups.setdefault(_effective_temperature(s.params.temperature), []).append(i)
@@ -135,14 +188,20 @@ class ModelRunner:
             lp = self.model.logits_logprobs(logits, tok, t_eff)
             order.extend(idx)
             parts.append(torch.stack([tok.double(), lp.double()]))  # ids < 2**53 and fp32 are exact in fp64
-        both = (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).cpu()  # one device-to-host copy
-        tokens: list[int] = [0] * len(seqs)
-        logprobs: list[float | None] = [None] * len(seqs)
-        for i, t, lp in zip(order, both[0].long().tolist(), both[1].float().tolist()):
-            tokens[i] = t
-            if seqs[i].params.logprobs:
-                logprobs[i] = lp
-        return tokens, logprobs
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, 1)), order
+
+
+class InFlight:
+    """A launched step's outputs: `host` fp64 [2, b] (token ids; logprobs), filled once `event` completes."""
+
+    def __init__(self, host: torch.Tensor, event):
+        self.host, self.event = host, event
+
+    def result(self) -> tuple[list[int], list[float]]:
+        """(token ids, logprobs) per row, waiting for the device."""
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host[0].long().tolist(), self.host[1].float().tolist()
 
 
 def _effective_temperature(temperature: float) -> float:

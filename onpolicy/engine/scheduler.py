@@ -7,7 +7,11 @@ decode token, or the recompute of a preempted sequence -- within the step's toke
 (prefix-cache hits skip their cached blocks). When blocks run out, the most recently admitted running
 sequence is preempted: its blocks are released, `num_computed` goes back to 0, and it re-queues at the front;
 its generated tokens are recomputed as part of its prompt. A sequence samples only in a step that computes
-its last token. Left out: priorities, swap-out, async scheduling, speculative decoding.
+its last token. Async scheduling (llm.py): a sequence's last token may be a placeholder (`pending_row` >= 0)
+whose id is still on the device; it counts as a token, and a running sequence whose placeholder is its
+max_tokens-th output is not scheduled again (it finishes when the token arrives). A sequence whose placeholder
+turns out to stop it may have been preempted meanwhile: `finish` takes it from `waiting` then.
+Left out: priorities, swap-out, speculative decoding.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ class Sequence:
         self.prefix_offset = 0
         self.read_offset = 0
         self.stop_checked = 0  # length of text already searched for stop strings
+        self.pending_row = -1  # >= 0: token_ids[-1] is a placeholder, row pending_row of the step in flight
 
     @property
     def num_tokens(self) -> int:
@@ -111,6 +116,9 @@ class Scheduler:
         while i < len(running) and budget > 0:
             seq = running[i]
             start, total = seq.num_computed, len(seq.token_ids)
+            if seq.pending_row >= 0 and total - seq.num_prompt_tokens >= seq.params.max_tokens:
+                i += 1  # its last token is in flight and is its last: nothing more to compute
+                continue
             n = total - start if total - start < budget else budget
             end = start + n
             need = -(-end // bs) - len(seq.block_table)  # blocks_needed, inlined: > 0 only across a boundary
@@ -158,4 +166,7 @@ class Scheduler:
         seq.finish_reason = reason
         seq.status = FINISHED
         self.blocks.release(seq)
-        self.running.remove(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        else:  # preempted while its last token was in flight (async scheduling)
+            self.waiting.remove(seq)

@@ -100,16 +100,38 @@ def _stop_reason(tokens, params, eos):
     raise AssertionError("script too short")
 
 
-def test_stop_checks_match_the_rules():
+class _Done:
+    def __init__(self, out):
+        self.out = out
+
+    def result(self):
+        return self.out
+
+
+def use_stand_in(llm, sample) -> None:
+    """Replace the runner's forward + sampling (sync `step` and async `launch`) by `sample(seq) -> (token,
+    logprob)` for each sampling chunk; a placeholder counts as a token, as in the real runner."""
+
+    def step(chunks):
+        pairs = [sample(c.seq) for c in chunks if c.samples]
+        return [t for t, _ in pairs], [lp if s.params.logprobs else None
+                                       for (_, lp), s in zip(pairs, [c.seq for c in chunks if c.samples])]
+
+    def launch(chunks, seqs):
+        assert all(t >= 0 for s in seqs for t in s.token_ids[:-1])  # only the last token may be a placeholder
+        pairs = [sample(s) for s in seqs]
+        return _Done(([t for t, _ in pairs], [lp for _, lp in pairs]))
+
+    llm.runner.step, llm.runner.launch = step, launch
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_stop_checks_match_the_rules(async_scheduling):
     model, _ = build_tiny(seed=0, num_hidden_layers=1)
-    llm = LLM(model.eval(), None, EngineConfig(num_blocks=64, block_size=4, max_num_seqs=8))
+    llm = LLM(model.eval(), None, EngineConfig(num_blocks=64, block_size=4, max_num_seqs=8,
+                                               async_scheduling=async_scheduling))
     llm.eos_token_id = 2
-
-    def stand_in(chunks):
-        seqs = [c.seq for c in chunks if c.samples]
-        return [_token(s) for s in seqs], [-0.5 - s.num_output for s in seqs]
-
-    llm.runner.step = stand_in
+    use_stand_in(llm, lambda s: (_token(s), -0.5 - s.num_output))
     params = [SamplingParams(n=2, max_tokens=m, ignore_eos=ig, stop_token_ids=ids, logprobs=lp)
               for m in (1, 6, 20) for ig in (False, True) for ids in (None, [5]) for lp in (True, False)]
     outs = llm.generate([[4, 5, 6 + i % 3] for i in range(len(params))], params)
