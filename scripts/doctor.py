@@ -115,24 +115,8 @@ def _stack_rows(entry: dict[int, torch.Tensor], n: int) -> torch.Tensor | None:
     return torch.stack([entry[p] for p in range(n)])
 
 
-def diagnose(model, tokenizer, prompt_ids: list[int], *, max_tokens=8, temperature=1.0, batch=4, seed=0,
-             invariant=True, engine_config: EngineConfig | None = None) -> dict:
-    """Returns {"equal": bool, "first_diff": (key, max_abs) | None, "num_diff": int, "num_compared": int,
-    "completion": token ids, "logprob_equal": bool}."""
-    base = engine_config or EngineConfig(max_num_batched_tokens=64, max_num_seqs=max(batch, 1))
-    # eager (hooks do not fire on graph replay); no prefix cache, so every probe position is computed here
-    cfg = dataclasses.replace(base, use_cuda_graphs=False, enable_prefix_caching=False)
-    llm = LLM(model, tokenizer, cfg)
-    g = torch.Generator().manual_seed(seed)
-    vocab = model.config.vocab_size
-    fillers = [torch.randint(4, vocab, (int(torch.randint(1, 3 * len(prompt_ids) + 2, (1,), generator=g)),),
-                             generator=g).tolist() for _ in range(batch - 1)]
-    prompts = fillers[: batch // 2] + [prompt_ids] + fillers[batch // 2 :]
-    probe_at = batch // 2
-    params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed + i, ignore_eos=True)
-              for i in range(len(prompts))]
-
-    sampler = Recorder(model)
+def _generate_traced(llm, sampler: Recorder, prompts, params, probe_at: int, invariant: bool) -> list:
+    """The engine's outputs for every prompt, with `sampler` recording the rows of prompt `probe_at`."""
     runner = llm.runner
     plain_forward = runner.forward
     probe_seq = {}
@@ -154,7 +138,28 @@ def diagnose(model, tokenizer, prompt_ids: list[int], *, max_tokens=8, temperatu
         while llm.has_unfinished():
             for out in llm.step():
                 results[out.request_id] = out
-    outs = [results[r] for r in rids]
+    return [results[r] for r in rids]
+
+
+def diagnose(model, tokenizer, prompt_ids: list[int], *, max_tokens=8, temperature=1.0, batch=4, seed=0,
+             invariant=True, engine_config: EngineConfig | None = None) -> dict:
+    """Returns {"equal": bool, "first_diff": (key, max_abs) | None, "num_diff": int, "num_compared": int,
+    "completion": token ids, "logprob_equal": bool}."""
+    base = engine_config or EngineConfig(max_num_batched_tokens=64, max_num_seqs=max(batch, 1))
+    # eager (hooks do not fire on graph replay); no prefix cache, so every probe position is computed here
+    cfg = dataclasses.replace(base, use_cuda_graphs=False, enable_prefix_caching=False)
+    llm = LLM(model, tokenizer, cfg)
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    fillers = [torch.randint(4, vocab, (int(torch.randint(1, 3 * len(prompt_ids) + 2, (1,), generator=g)),),
+                             generator=g).tolist() for _ in range(batch - 1)]
+    prompts = fillers[: batch // 2] + [prompt_ids] + fillers[batch // 2 :]
+    probe_at = batch // 2
+    params = [SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed + i, ignore_eos=True)
+              for i in range(len(prompts))]
+
+    sampler = Recorder(model)
+    outs = _generate_traced(llm, sampler, prompts, params, probe_at, invariant)
     completion = outs[probe_at].outputs[0].token_ids
     engine_lp = outs[probe_at].outputs[0].logprobs
 
