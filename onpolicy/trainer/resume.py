@@ -2,8 +2,9 @@
 
 `check_resume_config(cfg)` runs before any compute: it compares the config saved with the checkpoint
 (`meta.json`) field by field with the current one; any difference outside `MAY_CHANGE` (run length, checkpoint
-cadence and contents, logging, engine sizes, device, strictness, micro-batch size, activation checkpointing) is an error
-listing every changed field. Checkpoints written without a saved config are resumed with a warning.
+cadence and contents, logging, engine sizes, device, strictness, micro-batch size, activation checkpointing) is an
+error listing every changed field. A checkpoint saved with `trainer.save_only_model` (no optimizer state) is
+refused. Checkpoints written without a saved config are resumed with a warning.
 `trim_metrics` keeps the rows of metrics.jsonl up to the resumed step and drops a last line cut short by a kill
 during a write. Left out: resuming with a changed learning rate on purpose (start a fresh run from the saved
 policy instead).
