@@ -131,12 +131,16 @@ class LLM:
         self.stats["generated_tokens"] += len(sampled)
         for seq, tok, lp in zip(sampled, tokens, logprobs):
             seq.token_ids.append(tok)
-            if lp is not None:
-                seq.logprobs.append(lp)
-            reason = self._check_stop(seq, tok)
-            if reason is not None:
-                self._finish(seq, reason, done)
+            self._accept(seq, tok, lp, done)
         return done
+
+    def _accept(self, seq: Sequence, tok: int, lp: float | None, done: list[RequestOutput]) -> None:
+        """A sampled token now in seq.token_ids: keep its logprob (when asked for), then the stop checks."""
+        if seq.params.logprobs:
+            seq.logprobs.append(lp)
+        reason = self._check_stop(seq, tok)
+        if reason is not None:
+            self._finish(seq, reason, done)
 
     def _may_admit(self) -> bool:
         """Whether this step's schedule may admit a waiting sequence (a free seat and someone waiting)."""
@@ -174,11 +178,7 @@ class LLM:
             seq.token_ids[-1] = tok
             seq.pending_row = -1
             self.stats["generated_tokens"] += 1
-            if seq.params.logprobs:
-                seq.logprobs.append(lp)
-            reason = self._check_stop(seq, tok)
-            if reason is not None:
-                self._finish(seq, reason, done)
+            self._accept(seq, tok, lp, done)
         return done
 
     def _finish(self, seq: Sequence, reason: str, done: list[RequestOutput]) -> None:
