@@ -18,11 +18,13 @@ import sys
 import time
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_scale, however we are loaded
 
 import torch  # noqa: E402
 import torch.distributed as td  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
+from bench_scale import free_port  # noqa: E402
 from onpolicy.trainer.distributed import Dist  # noqa: E402
 
 GIB = float(1 << 30)
@@ -85,13 +87,8 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.device == "cuda" and torch.cuda.device_count() < args.world:
         p.error(f"--world: {args.world} needs that many GPUs; {torch.cuda.device_count()} here")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(args, port, out), nprocs=args.world, join=True)
+    mp.spawn(_worker, args=(args, free_port(), out), nprocs=args.world, join=True)
     w = args.world
     print(f"{'gradient':>8} {'GiB':>6} {'all_reduce ms':>14} {'busbw GB/s':>11} {'tree ms':>9} {'tree/ar':>8}  same bits")
     for name in args.sizes:

@@ -49,7 +49,7 @@ _PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[
              "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -59,7 +59,7 @@ def launch_cmd(args, variant: str, world: int, out: str) -> list[str]:
     layout, reduction = VARIANTS[variant]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            os.path.join(REPO, "configs/accelerate", ACCELERATE_CONFIGS[layout, args.device]),
-           "--num_processes", str(world), "--main_process_port", str(_free_port()),
+           "--num_processes", str(world), "--main_process_port", str(free_port()),
            os.path.join(REPO, "scripts/bench_scale_recipe.py"), "--config", os.path.join(REPO, "configs/tiny-cpu.yaml"),
            "--model.device", args.device, "--model.dtype", "bfloat16", "--trainer.steps", str(args.steps),
            "--trainer.sft_warmup_steps", "0", "--trainer.prompts_per_step", str(args.prompts),
