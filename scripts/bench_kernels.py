@@ -12,9 +12,9 @@ move. Writes a table to stdout and `results.json` + `ratios.png` to `--out`.
     python scripts/bench_kernels.py --quick        # tiny shapes; also runs on CPU
     python scripts/bench_kernels.py --ops linear,token_logprobs
 
-Baselines: linear -> F.linear (cuBLAS/MKL), rms_norm / silu_mul -> the torch reference ops, attention ->
-torch SDPA (causal prefill on equal-length sequences = varlen-equivalent; decode = one query over a dense
-KV), log_softmax -> torch.log_softmax of fp32 logits, token_logprobs -> F.linear + log_softmax + gather.
+Baselines: linear -> F.linear (cuBLAS/MKL), rms_norm / silu_mul -> the torch reference ops, log_softmax ->
+torch.log_softmax of fp32 logits, token_logprobs -> F.linear + log_softmax + gather. Attention has its own
+benchmark (scripts/bench_attention.py: forward, backward and decode vs SDPA's fastest backend).
 Left out: backward passes, fp16, graph timing for ops other than linear, multi-GPU.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ QWEN3 = {"0.6B": (1024, 3072, 16, 8), "1.7B": (2048, 6144, 16, 8), "8B": (4096, 
 HEAD_DIM, VOCAB, EPS = 128, 151936, 1e-6
 HBM_BYTES_PER_S = 3.0e12  # device-to-device copy rate measured on the H100 (bytes read + written)
 GRAPH_WEIGHT_BYTES = 2e8  # graph timing rotates weight copies until this many bytes: every call misses L2
-OPS = ("linear", "rms_norm", "silu_mul", "attention_prefill", "attention_decode", "log_softmax", "token_logprobs")
+OPS = ("linear", "rms_norm", "silu_mul", "log_softmax", "token_logprobs")
 
 
 def shapes(quick: bool) -> dict:
@@ -49,8 +49,6 @@ def shapes(quick: bool) -> dict:
             "linear": [(m, 256, 512, bf) for m in (1, 16, 64)] + [(16, 256, 512, f32)],
             "rms_norm": [(m, 256, bf) for m in (1, 64)],
             "silu_mul": [(m, 512, bf) for m in (1, 64)],
-            "attention_prefill": [(2, 64, 4, 2, 64, bf)],
-            "attention_decode": [(b, 128, 4, 2, 64, bf) for b in (1, 4)],
             "log_softmax": [(m, 5000, f32) for m in (1, 16)],
             "token_logprobs": [(m, 64, 5000, bf) for m in (1, 16)],
         }
@@ -61,9 +59,6 @@ def shapes(quick: bool) -> dict:
         + [(m, 1024, 3072, f32) for m in (16, 1024)],
         "rms_norm": [(m, h, bf) for h in (1024, 2048, 4096) for m in (1, 64, 1024, 4096)] + [(1024, 1024, f32)],
         "silu_mul": [(m, i, bf) for i in (3072, 6144, 12288) for m in (1, 64, 1024, 4096)] + [(1024, 3072, f32)],
-        "attention_prefill": [(b, s, hq, hkv, HEAD_DIM, bf) for b, s in ((1, 512), (4, 1024), (8, 2048))
-                              for hq, hkv in ((16, 8), (32, 8))],
-        "attention_decode": [(b, L, 16, 8, HEAD_DIM, bf) for b in (1, 16, 64, 256) for L in (1024, 4096)],
         "log_softmax": [(m, VOCAB, f32) for m in (1, 64, 1024)],
         "token_logprobs": [(m, h, VOCAB, bf) for h in (1024, 4096) for m in (1, 64, 1024, 4096)]
         + [(64, 1024, VOCAB, f32)],
@@ -101,48 +96,6 @@ def case_silu_mul(m, i, dtype, dev):
     return dict(shape=f"M={m} I={i}", work=3 * m * i * g.element_size(), unit="GB/s",
                 ours=lambda: kernels.silu_mul(g, u), base=lambda: ref(g, u),
                 ours_one=lambda: kernels.silu_mul(g[:1], u[:1]), base_one=lambda: ref(g[:1], u[:1]))
-
-
-def _sdpa(q, k, v, causal):
-    """q [B, S, Hq, D], k/v [B, L, Hkv, D] -> [B, S, Hq, D] via torch SDPA (native GQA where supported)."""
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    try:
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
-    except (TypeError, RuntimeError):  # older torch / backend without GQA: repeat K/V heads
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    return out.transpose(1, 2)
-
-
-def case_attention_prefill(b, s, hq, hkv, d, dtype, dev):
-    q = _rand(b * s, hq, d, dtype=dtype, device=dev)
-    k, v = _rand(b * s, hkv, d, dtype=dtype, device=dev), _rand(b * s, hkv, d, dtype=dtype, device=dev)
-    cu = torch.arange(0, b * s + 1, s, device=dev, dtype=torch.int32)
-    qb, kb, vb = (t.view(b, s, *t.shape[1:]) for t in (q, k, v))
-    return dict(shape=f"B={b} S={s} Hq={hq} Hkv={hkv} D={d}", work=2 * b * hq * d * s * (s + 1), unit="TFLOP/s",
-                ours=lambda: kernels.attention_varlen(q, k, v, cu), base=lambda: _sdpa(qb, kb, vb, True),
-                ours_one=lambda: kernels.attention_varlen(q[:s], k[:s], v[:s], cu[:2]),
-                base_one=lambda: _sdpa(qb[:1], kb[:1], vb[:1], True))
-
-
-def case_attention_decode(b, L, hq, hkv, d, dtype, dev, block_size=16):
-    nb = -(-L // block_size)
-    q = _rand(b, hq, d, dtype=dtype, device=dev)
-    k_cache = _rand(b * nb * block_size, hkv, d, dtype=dtype, device=dev)
-    v_cache = _rand(b * nb * block_size, hkv, d, dtype=dtype, device=dev)
-    table = torch.arange(b * nb, device=dev, dtype=torch.int32).view(b, nb)
-    cu, lens = torch.arange(b + 1, device=dev, dtype=torch.int32), torch.full((b,), L, device=dev, dtype=torch.int32)
-    offs = torch.zeros(b, device=dev, dtype=torch.int32)
-    kd = k_cache.view(b, nb * block_size, hkv, d)[:, :L]
-    vd = v_cache.view(b, nb * block_size, hkv, d)[:, :L]
-
-    def ours(n=b):
-        return kernels.attention(q[:n], k_cache, v_cache, cu[: n + 1], lens[:n], table[:n], offs[:n], block_size)
-
-    return dict(shape=f"B={b} L={L} Hq={hq} Hkv={hkv} D={d}", work=2 * b * L * hkv * d * q.element_size(),
-                unit="GB/s", ours=ours, base=lambda: _sdpa(q[:, None], kd, vd, False),
-                ours_one=lambda: ours(1), base_one=lambda: _sdpa(q[:1, None], kd[:1], vd[:1], False))
 
 
 def case_log_softmax(m, v, dtype, dev):

@@ -38,3 +38,12 @@ def test_bench_scale_text_hash_reward_is_a_function_of_the_text():
     texts = ["abc", "abd", "", "abc"]
     values = mod.text_hash(prompts=[""] * 4, completions=texts)
     assert values[0] == values[3] and len(set(values[:3])) == 3 and all(0 <= v < 1 for v in values)
+
+
+def test_bench_attention_quick_compares_every_pass(tmp_path):
+    bench = _load("bench_attention")
+    rows = bench.main(["--quick", "--device", "cpu", "--reps", "1", "--out", str(tmp_path)])
+    assert [r["op"] for r in rows] == ["forward", "backward", "decode", "decode"]
+    assert all(r["ours_ms"] > 0 and r["base_ms"] > 0 and r["ratio"] == r["base_ms"] / r["ours_ms"] for r in rows)
+    data = json.loads((tmp_path / "attention.json").read_text())
+    assert len(data["results"]) == 4 and (tmp_path / "attention.png").stat().st_size > 0

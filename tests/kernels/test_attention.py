@@ -10,7 +10,8 @@ import torch
 
 from onpolicy.kernels import attention, attention_reference, attention_varlen, invariant_mode
 from onpolicy.kernels.attention import TRAINING_BLOCK_SIZE, check_attention_metadata, training_metadata
-from onpolicy.kernels.attention_triton import attention_backward_triton, attention_forward_triton
+from onpolicy.kernels.attention_bwd_triton import attention_backward_triton
+from onpolicy.kernels.attention_triton import attention_forward_triton
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=3e-2, rtol=3e-2)}
 GRAD_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-3), torch.bfloat16: dict(atol=1e-1, rtol=5e-2)}

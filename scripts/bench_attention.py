@@ -1,0 +1,187 @@
+"""Benchmark attention -- training forward, training backward, paged decode -- against torch SDPA's fastest
+backend, measured in the same run.
+
+Per case every SDPA backend that runs (flash, cuDNN, memory-efficient) is timed, with torch's deterministic
+mode off (it would slow SDPA's backward and turn cuDNN's off), and the fastest is the baseline; the ratio is baseline_ms / ours_ms (>1 = ours faster). Forward: causal attention over equal-length
+packed sequences (ours: `attention_varlen`; SDPA: the same batch, dense). Backward: the backward pass alone
+(`autograd.grad` of one recorded forward), for ours and for the fastest SDPA backend of that pass. Decode: one query per sequence over a
+paged cache of 16-token blocks (ours: `kernels.attention`, the engine's call) vs SDPA on the same keys laid out
+densely; `hbm` = fraction of 3.0 TB/s that ours reaches on the K/V bytes. Times are `do_bench` medians (CUDA)
+or best-of-reps (CPU). Writes a table, `attention.json` and `attention.png` to `--out`.
+
+    python scripts/bench_attention.py            # CUDA: Qwen3 heads (H100)
+    python scripts/bench_attention.py --quick    # tiny shapes; also runs on CPU
+
+Left out: fp32, flex_attention (compile time), a split-KV baseline of our own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+
+from bench_kernels import HBM_BYTES_PER_S  # noqa: E402
+from bench_timing import bench  # noqa: E402
+from onpolicy import kernels  # noqa: E402
+
+D = 128
+
+
+def shapes(quick: bool) -> dict:
+    if quick:
+        return dict(train=[(2, 64, 4, 2, 64)], decode=[(b, 128, 4, 2, 64) for b in (1, 4)])
+    return dict(train=[(1, 512, 16, 8, D), (16, 512, 16, 8, D), (4, 1024, 32, 8, D), (8, 2048, 16, 8, D)],
+                decode=[(b, n, 16, 8, D) for b in (1, 16, 64, 256) for n in (512, 2048, 8192)])
+
+
+def _backends(dev: str) -> dict:
+    from torch.nn.attention import SDPBackend
+    if dev != "cuda":
+        return {"default": None}
+    return {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def _sdpa(backend, q, k, v, causal):
+    """q [B, S, Hq, D], k/v [B, L, Hkv, D] through one SDPA backend (None: torch's choice)."""
+    from torch.nn.attention import sdpa_kernel
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    if backend is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+    with sdpa_kernel(backend):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+
+
+def _fastest(fns: dict, dev: str, reps: int) -> tuple[str, float]:
+    """(name, ms) of the fastest callable; ones that raise (backend unsupported here) are skipped."""
+    best = ("none", float("inf"))
+    for name, fn in fns.items():
+        try:
+            fn()
+        except RuntimeError:
+            continue
+        ms = bench(fn, dev, reps)
+        best = min(best, (name, ms), key=lambda x: x[1])
+    return best
+
+
+def _grad_fn(out_fn, leaves):
+    """fn() -> gradients of one recorded out_fn(*leaves) against a fixed random cotangent: the backward alone."""
+    out = out_fn(*leaves)
+    grad_out = torch.randn_like(out)
+    return lambda: torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
+
+
+def train_case(b, s, hq, hkv, d, dev, reps) -> list[dict]:
+    g = torch.Generator(device=dev).manual_seed(0)
+    mk = lambda h: torch.randn(b * s, h, d, device=dev, dtype=torch.bfloat16, generator=g)  # noqa: E731
+    q, k, v = mk(hq), mk(hkv), mk(hkv)
+    cu = torch.arange(0, b * s + 1, s, device=dev, dtype=torch.int32)
+    dense = lambda t: t.view(b, s, *t.shape[1:])  # noqa: E731
+    ours = lambda q_, k_, v_: kernels.attention_varlen(q_, k_, v_, cu)  # noqa: E731
+    base = {n: (lambda be: lambda q_, k_, v_: _sdpa(be, dense(q_), dense(k_), dense(v_), True))(be)
+            for n, be in _backends(dev).items()}
+    flops = 2 * b * hq * d * s * (s + 1)  # two causal matmuls
+    shape = f"B={b} S={s} Hq={hq} Hkv={hkv} D={d}"
+    with torch.no_grad():
+        fwd_ours = bench(lambda: ours(q, k, v), dev, reps)
+        fwd_name, fwd_base = _fastest({n: (lambda f: lambda: f(q, k, v))(f) for n, f in base.items()}, dev, reps)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    bwd_ours = bench(_grad_fn(ours, leaves), dev, reps)
+    bwd = {}
+    for n, f in base.items():
+        try:
+            bwd[n] = _grad_fn(f, leaves)
+        except RuntimeError:
+            continue
+    bwd_name, bwd_base = _fastest(bwd, dev, reps)
+    rows = [dict(op="forward", shape=shape, ours_ms=fwd_ours, base_ms=fwd_base, base=fwd_name, work=flops),
+            dict(op="backward", shape=shape, ours_ms=bwd_ours, base_ms=bwd_base, base=bwd_name, work=2.5 * flops)]
+    for r in rows:
+        r.update(unit="TFLOP/s", ours_rate=r["work"] / r["ours_ms"] * 1e-9, base_rate=r["work"] / r["base_ms"] * 1e-9)
+    return rows
+
+
+def decode_case(b, n, hq, hkv, d, dev, reps, block_size=16) -> list[dict]:
+    g = torch.Generator(device=dev).manual_seed(0)
+    nb = -(-n // block_size)
+    q = torch.randn(b, hq, d, device=dev, dtype=torch.bfloat16, generator=g)
+    k_cache, v_cache = (torch.randn(b * nb * block_size, hkv, d, device=dev, dtype=torch.bfloat16, generator=g)
+                        for _ in range(2))
+    table = torch.randperm(b * nb, device=dev, generator=g).to(torch.int32).view(b, nb)
+    cu, lens = torch.arange(b + 1, device=dev, dtype=torch.int32), torch.full((b,), n, device=dev, dtype=torch.int32)
+    offs = torch.zeros(b, device=dev, dtype=torch.int32)
+    slots = (table.long()[:, :, None] * block_size + torch.arange(block_size, device=dev)).view(b, -1)[:, :n]
+    kd, vd = k_cache[slots], v_cache[slots]  # [B, n, Hkv, D]: the same keys, dense
+    with torch.no_grad():
+        ours = bench(lambda: kernels.attention(q, k_cache, v_cache, cu, lens, table, offs, block_size), dev, reps)
+        name, base = _fastest({nm: (lambda be: lambda: _sdpa(be, q[:, None], kd, vd, False))(be)
+                               for nm, be in _backends(dev).items()}, dev, reps)
+    work = 2 * b * n * hkv * d * 2
+    return [dict(op="decode", shape=f"B={b} L={n} Hq={hq} Hkv={hkv} D={d}", ours_ms=ours, base_ms=base, base=name,
+                 work=work, unit="GB/s", ours_rate=work / ours * 1e-6, base_rate=work / base * 1e-6,
+                 hbm=work / (ours * 1e-3) / HBM_BYTES_PER_S)]
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(rows)), 5))
+    colors = {"forward": "tab:blue", "backward": "tab:orange", "decode": "tab:green"}
+    ax.bar(range(len(rows)), [r["ratio"] for r in rows], color=[colors[r["op"]] for r in rows])
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.axhline(0.8, color="gray", lw=0.8, ls="--", label="target 0.8x")
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"{r['op']} {r['shape']} (vs {r['base']})" for r in rows], rotation=90, fontsize=7)
+    ax.set_ylabel("ours / fastest SDPA backend (throughput)")
+    ax.set_title("batch-invariant attention vs torch SDPA (blue fwd, orange bwd, green decode)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> list[dict]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny shapes (runs on CPU in seconds)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--out", default="bench_out", help="directory for attention.json and attention.png")
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per case on CPU (CUDA uses do_bench)")
+    args = p.parse_args(argv)
+    dev = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available")
+    torch.manual_seed(0)  # torch's deterministic mode stays off: it slows SDPA's backward and disables cuDNN's
+    rows = []
+    print(f"{'op':<9} {'shape':<30} {'ours_ms':>9} {'base_ms':>9} {'ours':>8} {'base':>8} {'unit':<8} {'ratio':>6} "
+          f"{'baseline':<10} {'hbm':>5}")
+    cases = shapes(args.quick)
+    for fn, key in ((train_case, "train"), (decode_case, "decode")):
+        for shape in cases[key]:
+            for r in fn(*shape, dev, args.reps):
+                r["ratio"] = r["base_ms"] / r["ours_ms"]
+                rows.append(r)
+                hbm = f"{r['hbm']:>5.2f}" if "hbm" in r else ""
+                print(f"{r['op']:<9} {r['shape']:<30} {r['ours_ms']:>9.4f} {r['base_ms']:>9.4f} {r['ours_rate']:>8.1f} "
+                      f"{r['base_rate']:>8.1f} {r['unit']:<8} {r['ratio']:>6.2f} {r['base']:<10} {hbm}", flush=True)
+    os.makedirs(args.out, exist_ok=True)
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    with open(os.path.join(args.out, "attention.json"), "w") as f:
+        json.dump(dict(meta=dict(device=name, torch=torch.__version__, quick=args.quick), results=rows), f, indent=1)
+    plot(rows, os.path.join(args.out, "attention.png"))
+    print(f"wrote {args.out}/attention.json and attention.png")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
