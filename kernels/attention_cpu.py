@@ -1,4 +1,4 @@
-"""CPU path of `kernels.attention`: the GPU kernel's tiling in torch, so CPU results are batch invariant too.
+"""CPU path of `kernels.attention`: the GPU kernel's key tiling in torch, so CPU results are batch invariant too.
 
 Forward: every query row is computed in a tile of `BLOCK_Q` queries of one sequence (decode pads), keys are
 reduced from position 0 upward in the GPU kernel's `BLOCK_K`-key tiles, masked or unused slots add exact zeros,

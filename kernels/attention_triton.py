@@ -19,7 +19,7 @@ from onpolicy.kernels._common import LOG2E, require_triton, tl, triton
 # and row sum run in one order whatever its tile holds -- measured, tiles of 64 (4 or 8 warps), 128 (4 or 8) and
 # 16 (1 warp) give the same bits, 16 rows over 4 or 8 warps do not; 64 rows run causal prefill 3x faster than 16
 # at about the same decode speed (docs/invariance.md). fp32 (exact fp32 products, CUDA-core dots): 16 rows, as
-# before -- 64 rows spill registers and run many times slower. Each dtype has one tile, so callers agree.
+# before -- with 64 rows the fp32 GPU tests ran many times slower. Each dtype has one tile, so callers agree.
 FWD_TILE = {torch.bfloat16: (64, 4), torch.float32: (16, 8)}
 BLOCK_K = 64  # keys per tile, tiles start at key position 0 (the CPU path reduces the same key tiles)
 

@@ -136,14 +136,14 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(rows)), 5))
+    fig, ax = plt.subplots(figsize=(max(8, 0.45 * len(rows)), 6))
     colors = {"forward": "tab:blue", "backward": "tab:orange", "decode": "tab:green"}
     ax.bar(range(len(rows)), [r["ratio"] for r in rows], color=[colors[r["op"]] for r in rows])
     ax.axhline(1.0, color="black", lw=0.8)
     ax.axhline(0.8, color="gray", lw=0.8, ls="--", label="target 0.8x")
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([f"{r['op']} {r['shape']} (vs {r['base']})" for r in rows], rotation=90, fontsize=7)
-    ax.set_ylabel("ours / fastest SDPA backend (throughput)")
+    ax.set_ylabel("throughput: ours / fastest SDPA")
     ax.set_title("batch-invariant attention vs torch SDPA (blue fwd, orange bwd, green decode)")
     ax.legend(fontsize=8)
     fig.tight_layout()
