@@ -63,7 +63,7 @@ if triton is not None:
                        HEAD_DIM: tl.constexpr, BK: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
         """One online-softmax step over key tile j -> (acc, m, l). MASKED=False: every key of the tile is valid
         and at or below every row's position. The exponent is one explicit fma in both variants, so a tile that
-        happens to need no mask gives the same bits either way (ptxas would otherwise fuse only the unmasked one)."""
+        happens to need no mask gives the same bits either way (left to ptxas, the unmasked one could fuse alone)."""
         k_pos = j * BK + tl.arange(0, BK)
         k_ok = k_pos < ctx_len
         d = tl.arange(0, HEAD_DIM)
