@@ -2,12 +2,13 @@
 backend, measured in the same run.
 
 Per case every SDPA backend that runs (flash, cuDNN, memory-efficient) is timed, with torch's deterministic
-mode off (it would slow SDPA's backward and turn cuDNN's off), and the fastest is the baseline; the ratio is baseline_ms / ours_ms (>1 = ours faster). Forward: causal attention over equal-length
-packed sequences (ours: `attention_varlen`; SDPA: the same batch, dense). Backward: the backward pass alone
-(`autograd.grad` of one recorded forward), for ours and for the fastest SDPA backend of that pass. Decode: one query per sequence over a
-paged cache of 16-token blocks (ours: `kernels.attention`, the engine's call) vs SDPA on the same keys laid out
-densely; `hbm` = fraction of 3.0 TB/s that ours reaches on the K/V bytes. Times are `do_bench` medians (CUDA)
-or best-of-reps (CPU). Writes a table, `attention.json` and `attention.png` to `--out`.
+mode off (it would slow SDPA's backward and turn cuDNN's off), and the fastest is the baseline; the ratio is
+baseline_ms / ours_ms (>1 = ours faster). Forward: causal attention over equal-length packed sequences (ours:
+`attention_varlen`; SDPA: the same batch, dense). Backward: the backward pass alone (`autograd.grad` of one
+recorded forward), for ours and for the fastest SDPA backend of that pass. Decode: one query per sequence over
+a paged cache of 16-token blocks (ours: `kernels.attention`, the engine's call) vs SDPA on the same keys laid
+out densely; `hbm` = fraction of 3.0 TB/s that ours reaches on the K/V bytes. Times are medians (`do_bench`
+on CUDA, `--reps` calls on CPU). Writes a table, `attention.json` and `attention.png` to `--out`.
 
     python scripts/bench_attention.py            # CUDA: Qwen3 heads (H100)
     python scripts/bench_attention.py --quick    # tiny shapes; also runs on CPU
@@ -17,6 +18,7 @@ Left out: fp32, flex_attention (compile time), a split-KV baseline of our own.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -27,18 +29,20 @@ import torch.nn.functional as F
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))
 
-from bench_kernels import HBM_BYTES_PER_S  # noqa: E402
+from bench_kernels import HBM_BYTES_PER_S, HEAD_DIM, QWEN3  # noqa: E402
 from bench_timing import bench  # noqa: E402
 from onpolicy import kernels  # noqa: E402
 
-D = 128
 
 
 def shapes(quick: bool) -> dict:
+    """(batch, length, Hq, Hkv, head_dim) cases: Qwen3-0.6B heads, and Qwen3-8B's (32 q heads) for one forward."""
     if quick:
         return dict(train=[(2, 64, 4, 2, 64)], decode=[(b, 128, 4, 2, 64) for b in (1, 4)])
-    return dict(train=[(1, 512, 16, 8, D), (16, 512, 16, 8, D), (4, 1024, 32, 8, D), (8, 2048, 16, 8, D)],
-                decode=[(b, n, 16, 8, D) for b in (1, 16, 64, 256) for n in (512, 2048, 8192)])
+    small, large = QWEN3["0.6B"][2:], QWEN3["8B"][2:]  # (Hq, Hkv)
+    train = [(1, 512, *small), (16, 512, *small), (4, 1024, *large), (8, 2048, *small)]
+    return dict(train=[(*c, HEAD_DIM) for c in train],
+                decode=[(b, n, *small, HEAD_DIM) for b in (1, 16, 64, 256) for n in (512, 2048, 8192)])
 
 
 def _backends(dev: str) -> dict:
@@ -53,9 +57,7 @@ def _sdpa(backend, q, k, v, causal):
     """q [B, S, Hq, D], k/v [B, L, Hkv, D] through one SDPA backend (None: torch's choice)."""
     from torch.nn.attention import sdpa_kernel
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-    if backend is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
-    with sdpa_kernel(backend):
+    with contextlib.nullcontext() if backend is None else sdpa_kernel(backend):
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
 
 
