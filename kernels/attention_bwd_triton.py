@@ -22,6 +22,12 @@ if triton is not None:
     _LOG2E = tl.constexpr(LOG2E)
 
     @triton.jit
+    def _tile_rows(start, length, tile_start, BLOCK: tl.constexpr):
+        """Positions of a tile's BLOCK rows within their sequence, which of them exist, and their token ids."""
+        pos = tile_start + tl.arange(0, BLOCK)
+        return pos, pos < length, (start + pos).to(tl.int64)
+
+    @triton.jit
     def _rows(ptr, tok, head, stride_t, stride_h, d):
         """Pointers to rows `tok` of head `head`: a [len(tok), HEAD_DIM] block."""
         return ptr + tok[:, None] * stride_t + head * stride_h + d[None, :]
@@ -34,13 +40,19 @@ if triton is not None:
         return tl.load(_rows(ptr, tok, head, stride_t, stride_h, d))
 
     @triton.jit
+    def _load_row_stats(lse_ptr, delta_ptr, tok, head, n_heads, ok, MASKED: tl.constexpr):
+        """(lse * log2(e), delta) of rows `tok` of head `head`; MASKED: rows where `ok` is False load as 0."""
+        if MASKED:
+            lse = tl.load(lse_ptr + tok * n_heads + head, mask=ok, other=0.0)
+            return lse * _LOG2E, tl.load(delta_ptr + tok * n_heads + head, mask=ok, other=0.0)
+        return tl.load(lse_ptr + tok * n_heads + head) * _LOG2E, tl.load(delta_ptr + tok * n_heads + head)
+
+    @triton.jit
     def _dq_step(dq, q, do, lse2, delta, rows, j, start, seq_len, k_ptr, v_ptr, kv_head, qk_scale_log2,
                  stride_kt, stride_kh, stride_vt, stride_vh, d, BN: tl.constexpr, MASKED: tl.constexpr,
                  IEEE: tl.constexpr):
         """dq += dS @ K over key tile j (MASKED=False: every key valid and at or below every row)."""
-        k_pos = j * BN + tl.arange(0, BN)
-        k_ok = k_pos < seq_len
-        k_tok = (start + k_pos).to(tl.int64)
+        k_pos, k_ok, k_tok = _tile_rows(start, seq_len, j * BN, BN)
         kk = _load_rows(k_ptr, k_tok, kv_head, stride_kt, stride_kh, d, k_ok, MASKED)
         vv = _load_rows(v_ptr, k_tok, kv_head, stride_vt, stride_vh, d, k_ok, MASKED)
         s = dot(q, tl.trans(kk), None, IEEE)
@@ -64,13 +76,10 @@ if triton is not None:
             return
         kv_head = head // GROUP
         d = tl.arange(0, HEAD_DIM)
-        rows = tile_start + tl.arange(0, BM)
-        row_ok = rows < seq_len
-        tok = (start + rows).to(tl.int64)
+        rows, row_ok, tok = _tile_rows(start, seq_len, tile_start, BM)
         q = _load_rows(q_ptr, tok, head, stride_qt, stride_qh, d, row_ok, True)
         do = _load_rows(do_ptr, tok, head, stride_dt, stride_dh, d, row_ok, True)
-        lse2 = tl.load(lse_ptr + tok * n_heads + head, mask=row_ok, other=0.0) * _LOG2E
-        delta = tl.load(delta_ptr + tok * n_heads + head, mask=row_ok, other=0.0)
+        lse2, delta = _load_row_stats(lse_ptr, delta_ptr, tok, head, n_heads, row_ok, True)
         dq = tl.zeros([BM, HEAD_DIM], tl.float32)
         # Rows past the sequence have q = dO = 0, so dS = 0 there: only keys need masks.
         for j in range(0, (tile_start + 1) // BN):
@@ -87,17 +96,10 @@ if triton is not None:
                    qk_scale_log2, stride_qt, stride_qh, stride_dt, stride_dh, d,
                    BM: tl.constexpr, MASKED: tl.constexpr, IEEE: tl.constexpr):
         """dV += P^T dO and dK += dS^T Q over query tile i (MASKED=False: every row valid, at or after every key)."""
-        rows = i * BM + tl.arange(0, BM)
-        row_ok = rows < seq_len
-        tok = (start + rows).to(tl.int64)
+        rows, row_ok, tok = _tile_rows(start, seq_len, i * BM, BM)
         qq = _load_rows(q_ptr, tok, head, stride_qt, stride_qh, d, row_ok, MASKED)
         do = _load_rows(do_ptr, tok, head, stride_dt, stride_dh, d, row_ok, MASKED)
-        if MASKED:
-            lse2 = tl.load(lse_ptr + tok * n_heads + head, mask=row_ok, other=0.0) * _LOG2E
-            delta = tl.load(delta_ptr + tok * n_heads + head, mask=row_ok, other=0.0)
-        else:
-            lse2 = tl.load(lse_ptr + tok * n_heads + head) * _LOG2E
-            delta = tl.load(delta_ptr + tok * n_heads + head)
+        lse2, delta = _load_row_stats(lse_ptr, delta_ptr, tok, head, n_heads, row_ok, MASKED)
         pt = tl.exp2(dot(k, tl.trans(qq), None, IEEE) * qk_scale_log2 - lse2[None, :])
         if MASKED:
             pt = tl.where((k_pos < seq_len)[:, None] & row_ok[None, :] & (k_pos[:, None] <= rows[None, :]), pt, 0.0)
@@ -118,9 +120,7 @@ if triton is not None:
         if tile_start >= seq_len:
             return
         d = tl.arange(0, HEAD_DIM)
-        k_pos = tile_start + tl.arange(0, BN)
-        k_ok = k_pos < seq_len
-        k_tok = (start + k_pos).to(tl.int64)
+        k_pos, k_ok, k_tok = _tile_rows(start, seq_len, tile_start, BN)
         k = _load_rows(k_ptr, k_tok, kv_head, stride_kt, stride_kh, d, k_ok, True)
         v = _load_rows(v_ptr, k_tok, kv_head, stride_vt, stride_vh, d, k_ok, True)
         dk = tl.zeros([BN, HEAD_DIM], tl.float32)
