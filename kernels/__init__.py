@@ -1,7 +1,9 @@
 """Batch-invariant ops shared by onpolicy's sampler and trainer (one op a file).
 
-Each public op runs a Triton kernel on CUDA tensors and a batch-invariant torch path on CPU tensors; inside
-`invariant_mode(False)` it runs its `*_reference` (torch default ops) instead. See docs/invariance.md.
+Each public op runs a Triton kernel on CUDA tensors and a batch-invariant torch path on CPU tensors. Inside
+`invariant_mode(False)` the ops whose invariance costs speed -- GEMMs, attention, LM-head logprobs -- run torch's
+defaults (cuBLAS, SDPA) instead; the row-wise ops (RMSNorm, RoPE, SiLU, their fusions) are invariant at no cost
+and run the same kernels in both modes, as a fast non-invariant stack fuses them too. See docs/invariance.md.
 Imported as `onpolicy.kernels`; imported as top-level `kernels` (the checkout root on sys.path) it hands that
 name back to Hugging Face's `kernels` package when that is installed.
 """

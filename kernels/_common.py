@@ -1,8 +1,9 @@
 """Shared plumbing for the batch-invariant ops: triton import, mode switch, dispatch, checks, CPU row tiling.
 
 Dispatch: a CUDA tensor runs the op's Triton kernel; a CPU tensor runs its batch-invariant torch path. Inside
-`invariant_mode(False)` every op runs its `*_reference` (torch default ops) instead -- that is the
-"usual stack" the engine and trainer offer for comparison.
+`invariant_mode(False)` the GEMM, attention and logprob ops run their `*_reference` / torch default ops
+(cuBLAS, SDPA) instead -- the non-invariant stack the engine and trainer offer for comparison; row-wise ops
+(norms, RoPE, SiLU) run the same kernels in both modes (their invariance costs nothing).
 
 CPU invariance (measured on this project's CPUs): MKL `torch.mm` is not batch invariant (row 0 changes for
 M >= 4), but a matmul of one *fixed* shape is invariant to which row of it a vector sits in and to the thread
@@ -38,7 +39,8 @@ def is_invariant() -> bool:
 
 @contextlib.contextmanager
 def invariant_mode(enabled: bool = True):
-    """Run the enclosed ops with batch-invariant kernels (True) or torch's default ops (False)."""
+    """Run the enclosed ops with batch-invariant kernels (True) or, for GEMMs, attention and logprobs, torch's
+    default ops (False; row-wise ops are the same in both modes)."""
     token = _INVARIANT.set(bool(enabled))
     try:
         yield

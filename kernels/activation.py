@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from onpolicy.kernels._common import (check, check_same_device, check_tensor, is_invariant, require_triton, tl, triton,
+from onpolicy.kernels._common import (check, check_same_device, check_tensor, require_triton, tl, triton,
                                       use_triton)
 
 BLOCK_N = 1024
@@ -85,6 +85,4 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     check(gate.shape == up.shape, "silu_mul", f"gate {tuple(gate.shape)} and up {tuple(up.shape)} must have one shape")
     check(gate.dim() >= 1, "silu_mul", "gate and up must have at least 1 dim")
     check_same_device("silu_mul", gate=gate, up=up)
-    if not is_invariant():
-        return silu_mul_reference(gate, up)
     return _SiluMul.apply(gate, up)

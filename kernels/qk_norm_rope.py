@@ -5,7 +5,7 @@ k_weight, eps)` -> contiguous q [T, n_heads, D], k, v [T, n_kv_heads, D], bitwis
 `_qk_norm_rope_unfused` (split, `.contiguous()`, `rms_norm` of q and k, `rope` of q and k). Weights None: no
 norm (Llama). GPU: one program per (token, head) -- a q or k head runs `_rms_norm_kernel`'s row code (the same
 jit helpers, the same one-row [next_pow2(D)] reduction and warps) and `_rope_kernel`'s rotation; a v head is
-copied. CPU and `invariant_mode(False)`: the unfused ops themselves. Backward: the unfused ops' own backward
+copied. CPU: the unfused ops themselves (both modes, as every row-wise op). Backward: the unfused ops' own backward
 math (inverse rotation, then autograd of `rms_norm_reference`), no recompute of the forward.
 Left out: the KV-cache write (attention's), D > 65536, positions bounds checks on CUDA (as `rope`).
 """
@@ -15,7 +15,7 @@ import numbers
 
 import torch
 
-from onpolicy.kernels._common import check, check_same_device, check_tensor, is_invariant, require_triton, tl, triton, use_triton
+from onpolicy.kernels._common import check, check_same_device, check_tensor, require_triton, tl, triton, use_triton
 from onpolicy.kernels.rmsnorm import rms_norm, rms_norm_backward, rms_num_warps
 from onpolicy.kernels.rope import _check_rope, rope, rope_reference
 
@@ -154,7 +154,7 @@ def qk_norm_rope(qkv: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor
     of q and k by positions[T]; contiguous [T, heads, D]; autograd wrt qkv and the weights."""
     _check_qk_norm_rope(qkv, positions, cache, n_heads, n_kv_heads, q_weight, k_weight, eps)
     args = (positions, cache.contiguous(), n_heads, n_kv_heads)
-    if not is_invariant() or not use_triton(qkv, positions, cache):
+    if not use_triton(qkv, positions, cache):
         return _qk_norm_rope_unfused(qkv, *args, q_weight, k_weight, eps)
     weights = (None, None) if q_weight is None else (q_weight.contiguous(), k_weight.contiguous())
     return _QKNormRope.apply(qkv, *weights, positions.contiguous(), *args[1:], float(eps))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from onpolicy.kernels._common import (check, check_same_device, check_tensor, cpu_row_tiled, is_invariant, require_triton, tl,
+from onpolicy.kernels._common import (check, check_same_device, check_tensor, cpu_row_tiled, require_triton, tl,
                              triton, use_triton)
 
 MAX_HIDDEN = 65536
@@ -184,8 +184,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim of x[..., H] with weight[H] -> x.dtype; batch invariant; autograd."""
     _check_rms_args("rms_norm", x, weight, eps)
     check_same_device("rms_norm", x=x, weight=weight)
-    if not is_invariant():
-        return rms_norm_reference(x, weight, eps)
     out = _RMSNorm.apply(x.reshape(-1, x.shape[-1]).contiguous(), weight.contiguous(), float(eps))
     return out.reshape(x.shape)
 
@@ -199,9 +197,6 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
           f"residual must have x's shape {tuple(x.shape)} and dtype {x.dtype}; got {tuple(residual.shape)}, "
           f"{residual.dtype}")
     check_same_device("add_rms_norm", x=x, residual=residual, weight=weight)
-    if not is_invariant():
-        h = residual + x
-        return h, rms_norm_reference(h, weight, eps)
     H = x.shape[-1]
     h, y = _AddRMSNorm.apply(x.reshape(-1, H).contiguous(), residual.reshape(-1, H).contiguous(),
                              weight.contiguous(), float(eps))

@@ -16,7 +16,7 @@ import numbers
 
 import torch
 
-from onpolicy.kernels._common import (check, check_in_range, check_same_device, check_tensor, is_invariant, require_triton,
+from onpolicy.kernels._common import (check, check_in_range, check_same_device, check_tensor, require_triton,
                                       tl, triton, use_triton)
 
 def rope_cache(max_positions: int, head_dim: int, theta: float, device="cpu") -> torch.Tensor:
@@ -120,8 +120,6 @@ def _check_rope(x, positions, cache):
 def rope(x: torch.Tensor, positions: torch.Tensor, cache: torch.Tensor) -> torch.Tensor:
     """Rotate x[T, heads, D] by positions[T] using `rope_cache` -> x.dtype, contiguous; autograd wrt x."""
     _check_rope(x, positions, cache)
-    if not is_invariant():
-        return rope_reference(x, positions, cache)
     if x.stride(-1) != 1:
         x = x.contiguous()
     return _Rope.apply(x, positions.contiguous(), cache.contiguous())

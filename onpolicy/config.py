@@ -104,7 +104,8 @@ class TrainerArgs(Section):
     loss_agg: str | None = _f(None, "loss aggregation; null = algo default (grpo/rloo: sequence, dapo: token, "
                               "dr_grpo: constant = token sum / (completions * max_tokens))",
                               choices=LOSS_AGGS)
-    invariant: bool = _f(True, "run the batch-invariant kernels (true on-policy); false = torch default ops")
+    invariant: bool = _f(True, "run the batch-invariant kernels (true on-policy); false = cuBLAS / SDPA "
+                        "(the non-invariant stack)")
     strict_onpolicy: bool = _f(False, "stop on the first step with a non-zero sampler/trainer logprob diff")
     tis_cap: float | None = _f(None, "truncated importance-sampling cap; only with invariant: false", gt=0)
     dynamic_sampling: bool = _f(False, "DAPO: drop groups whose rewards are all equal")

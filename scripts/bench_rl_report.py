@@ -54,7 +54,7 @@ def table(results) -> str:
 
 
 def plot(results, path) -> None:
-    """Two bar charts (s/step, peak GiB) by workload, one bar per system."""
+    """Two bar charts (s/step, peak GiB) by workload, one bar per system that ran (one colour per system)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,14 +62,16 @@ def plot(results, path) -> None:
 
     names = list(dict.fromkeys(r["workload"] for r in results))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    width = 0.8 / len(SYSTEMS)
-    for j, system in enumerate(SYSTEMS):
+    ran = [s for s in SYSTEMS if any(r["system"] == s for r in results)]
+    width = 0.8 / len(ran)
+    for j, system in enumerate(ran):
         by = {r["workload"]: r for r in results if r["system"] == system}
         xs = [i + j * width for i, n in enumerate(names) if n in by]
-        axes[0].bar(xs, [by[n]["step_s"] for n in names if n in by], width, label=system)
-        axes[1].bar(xs, [by[n]["peak_gib"] or 0.0 for n in names if n in by], width, label=system)
+        style = dict(width=width, label=system, color=f"C{SYSTEMS.index(system)}")
+        axes[0].bar(xs, [by[n]["step_s"] for n in names if n in by], **style)
+        axes[1].bar(xs, [by[n]["peak_gib"] or 0.0 for n in names if n in by], **style)
     for ax, label in zip(axes, ("seconds per RL step", "peak GPU memory (GiB)")):
-        ax.set_xticks([i + width for i in range(len(names))], names)
+        ax.set_xticks([i + width * (len(ran) - 1) / 2 for i in range(len(names))], names)
         ax.set_ylabel(label)
         ax.legend()
     fig.tight_layout()

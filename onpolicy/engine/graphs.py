@@ -14,12 +14,16 @@ its input id on the device from `runner.last_tokens[src]` (the previous step's s
 full-step graph writes there) -- the async engine's token that the host has not read yet. Pad rows compute a dummy greedy token: they write k/v to a private scratch slot
 past the paged cache (one per row) and read block 0; their outputs are dropped. Every op is row-wise batch
 invariant in invariant mode, so a real row's result equals eager (tested on GPU: graphs on vs off,
-torch.equal). A capture that fails disables graphs (eager from then on, with a warning).
+torch.equal). A capture that fails disables graphs (eager from then on, with a warning). Python's cyclic GC
+is paused during a capture (after one collection): a dead cycle holding CUDA resources (an old engine's graphs
+or pinned buffers) freed mid-capture invalidates it -- seen once on the H100 as `cudaErrorStreamCaptureInvalidated`.
 Graphs hold the parameters' and caches' addresses: weights must be updated in place (optimizer steps,
 `load_state_dict` copy), not replaced. Left out: graphs for prefill / mixed steps, piecewise graphs.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import warnings
 
 import numpy as np
@@ -141,6 +145,20 @@ class DecodeGraphs:
         if bs > b:
             self._fill_pad(b)
 
+    @staticmethod
+    @contextlib.contextmanager
+    def _gc_paused():
+        """Collect once, then keep Python's cyclic GC off for the enclosed capture (torch's `graph` no longer
+        collects by default)."""
+        was_enabled = gc.isenabled()
+        gc.collect()
+        gc.disable()
+        try:
+            yield
+        finally:
+            if was_enabled:
+                gc.enable()
+
     def _entry(self, bs: int, temperature: float | None):
         key = (bs, temperature, kernels.is_invariant())
         entry = self.graphs.get(key)
@@ -149,7 +167,8 @@ class DecodeGraphs:
                 torch.cuda.synchronize()  # a step in flight may still read the staging buffers
             last = self.runner.last_tokens.clone()  # the warm-up overwrites them; this step may read them
             try:
-                entry = self.graphs[key] = self._capture(bs, temperature)
+                with self._gc_paused():
+                    entry = self.graphs[key] = self._capture(bs, temperature)
             except Exception as exc:  # noqa: BLE001 -- any capture failure means: run eager
                 self.disabled = True
                 warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly")

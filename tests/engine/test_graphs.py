@@ -92,3 +92,21 @@ def test_filtered_and_mixed_temperature_rows_use_the_forward_graph(monkeypatch):
     for a, b in zip(plain, graphed):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         assert torch.equal(a.outputs[0].logprobs, b.outputs[0].logprobs)
+
+
+def test_capture_runs_with_gc_paused(monkeypatch):
+    """A dead cycle freed by the cyclic GC mid-capture (an old engine's graphs, pinned buffers) invalidates a
+    CUDA graph capture: captures run after one collection with the GC off, and it is back on afterwards."""
+    import gc
+
+    seen = []
+
+    def capture(self, bs, temperature):
+        seen.append(gc.isenabled())
+        return _eager_capture(self, bs, temperature)
+
+    model, tok = build_tiny(seed=4, head_dim=64, num_hidden_layers=1)
+    monkeypatch.setattr(DecodeGraphs, "_capture", capture)
+    params = SamplingParams(temperature=1.0, max_tokens=3, seed=0, ignore_eos=True)
+    _plain_and_graphed(model, tok, [[5, 6, 7]], params, max_num_seqs=4)
+    assert seen and not any(seen) and gc.isenabled()

@@ -61,6 +61,18 @@ def test_qk_norm_rope_equals_unfused_gpu(dtype, n_q, n_kv, D, norm):
         assert all(torch.equal(a[0], b[i]) for a, b in zip(alone, fused)), T
 
 
+def test_qk_norm_rope_runs_its_kernel_in_both_modes_gpu(monkeypatch):
+    """invariant_mode(False) keeps the fused kernel (row-wise ops cost nothing to make invariant)."""
+    seen, original = [], _QKNormRope.apply
+    monkeypatch.setattr(_QKNormRope, "apply", lambda *a: seen.append(1) or original(*a))
+    cache = rope_cache(64, 128, 1_000_000.0, "cuda")
+    qkv, pos = _qkv(5, 16, 8, 128, torch.bfloat16, seed=3, max_pos=64)
+    want = qk_norm_rope(qkv, pos, cache, 16, 8)
+    with kernels.invariant_mode(False):
+        got = qk_norm_rope(qkv, pos, cache, 16, 8)
+    assert len(seen) == 2 and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
 def test_qk_norm_rope_ragged_sequences_gpu():
     """Sequences packed one after another (positions restart per sequence) == each sequence alone."""
     n_q, n_kv, D = HEADS[0]

@@ -8,7 +8,7 @@ fp32 only there; tests/invariance/test_fused_gpu.py checks every output on the H
 import pytest
 import torch
 
-from onpolicy.kernels import add_rms_norm, invariant_mode, qk_norm_rope, rms_norm, rms_norm_reference, rope, rope_cache
+from onpolicy.kernels import add_rms_norm, invariant_mode, qk_norm_rope, rms_norm, rope, rope_cache
 from onpolicy.kernels.qk_norm_rope import _qk_norm_rope_triton, _qk_norm_rope_unfused, _QKNormRope
 from onpolicy.kernels.rmsnorm import _add_rms_norm_triton, _AddRMSNorm, _rms_norm_triton
 from onpolicy.kernels.rope import _rope_triton
@@ -37,9 +37,9 @@ def test_add_rms_norm_equals_add_then_rms_norm(dtype, shape):
     x, r = x.reshape(shape), r.reshape(shape)
     h, y = add_rms_norm(x, r, w, 1e-6)
     assert torch.equal(h, r + x) and torch.equal(y, rms_norm(r + x, w, 1e-6))
-    with invariant_mode(False):
+    with invariant_mode(False):  # row-wise ops ignore the mode
         h0, y0 = add_rms_norm(x, r, w, 1e-6)
-    assert torch.equal(h0, r + x) and torch.equal(y0, rms_norm_reference(r + x, w, 1e-6))
+    assert torch.equal(h0, h) and torch.equal(y0, y)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
