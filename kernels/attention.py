@@ -22,12 +22,16 @@ from onpolicy.kernels._common import check, check_same_device, check_tensor, is_
 from onpolicy.kernels.attention_torch import attention_varlen_torch
 from onpolicy.kernels.attention_cpu import attention_backward_cpu, attention_forward_cpu
 from onpolicy.kernels.attention_bwd_triton import attention_backward_triton
-from onpolicy.kernels.attention_triton import attention_forward_triton, kv_write_triton
+from onpolicy.kernels.attention_triton import KV_SPLIT, attention_forward_triton, kv_write_triton
 
 # Packed training K/V: each sequence is one block starting at its kv_offset (block_table is all 0). Any
 # block_size >= the longest sequence gives slot = kv_offset + position; the kernels never tile by it.
 TRAINING_BLOCK_SIZE = 1 << 30
 _OP = "attention"
+# A decode step whose grid has fewer (sequence, kv head) programs than this -- 2 per SM of an H100 -- runs each
+# row's 512-key splits as parallel programs (`attention_forward_triton(n_splits=...)`); larger grids fold the
+# splits in the kernel. A schedule choice only: both give the same bits.
+SPLIT_BELOW_PROGRAMS = 264
 
 
 def attention_reference(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale=None):
@@ -135,8 +139,18 @@ def attention(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_s
         return attention_reference(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
     if use_triton(q, k, v):  # both modes on CUDA: the fastest paged kernel we have, no host sync (graph-capturable)
         return attention_forward_triton(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale,
-                                        False, pack=True)[0]
+                                        False, pack=True, n_splits=_decode_splits(q, k, block_table, block_size))[0]
     return attention_forward_cpu(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
+
+
+def _decode_splits(q, k, block_table, block_size) -> int:
+    """Parallel key splits for a decode-sized call (as many queries as sequences) whose grid would leave SMs idle:
+    enough for the longest context the block table holds (host shapes only, no sync); 0 = fold in the kernel."""
+    if q.shape[0] != block_table.shape[0] or q.shape[0] * k.shape[1] >= SPLIT_BELOW_PROGRAMS:
+        return 0
+    longest = min(block_table.shape[1] * block_size, k.shape[0])  # a context's slots are distinct
+    splits = -(-longest // KV_SPLIT)
+    return splits if splits > 1 else 0
 
 
 def write_kv_cache(k_cache, v_cache, slot_mapping, k, v) -> None:

@@ -2,10 +2,12 @@
 
 One program per (query tile of `FWD_TILE` queries of one sequence, q head) -- for the engine, per (tile of
 FWD_TILE // group positions x the group's q heads, kv head) -- keys are reduced from position 0 upward in
-`BLOCK_K`-key tiles for every caller, online softmax in fp32, optional fp32 logsumexp. Key tiles that lie wholly
-at or below the tile's first query position skip the causal and length masks; the rest mask (unused slots load
-as 0 and add exact zeros). Why a row's bits do not depend on its tile: see `FWD_TILE`. No split-KV, no
-atomics, one tile config per dtype (`FWD_TILE`). Left out: sliding windows, soft-capping, split-KV decode.
+`BLOCK_K`-key tiles for every caller, online softmax in fp32, in fixed `KV_SPLIT`-key splits folded in key
+order (in the kernel, or by parallel programs + `_combine_splits_kernel` for small decode batches: the same
+arithmetic), optional fp32 logsumexp. Key tiles that lie wholly at or below the tile's first query position skip
+the causal and length masks; the rest mask (unused slots load as 0 and add exact zeros). Why a row's bits do not
+depend on its tile: see `FWD_TILE`. No atomics, one tile config per dtype (`FWD_TILE`), one split size.
+Left out: sliding windows, soft-capping, a logsumexp from the parallel-split path.
 The backward: `attention_bwd_triton.py`.
 """
 from __future__ import annotations
@@ -22,12 +24,24 @@ from onpolicy.kernels._common import LOG2E, require_triton, tl, triton
 # before -- with 64 rows the fp32 GPU tests ran many times slower. Each dtype has one tile, so callers agree.
 FWD_TILE = {torch.bfloat16: (64, 4), torch.float32: (16, 8)}
 BLOCK_K = 64  # keys per tile, tiles start at key position 0 (the CPU path reduces the same key tiles)
+# Keys per split: every GPU caller reduces a row's keys in fixed 512-key splits (from position 0), each from a
+# fresh online-softmax state, and folds the splits in key order (`_fold_split`). Training and prefill fold in
+# the kernel; decode may run the splits as parallel programs and fold them in `attention_split_triton.py` --
+# the same arithmetic, so the same bits. The split *size* is fixed; how many splits a row has depends only on
+# its own position.
+KV_SPLIT = 512
+SPLIT_TILES = KV_SPLIT // BLOCK_K
+# A fresh state's running max: finite, so a row with no key in a split keeps (m, l, acc) = (EMPTY_MAX, 0, 0)
+# (with -inf, exp2(-inf - -inf) would be NaN); any real scaled score is far above it, so exp2(EMPTY_MAX - m)
+# is exactly 0 as exp2(-inf) was.
+EMPTY_MAX = -1.0e30
 
 
 if triton is not None:
     from onpolicy.kernels._common import dot
 
     _LOG2E = tl.constexpr(LOG2E)
+    _EMPTY_MAX = tl.constexpr(EMPTY_MAX)
 
     @triton.jit
     def _seq_tile(cu_ptr, pid, num_seqs, BLOCK: tl.constexpr):
@@ -95,12 +109,50 @@ if triton is not None:
         return acc, m_new, l
 
     @triton.jit
+    def _run_split(q, s, n_full, n_end, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len, q_pos, block_size,
+                   qk_scale_log2, stride_kt, stride_kh, stride_vt, stride_vh, HEAD_DIM: tl.constexpr,
+                   BQ: tl.constexpr, BK: tl.constexpr, ST: tl.constexpr, IEEE: tl.constexpr):
+        """Online softmax over split s (key tiles s*ST .. min(s*ST + ST, n_end)) from a fresh state -> (acc, m, l).
+        Tiles below n_full lie wholly at or below every row's position and skip the masks."""
+        m = tl.full([BQ], _EMPTY_MAX, tl.float32)
+        l = tl.zeros([BQ], tl.float32)
+        acc = tl.zeros([BQ, HEAD_DIM], tl.float32)
+        lo = s * ST
+        hi = tl.minimum(lo + ST, n_end)
+        for j in range(lo, tl.minimum(hi, n_full)):
+            acc, m, l = _fold_key_tile(q, acc, m, l, j, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len, q_pos,
+                                       block_size, qk_scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
+                                       HEAD_DIM, BK, False, IEEE)
+        for j in range(tl.maximum(lo, n_full), hi):
+            acc, m, l = _fold_key_tile(q, acc, m, l, j, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len, q_pos,
+                                       block_size, qk_scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
+                                       HEAD_DIM, BK, True, IEEE)
+        return acc, m, l
+
+    @triton.jit
+    def _fold_split(acc, m, l, acc_s, m_s, l_s):
+        """Fold split state (acc_s, m_s, l_s) into the running (acc, m, l); explicit fmas, so every kernel that
+        calls it (whatever its layout) rounds the same way. An empty split (EMPTY_MAX, 0, 0) changes nothing."""
+        m_new = tl.maximum(m, m_s)
+        a = tl.exp2(m - m_new)
+        b = tl.exp2(m_s - m_new)
+        return tl.fma(acc, a[:, None], acc_s * b[:, None]), m_new, tl.fma(l, a, l_s * b)
+
+    @triton.jit
+    def _store_split(part_ptr, acc, m, l, tok, head, s, n_splits, n_heads, ok, HEAD_DIM: tl.constexpr):
+        """Split s's state of rows (tok, head) into part_ptr: fp32 [T, Hq, n_splits, HEAD_DIM + 2] (acc, m, l)."""
+        row = part_ptr + ((tok * n_heads + head) * n_splits + s) * (HEAD_DIM + 2)
+        tl.store(row[:, None] + tl.arange(0, HEAD_DIM)[None, :], acc, mask=ok[:, None])
+        tl.store(row + HEAD_DIM, m, mask=ok)
+        tl.store(row + HEAD_DIM + 1, l, mask=ok)
+
+    @triton.jit
     def _attn_fwd_kernel(
-        q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, cu_q_ptr, seqlens_k_ptr, block_table_ptr, kv_offsets_ptr,
+        q_ptr, k_ptr, v_ptr, o_ptr, lse_ptr, part_ptr, cu_q_ptr, seqlens_k_ptr, block_table_ptr, kv_offsets_ptr,
         num_seqs, block_size, qk_scale_log2,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_bt,
-        GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr,
-        WRITE_LSE: tl.constexpr, IEEE: tl.constexpr, PACK: tl.constexpr,
+        GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, ST: tl.constexpr,
+        WRITE_LSE: tl.constexpr, IEEE: tl.constexpr, PACK: tl.constexpr, SPLIT: tl.constexpr,
     ):
         # PACK (engine): the tile's BQ rows are BQ // GROUP query positions x the GROUP q heads of kv head
         # program_id(1), so one program reads its K/V once for the whole group. Otherwise: BQ positions of q head
@@ -113,32 +165,61 @@ if triton is not None:
         kv_off = tl.load(kv_offsets_ptr + b).to(tl.int64)
         table_row = block_table_ptr + b * stride_bt
         head, kv_head, rows = _tile_heads(tile_start, GROUP, BQ, PACK)
+        n_heads = tl.num_programs(1) * GROUP if PACK else tl.num_programs(1)
         row_ok = rows < q_len
         q_pos = ctx_len - q_len + rows
         d = tl.arange(0, HEAD_DIM)
         q_tok = (q_begin + rows).to(tl.int64)
         q = tl.load(q_ptr + q_tok[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :], mask=row_ok[:, None],
                     other=0.0)
-        m = tl.full([BQ], float("-inf"), tl.float32)
-        l = tl.zeros([BQ], tl.float32)
-        acc = tl.zeros([BQ, HEAD_DIM], tl.float32)
-        first_pos = ctx_len - q_len + tile_start
-        last_pos = ctx_len - q_len + tl.minimum(tile_start + QP, q_len)  # one past the tile's last query position
-        for j in range(0, (first_pos + 1) // BK):  # key tiles at or below every row: no masks
-            acc, m, l = _fold_key_tile(q, acc, m, l, j, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len, q_pos,
+        n_full = (ctx_len - q_len + tile_start + 1) // BK  # key tiles at or below every row: no masks
+        n_end = tl.cdiv(ctx_len - q_len + tl.minimum(tile_start + QP, q_len), BK)  # past the last row's keys
+        if SPLIT:  # one split per program (decode); attention_split_triton.py folds the partial states
+            s = tl.program_id(2)
+            if s * ST < n_end:
+                acc, m, l = _run_split(q, s, n_full, n_end, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len, q_pos,
                                        block_size, qk_scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
-                                       HEAD_DIM, BK, False, IEEE)
-        for j in range((first_pos + 1) // BK, tl.cdiv(last_pos, BK)):
-            acc, m, l = _fold_key_tile(q, acc, m, l, j, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len, q_pos,
-                                       block_size, qk_scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
-                                       HEAD_DIM, BK, True, IEEE)
+                                       HEAD_DIM, BQ, BK, ST, IEEE)
+                _store_split(part_ptr, acc, m, l, q_tok, head, s, tl.num_programs(2), n_heads, row_ok, HEAD_DIM)
+            return
+        acc, m, l = _run_split(q, 0, n_full, n_end, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len, q_pos,
+                               block_size, qk_scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
+                               HEAD_DIM, BQ, BK, ST, IEEE)
+        for s in range(1, tl.cdiv(n_end, ST)):
+            acc_s, m_s, l_s = _run_split(q, s, n_full, n_end, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len,
+                                         q_pos, block_size, qk_scale_log2, stride_kt, stride_kh, stride_vt,
+                                         stride_vh, HEAD_DIM, BQ, BK, ST, IEEE)
+            acc, m, l = _fold_split(acc, m, l, acc_s, m_s, l_s)
         out = acc / l[:, None]
         tl.store(o_ptr + q_tok[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
         if WRITE_LSE:  # natural-log logsumexp of the scaled scores, [T, Hq] contiguous
             lse = (m + tl.log2(l)) / _LOG2E
-            n_heads = tl.num_programs(1) * GROUP if PACK else tl.num_programs(1)
             tl.store(lse_ptr + q_tok * n_heads + head, lse, mask=row_ok)
+
+    @triton.jit
+    def _combine_splits_kernel(part_ptr, o_ptr, cu_q_ptr, seqlens_k_ptr, num_seqs, n_splits, stride_ot, stride_oh,
+                               HEAD_DIM: tl.constexpr, KEYS: tl.constexpr):
+        """One program per (query token, q head): fold the row's splits 0 .. its last in key order with
+        `_fold_split`, as the forward kernel does in registers, then normalise."""
+        b, q_begin, q_len, row = _seq_tile(cu_q_ptr, tl.program_id(0), num_seqs, 1)
+        if row >= q_len:
+            return
+        head = tl.program_id(1)
+        tok = (q_begin + row).to(tl.int64)
+        n = (tl.load(seqlens_k_ptr + b) - q_len + row) // KEYS + 1  # splits holding keys 0..position
+        d = tl.arange(0, HEAD_DIM)
+        one = tl.arange(0, 1)
+        rec = part_ptr + (tok * tl.num_programs(1) + head) * n_splits * (HEAD_DIM + 2)
+        acc = tl.load(rec + d)[None, :]
+        m = tl.load(rec + HEAD_DIM + one)
+        l = tl.load(rec + HEAD_DIM + 1 + one)
+        for s in range(1, n):
+            rec_s = rec + s * (HEAD_DIM + 2)
+            acc, m, l = _fold_split(acc, m, l, tl.load(rec_s + d)[None, :], tl.load(rec_s + HEAD_DIM + one),
+                                    tl.load(rec_s + HEAD_DIM + 1 + one))
+        out = acc / l[:, None]
+        tl.store(o_ptr + tok * stride_ot + head * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty))
 
     @triton.jit
     def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_k, stride_v, stride_kc, stride_vc,
@@ -164,10 +245,13 @@ def kv_write_triton(k_cache, v_cache, slot_mapping, k, v) -> None:
 
 
 def attention_forward_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, block_size, scale, with_lse,
-                             pack: bool = False):
+                             pack: bool = False, n_splits: int = 0):
     """-> (out [T, Hq, D] in q.dtype, fp32 logsumexp [T, Hq] or None); no host sync. `pack` (the engine): a tile
     holds FWD_TILE rows // group positions x the group's q heads, so K/V are read once per kv head (decode reads
-    1/group of the bytes); each row's arithmetic is unchanged (tested: engine vs trainer torch.equal)."""
+    1/group of the bytes); each row's arithmetic is unchanged (tested: engine vs trainer torch.equal).
+    `n_splits` > 0 (decode at small batch): run each row's KV_SPLIT-key splits as parallel programs, n_splits per
+    tile (a host bound: splits of the longest context possible), and fold them in `_combine_splits_kernel`; the
+    same bits as the in-kernel fold (tested). Not with `with_lse`."""
     require_triton("attention")
     t, hq, d = q.shape
     group = hq // k.shape[1]
@@ -180,12 +264,21 @@ def attention_forward_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, 
         return out, (lse if with_lse else None)
     positions = block_q // group if pack else block_q
     grid = (t // positions + num_seqs, k.shape[1] if pack else hq)  # >= sum(ceil(q_len / positions)); no host sync
+    part = out
+    if n_splits:
+        assert not with_lse, "the split path writes no logsumexp"
+        part = torch.empty((t, hq, n_splits, d + 2), device=q.device, dtype=torch.float32)
+        grid = grid + (n_splits,)
     _attn_fwd_kernel[grid](
-        q, k, v, out, lse, cu_q, seqlens_k, block_table, kv_offsets,
+        q, k, v, out, lse, part, cu_q, seqlens_k, block_table, kv_offsets,
         num_seqs, block_size, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), block_table.stride(0),
-        GROUP=group, HEAD_DIM=d, BQ=block_q, BK=BLOCK_K,
-        WRITE_LSE=with_lse, IEEE=q.dtype == torch.float32, PACK=pack, num_warps=warps, num_stages=2,
+        GROUP=group, HEAD_DIM=d, BQ=block_q, BK=BLOCK_K, ST=SPLIT_TILES,
+        WRITE_LSE=with_lse, IEEE=q.dtype == torch.float32, PACK=pack, SPLIT=n_splits > 0, num_warps=warps,
+        num_stages=2,
     )
+    if n_splits:
+        _combine_splits_kernel[(t + num_seqs, hq)](part, out, cu_q, seqlens_k, num_seqs, n_splits, out.stride(0),
+                                                   out.stride(1), HEAD_DIM=d, KEYS=KV_SPLIT, num_warps=1)
     return out, (lse if with_lse else None)
