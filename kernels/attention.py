@@ -101,15 +101,16 @@ def check_attention_args(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offse
           f"scale must be None or a positive float, got {scale!r}")
 
 
-def check_attention_metadata(cu_seqlens_q, seqlens_k, block_table, block_size: int, num_tokens: int) -> None:
+def check_attention_metadata(cu_seqlens_q, seqlens_k, block_table, block_size: int, num_tokens: int) -> int | None:
     """Value checks of shape-checked metadata for `num_tokens` queries: one host sync (none, and no check,
-    while a CUDA graph is being captured). Call it once where the metadata is built, not per layer."""
+    while a CUDA graph is being captured). Call it once where the metadata is built, not per layer.
+    -> the longest context (seqlens_k's max; None while capturing): the kernels' `max_keys` hint."""
     n = seqlens_k.shape[0] if seqlens_k.dim() == 1 else -1
     check(n >= 0 and cu_seqlens_q.shape == (n + 1,) and block_table.dim() == 2, _OP,
           f"metadata shapes: cu_seqlens_q [B+1], seqlens_k [B], block_table [B, max_blocks]; got "
           f"{tuple(cu_seqlens_q.shape)}, {tuple(seqlens_k.shape)}, {tuple(block_table.shape)}")
     if cu_seqlens_q.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
+        return None
     both = torch.cat([cu_seqlens_q, seqlens_k]).tolist()  # one host sync for both
     cu, lens = both[: n + 1], both[n + 1 :]
     check(cu[0] == 0 and cu[-1] == num_tokens, _OP,
@@ -121,6 +122,7 @@ def check_attention_metadata(cu_seqlens_q, seqlens_k, block_table, block_size: i
     need = max([-(-kl // block_size) for kl in lens] + [0])
     check(need <= block_table.shape[1], _OP,
           f"block_table too short: seqlens_k needs {need} blocks of {block_size}, table has {block_table.shape[1]}")
+    return max(lens, default=0)
 
 
 def training_metadata(cu_seqlens: torch.Tensor):
@@ -131,15 +133,18 @@ def training_metadata(cu_seqlens: torch.Tensor):
     return lens, table, cu_seqlens[:-1].to(torch.int32).contiguous()
 
 
-def attention(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale=None):
-    """Forward attention over slot-layout K/V (engine path; no autograd). Returns [Tq, Hq, D] in q.dtype."""
+def attention(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale=None, max_keys=None):
+    """Forward attention over slot-layout K/V (engine path; no autograd). Returns [Tq, Hq, D] in q.dtype.
+    `max_keys`: the longest context, from `check_attention_metadata` (None: unknown); at most KV_SPLIT lets the
+    GPU kernel drop its split-fold code (fewer registers; the same bits)."""
     check_attention_args(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
     if not is_invariant() and not use_triton(q, k, v):
         return attention_reference(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
     if use_triton(q, k, v):  # both modes on CUDA: the fastest paged kernel we have, no host sync (graph-capturable)
         return attention_forward_triton(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale,
-                                        False, pack=True, n_splits=_decode_splits(q, k, block_table, block_size))[0]
+                                        False, pack=True, n_splits=_decode_splits(q, k, block_table, block_size),
+                                        max_keys=max_keys)[0]
     return attention_forward_cpu(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale)
 
 
@@ -167,10 +172,10 @@ def write_kv_cache(k_cache, v_cache, slot_mapping, k, v) -> None:
 
 class _AttentionVarlen(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, seqlens_k, table, offsets, scale):
+    def forward(ctx, q, k, v, cu_seqlens, seqlens_k, table, offsets, scale, max_keys):
         meta = (cu_seqlens, seqlens_k, table, offsets, TRAINING_BLOCK_SIZE, scale)
         if use_triton(q, k, v):
-            out, lse = attention_forward_triton(q, k, v, *meta, True)
+            out, lse = attention_forward_triton(q, k, v, *meta, True, max_keys=max_keys)
         else:
             out, lse = attention_forward_cpu(q, k, v, *meta), None
         ctx.save_for_backward(q, k, v, out, lse if lse is not None else out, cu_seqlens)
@@ -182,15 +187,16 @@ class _AttentionVarlen(torch.autograd.Function):
         q, k, v, out, lse, cu_seqlens = ctx.saved_tensors
         if use_triton(q, k, v):
             dq, dk, dv = attention_backward_triton(q, k, v, out, lse, do, cu_seqlens, ctx.scale)
-            return dq, dk, dv, None, None, None, None, None
+            return dq, dk, dv, None, None, None, None, None, None
         dq, dk, dv = attention_backward_cpu(q, k, v, do, cu_seqlens, ctx.scale)
-        return dq, dk, dv, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None
 
 
-def attention_varlen(q, k, v, cu_seqlens, scale=None, metadata=None):
+def attention_varlen(q, k, v, cu_seqlens, scale=None, metadata=None, max_keys=None):
     """Causal attention over packed sequences q/k/v [T, H, D], cu_seqlens int32 [B+1]; differentiable.
 
-    `metadata`: `training_metadata(cu_seqlens)`, built once per forward by the caller (built here when None)."""
+    `metadata`: `training_metadata(cu_seqlens)`, built once per forward by the caller (built here when None);
+    `max_keys`: the longest sequence, from `check_attention_metadata` (None: unknown), as for `attention`."""
     check_tensor(_OP, "cu_seqlens", cu_seqlens, (torch.int32,))
     check(cu_seqlens.dim() == 1 and cu_seqlens.numel() >= 1, _OP,
           f"cu_seqlens must be 1-D [B+1], got shape {tuple(cu_seqlens.shape)}")
@@ -203,4 +209,4 @@ def attention_varlen(q, k, v, cu_seqlens, scale=None, metadata=None):
     scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else float(scale)
     if not is_invariant():
         return attention_varlen_torch(q, k, v, cu_seqlens, scale)
-    return _AttentionVarlen.apply(q, k, v, cu_seqlens, *meta, scale)
+    return _AttentionVarlen.apply(q, k, v, cu_seqlens, *meta, scale, max_keys)

@@ -152,7 +152,7 @@ if triton is not None:
         num_seqs, block_size, qk_scale_log2,
         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh, stride_bt,
         GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr, ST: tl.constexpr,
-        WRITE_LSE: tl.constexpr, IEEE: tl.constexpr, PACK: tl.constexpr, SPLIT: tl.constexpr,
+        MULTI: tl.constexpr, WRITE_LSE: tl.constexpr, IEEE: tl.constexpr, PACK: tl.constexpr, SPLIT: tl.constexpr,
     ):
         # PACK (engine): the tile's BQ rows are BQ // GROUP query positions x the GROUP q heads of kv head
         # program_id(1), so one program reads its K/V once for the whole group. Otherwise: BQ positions of q head
@@ -185,7 +185,7 @@ if triton is not None:
         acc, m, l = _run_split(q, 0, n_full, n_end, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len, q_pos,
                                block_size, qk_scale_log2, stride_kt, stride_kh, stride_vt, stride_vh,
                                HEAD_DIM, BQ, BK, ST, IEEE)
-        for s in range(1, tl.cdiv(n_end, ST)):
+        for s in range(1, tl.cdiv(n_end, ST) if MULTI else 1):  # MULTI=False: every context is one split
             acc_s, m_s, l_s = _run_split(q, s, n_full, n_end, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len,
                                          q_pos, block_size, qk_scale_log2, stride_kt, stride_kh, stride_vt,
                                          stride_vh, HEAD_DIM, BQ, BK, ST, IEEE)
@@ -245,13 +245,14 @@ def kv_write_triton(k_cache, v_cache, slot_mapping, k, v) -> None:
 
 
 def attention_forward_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, block_size, scale, with_lse,
-                             pack: bool = False, n_splits: int = 0):
+                             pack: bool = False, n_splits: int = 0, max_keys: int | None = None):
     """-> (out [T, Hq, D] in q.dtype, fp32 logsumexp [T, Hq] or None); no host sync. `pack` (the engine): a tile
     holds FWD_TILE rows // group positions x the group's q heads, so K/V are read once per kv head (decode reads
     1/group of the bytes); each row's arithmetic is unchanged (tested: engine vs trainer torch.equal).
     `n_splits` > 0 (decode at small batch): run each row's KV_SPLIT-key splits as parallel programs, n_splits per
     tile (a host bound: splits of the longest context possible), and fold them in `_combine_splits_kernel`; the
-    same bits as the in-kernel fold (tested). Not with `with_lse`."""
+    same bits as the in-kernel fold (tested). Not with `with_lse`. `max_keys` <= KV_SPLIT (a host bound on every
+    context, from validated metadata): one split, so the kernel is compiled without the fold (fewer registers)."""
     require_triton("attention")
     t, hq, d = q.shape
     group = hq // k.shape[1]
@@ -275,6 +276,7 @@ def attention_forward_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, 
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), block_table.stride(0),
         GROUP=group, HEAD_DIM=d, BQ=block_q, BK=BLOCK_K, ST=SPLIT_TILES,
+        MULTI=max_keys is None or max_keys > KV_SPLIT,
         WRITE_LSE=with_lse, IEEE=q.dtype == torch.float32, PACK=pack, SPLIT=n_splits > 0, num_warps=warps,
         num_stages=2,
     )

@@ -23,6 +23,7 @@ class AttentionMetadata:
     kv_offsets: torch.Tensor             # int32 [B]
     block_size: int
     slot_mapping: torch.Tensor | None = None   # int64 [Tq] cache slot of each new token; None in training
+    max_seqlen_k: int | None = None            # the longest context, set by `validate` (None: not validated)
 
     @classmethod
     def for_training(cls, cu_seqlens: torch.Tensor) -> "AttentionMetadata":
@@ -38,5 +39,7 @@ class AttentionMetadata:
                    block_size=TRAINING_BLOCK_SIZE)
 
     def validate(self, num_tokens: int) -> None:
-        """Value checks for `num_tokens` packed queries (one host sync; skipped during CUDA-graph capture)."""
-        check_attention_metadata(self.cu_seqlens_q, self.seqlens_k, self.block_table, self.block_size, num_tokens)
+        """Value checks for `num_tokens` packed queries (one host sync; skipped during CUDA-graph capture); sets
+        `max_seqlen_k`, the kernels' hint (stays None during a capture: the graph replays longer contexts)."""
+        self.max_seqlen_k = check_attention_metadata(self.cu_seqlens_q, self.seqlens_k, self.block_table,
+                                                     self.block_size, num_tokens)

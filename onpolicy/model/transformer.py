@@ -111,12 +111,13 @@ class Attention(nn.Module):
         q, k, v = kernels.qk_norm_rope(self.qkv_proj(x), positions, rope_table, self.n_heads, self.n_kv_heads, *norms)
         if kv_cache is None:
             out = kernels.attention_varlen(q, k, v, meta.cu_seqlens_q, scale=self.scale,
-                                           metadata=(meta.seqlens_k, meta.block_table, meta.kv_offsets))
+                                           metadata=(meta.seqlens_k, meta.block_table, meta.kv_offsets),
+                                           max_keys=meta.max_seqlen_k)
         else:
             k_cache, v_cache = kv_cache
             kernels.write_kv_cache(k_cache, v_cache, meta.slot_mapping, k, v)
             out = kernels.attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seqlens_k, meta.block_table,
-                                    meta.kv_offsets, meta.block_size, scale=self.scale)
+                                    meta.kv_offsets, meta.block_size, scale=self.scale, max_keys=meta.max_seqlen_k)
         return self.o_proj(out.reshape(t, self.n_heads * d))
 
 

@@ -175,6 +175,15 @@ def test_triton_parallel_splits_equal_the_in_kernel_fold(pack):
 
 
 @needs_triton
+def test_triton_one_split_hint_keeps_the_bits():
+    """max_keys <= KV_SPLIT compiles the forward without its split fold: the same bits as without the hint."""
+    (q, k, v), meta = _paged_case([3, 512, 70], [3, 2, 70], 2, 1, 64, torch.float32, device=TRITON_DEVICE, seed=5)
+    plain, lse = attention_forward_triton(q, k, v, *meta, 1 / 8, True)
+    hinted, lse_hinted = attention_forward_triton(q, k, v, *meta, 1 / 8, True, max_keys=512)
+    assert torch.equal(hinted, plain) and torch.equal(lse_hinted, lse)
+
+
+@needs_triton
 def test_triton_backward_matches_reference():
     lens = [5, 70]
     q, k, v = _packed(lens, 4, 2, 64, torch.float32, device=TRITON_DEVICE, seed=2)
@@ -238,7 +247,7 @@ def test_good_metadata_passes_and_training_metadata_needs_no_table():
     cu = _cu([3, 200, 1])
     sk, bt, offs = training_metadata(cu)
     assert sk.tolist() == [3, 200, 1] and offs.tolist() == [0, 3, 203] and bt.shape == (3, 1)
-    check_attention_metadata(cu, sk, bt, TRAINING_BLOCK_SIZE, 204)
+    assert check_attention_metadata(cu, sk, bt, TRAINING_BLOCK_SIZE, 204) == 200  # the kernels' max_keys hint
 
 
 def test_attention_varlen_bad_input():
