@@ -5,7 +5,7 @@ Per case every SDPA backend that runs (flash, cuDNN, memory-efficient) is timed,
 mode off (it would slow SDPA's backward and turn cuDNN's off), and the fastest is the baseline; the ratio is
 baseline_ms / ours_ms (>1 = ours faster). Forward: causal attention over equal-length packed sequences (ours:
 `attention_varlen`; SDPA: the same batch, dense). Backward: the backward pass alone (`autograd.grad` of one
-recorded forward), for ours and for the fastest SDPA backend of that pass. Decode: one query per sequence over
+recorded forward), for ours and for the fastest SDPA backend of that pass; ours gets the model's `max_keys` hint. Decode: one query per sequence over
 a paged cache of 16-token blocks (ours: `kernels.attention`, the engine's call) vs SDPA on the same keys laid
 out densely; `hbm` = fraction of 3.0 TB/s that ours reaches on the K/V bytes. Times are medians: training on
 CUDA `do_bench` (eager, cold L2); decode on CUDA GPU time from CUDA-graph replays, as the engine runs it, over
@@ -93,7 +93,7 @@ def train_case(b, s, hq, hkv, d, dev, reps) -> list[dict]:
     q, k, v = mk(hq), mk(hkv), mk(hkv)
     cu = torch.arange(0, b * s + 1, s, device=dev, dtype=torch.int32)
     dense = lambda t: t.view(b, s, *t.shape[1:])  # noqa: E731
-    ours = lambda q_, k_, v_: kernels.attention_varlen(q_, k_, v_, cu)  # noqa: E731
+    ours = lambda q_, k_, v_: kernels.attention_varlen(q_, k_, v_, cu, max_keys=s)  # noqa: E731  (the model's hint)
     base = {n: (lambda be: lambda q_, k_, v_: _sdpa(be, dense(q_), dense(k_), dense(v_), True))(be)
             for n, be in _backends(dev).items()}
     flops = 2 * b * hq * d * s * (s + 1)  # two causal matmuls
