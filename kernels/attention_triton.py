@@ -26,7 +26,7 @@ FWD_TILE = {torch.bfloat16: (64, 4), torch.float32: (16, 8)}
 BLOCK_K = 64  # keys per tile, tiles start at key position 0 (the CPU path reduces the same key tiles)
 # Keys per split: every GPU caller reduces a row's keys in fixed 512-key splits (from position 0), each from a
 # fresh online-softmax state, and folds the splits in key order (`_fold_split`). Training and prefill fold in
-# the kernel; decode may run the splits as parallel programs and fold them in `attention_split_triton.py` --
+# the kernel; decode may run the splits as parallel programs and fold them in `_combine_splits_kernel` --
 # the same arithmetic, so the same bits. The split *size* is fixed; how many splits a row has depends only on
 # its own position.
 KV_SPLIT = 512
@@ -174,7 +174,7 @@ if triton is not None:
                     other=0.0)
         n_full = (ctx_len - q_len + tile_start + 1) // BK  # key tiles at or below every row: no masks
         n_end = tl.cdiv(ctx_len - q_len + tl.minimum(tile_start + QP, q_len), BK)  # past the last row's keys
-        if SPLIT:  # one split per program (decode); attention_split_triton.py folds the partial states
+        if SPLIT:  # one split per program (decode); `_combine_splits_kernel` folds the partial states
             s = tl.program_id(2)
             if s * ST < n_end:
                 acc, m, l = _run_split(q, s, n_full, n_end, k_ptr, v_ptr, table_row, kv_off, kv_head, ctx_len, q_pos,
