@@ -8,8 +8,8 @@ of sequence b are its last `q_len` positions (causal).
 
 Invariance: every caller runs the same query tiles and reduces keys from position 0 upward in the same key
 tiles (`attention_triton.py` on CUDA, in fixed 512-key splits folded in key order -- small decode grids run the
-splits in parallel, `_decode_splits`; the same tiling in torch on CPU, without splits: `attention_cpu.py`). The metadata's
-values are trusted here (no host sync per layer): `check_attention_metadata` validates them once, where they
+splits in parallel, `_decode_splits`; the same tiling in torch on CPU, without splits: `attention_cpu.py`). The
+metadata's values are trusted here (no host sync per layer): `check_attention_metadata` validates them once, where they
 are built (onpolicy.model validates once per forward). Backward (training only): `attention_varlen`.
 """
 from __future__ import annotations

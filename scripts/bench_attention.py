@@ -5,9 +5,9 @@ Per case every SDPA backend that runs (flash, cuDNN, memory-efficient) is timed,
 mode off (it would slow SDPA's backward and turn cuDNN's off), and the fastest is the baseline; the ratio is
 baseline_ms / ours_ms (>1 = ours faster). Forward: causal attention over equal-length packed sequences (ours:
 `attention_varlen`; SDPA: the same batch, dense). Backward: the backward pass alone (`autograd.grad` of one
-recorded forward), for ours and for the fastest SDPA backend of that pass; ours gets the model's `max_keys` hint. Decode: one query per sequence over
-a paged cache of 16-token blocks (ours: `kernels.attention`, the engine's call) vs SDPA on the same keys laid
-out densely; `hbm` = fraction of 3.0 TB/s that ours reaches on the K/V bytes. Times are medians: training on
+recorded forward), for ours and for the fastest SDPA backend of that pass; ours gets the model's `max_keys`
+hint. Decode: one query per sequence over a paged cache of 16-token blocks (ours: `kernels.attention`, the
+engine's call) vs SDPA on the same keys laid out densely; `hbm` = fraction of 3.0 TB/s that ours reaches on the K/V bytes. Times are medians: training on
 CUDA `do_bench` (eager, cold L2); decode on CUDA GPU time from CUDA-graph replays, as the engine runs it, over
 enough copies of the cache that every call reads its K/V from HBM, not L2; CPU `--reps` calls. Writes a table,
 `attention.json` and `attention.png` to `--out`.
@@ -131,10 +131,9 @@ def decode_case(b, n, hq, hkv, d, dev, reps, block_size=16) -> list[dict]:
     copies = max(1, min(64, -(-L2_SPAN_BYTES // work))) if dev == "cuda" else 1
     caches = [(k_cache, v_cache)] + [(k_cache.clone(), v_cache.clone()) for _ in range(copies - 1)]
     dense = [(kc[slots], vc[slots]) for kc, vc in caches]  # [B, n, Hkv, D]: the same keys, dense
-    timer = (lambda fn: graph_ms(fn, copies)) if dev == "cuda" else None  # noqa: E731
+    timer = (lambda fn: graph_ms(fn, copies)) if dev == "cuda" else (lambda fn: bench(fn, dev, reps))  # noqa: E731
     with torch.no_grad():
-        ours_fn = lambda: [kernels.attention(q, kc, vc, cu, lens, table, offs, block_size) for kc, vc in caches]  # noqa: E731
-        ours = timer(ours_fn) if timer else bench(ours_fn, dev, reps)
+        ours = timer(lambda: [kernels.attention(q, kc, vc, cu, lens, table, offs, block_size) for kc, vc in caches])
         name, base = _fastest({nm: (lambda be: lambda: [_sdpa(be, q[:, None], kd, vd, False) for kd, vd in dense])(be)
                                for nm, be in _backends(dev).items()}, dev, reps, timer)
     return [dict(op="decode", shape=f"B={b} L={n} Hq={hq} Hkv={hkv} D={d}", ours_ms=ours, base_ms=base, base=name,
