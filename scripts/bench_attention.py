@@ -7,10 +7,10 @@ baseline_ms / ours_ms (>1 = ours faster). Forward: causal attention over equal-l
 `attention_varlen`; SDPA: the same batch, dense). Backward: the backward pass alone (`autograd.grad` of one
 recorded forward), for ours and for the fastest SDPA backend of that pass; ours gets the model's `max_keys`
 hint. Decode: one query per sequence over a paged cache of 16-token blocks (ours: `kernels.attention`, the
-engine's call) vs SDPA on the same keys laid out densely; `hbm` = fraction of 3.0 TB/s that ours reaches on the K/V bytes. Times are medians: training on
-CUDA `do_bench` (eager, cold L2); decode on CUDA GPU time from CUDA-graph replays, as the engine runs it, over
-enough copies of the cache that every call reads its K/V from HBM, not L2; CPU `--reps` calls. Writes a table,
-`attention.json` and `attention.png` to `--out`.
+engine's call) vs SDPA on the same keys laid out densely; `hbm` = fraction of 3.0 TB/s that ours reaches on
+the K/V bytes. Times are medians: training on CUDA `do_bench` (eager, cold L2); decode on CUDA GPU time from
+CUDA-graph replays, as the engine runs it, over enough copies of the cache that every call reads its K/V from
+HBM, not L2; CPU `--reps` calls. Writes a table, `attention.json` and `attention.png` to `--out`.
 
     python scripts/bench_attention.py            # CUDA: Qwen3 heads (H100)
     python scripts/bench_attention.py --quick    # tiny shapes; also runs on CPU
