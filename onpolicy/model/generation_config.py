@@ -77,11 +77,11 @@ class GenerationSettings:
         """One line for the start-up log: the eos ids and the sampling defaults that are not applied."""
         gen = self.generation_config or {}
         defaults = {k: gen[k] for k in SAMPLING_DEFAULT_KEYS if gen.get(k) is not None}
-        where = GENERATION_CONFIG_FILE if self.generation_config is not None else "config.json"
-        line = f"generation config ({where}): completions stop on eos ids {self.eos_token_ids(tokenizer)}"
+        line = f"generation: completions stop on eos ids {self.eos_token_ids(tokenizer)}"
         if defaults:
             shown = ", ".join(f"{k}={v}" for k, v in defaults.items())
-            line += f"; its sampling defaults ({shown}) are not applied: sampling.* sets how rollouts are sampled"
+            line += (f"; the checkpoint's {GENERATION_CONFIG_FILE} sampling defaults ({shown}) are not applied: "
+                     "sampling.* sets how rollouts are sampled")
         return line
 
 
