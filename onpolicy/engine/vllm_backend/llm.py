@@ -131,9 +131,6 @@ class VllmLLM:
         if params.stop and self.tokenizer is None:
             raise ValueError(f"params[{i}].stop: stop strings need a tokenizer (VllmLLM(tokenizer=...)); "
                              "use stop_token_ids")
-        vocab = self.model.config.vocab_size
-        if any(t >= vocab for t in params.stop_token_ids or ()):
-            raise ValueError(f"params[{i}].stop_token_ids: got {params.stop_token_ids}; allowed: ids in [0, {vocab})")
         stop_rule(params, self.eos_token_ids, self.special_tokens, f"params[{i}]")
         limit = self.model.config.max_position_embeddings
         if len(ids) + params.max_tokens > limit:
