@@ -2,8 +2,7 @@
 
 Reads single-file and sharded (`model.safetensors.index.json`) checkpoints of Qwen3ForCausalLM /
 LlamaForCausalLM; HF's separate q/k/v and gate/up projections are copied into our fused parameters through
-each parameter's `weight_loader`; `generation_config.json` and config.json's bos/eos/pad ids travel on the
-model as `model.generation_settings` (onpolicy.model.generation_config) and are written back. Writes one `model.safetensors` with HF names (unfused) so
+each parameter's `weight_loader`. Writes one `model.safetensors` with HF names (unfused) so
 `transformers.AutoModelForCausalLM.from_pretrained` loads it. Left out: `.bin` (pickle) checkpoints, hub
 downloads (pass a local directory), quantised weights, writing sharded checkpoints.
 """

@@ -120,7 +120,8 @@ def test_stop_token_ids_validation(emitted):
     with pytest.raises(ConfigError, match=r"sampling.stop_token_ids\[0\]: expected an int"):
         SamplingArgs(stop_token_ids=["eos"])
     cfg = ExperimentConfig(sampling={"stop_token_ids": [2, 100_000]})
-    with pytest.raises(ConfigError, match=rf"sampling.stop_token_ids: got \[100000\]; allowed: token ids in \[0, {BASE}\)"):
+    with pytest.raises(ConfigError,
+                       match=rf"sampling.stop_token_ids: got \[100000\]; allowed: token ids in \[0, {BASE}\)"):
         check_context(cfg)
     llm = LLM(model, None, EngineConfig(num_blocks=32, block_size=8))
     with pytest.raises(ValueError, match=r"SamplingParams.stop_token_ids: must be None or a list of ints >= 0"):

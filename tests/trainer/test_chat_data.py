@@ -106,7 +106,8 @@ def test_rewards_receive_messages_for_conversational_rows(tmp_path, tok):
     rows = load_prompts(DataArgs(dataset=_jsonl(tmp_path, CHAT_ROWS)), tok)
     prompts, completions = reward_inputs([rows[0], rows[1]], ["#### 19", "\\boxed{8}"])
     assert prompts == [CHAT_ROWS[0]["prompt"], CHAT_ROWS[1]["prompt"]]
-    assert completions == [[{"role": "assistant", "content": "#### 19"}], [{"role": "assistant", "content": "\\boxed{8}"}]]
+    assert completions == [[{"role": "assistant", "content": "#### 19"}],
+                           [{"role": "assistant", "content": "\\boxed{8}"}]]
     assert get_reward("math_answer")(prompts, completions, answer=["19", "9"]) == [1.0, 0.0]
     assert get_reward("math_answer_lenient")(prompts, completions, answer=["19", "8"]) == [1.0, 1.0]
     assert get_reward("format")(prompts, completions) == [1.0, 1.0]
