@@ -26,7 +26,8 @@ from onpolicy.kernels._common import check, check_same_device, check_tensor, is_
 from onpolicy.kernels.attention_torch import attention_varlen_torch
 from onpolicy.kernels.attention_cpu import attention_backward_cpu, attention_forward_cpu
 from onpolicy.kernels.attention_bwd_triton import attention_backward_triton
-from onpolicy.kernels.attention_triton import KV_SPLIT, attention_forward_triton, kv_write_triton
+from onpolicy.kernels.attention_kv_triton import kv_write_triton
+from onpolicy.kernels.attention_triton import KV_SPLIT, attention_forward_triton
 
 # Packed training K/V: each sequence is one block starting at its kv_offset (block_table is all 0). Any
 # block_size >= the longest sequence gives slot = kv_offset + position; the kernels never tile by it.

@@ -1,4 +1,4 @@
-"""Triton forward of `kernels.attention`: one kernel for training, chunked prefill and decode; the KV-cache write.
+"""Triton forward of `kernels.attention`: one kernel for training, chunked prefill and decode.
 
 One program per (query tile of one sequence, q head) -- for the engine, per (tile of rows // group positions x
 the group's q heads, kv head) -- keys are reduced in key tiles aligned at key position 0 for every caller, online
@@ -10,7 +10,7 @@ key of its window: the tiles and splits before it would add exact no-ops (see `E
 keeps the bits. head_dim 96 runs as 128 with zero-padded (masked) columns. Why a row's bits do not depend on its
 tile: see `fwd_tile`. No atomics, one tile config per (dtype, head_dim), one split size.
 Left out: soft-capping, a logsumexp from the parallel-split path, windows that look ahead (non-causal).
-The backward: `attention_bwd_triton.py`.
+The backward: `attention_bwd_triton.py`; the KV-cache write: `attention_kv_triton.py`.
 """
 from __future__ import annotations
 
@@ -284,28 +284,6 @@ if triton is not None:
         out = acc / l[:, None]
         tl.store(o_ptr + tok * stride_ot + head * stride_oh + d[None, :], out.to(o_ptr.dtype.element_ty),
                  mask=d_ok[None, :])
-
-    @triton.jit
-    def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_k, stride_v, stride_kc, stride_vc,
-                         ROW: tl.constexpr, BLOCK: tl.constexpr):
-        """One program per new token: copy its k and v rows (all kv heads, ROW elements) into cache slot
-        slot_mapping[t]. Slots are distinct, so no two programs write one place (no atomics, no sort)."""
-        t = tl.program_id(0).to(tl.int64)
-        slot = tl.load(slot_ptr + t)
-        offs = tl.arange(0, BLOCK)
-        ok = offs < ROW
-        tl.store(kc_ptr + slot * stride_kc + offs, tl.load(k_ptr + t * stride_k + offs, mask=ok), mask=ok)
-        tl.store(vc_ptr + slot * stride_vc + offs, tl.load(v_ptr + t * stride_v + offs, mask=ok), mask=ok)
-
-
-def kv_write_triton(k_cache, v_cache, slot_mapping, k, v) -> None:
-    """k/v [T, Hkv, D] (each token's row contiguous) into k_cache/v_cache [slots, Hkv, D] at slot_mapping [T]."""
-    require_triton("write_kv_cache")
-    t, hkv, d = k.shape
-    if t:
-        row = hkv * d
-        _kv_write_kernel[(t,)](k, v, k_cache, v_cache, slot_mapping, k.stride(0), v.stride(0), k_cache.stride(0),
-                               v_cache.stride(0), ROW=row, BLOCK=triton.next_power_of_2(row), num_warps=4)
 
 
 def attention_forward_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, block_size, scale, with_lse,
