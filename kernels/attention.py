@@ -43,8 +43,8 @@ SPLIT_BELOW_PROGRAMS = 264
 def attention_reference(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offsets, block_size, scale=None,
                         window=None):
     """Plain torch, the `invariant_mode(False)` path: gather every sequence's K/V into a padded batch and run
-    one `scaled_dot_product_attention` (CUDA: in the input dtype, as a usual stack does; CPU: fp32 math).
-    Not batch invariant; one host sync for the padded sizes."""
+    one `scaled_dot_product_attention` (CUDA: in the input dtype, as a usual stack does; CPU: fp32 math) with
+    the causal (and `window`) mask. Not batch invariant; one host sync for the padded sizes."""
     hq, d = q.shape[1], q.shape[2]
     hkv = k.shape[1]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
