@@ -282,7 +282,7 @@ WINDOW_HEADS = {"d96": (32, 32, 96), "d256": (8, 4, 256), "d128": QWEN3_HEADS}
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("heads", ["d96", "d256"])
 @pytest.mark.parametrize("window", [None, 512])
 def test_gpu_window_alone_vs_packed(dtype, heads, window):
@@ -292,7 +292,7 @@ def test_gpu_window_alone_vs_packed(dtype, heads, window):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("heads,window", [("d96", None), ("d96", 512), ("d256", None), ("d256", 1024),
                                           ("d128", 512)])
 def test_gpu_window_training_prefill_decode_chunked(dtype, heads, window):

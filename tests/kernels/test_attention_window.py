@@ -145,7 +145,7 @@ PHI3_MINI = (32, 32, 96)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("heads", [GEMMA3_4B, PHI3_MINI], ids=["d256", "d96"])
 @pytest.mark.parametrize("window", [None, 512, 1024])
 def test_gpu_window_head_dims_match_reference(dtype, heads, window):
@@ -170,7 +170,7 @@ def test_gpu_window_head_dims_match_reference(dtype, heads, window):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("heads", [GEMMA3_4B, PHI3_MINI, (16, 8, 128)], ids=["d256", "d96", "d128"])
 @pytest.mark.parametrize("window", [512, 1024, 4096])
 def test_gpu_window_decode_equals_training(dtype, heads, window):
