@@ -23,12 +23,11 @@ from onpolicy.kernels._common import LOG2E, require_triton, tl, triton
 # and row sum run in one order whatever its tile holds -- measured, tiles of 64 (4 or 8 warps), 128 (4 or 8) and
 # 16 (1 warp) give the same bits, 16 rows over 4 or 8 warps do not; 64 rows run causal prefill 3x faster than 16
 # at about the same decode speed (docs/invariance.md). fp32 (exact fp32 products, CUDA-core dots): 16 rows, as
-# before -- with 64 rows the fp32 GPU tests ran many times slower. Each dtype has one tile, so callers agree.
+# before -- with 64 rows the fp32 GPU tests ran many times slower. `fwd_tile` gives every caller one tile.
 FWD_TILE = {torch.bfloat16: (64, 4), torch.float32: (16, 8)}
 BLOCK_K = 64  # keys per tile, tiles start at key position 0 (the CPU path reduces the same key tiles)
 # head_dim 256 (Gemma): the same query rows over 8 warps and 32-key tiles, so the [rows, 256] fp32 accumulators
 # (two while splits fold) and the K/V tiles fit the H100's registers and shared memory.
-WIDE_HEAD_DIM = 256
 WIDE_TILE = {torch.bfloat16: (64, 8), torch.float32: (16, 8)}
 WIDE_BLOCK_K = 32
 
