@@ -139,6 +139,37 @@ def test_triton_window_parallel_splits_equal_the_in_kernel_fold(d):
         _close(folded, attention_reference(q, k, v, *meta, 1 / 8, window=window), TOL[torch.float32])
 
 
+def _check_96_is_padded_128(device):
+    """head_dim 96 (run as 128 with masked columns) == head_dim 128 with 32 explicit zero columns: forward
+    bitwise (training with lse, paged decode with both schedules), backward to rounding; padded columns stay 0."""
+    (q, k, v), meta = _paged_case([600, 70], [1, 1], 2, 1, 96, torch.float32, device=device, seed=9)
+    pad = [torch.nn.functional.pad(t, (0, 32)) for t in (q, k, v)]
+    for splits in (0, 2):
+        narrow, _ = attention_forward_triton(q, k, v, *meta, 0.1, False, pack=True, n_splits=splits, window=100)
+        wide, _ = attention_forward_triton(*pad, *meta, 0.1, False, pack=True, n_splits=splits, window=100)
+        assert torch.equal(narrow, wide[..., :96]) and not wide[..., 96:].any()
+    lens = [70, 5]
+    q, k, v = _packed(lens, 2, 1, 96, torch.float32, device=device, seed=10)
+    pad = [torch.nn.functional.pad(t, (0, 32)) for t in (q, k, v)]
+    cu = _cu(lens, device)
+    meta = (cu, *training_metadata(cu), TRAINING_BLOCK_SIZE)
+    narrow, lse_n = attention_forward_triton(q, k, v, *meta, 0.1, True, window=20)
+    wide, lse_w = attention_forward_triton(*pad, *meta, 0.1, True, window=20)
+    assert torch.equal(narrow, wide[..., :96]) and torch.equal(lse_n, lse_w)
+    do = torch.randn(narrow.shape, device=device)
+    g_n = attention_backward_triton(q, k, v, narrow, lse_n, do, cu, 0.1, 20)
+    g_w = attention_backward_triton(*pad, wide, lse_w, torch.nn.functional.pad(do, (0, 32)), cu, 0.1, 20)
+    for a, b in zip(g_n, g_w):  # close, not equal: torch's rowsum(dO * O) may add 96 and 128 columns differently
+        torch.testing.assert_close(a, b[..., :96], atol=1e-6, rtol=1e-6)
+        assert not b[..., 96:].any()
+
+
+@needs_triton
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2")
+def test_triton_head_dim_96_is_128_with_zero_columns():
+    _check_96_is_padded_128(TRITON_DEVICE)
+
+
 # ------------------------------------------------------------------------------------------------------ GPU
 GEMMA3_4B = (8, 4, 256)  # q heads, kv heads, head_dim; sliding window 1024
 PHI3_MINI = (32, 32, 96)
@@ -194,3 +225,8 @@ def test_gpu_window_decode_equals_training(dtype, heads, window):
     qt[last] = q
     train = attention_varlen(qt, kt, vt, _cu(ctx, "cuda"), scale=0.1, window=window)
     assert torch.equal(train[last], folded)
+
+
+@pytest.mark.gpu
+def test_gpu_head_dim_96_is_128_with_zero_columns():
+    _check_96_is_padded_128("cuda")
