@@ -51,11 +51,11 @@ class CpuThreads:
     """Adapts torch's thread count during a run (see module doc): `setting` is "auto" or a fixed int (which
     `determinism.enable` has set; then `update` changes nothing)."""
 
-    def __init__(self, setting: int | str, device: torch.device, clock=time.monotonic, busy=machine_busy_seconds,
-                 own=own_cpu_seconds):
+    def __init__(self, setting: int | str, device: torch.device, clock=None, busy=None, own=None):
         self.fixed = None if setting == "auto" else int(setting)
         self.active = torch.device(device).type == "cpu"
-        self.clock, self.busy, self.own = clock, busy, own
+        self.clock = clock or time.monotonic
+        self.busy, self.own = busy or machine_busy_seconds, own or own_cpu_seconds
         self.share, self.cores = determinism.cpu_share(), os.cpu_count() or 1
         self.changes = 0
         self._mark = self._reading()

@@ -265,5 +265,6 @@ def build_run(cfg, log=print) -> Run:
     if dist.is_main:  # console, metrics.jsonl and W&B from rank 0 only
         trim_metrics(cfg, run.start_step, log)
     run.logger = RunLogger(cfg, enabled=dist.is_main, start_step=run.start_step)
+    threads.update()  # the first decision, from the load seen during set-up
     run.setup_time = time.perf_counter() - t0
     return run
