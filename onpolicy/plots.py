@@ -78,10 +78,10 @@ def _plot_reward(fig, rows) -> None:
     xs, mean, smooth, lo, hi, w = reward_trend(rows)
     ax.plot(xs, mean, marker=_marker(xs), markersize=3, lw=0.8, color="C0", alpha=0.3, label="reward/mean (each step)")
     if w > 1:
-        ax.fill_between(xs, lo, hi, alpha=0.25, color="C1", lw=0, label=f"+-2 standard errors of the rolling mean")
+        ax.fill_between(xs, lo, hi, alpha=0.25, color="C1", lw=0, label="+-2 standard errors of the rolling mean")
         ax.plot(xs, smooth, color="C1", lw=2, label=f"rolling mean of {w} steps")
     ax.set_ylabel("reward")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     ax.set_xlabel("step")
 
