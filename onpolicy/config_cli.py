@@ -72,7 +72,8 @@ def _unknown_key_message(sections: dict[str, type], key: str, lists: tuple) -> s
         return f"--{key}: unknown section {section!r}; {hint}"
     field = name.split(".")[0]
     own = [f"{section}.{f}" for f in _did_you_mean(field, [f.name for f in dataclasses.fields(sections[section])])]
-    elsewhere = {f"{s}.{f.name}": f.name for s, cls in sections.items() if s != section for f in dataclasses.fields(cls)}
+    elsewhere = {f"{s}.{f.name}": f.name for s, cls in sections.items() if s != section
+                 for f in dataclasses.fields(cls)}
     same_name = [k for k, n in elsewhere.items() if n == field]
     close_names = set(_did_you_mean(field, list(elsewhere.values()), cutoff=0.8))
     close = own or same_name or [k for k, n in elsewhere.items() if n in close_names]

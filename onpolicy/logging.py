@@ -211,7 +211,8 @@ class RunLogger:
         paths: list[str] = []
         if self.cfg.logging.plot and self.metrics_path.exists() and self.metrics_path.stat().st_size:
             when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-            note = f"{self.cfg.logging.run_name or self.output_dir.name}, {when}, {hardware_name(self.cfg.model.device)}"
+            run = self.cfg.logging.run_name or self.output_dir.name
+            note = f"{run}, {when}, {hardware_name(self.cfg.model.device)}"
             paths = plot_metrics(self.metrics_path, self.output_dir / "plots", note=note)
             self.print(f"plots: {', '.join(paths)}")
         return paths

@@ -5,10 +5,10 @@
 -> `ScoredBatch` -> `update_policy` (trainer forward, parity, loss, backward, optimizer step) -> metrics.
 On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (peak allocated per phase).
 `train()` enters the kernels' invariant mode (`trainer.invariant`) once around the whole run, checkpoints every
-`save_every` steps and always at the end, re-decides torch's CPU thread count after each step
-(`cpu_threads.CpuThreads`, `trainer.num_threads`), logs sample completions (`RunLogger.log_samples`) (the final policy is an HF directory loadable by transformers), stops
-with `NonFiniteError` (after saving the last good policy, i.e. the weights before the bad update, which is never
-applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
+`save_every` steps and always at the end (the final policy is an HF directory loadable by transformers),
+re-decides torch's CPU thread count after each step (`cpu_threads.CpuThreads`, `trainer.num_threads`), logs
+sample completions (`RunLogger.log_samples`), stops with `NonFiniteError` (after saving the last good policy,
+i.e. the weights before the bad update, which is never applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
 Several processes (`accelerate launch`): each rank samples its share of the prompts, the rollouts are gathered
 in global order and every rank scores the whole step (onpolicy.trainer.distributed); `world_size` is logged.
 See `update.py` for what the update leaves out.

@@ -16,7 +16,8 @@ def _run(out_dir: Path, threads: int | str):
     from onpolicy.config import parse_args
     from onpolicy.trainer import train
 
-    overrides = {"trainer.num_threads": str(threads), "trainer.steps": "2", "trainer.sft_warmup_steps": "30", "trainer.prompts_per_step": "8",
+    overrides = {"trainer.num_threads": str(threads),
+                 "trainer.steps": "2", "trainer.sft_warmup_steps": "30", "trainer.prompts_per_step": "8",
                  "sampling.num_generations": "4",
                  "logging.output_dir": str(out_dir / "run"), "logging.plot": "false"}
     argv = ["--config", str(CONFIG)] + [x for k, v in overrides.items() for x in (f"--{k}", v)]
