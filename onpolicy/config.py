@@ -114,9 +114,9 @@ class TrainerArgs(Section):
     sft_warmup_steps: int = _f(0, "supervised warm-up steps on reference answers before RL", ge=0)
     sft_lr: float = _f(1e-3, "learning rate of the SFT warm-up", gt=0)
     seed: int = _f(0, "global seed (python/numpy/torch and sampling)", ge=0)
-    num_threads: int | str = _f("auto", "torch CPU threads: 'auto' = the cores other programs leave free (of this "
-                                "process's share), re-checked every step; N = exactly N. Same results for any count",
-                                allowed="'auto' or an int >= 1")
+    num_threads: int | str = _f("share", "torch CPU threads: 'share' = this process's share of the cores; 'auto' = "
+                                "the cores other programs leave free (of that share), re-checked every step; N = N",
+                                allowed="'share', 'auto' or an int >= 1")
     save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)", ge=0)
     save_only_model: bool = _f(False, "checkpoints hold the policy and data position only, no optimizer state "
                                "(smaller and faster; such a checkpoint cannot be resumed)")
@@ -148,8 +148,9 @@ class TrainerArgs(Section):
         self._check(not (self.strict_onpolicy and not self.invariant), "strict_onpolicy",
                     "false or null when trainer.invariant is false (the non-invariant ops are not bitwise on-policy: "
                     "a strict run would stop at step 1)")
-        self._check(self.num_threads == "auto" or (isinstance(self.num_threads, int) and self.num_threads >= 1),
-                    "num_threads", "'auto' or an int >= 1")
+        self._check(self.num_threads in ("share", "auto") or (isinstance(self.num_threads, int)
+                                                                and self.num_threads >= 1),
+                    "num_threads", "'share', 'auto' or an int >= 1")
         self._check(not isinstance(self.resume, str) or bool(self.resume.strip()), "resume",
                     "true/false or a checkpoint path")
         self._check(self.prompts_per_step % self.mini_batches == 0, "mini_batches",

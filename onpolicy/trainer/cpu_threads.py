@@ -1,4 +1,5 @@
-"""torch's CPU thread count for a run on the CPU: fixed (`trainer.num_threads: N`) or "auto".
+"""torch's CPU thread count for a run on the CPU: fixed (`trainer.num_threads: share`, the default, or N) or
+"auto".
 
 Why "auto" re-checks: torch's OpenMP threads meet at a barrier after every parallel op, so a team of 2 threads
 on 2 cores, one of which another program keeps busy, waits for its descheduled thread at every op; the tiny
@@ -7,8 +8,10 @@ cores of this process's share that other programs leave free: `CpuThreads.update
 reads the machine's busy time from /proc/stat, subtracts this process's own CPU time (os.times), and sets
 `round(cores - others)` threads (cores: the machine's), at least 1 and at most the share
 (`determinism.cpu_share`); the run starts with the share (`determinism.enable`). A decision needs
-`MIN_WINDOW_S` of history, so short steps are pooled. Results do not depend on it: every CPU op gives the same
-bits for any thread count (tests/invariance/test_thread_invariance*.py), also when the count changes mid-run.
+`MIN_WINDOW_S` of history, so short steps are pooled. A run's bits then stay those of a fixed count only where
+every CPU op gives the same bits for any thread count (tests/invariance/test_thread_invariance*.py, which also
+switch the count mid-run); where an op does not (MKL GEMMs at K >= 1024 on an AVX-512 CPU with torch 2.13 were
+seen to), "auto" makes a run's bits depend on the load, which is why it is not the default.
 Left out: non-Linux load readings ("auto" keeps the share there), inter-op threads, GPU runs (left alone).
 """
 from __future__ import annotations
@@ -48,11 +51,11 @@ def threads_for_free_cores(cores: int, others_busy: float, share: int) -> int:
 
 
 class CpuThreads:
-    """Adapts torch's thread count during a run (see module doc): `setting` is "auto" or a fixed int (which
-    `determinism.enable` has set; then `update` changes nothing)."""
+    """Adapts torch's thread count during a run (see module doc): `setting` is "auto", or "share" / an int
+    (fixed: `determinism.enable` has set it and `update` changes nothing)."""
 
     def __init__(self, setting: int | str, device: torch.device, clock=None, busy=None, own=None):
-        self.fixed = None if setting == "auto" else int(setting)
+        self.fixed = None if setting == "auto" else setting
         self.active = torch.device(device).type == "cpu"
         self.clock = clock or time.monotonic
         self.busy, self.own = busy or machine_busy_seconds, own or own_cpu_seconds

@@ -232,7 +232,7 @@ def build_run(cfg, log=print) -> Run:
     dist = Dist.current()
     check_before_compute(cfg, dist, log)
     device = resolve_device(cfg.model.device)
-    determinism.enable(seed=t.seed, cpu_threads=-1 if t.num_threads == "auto" else t.num_threads)
+    determinism.enable(seed=t.seed, cpu_threads=t.num_threads if isinstance(t.num_threads, int) else -1)
     threads = CpuThreads(t.num_threads, device)
     tokenizer = build_tokenizer(cfg)
     rows = load_prompts(cfg.data, tokenizer)

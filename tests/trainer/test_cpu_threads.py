@@ -1,4 +1,4 @@
-"""trainer.num_threads: 'auto' follows the cores other programs leave free; a fixed count stays put."""
+"""trainer.num_threads: 'auto' follows the cores other programs leave free; 'share' or N stays put."""
 import pytest
 import torch
 
@@ -57,7 +57,8 @@ def test_auto_follows_the_load(monkeypatch):
 def test_fixed_count_and_gpu_runs_are_left_alone(monkeypatch):
     m = FakeMachine()
     torch.set_num_threads(2)
-    for th in (_threads(2, m, monkeypatch=monkeypatch), _threads("auto", m, "cuda", monkeypatch=monkeypatch)):
+    for th in (_threads(2, m, monkeypatch=monkeypatch), _threads("share", m, monkeypatch=monkeypatch),
+               _threads("auto", m, "cuda", monkeypatch=monkeypatch)):
         m.advance(1.0, others=2.0)
         assert th.update() == 2 and torch.get_num_threads() == 2 and th.changes == 0
 
@@ -70,8 +71,9 @@ def test_reads_this_machine():
 
 
 def test_config_field():
-    assert parse_args([]).trainer.num_threads == "auto"
+    assert parse_args([]).trainer.num_threads == "share"
+    assert parse_args(["--trainer.num_threads", "auto"]).trainer.num_threads == "auto"
     assert parse_args(["--trainer.num_threads", "3"]).trainer.num_threads == 3
     for bad in ("0", "many"):
-        with pytest.raises(ConfigError, match=r"trainer\.num_threads: got .*; allowed: 'auto' or an int >= 1"):
+        with pytest.raises(ConfigError, match=r"trainer\.num_threads: got .*; allowed: 'share', 'auto' or an int >= 1"):
             parse_args(["--trainer.num_threads", bad])
