@@ -121,13 +121,17 @@ class TrainerArgs(Section):
                               choices=LOSS_AGGS)
     invariant: bool = _f(True, "run the batch-invariant kernels (true on-policy); false = cuBLAS / SDPA "
                         "(the non-invariant stack)")
-    strict_onpolicy: bool = _f(False, "stop on the first step with a non-zero sampler/trainer logprob diff")
+    strict_onpolicy: bool | None = _f(None, "stop on the first step with a non-zero sampler/trainer logprob diff; "
+                                      "null = the value of trainer.invariant")
     tis_cap: float | None = _f(None, "truncated importance-sampling cap; only with invariant: false", gt=0)
     dynamic_sampling: bool = _f(False, "DAPO: drop groups whose rewards are all equal")
     overlong_filter: bool = _f(False, "DAPO: mask completions cut off by max_tokens")
     sft_warmup_steps: int = _f(0, "supervised warm-up steps on reference answers before RL", ge=0)
     sft_lr: float = _f(1e-3, "learning rate of the SFT warm-up", gt=0)
     seed: int = _f(0, "global seed (python/numpy/torch and sampling)", ge=0)
+    num_threads: int | str = _f("share", "torch CPU threads: 'share' = this process's share of the cores; 'auto' = "
+                                "the cores other programs leave free (of that share), re-checked every step; N = N",
+                                allowed="'share', 'auto' or an int >= 1")
     save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)", ge=0)
     save_only_model: bool = _f(False, "checkpoints hold the policy and data position only, no optimizer state "
                                "(smaller and faster; such a checkpoint cannot be resumed)")
@@ -154,8 +158,14 @@ class TrainerArgs(Section):
                     "two floats in [0, 1), e.g. [0.9, 0.99]")
         self._check(self.tis_cap is None or not self.invariant, "tis_cap",
                     "null when trainer.invariant is true (sampler and trainer logprobs are equal, no IS needed)")
+        if self.strict_onpolicy is None:
+            object.__setattr__(self, "strict_onpolicy", self.invariant)
         self._check(not (self.strict_onpolicy and not self.invariant), "strict_onpolicy",
-                    "false when trainer.invariant is false (the default ops are not bitwise on-policy)")
+                    "false or null when trainer.invariant is false (the non-invariant ops are not bitwise on-policy: "
+                    "a strict run would stop at step 1)")
+        self._check(self.num_threads in ("share", "auto") or (isinstance(self.num_threads, int)
+                                                                and self.num_threads >= 1),
+                    "num_threads", "'share', 'auto' or an int >= 1")
         self._check(not isinstance(self.resume, str) or bool(self.resume.strip()), "resume",
                     "true/false or a checkpoint path")
         self._check(self.prompts_per_step % self.mini_batches == 0, "mini_batches",
@@ -184,6 +194,10 @@ class LoggingArgs(Section):
     project: str = _f("onpolicy", "W&B project")
     run_name: str | None = _f(None, "W&B run name / console label")
     log_every: int = _f(1, "console line every N steps (metrics.jsonl gets every step)", ge=1)
+    log_samples_every: int = _f(10, "every N steps the step's completions go to samples.jsonl (and a W&B table), "
+                                "a few to the console; 0 = never", ge=0)
+    num_samples: int = _f(4, "completions printed on the console at a sample step (one per prompt)", ge=0)
+    progress_bar: bool = _f(True, "a progress bar with ETA on stderr (only when stderr is a terminal)")
     plot: bool = _f(True, "write PNG plots of metrics.jsonl at the end of the run")
 
 

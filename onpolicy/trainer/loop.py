@@ -5,9 +5,10 @@
 -> `ScoredBatch` -> `update_policy` (trainer forward, parity, loss, backward, optimizer step) -> metrics.
 On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (peak allocated per phase).
 `train()` enters the kernels' invariant mode (`trainer.invariant`) once around the whole run, checkpoints every
-`save_every` steps and always at the end (the final policy is an HF directory loadable by transformers), stops
-with `NonFiniteError` (after saving the last good policy, i.e. the weights before the bad update, which is never
-applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
+`save_every` steps and always at the end (the final policy is an HF directory loadable by transformers),
+re-decides torch's CPU thread count after each step (`cpu_threads.CpuThreads`, `trainer.num_threads`), logs
+sample completions (`RunLogger.log_samples`), stops with `NonFiniteError` (after saving the last good policy,
+i.e. the weights before the bad update, which is never applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
 Several processes (`accelerate launch`): each rank samples its share of the prompts, the rollouts are gathered
 in global order and every rank scores the whole step (onpolicy.trainer.distributed); `world_size` is logged.
 See `update.py` for what the update leaves out.
@@ -55,6 +56,7 @@ def rl_step(run: Run, step: int) -> dict:
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()
     scored = score_rollouts(cfg, rows, ro)
+    run.logger.log_samples(step + 1, [r["prompt"] for r in rows], scored)
     peak.start()
     t1 = time.perf_counter()
     try:
@@ -91,6 +93,7 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
     t = run.cfg.trainer
     saved = run.start_step or None
     watch = CollapseWatch(t.lr)
+    log = run.logger.beside_bar(log)
     for step in range(run.start_step, t.steps):
         prompt_state = run.prompts.state_dict()
         try:
@@ -107,6 +110,7 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
             raise NonFiniteError(e.step, e.what, e.metrics, saved=f"{path}/policy") from None
         history.append(metrics)
         run.logger.log(metrics, step=step + 1)
+        run.threads.update()
         warning = watch.update(metrics)
         if warning:
             log(warning)
