@@ -129,8 +129,8 @@ class TrainerArgs(Section):
     sft_warmup_steps: int = _f(0, "supervised warm-up steps on reference answers before RL", ge=0)
     sft_lr: float = _f(1e-3, "learning rate of the SFT warm-up", gt=0)
     seed: int = _f(0, "global seed (python/numpy/torch and sampling)", ge=0)
-    num_threads: int | str = _f("share", "torch CPU threads: 'share' = this process's share of the cores; 'auto' = "
-                                "the cores other programs leave free (of that share), re-checked every step; N = N",
+    num_threads: int | str = _f("auto", "torch CPU threads: 'auto' = the cores other programs leave free (of this "
+                                "process's share), re-checked every step; 'share' = the share, fixed; N = N",
                                 allowed="'share', 'auto' or an int >= 1")
     save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)", ge=0)
     save_only_model: bool = _f(False, "checkpoints hold the policy and data position only, no optimizer state "

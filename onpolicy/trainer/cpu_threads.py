@@ -1,5 +1,5 @@
-"""torch's CPU thread count for a run on the CPU: fixed (`trainer.num_threads: share`, the default, or N) or
-"auto".
+"""torch's CPU thread count for a run on the CPU: "auto" (`trainer.num_threads`, the default) or fixed ("share"
+or N).
 
 Why "auto" re-checks: torch's OpenMP threads meet at a barrier after every parallel op, so a team of 2 threads
 on 2 cores, one of which another program keeps busy, waits for its descheduled thread at every op; the tiny
@@ -8,10 +8,9 @@ cores of this process's share that other programs leave free: `CpuThreads.update
 reads the machine's busy time from /proc/stat, subtracts this process's own CPU time (os.times), and sets
 `round(cores - others)` threads (cores: the machine's), at least 1 and at most the share
 (`determinism.cpu_share`); the run starts with the share (`determinism.enable`). A decision needs
-`MIN_WINDOW_S` of history, so short steps are pooled. A run's bits then stay those of a fixed count only where
-every CPU op gives the same bits for any thread count (tests/invariance/test_thread_invariance*.py, which also
-switch the count mid-run); where an op does not (MKL GEMMs at K >= 1024 on an AVX-512 CPU with torch 2.13 were
-seen to), "auto" makes a run's bits depend on the load, which is why it is not the default.
+`MIN_WINDOW_S` of history, so short steps are pooled. A run's bits are those of any fixed count because
+every CPU op gives the same bits for any thread count (MKL's GEMMs in its strict reproducible mode, set by
+`onpolicy.determinism`; tests/invariance/test_thread_invariance*.py, which also switch the count mid-run).
 Left out: non-Linux load readings ("auto" keeps the share there), inter-op threads, GPU runs (left alone).
 """
 from __future__ import annotations

@@ -71,7 +71,7 @@ def test_reads_this_machine():
 
 
 def test_config_field():
-    assert parse_args([]).trainer.num_threads == "share"
+    assert parse_args([]).trainer.num_threads == "auto"
     assert parse_args(["--trainer.num_threads", "auto"]).trainer.num_threads == "auto"
     assert parse_args(["--trainer.num_threads", "3"]).trainer.num_threads == 3
     for bad in ("0", "many"):
