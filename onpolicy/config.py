@@ -29,11 +29,12 @@ import yaml
 from onpolicy.config_cli import apply_override, help_text, load_yaml, split_cli
 from onpolicy.config_fields import ConfigError, Section, coerce, config_field
 from onpolicy.engine.params import EngineConfig
+from onpolicy.evaluation import EvalArgs
 from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS
 from onpolicy.trainer.distributed import GRAD_REDUCTIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
-           "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
+           "RewardArgs", "EvalArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
            "check_context"]
 
 _f = config_field
@@ -70,6 +71,10 @@ class DataArgs(Section):
     max_prompt_tokens: int = _f(256, "prompts longer than this (in tokens) are dropped with a warning", ge=1)
     num_examples: int | None = _f(None, "keep only the first N source rows (None = all)", ge=1)
     shuffle_seed: int = _f(0, "seed of the per-epoch prompt order")
+    eval_dataset: str | None = _f(None, "held-out set of the evaluation (recipes/eval.py, trainer.eval_every), in "
+                                        "the form of `dataset`; null = the embedded task's held-out split (a "
+                                        "different seed, training prompts removed)")
+    eval_split: str = _f("test", "split of eval_dataset for a save_to_disk DatasetDict or a data directory")
 
     def _validate(self):
         if self.dataset.startswith("embedded:"):
@@ -132,6 +137,8 @@ class TrainerArgs(Section):
     num_threads: int | str = _f("auto", "torch CPU threads: 'auto' = the cores other programs leave free (of this "
                                 "process's share), re-checked every step; 'share' = the share, fixed; N = N",
                                 allowed="'share', 'auto' or an int >= 1")
+    eval_every: int = _f(0, "evaluate on the held-out set (the eval section) every N steps and log eval/* "
+                         "(0 = off)", ge=0)
     save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)", ge=0)
     save_only_model: bool = _f(False, "checkpoints hold the policy and data position only, no optimizer state "
                                "(smaller and faster; such a checkpoint cannot be resumed)")
@@ -203,7 +210,7 @@ class LoggingArgs(Section):
 
 REWARDS_HELP = "rewards: --rewards '[{name: NAME, weight: W}, ...]' (default [{name: embedded}])"
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineConfig,
-            "trainer": TrainerArgs, "logging": LoggingArgs}
+            "trainer": TrainerArgs, "eval": EvalArgs, "logging": LoggingArgs}
 
 
 @dataclass
@@ -217,6 +224,7 @@ class ExperimentConfig:
     trainer: TrainerArgs = field(default_factory=TrainerArgs, metadata={"help": "RL algorithm and optimizer"})
     rewards: list[RewardArgs] = field(default_factory=lambda: [RewardArgs(name="embedded")],
                                       metadata={"help": "weighted reward functions"})
+    eval: EvalArgs = field(default_factory=EvalArgs, metadata={"help": "held-out evaluation"})
     logging: LoggingArgs = field(default_factory=LoggingArgs, metadata={"help": "metrics sinks"})
 
     def __post_init__(self):
