@@ -37,7 +37,7 @@ METRIC_NAMES = (
 # Console line: (metric, short label); missing metrics are skipped.
 _CONSOLE = (("reward/mean", "reward"), ("reward/std", "std"), ("onpolicy/kl", "kl"),
             ("onpolicy/logprob_diff/max", "lp_diff_max"), ("loss", "loss"), ("grad_norm", "gnorm"),
-            ("throughput/tokens_per_s", "tok/s"), ("time/step", "s/step"))
+            ("eval/accuracy", "eval_acc"), ("throughput/tokens_per_s", "tok/s"), ("time/step", "s/step"))
 
 
 def _to_number(name: str, value: Any) -> float | int:

@@ -6,7 +6,8 @@ The training config file and overrides (`onpolicy.config.parse_args`; the `eval`
 choose what is measured: `--help` lists them). Writes `<logging.output_dir>/eval.jsonl` (one row per problem) and
 `eval_summary.json`, and prints a summary line (definitions: `onpolicy.evaluation`). `--compare A.jsonl` then
 prints which problems flipped from A to this evaluation; `--compare A.jsonl B.jsonl` compares two files
-without evaluating. The same kernels as training (`trainer.invariant`); on the invariant kernels the results are
+without evaluating. `--model.path DIR` on the command line
+drops the config file's `model.tiny` block, so the training config serves a saved policy as is. The same kernels as training (`trainer.invariant`); on the invariant kernels the results are
 the same bits for any engine batch limits and CPU thread count. Single process (the evaluation itself shares
 problems across ranks when the trainer runs it under `accelerate launch`).
 """
@@ -35,6 +36,14 @@ def split_compare(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv[:i] + argv[i + 1 + len(files):], files
 
 
+def saved_policy_argv(argv: list[str]) -> list[str]:
+    """`--model.path DIR` given on the command line drops the config file's `model.tiny` block (it describes the
+    built-in tiny model, not a saved policy), so the training config can be reused as is."""
+    paths = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--model.path"]
+    paths += [a.split("=", 1)[1] for a in argv if a.startswith("--model.path=")]
+    return ["--model.tiny", "{}", *argv] if paths and paths[-1] != "tiny" else argv
+
+
 def _compare(before: str, after: str) -> dict:
     from onpolicy.evaluation import compare_lines, compare_results, read_results
 
@@ -49,7 +58,7 @@ def _run(argv: list[str]) -> dict:
         return {"compare": _compare(*compare)}
     from onpolicy.config import parse_args
 
-    cfg = parse_args(argv)
+    cfg = parse_args(saved_policy_argv(argv))
     from onpolicy.eval_run import run_evaluation
     from onpolicy.evaluation import summary_line
 

@@ -7,7 +7,8 @@ On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (pea
 `train()` enters the kernels' invariant mode (`trainer.invariant`) once around the whole run, checkpoints every
 `save_every` steps and always at the end (the final policy is an HF directory loadable by transformers),
 re-decides torch's CPU thread count after each step (`cpu_threads.CpuThreads`, `trainer.num_threads`), logs
-sample completions (`RunLogger.log_samples`), stops with `NonFiniteError` (after saving the last good policy,
+sample completions (`RunLogger.log_samples`), evaluates the held-out set every `trainer.eval_every` steps
+(`eval/*` metrics, onpolicy.eval_run), stops with `NonFiniteError` (after saving the last good policy,
 i.e. the weights before the bad update, which is never applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
 Several processes (`accelerate launch`): each rank samples its share of the prompts, the rollouts are gathered
 in global order and every rank scores the whole step (onpolicy.trainer.distributed); `world_size` is logged.
@@ -79,6 +80,19 @@ def rl_step(run: Run, step: int) -> dict:
     }
 
 
+def held_out_metrics(run: Run) -> dict:
+    """`eval/*`: the held-out evaluation (onpolicy.eval_run) of the current policy, on every rank."""
+    import torch
+
+    from onpolicy.eval_run import evaluate
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        _, summary = evaluate(run.cfg, run.llm, run.tokenizer, run.eval_rows, run.dist)
+    keys = [k for k in summary if k not in ("num_problems", "num_samples")]
+    return {**{f"eval/{k}": summary[k] for k in keys}, "time/eval": time.perf_counter() - t0}
+
+
 def _last_saved(run: Run) -> str | None:
     """The policy directory of the newest checkpoint on disk (None if there is none)."""
     from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root, list_checkpoints
@@ -108,6 +122,8 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
                 raise NonFiniteError(e.step, e.what, e.metrics, saved=_last_saved(run)) from None
             path = save_checkpoint(run, step)
             raise NonFiniteError(e.step, e.what, e.metrics, saved=f"{path}/policy") from None
+        if t.eval_every and (step + 1) % t.eval_every == 0:
+            metrics.update(held_out_metrics(run))
         history.append(metrics)
         run.logger.log(metrics, step=step + 1)
         run.threads.update()

@@ -42,6 +42,7 @@ class Run:
     dist: Any = None                  # onpolicy.trainer.distributed.Dist (rank, world size, fsdp)
     threads: Any = None               # onpolicy.trainer.cpu_threads.CpuThreads
     train_model: Any = None           # the module the trainer's forward runs under FSDP2; None: `model`
+    eval_rows: list | None = None     # held-out problems of trainer.eval_every (onpolicy.eval_run); None: off
 
 
 def trainer_module(run) -> torch.nn.Module:
@@ -216,6 +217,10 @@ def check_before_compute(cfg, dist, log=print) -> None:
 
     check_rewards(cfg.rewards)
     check_context(cfg)
+    if cfg.trainer.eval_every:
+        from onpolicy.evaluation import check_eval_config
+
+        check_eval_config(cfg)
     resume = cfg.trainer.resume
     if isinstance(resume, str) and not os.path.exists(resume):
         raise ValueError(f"trainer.resume: checkpoint path {resume!r} does not exist; allowed: false, true, a path")
@@ -260,6 +265,11 @@ def build_run(cfg, log=print) -> Run:
     check_stop_strings(cfg, tokenizer)
     rows = load_prompts(cfg.data, tokenizer)
     warn_unknown_chars(cfg, rows, log)
+    eval_rows = None
+    if t.eval_every:
+        from onpolicy.eval_run import load_eval_rows
+
+        eval_rows = load_eval_rows(cfg, tokenizer, rows)
     model = build_model(cfg, device, t.seed)
     attach_generation_settings(model, tokenizer, log)
 
@@ -282,7 +292,7 @@ def build_run(cfg, log=print) -> Run:
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,
               setup_time=0.0, sft_stats=sft_stats, dist=dist, train_model=train_model,
-              threads=threads)
+              threads=threads, eval_rows=eval_rows)
     if t.resume is not False:
         run.start_step = resume_run(run)
         log(f"resumed after step {run.start_step}" if run.start_step else "resume: no checkpoint yet, starting fresh")
