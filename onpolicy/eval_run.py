@@ -7,9 +7,9 @@ set. The first `eval.num_examples` problems are kept; a problem's id is its `id`
 Reproducibility: sample j of problem p is seeded by (eval.seed, p's id, j) only -- the engine's counter-based
 sampler numbers the n samples of a request -- so, on the invariant kernels, the results are the same bits for
 any engine.max_num_seqs, max_num_batched_tokens, CPU thread count and world size (several processes: each rank
-samples its contiguous share, every rank gets all records in problem order). Left out: the vLLM backend's
-guarantee (its scheduler is its own), eval sets not divisible across ranks are padded by nothing: the last
-rank takes the remainder.
+samples its contiguous share, every rank gets all records in problem order). Shares are ceil(n / world
+size) problems (the last smaller). Left out: the same guarantee on the vLLM backend (its scheduler is its own);
+the multi-process path is not covered by a test here.
 """
 from __future__ import annotations
 
@@ -37,7 +37,14 @@ def load_eval_rows(cfg, tokenizer, train_rows: list[dict] | None = None) -> list
     if embedded:
         seen = {r["prompt"] for r in (train_rows if train_rows is not None else load_prompts(d, tokenizer))}
         args = dataclasses.replace(args, num_examples=cfg.eval.num_examples + len(seen))
-        rows = [r for r in load_prompts(args, tokenizer) if r["prompt"] not in seen][: cfg.eval.num_examples]
+        rows = []
+        for r in load_prompts(args, tokenizer):
+            if r["prompt"] not in seen and len(rows) < cfg.eval.num_examples:
+                seen.add(r["prompt"])
+                rows.append(r)
+        if not rows:
+            raise ValueError(f"data.eval_dataset: null, and every held-out prompt of {d.dataset!r} is a training "
+                             "prompt; allowed: a local held-out file, or a smaller data.num_examples")
     else:
         rows = load_prompts(args, tokenizer)
     out = [dict(r, id=str(r.get("id", i))) for i, r in enumerate(rows)]

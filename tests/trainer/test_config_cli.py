@@ -26,7 +26,7 @@ def test_dotted_override_into_a_non_dict_field_is_refused():
 
 @pytest.mark.parametrize("argv, suggestion", [
     (["--trainer.lrr", "1e-4"], "did you mean --trainer.lr?"),
-    (["--trainer.temperature", "0.5"], "did you mean --sampling.temperature?"),
+    (["--trainer.temperature", "0.5"], "did you mean --sampling.temperature, --eval.temperature?"),
     (["--trainr.lr", "1e-4"], "unknown section 'trainr'; did you mean trainer?"),
     (["--sampling.num_generation", "4"], "did you mean --sampling.num_generations?"),
 ])
