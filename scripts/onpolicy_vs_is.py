@@ -29,6 +29,7 @@ ARMS = {
     "b_no_correction": ("(b) invariant: false, no correction", ["--trainer.invariant", "false"]),
     "c_tis": ("(c) invariant: false, tis_cap 2", ["--trainer.invariant", "false", "--trainer.tis_cap", "2.0"]),
 }
+STYLES = {"a_invariant": "-", "b_no_correction": "-", "c_tis": "--"}  # (c) dashed: it may lie on (b)
 PANELS = (("onpolicy/kl", "sampler vs trainer KL"), ("onpolicy/logprob_diff/max", "max |logprob diff|"),
           ("reward/mean", "reward (train batch)"), ("eval/accuracy", "held-out accuracy (greedy)"))
 
@@ -77,7 +78,7 @@ def plot(args) -> dict:
         for arm, rows in runs.items():
             pts = [(r["step"], r[key]) for r in rows if key in r]
             if pts:
-                ax.plot(*zip(*pts), label=ARMS[arm][0], marker="o" if key.startswith("eval/") else None,
+                ax.plot(*zip(*pts), STYLES[arm], label=ARMS[arm][0], marker="o" if key.startswith("eval/") else None,
                         linewidth=1.2, markersize=3)
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -86,8 +87,10 @@ def plot(args) -> dict:
             ax.set_yscale("symlog", linthresh=1e-6)
     axes.flat[0].legend(fontsize=9)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    fig.suptitle(f"embedded reverse task, tiny Qwen3-style model, bf16, same seed/data/SFT start -- {when}, "
-                 f"{hardware_name('cpu')}", fontsize=10)
+    device = args.extra[args.extra.index("--model.device") + 1] if "--model.device" in args.extra else "cpu"
+    extra = f" [{' '.join(args.extra)}]" if args.extra else ""
+    fig.suptitle(f"embedded reverse task, tiny Qwen3-style model, bf16, same seed/data/SFT start{extra}\n{when}, "
+                 f"{hardware_name(device)}", fontsize=10)
     out = Path(args.out) / "onpolicy_vs_is.png"
     fig.savefig(out, dpi=110)
     numbers = {arm: arm_numbers(rows) for arm, rows in runs.items()}
