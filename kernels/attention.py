@@ -28,6 +28,8 @@ from onpolicy.kernels.attention_triton import KV_SPLIT, attention_forward_triton
 # Packed training K/V: each sequence is one block starting at its kv_offset (block_table is all 0). Any
 # block_size >= the longest sequence gives slot = kv_offset + position; the kernels never tile by it.
 TRAINING_BLOCK_SIZE = 1 << 30
+# The head dims the kernels compile for (models check theirs against it at load).
+HEAD_DIMS = (64, 128)
 _OP = "attention"
 # A decode step whose grid has fewer (sequence, kv head) programs than this -- 2 per SM of an H100 -- runs each
 # row's 512-key splits as parallel programs (`attention_forward_triton(n_splits=...)`); larger grids fold the
@@ -80,7 +82,7 @@ def check_attention_args(q, k, v, cu_seqlens_q, seqlens_k, block_table, kv_offse
         check(t.stride(2) == 1, _OP, f"{name} must be contiguous in head_dim (stride 1), got stride {t.stride(2)}")
     check(k.dtype == q.dtype and v.dtype == q.dtype, _OP,
           f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    check(q.shape[2] in (64, 128), _OP, f"head_dim must be 64 or 128, got {q.shape[2]}")
+    check(q.shape[2] in HEAD_DIMS, _OP, f"head_dim must be one of {HEAD_DIMS}, got {q.shape[2]}")
     check(k.shape == v.shape, _OP, f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     check(k.shape[2] == q.shape[2], _OP, f"k head_dim {k.shape[2]} != q head_dim {q.shape[2]}")
     check(k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0, _OP,

@@ -1,8 +1,9 @@
-"""ModelConfig: the Qwen3 / Llama decoder hyper-parameters, validated, with HF config.json conversion.
+"""ModelConfig: the decoder's hyper-parameters, validated, with HF config.json conversion for every family in
+`architectures.ARCHITECTURES` (Qwen3, Llama, Qwen2, Mistral, OLMo-2, SmolLM3).
 
-Left out: rope scaling (Llama-3 "llama3", YaRN, ...), sliding-window attention, MLP bias, and any activation
-other than SiLU -- `from_hf` raises a ValueError for a config that needs one of them rather than loading a
-model that would compute something else.
+Left out: sliding-window attention, MLP bias, activations other than SiLU, partial rotary, rope types other than
+`rope_scaling.ROPE_TYPES`, head dims the attention kernels do not compile (`kernels.attention.HEAD_DIMS`) --
+`from_hf` raises a ValueError naming the field rather than loading a model that would compute something else.
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-ARCHITECTURES = ("qwen3", "llama")
+from onpolicy.kernels.attention import HEAD_DIMS
+from onpolicy.model.architectures import ARCHITECTURES, Architecture, architecture, check_hf_fields, from_hf_names
+from onpolicy.model.rope_scaling import check_scaling, parse_hf_rope
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_HF_CLASS = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
-_HF_ARCH = {v: k for k, v in _HF_CLASS.items()}
 
 
 def _fail(field: str, msg: str) -> None:
@@ -23,7 +25,11 @@ def _fail(field: str, msg: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """Decoder-only transformer config. `qk_norm` (per-head RMSNorm on q and k before RoPE) is Qwen3's."""
+    """Decoder-only transformer config; `architecture` names its `Architecture` (what the family changes).
+
+    rope_scaling: None (default RoPE) or the HF rope parameters of a scaled type (`rope_type` first, without
+    rope_theta). no_rope_layers: SmolLM3's per-layer 1 (RoPE) / 0 (no RoPE); None = RoPE in every layer.
+    """
 
     architecture: str = "qwen3"
     vocab_size: int = 128
@@ -39,13 +45,32 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     attention_bias: bool = False
     dtype: str = "float32"
+    rope_scaling: dict | None = None
+    no_rope_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.no_rope_layers is not None:
+            self.no_rope_layers = tuple(self.no_rope_layers)
         self.validate()
 
     @property
+    def arch(self) -> Architecture:
+        return architecture(self.architecture)
+
+    @property
     def qk_norm(self) -> bool:
-        return self.architecture == "qwen3"
+        return self.arch.qk_norm != "none"
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.attention_bias if self.arch.qkv_bias is None else self.arch.qkv_bias
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attention_bias if self.arch.o_bias is None else self.arch.o_bias
+
+    def layer_uses_rope(self, layer: int) -> bool:
+        return self.no_rope_layers is None or bool(self.no_rope_layers[layer])
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -70,6 +95,12 @@ class ModelConfig:
             _fail("rms_norm_eps", f"must be > 0, got {self.rms_norm_eps!r}")
         if not self.rope_theta > 0:
             _fail("rope_theta", f"must be > 0, got {self.rope_theta!r}")
+        if self.rope_scaling is not None:
+            check_scaling(self.rope_scaling)
+        if self.no_rope_layers is not None and (not self.arch.rope_per_layer or len(self.no_rope_layers)
+                                                != self.num_hidden_layers or set(self.no_rope_layers) - {0, 1}):
+            _fail("no_rope_layers", f"must be None or (for {', '.join(a for a, e in ARCHITECTURES.items() if e.rope_per_layer)}) "
+                  f"{self.num_hidden_layers} values of 0/1, got {self.no_rope_layers!r}")
 
     def replace(self, **overrides) -> "ModelConfig":
         """A copy with `overrides` applied; unknown names raise ValueError listing the fields."""
@@ -81,51 +112,48 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: dict, dtype: str | None = None) -> "ModelConfig":
-        """Build from a HF config.json dict (model_type qwen3 / llama). `dtype` overrides the checkpoint's."""
-        arch = hf.get("model_type")
-        if arch not in ARCHITECTURES:
-            classes = hf.get("architectures") or []
-            arch = next((_HF_ARCH[c] for c in classes if c in _HF_ARCH), None)
-        if arch is None:
-            raise ValueError(f"config.json: model_type {hf.get('model_type')!r} / architectures "
-                             f"{hf.get('architectures')!r} not supported; allowed model_type: qwen3, llama")
+        """Build from a HF config.json dict (a family of `ARCHITECTURES`). `dtype` overrides the checkpoint's."""
+        arch = from_hf_names(hf)
+        check_hf_fields(arch, hf)
         act = hf.get("hidden_act", "silu")
         if act != "silu":
             raise ValueError(f"config.json: hidden_act {act!r} not supported; allowed: silu")
-        if hf.get("mlp_bias"):
-            raise ValueError("config.json: mlp_bias true is not supported; allowed: false")
-        if hf.get("use_sliding_window"):
-            raise ValueError("config.json: use_sliding_window true is not supported; allowed: false")
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(f"config.json: rope type {rope_type!r} not supported; allowed: default")
-        theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
+        partial = hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0))
+        if partial != 1.0:
+            raise ValueError(f"config.json: partial_rotary_factor {partial!r} not supported; allowed: 1.0")
+        theta, scaling = parse_hf_rope(hf)
         heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+        if head_dim not in HEAD_DIMS:
+            raise ValueError(f"config.json: head_dim {head_dim} not supported by the attention kernels; allowed: "
+                             f"{', '.join(map(str, HEAD_DIMS))}")
         if dtype is None:
             saved = str(hf.get("dtype") or hf.get("torch_dtype") or "float32").replace("torch.", "")
             dtype = saved if saved in DTYPES else "float32"
         return cls(
-            architecture=arch,
+            architecture=arch.model_type,
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"],
             num_hidden_layers=hf["num_hidden_layers"],
             num_attention_heads=heads,
             num_key_value_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            head_dim=head_dim,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta),
+            rope_theta=theta,
             max_position_embeddings=hf.get("max_position_embeddings", 2048),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=bool(hf.get("attention_bias", False)),
+            attention_bias=bool(hf.get("attention_bias", False)) if arch.qkv_bias is None else False,
             dtype=dtype,
+            rope_scaling=scaling,
+            no_rope_layers=_no_rope_layers(arch, hf),
         )
 
     def to_hf(self) -> dict:
         """The HF config.json dict (`transformers.AutoConfig` reads it; rope given both old and new style)."""
-        return {
-            "architectures": [_HF_CLASS[self.architecture]],
+        rope = dict(self.rope_scaling or {"rope_type": "default"}, rope_theta=self.rope_theta)
+        out = {
+            "architectures": [self.arch.hf_class],
             "model_type": self.architecture,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -137,11 +165,29 @@ class ModelConfig:
             "hidden_act": "silu",
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_parameters": rope,
+            "rope_scaling": None if self.rope_scaling is None else dict(self.rope_scaling),
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.attention_bias,
             "attention_dropout": 0.0,
             "dtype": self.dtype,
             "torch_dtype": self.dtype,
+            **self.arch.hf_defaults,
         }
+        if self.arch.qkv_bias is None:
+            out["attention_bias"] = self.attention_bias
+        if self.no_rope_layers is not None:
+            out["no_rope_layers"] = list(self.no_rope_layers)
+        return out
+
+
+def _no_rope_layers(arch: Architecture, hf: dict) -> tuple[int, ...] | None:
+    """SmolLM3's per-layer RoPE switch: config.json's `no_rope_layers`, else HF's rule from
+    `no_rope_layer_interval` (every interval-th layer has no RoPE); None for the other families."""
+    if not arch.rope_per_layer:
+        return None
+    layers = hf.get("no_rope_layers")
+    if layers is None:
+        interval = hf.get("no_rope_layer_interval", 4)
+        layers = [int((i + 1) % interval != 0) for i in range(hf["num_hidden_layers"])]
+    return tuple(int(x) for x in layers)

@@ -1,18 +1,17 @@
-"""CausalLM: the Qwen3 / Llama decoder written once on `kernels/` ops, for both the sampler and the trainer.
+"""CausalLM: one decoder written once on `kernels/` ops, for both the sampler and the trainer, for every family
+in `architectures.ARCHITECTURES` (layers in `layers.py`).
 
 Two call modes of one module (see docs/architecture.md): training (`kv_caches=None`: attention over the
 packed fresh k/v with `kernels.attention_varlen`, autograd) and engine (k/v written into each layer's slot
 cache at `meta.slot_mapping`, then `kernels.attention` over the cache). Every matmul, norm, RoPE, activation
 and attention is a `kernels` op; each residual add runs inside the norm after it (`kernels.add_rms_norm`;
-with activation checkpointing the add closing a layer is a torch add), q/k norm + RoPE in `kernels.qk_norm_rope`.
-Parameters mirror HF names except the fused `qkv_proj` and `gate_up_proj`; each parameter carries a
-`weight_loader(param, tensor, shard_id=None)` used by `loading.py`.
-Left out: rope scaling, sliding windows, MoE, dropout, MLP bias, tensor parallelism.
+with activation checkpointing the add closing a layer is a torch add; post-norm families add plainly), q/k
+norm + RoPE in `kernels.qk_norm_rope`. The fp32 rope table (any supported rope scaling) is indexed by position.
+Left out: sliding windows, MoE, dropout, MLP bias, tensor parallelism.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch import nn
@@ -22,142 +21,15 @@ from torch.utils.checkpoint import checkpoint
 from onpolicy import kernels
 from onpolicy.model.config import ModelConfig
 from onpolicy.kernels.attention import TRAINING_BLOCK_SIZE
+from onpolicy.model.layers import LAYERS, DecoderLayer, RMSNorm, _param
 from onpolicy.model.metadata import AttentionMetadata
-
-
-def _default_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-    if shard_id is not None:
-        raise ValueError(f"weight_loader: this parameter is not fused; got shard_id {shard_id!r}")
-    if tuple(loaded.shape) != tuple(param.shape):
-        raise ValueError(f"weight_loader: checkpoint tensor has shape {tuple(loaded.shape)}, parameter expects {tuple(param.shape)}")
-    with torch.no_grad():
-        param.copy_(loaded)
-
-
-def _fused_loader(shards: dict[str, tuple[int, int]]):
-    """weight_loader for a parameter made of row blocks: shard_id -> (row offset, rows)."""
-
-    def load(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        if shard_id not in shards:
-            raise ValueError(f"weight_loader: shard_id must be one of {list(shards)}, got {shard_id!r}")
-        start, rows = shards[shard_id]
-        if tuple(loaded.shape) != (rows,) + tuple(param.shape[1:]):
-            raise ValueError(f"weight_loader: shard {shard_id!r} has shape {tuple(loaded.shape)}, expected "
-                             f"{(rows,) + tuple(param.shape[1:])}")
-        with torch.no_grad():
-            param[start : start + rows].copy_(loaded)
-
-    return load
-
-
-def _param(shape, dtype, loader=_default_loader, fill=None) -> nn.Parameter:
-    p = nn.Parameter(torch.empty(shape, dtype=dtype) if fill is None else torch.full(shape, fill, dtype=dtype))
-    p.weight_loader = loader
-    return p
-
-
-class Linear(nn.Module):
-    """y = kernels.linear(x, weight, bias); `shards` names the row blocks of a fused projection."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
-                 shards: dict[str, tuple[int, int]] | None = None):
-        super().__init__()
-        loader = _fused_loader(shards) if shards else _default_loader
-        self.shards = shards
-        self.weight = _param((out_features, in_features), dtype, loader)
-        self.bias = _param((out_features,), dtype, loader, fill=0.0) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.linear(x, self.weight, self.bias)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float, dtype: torch.dtype):
-        super().__init__()
-        self.eps = eps
-        self.weight = _param((size,), dtype, fill=1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.rms_norm(x, self.weight, self.eps)
-
-    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h, norm(h)) with h = residual + x: one `kernels.add_rms_norm` launch."""
-        return kernels.add_rms_norm(x, residual, self.weight, self.eps)
-
-
-def _shards(**sizes: int) -> dict[str, tuple[int, int]]:
-    out, start = {}, 0
-    for name, rows in sizes.items():
-        out[name] = (start, rows)
-        start += rows
-    return out
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        dt, d = cfg.torch_dtype, cfg.head_dim
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
-        self.scale = 1.0 / math.sqrt(d)
-        shards = _shards(q=self.n_heads * d, k=self.n_kv_heads * d, v=self.n_kv_heads * d)
-        self.qkv_proj = Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv_heads) * d, cfg.attention_bias, dt, shards)
-        self.o_proj = Linear(self.n_heads * d, cfg.hidden_size, cfg.attention_bias, dt)
-        self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dt) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dt) if cfg.qk_norm else None
-
-    def forward(self, x, positions, rope_table, meta: AttentionMetadata, kv_cache=None):
-        t, d = x.shape[0], self.head_dim
-        norms = (None, None, 1e-6) if self.q_norm is None else (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
-        q, k, v = kernels.qk_norm_rope(self.qkv_proj(x), positions, rope_table, self.n_heads, self.n_kv_heads, *norms)
-        if kv_cache is None:
-            out = kernels.attention_varlen(q, k, v, meta.cu_seqlens_q, scale=self.scale,
-                                           metadata=(meta.seqlens_k, meta.block_table, meta.kv_offsets),
-                                           max_keys=meta.max_seqlen_k)
-        else:
-            k_cache, v_cache = kv_cache
-            kernels.write_kv_cache(k_cache, v_cache, meta.slot_mapping, k, v)
-            out = kernels.attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seqlens_k, meta.block_table,
-                                    meta.kv_offsets, meta.block_size, scale=self.scale, max_keys=meta.max_seqlen_k)
-        return self.o_proj(out.reshape(t, self.n_heads * d))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        i, dt = cfg.intermediate_size, cfg.torch_dtype
-        self.intermediate_size = i
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * i, False, dt, _shards(gate=i, up=i))
-        self.down_proj = Linear(i, cfg.hidden_size, False, dt)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # gate/up stay strided row views of the fused projection: silu_mul reads them in place (no copies)
-        gate, up = self.gate_up_proj(x).split([self.intermediate_size, self.intermediate_size], dim=-1)
-        return self.down_proj(kernels.silu_mul(gate, up))
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
-        self.mlp = MLP(cfg)
-
-    def forward(self, h, delta, positions, rope_table, meta, kv_cache=None):
-        """Residual stream h plus the previous layer's un-added MLP output `delta` (None: h is complete) ->
-        (h + delta + attention, this layer's MLP output): each residual add runs fused with the norm after it."""
-        if delta is None:
-            x = self.input_layernorm(h)
-        else:
-            h, x = self.input_layernorm.add_forward(delta, h)
-        h, x = self.post_attention_layernorm.add_forward(self.self_attn(x, positions, rope_table, meta, kv_cache), h)
-        return h, self.mlp(x)
+from onpolicy.model.rope_scaling import build_rope_table
 
 
 def _layer_with_add(layer: DecoderLayer, h, positions, rope_table, meta):
     """One decoder layer with its last residual add done (the unit activation checkpointing saves: one tensor)."""
     h, delta = layer(h, None, positions, rope_table, meta)
-    return h + delta
+    return h if delta is None else h + delta
 
 
 class Decoder(nn.Module):
@@ -165,7 +37,8 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Module()
         self.embed_tokens.weight = _param((cfg.vocab_size, cfg.hidden_size), cfg.torch_dtype)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        layer = LAYERS[cfg.arch.norm_placement]
+        self.layers = nn.ModuleList(layer(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
 
 
@@ -206,8 +79,7 @@ class CausalLM(nn.Module):
         table = self._rope_tables.get(device)
         if table is None:
             with torch.inference_mode(False):
-                c = self.config
-                table = kernels.rope_cache(c.max_position_embeddings, c.head_dim, c.rope_theta, device)
+                table = build_rope_table(self.config, device)
             self._rope_tables[device] = table
         return table
 

@@ -37,21 +37,29 @@ def test_hf_round_trip():
 
 def test_from_hf_rejects_unsupported():
     hf = tiny_config().to_hf()
-    for key, val, match in [("rope_parameters", {"rope_type": "yarn", "rope_theta": 1.0}, "rope type"),
+    for key, val, match in [("rope_parameters", {"rope_type": "dynamic", "factor": 2.0}, "dynamic.*batch"),
+                            ("rope_scaling", {"type": "longrope", "short_factor": [1.0]}, "longrope.*batch"),
+                            ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1.0},
+                             "yarn.*original_max_position_embeddings"),
+                            ("rope_parameters", {"rope_type": "llama3", "factor": 8.0}, "llama3.*low_freq_factor"),
                             ("hidden_act", "gelu", "hidden_act"), ("model_type", "gpt2", "model_type"),
-                            ("use_sliding_window", True, "sliding")]:
+                            ("use_sliding_window", True, "sliding"), ("head_dim", 96, "head_dim 96.*64"),
+                            ("partial_rotary_factor", 0.5, "partial_rotary_factor"),
+                            ("layer_types", ["sliding_attention"], "layer_types")]:
         bad = dict(hf, **{key: val})
         if key == "model_type":
             bad["architectures"] = ["GPT2LMHeadModel"]
+        if key == "rope_scaling":  # as published: rope_theta + rope_scaling, no rope_parameters
+            del bad["rope_parameters"]
         with pytest.raises(ValueError, match=match):
             ModelConfig.from_hf(bad)
 
 
 def test_from_hf_legacy_fields():
-    hf = {"model_type": "llama", "vocab_size": 50, "hidden_size": 64, "intermediate_size": 96,
+    hf = {"model_type": "llama", "vocab_size": 50, "hidden_size": 256, "intermediate_size": 96,
           "num_hidden_layers": 1, "num_attention_heads": 4, "rope_theta": 5e5, "torch_dtype": "bfloat16"}
     c = ModelConfig.from_hf(hf)
-    assert (c.head_dim, c.num_key_value_heads, c.rope_theta, c.dtype) == (16, 4, 5e5, "bfloat16")
+    assert (c.head_dim, c.num_key_value_heads, c.rope_theta, c.dtype) == (64, 4, 5e5, "bfloat16")
     assert ModelConfig.from_hf(hf, dtype="float32").dtype == "float32"
 
 

@@ -1,0 +1,93 @@
+"""What each supported HF checkpoint family changes in the one decoder (`transformer.py`), chosen by model_type.
+
+An `Architecture` is a description, not code: biases, q/k norm, norm placement, layers without RoPE, the
+activation, and the config.json fields the family must have (or must not set) to be computed exactly. A new
+family is one entry in `ARCHITECTURES` plus one test row (tests/model/test_architectures.py).
+Left out: sliding-window layers, MoE MLPs, MLP biases, fused checkpoint projections (Phi-3), partial rotary,
+(1+w) norms and embedding scales (Gemma) -- a config that needs one of them is refused at load, naming the field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+QK_NORMS = ("none", "head", "full")
+NORM_PLACEMENTS = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One checkpoint family.
+
+    qkv_bias / o_bias: None = the config's `attention_bias`; True/False = fixed by the family (Qwen2: q/k/v
+    biases, none on o_proj). qk_norm: "head" = RMSNorm over each head (Qwen3), "full" = over all heads' width
+    (OLMo-2), applied before RoPE. norm_placement: "pre" = norm in front of attention and MLP (Llama), "post" =
+    norm on their outputs before the residual add (OLMo-2). rope_per_layer: the config's `no_rope_layers` (1 =
+    RoPE, 0 = none) picks layers without RoPE (SmolLM3). must_be: config.json fields whose value other than
+    the given one cannot be computed exactly; hf_absent: the value transformers assumes for such a field when
+    config.json omits it (else: the allowed one). hf_defaults: family fields written on save.
+    """
+
+    model_type: str
+    hf_class: str
+    qkv_bias: bool | None = None
+    o_bias: bool | None = None
+    qk_norm: str = "none"
+    norm_placement: str = "pre"
+    rope_per_layer: bool = False
+    must_be: dict = field(default_factory=dict)
+    hf_absent: dict = field(default_factory=dict)
+    hf_defaults: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.qk_norm not in QK_NORMS:
+            raise ValueError(f"Architecture.qk_norm: got {self.qk_norm!r}; allowed: {', '.join(QK_NORMS)}")
+        if self.norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(f"Architecture.norm_placement: got {self.norm_placement!r}; allowed: "
+                             f"{', '.join(NORM_PLACEMENTS)}")
+
+
+# Every family: no MLP biases, no sliding windows (`sliding_window` may still hold a size: Qwen2 configs do).
+_ALWAYS = {"mlp_bias": False, "use_sliding_window": False}
+
+ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
+    Architecture("qwen3", "Qwen3ForCausalLM", qk_norm="head"),
+    Architecture("llama", "LlamaForCausalLM"),
+    Architecture("qwen2", "Qwen2ForCausalLM", qkv_bias=True, o_bias=False),
+    Architecture("mistral", "MistralForCausalLM", must_be={"sliding_window": None},
+                 hf_absent={"sliding_window": 4096}, hf_defaults={"sliding_window": None}),
+    Architecture("olmo2", "Olmo2ForCausalLM", qk_norm="full", norm_placement="post"),
+    Architecture("smollm3", "SmolLM3ForCausalLM", rope_per_layer=True),
+)}
+_BY_CLASS = {a.hf_class: a for a in ARCHITECTURES.values()}
+
+
+def architecture(model_type: str) -> Architecture:
+    """The registry entry for `model_type`; ValueError listing the supported ones."""
+    if model_type not in ARCHITECTURES:
+        raise ValueError(f"ModelConfig.architecture: got {model_type!r}; allowed: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[model_type]
+
+
+def from_hf_names(hf: dict) -> Architecture:
+    """The entry for a config.json: its model_type, else the first of its `architectures` classes we know."""
+    if hf.get("model_type") in ARCHITECTURES:
+        return ARCHITECTURES[hf["model_type"]]
+    for name in hf.get("architectures") or []:
+        if name in _BY_CLASS:
+            return _BY_CLASS[name]
+    raise ValueError(f"config.json: model_type {hf.get('model_type')!r} / architectures {hf.get('architectures')!r} "
+                     f"not supported; allowed model_type: {', '.join(ARCHITECTURES)}")
+
+
+def check_hf_fields(arch: Architecture, hf: dict) -> None:
+    """Refuse a config.json that sets a field this family's entry cannot compute (one-line ValueError)."""
+    for name, allowed in dict(_ALWAYS, **arch.must_be).items():
+        value = hf.get(name, arch.hf_absent.get(name, allowed))
+        if value != allowed and not (allowed is False and value is None):
+            reason = "sliding-window attention is not supported" if "sliding" in name else "not supported"
+            raise ValueError(f"config.json: {name} {value!r} is {reason} for {arch.model_type}; allowed: "
+                             f"{allowed!r}")
+    layer_types = hf.get("layer_types") or []
+    if any(t != "full_attention" for t in layer_types):
+        raise ValueError(f"config.json: layer_types {sorted(set(layer_types))} not supported (sliding-window "
+                         "attention); allowed: full_attention only")
