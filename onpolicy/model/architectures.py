@@ -3,8 +3,8 @@
 An `Architecture` is a description, not code: biases, q/k norm, norm placement, layers without RoPE, the
 activation, and the config.json fields the family must have (or must not set) to be computed exactly. A new
 family is one entry in `ARCHITECTURES` plus one test row (tests/model/test_architectures.py).
-Left out: sliding-window layers, MoE MLPs, MLP biases, fused checkpoint projections (Phi-3), partial rotary,
-(1+w) norms and embedding scales (Gemma) -- a config that needs one of them is refused at load, naming the field.
+Left out: sliding-window layers, MoE MLPs, MLP biases, partial rotary (Phi-4-mini), (1+w) norms and embedding
+scales (Gemma) -- a config that needs one of them is refused at load, naming the field.
 """
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ class Architecture:
     biases, none on o_proj). qk_norm: "head" = RMSNorm over each head (Qwen3), "full" = over all heads' width
     (OLMo-2), applied before RoPE. norm_placement: "pre" = norm in front of attention and MLP (Llama), "post" =
     norm on their outputs before the residual add (OLMo-2). rope_per_layer: the config's `no_rope_layers` (1 =
-    RoPE, 0 = none) picks layers without RoPE (SmolLM3). must_be: config.json fields whose value other than
+    RoPE, 0 = none) picks layers without RoPE (SmolLM3). fused_checkpoint: the checkpoint stores q/k/v as one
+    `qkv_proj` and gate/up as one `gate_up_proj`, in our fused layout (Phi-3). must_be: config.json fields whose value other than
     the given one cannot be computed exactly; hf_absent: the value transformers assumes for such a field when
     config.json omits it (else: the allowed one). hf_defaults: family fields written on save.
     """
@@ -34,6 +35,7 @@ class Architecture:
     qk_norm: str = "none"
     norm_placement: str = "pre"
     rope_per_layer: bool = False
+    fused_checkpoint: bool = False
     must_be: dict = field(default_factory=dict)
     hf_absent: dict = field(default_factory=dict)
     hf_defaults: dict = field(default_factory=dict)
@@ -57,6 +59,8 @@ ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
                  hf_absent={"sliding_window": 4096}, hf_defaults={"sliding_window": None}),
     Architecture("olmo2", "Olmo2ForCausalLM", qk_norm="full", norm_placement="post"),
     Architecture("smollm3", "SmolLM3ForCausalLM", rope_per_layer=True),
+    Architecture("phi3", "Phi3ForCausalLM", fused_checkpoint=True, must_be={"sliding_window": None},
+                 hf_defaults={"sliding_window": None}),
 )}
 _BY_CLASS = {a.hf_class: a for a in ARCHITECTURES.values()}
 

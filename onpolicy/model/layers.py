@@ -27,9 +27,13 @@ def _default_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) ->
 
 
 def _fused_loader(shards: dict[str, tuple[int, int]]):
-    """weight_loader for a parameter made of row blocks: shard_id -> (row offset, rows)."""
+    """weight_loader for a parameter made of row blocks: shard_id -> (row offset, rows); shard_id None loads the
+    whole fused tensor."""
 
     def load(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if shard_id is None:  # a checkpoint that stores the projection fused (Phi-3), in our row order
+            _default_loader(param, loaded)
+            return
         if shard_id not in shards:
             raise ValueError(f"weight_loader: shard_id must be one of {list(shards)}, got {shard_id!r}")
         start, rows = shards[shard_id]

@@ -1,9 +1,9 @@
 """Load / save HF-format checkpoints (config.json + safetensors) for CausalLM, and the tokenizer.
 
-Reads single-file and sharded (`model.safetensors.index.json`) checkpoints of Qwen3ForCausalLM /
-LlamaForCausalLM; HF's separate q/k/v and gate/up projections are copied into our fused parameters through
-each parameter's `weight_loader`. Writes one `model.safetensors` with HF names (unfused) so
-`transformers.AutoModelForCausalLM.from_pretrained` loads it. Left out: `.bin` (pickle) checkpoints, hub
+Reads single-file and sharded (`model.safetensors.index.json`) checkpoints of every family in
+`architectures.ARCHITECTURES`; HF's separate q/k/v and gate/up projections are copied into our fused parameters
+through each parameter's `weight_loader` (families whose checkpoint is fused, Phi-3, load them whole). Writes one
+`model.safetensors` with the family's HF names so `transformers.AutoModelForCausalLM.from_pretrained` loads it. Left out: `.bin` (pickle) checkpoints, hub
 downloads (pass a local directory), quantised weights, writing sharded checkpoints.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def load_pretrained(path: str, dtype: str | torch.dtype | None = None, device: s
             for key in f.keys():
                 if key.endswith(_IGNORED_SUFFIXES) or (key == "lm_head.weight" and config.tie_word_embeddings):
                     continue
-                name, shard = hf_to_ours(key)
+                name, shard = (key, None) if config.arch.fused_checkpoint else hf_to_ours(key)
                 if name not in params:
                     unexpected.append(key)
                     continue
@@ -94,8 +94,10 @@ def load_pretrained(path: str, dtype: str | torch.dtype | None = None, device: s
 
 
 def _shard_ids(model: CausalLM, param_name: str) -> list:
-    """Shard ids a parameter is loaded from ([None] for an unfused one)."""
+    """Shard ids a parameter is loaded from ([None] for an unfused one, or a fused checkpoint's)."""
     shards = getattr(model.get_submodule(param_name.rpartition(".")[0]), "shards", None)
+    if model.config.arch.fused_checkpoint:
+        return [None]
     return list(shards) if shards else [None]
 
 
@@ -105,7 +107,7 @@ def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
     for name, p in model.named_parameters():
         module_name, _, leaf = name.rpartition(".")
         shards = getattr(model.get_submodule(module_name), "shards", None)
-        if not shards:
+        if not shards or model.config.arch.fused_checkpoint:
             out[name] = p.detach()
             continue
         for hf, (ours, shard) in _FUSED.items():

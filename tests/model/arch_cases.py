@@ -43,6 +43,10 @@ REAL = {
     "smollm3": dict(model_type="smollm3", hidden_size=2048, intermediate_size=11008, num_attention_heads=16,
                     num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=5e6, tie_word_embeddings=True,
                     use_sliding_window=False, sliding_window=None, no_rope_layer_interval=4),
+    # microsoft/phi-4 (Phi3ForCausalLM: fused qkv_proj / gate_up_proj; no rope scaling, full rotary)
+    "phi3": dict(model_type="phi3", hidden_size=5120, intermediate_size=17920, num_attention_heads=40,
+                 num_key_value_heads=10, head_dim=128, rms_norm_eps=1e-5, rope_theta=2.5e5, tie_word_embeddings=False,
+                 original_max_position_embeddings=16384, sliding_window=None),
 }
 MUST = ("qwen2", "qwen2-yarn", "llama3", "llama-linear", "mistral")
 TINY_LAYERS = {"smollm3": 4}
@@ -64,7 +68,8 @@ def tiny_hf_config(name: str, attn: str = "eager"):
     from transformers import AutoConfig
 
     values = _shrunk(name, TINY_LAYERS.get(name, 2), heads=4, max_pos=512)
-    values.update(hidden_size=128, intermediate_size=96)
+    values.update(hidden_size=128 if name != "phi3" else values["num_attention_heads"] * values["head_dim"],
+                  intermediate_size=96)  # Phi-3 derives head_dim from hidden_size / heads
     cfg = AutoConfig.for_model(values.pop("model_type"), **values)
     cfg._attn_implementation = attn
     return cfg
