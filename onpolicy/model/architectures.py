@@ -3,8 +3,8 @@
 An `Architecture` is a description, not code: biases, q/k norm, norm placement, layers without RoPE, the
 activation, and the config.json fields the family must have (or must not set) to be computed exactly. A new
 family is one entry in `ARCHITECTURES` plus one test row (tests/model/test_architectures.py).
-Left out: sliding-window layers, MoE MLPs, MLP biases, partial rotary (Phi-4-mini), (1+w) norms and embedding
-scales (Gemma) -- a config that needs one of them is refused at load, naming the field.
+Left out: sliding-window layers (a window at least the context long is accepted: it masks nothing), MoE MLPs,
+MLP biases, (1+w) norms and embedding scales (Gemma) -- a config that needs one of them is refused at load, naming the field.
 """
 from __future__ import annotations
 
@@ -87,6 +87,8 @@ def check_hf_fields(arch: Architecture, hf: dict) -> None:
     """Refuse a config.json that sets a field this family's entry cannot compute (one-line ValueError)."""
     for name, allowed in dict(_ALWAYS, **arch.must_be).items():
         value = hf.get(name, arch.hf_absent.get(name, allowed))
+        if name == "sliding_window" and isinstance(value, int) and value >= hf.get("max_position_embeddings", 0):
+            continue  # a window covering the whole context masks nothing: full attention, exactly
         if value != allowed and not (allowed is False and value is None):
             reason = "sliding-window attention is not supported" if "sliding" in name else "not supported"
             raise ValueError(f"config.json: {name} {value!r} is {reason} for {arch.model_type}; allowed: "

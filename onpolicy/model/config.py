@@ -1,8 +1,8 @@
 """ModelConfig: the decoder's hyper-parameters, validated, with HF config.json conversion for every family in
 `architectures.ARCHITECTURES` (Qwen3, Llama, Qwen2, Mistral, OLMo-2, SmolLM3).
 
-Left out: sliding-window attention, MLP bias, activations other than SiLU, partial rotary, rope types other than
-`rope_scaling.ROPE_TYPES`, head dims the attention kernels do not compile (`kernels.attention.HEAD_DIMS`) --
+Left out: sliding-window attention, MLP bias, activations other than SiLU, rope types other than
+`rope_scaling.ROPE_TYPES` (longrope: its short-factor context only), head dims the attention kernels do not compile (`kernels.attention.HEAD_DIMS`) --
 `from_hf` raises a ValueError naming the field rather than loading a model that would compute something else.
 """
 from __future__ import annotations
@@ -47,6 +47,7 @@ class ModelConfig:
     dtype: str = "float32"
     rope_scaling: dict | None = None
     no_rope_layers: tuple[int, ...] | None = None
+    partial_rotary_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if self.no_rope_layers is not None:
@@ -97,6 +98,13 @@ class ModelConfig:
             _fail("rope_theta", f"must be > 0, got {self.rope_theta!r}")
         if self.rope_scaling is not None:
             check_scaling(self.rope_scaling)
+        if self.partial_rotary_factor != 1.0 and self.arch.qk_norm == "head":
+            _fail("partial_rotary_factor", f"{self.partial_rotary_factor!r} with per-head q/k norm is not supported; "
+                  "allowed: 1.0")
+        rotary = int(self.head_dim * self.partial_rotary_factor)
+        if not 0 < self.partial_rotary_factor <= 1 or rotary % 2:
+            _fail("partial_rotary_factor", f"must be in (0, 1] with an even head_dim * factor, got "
+                  f"{self.partial_rotary_factor!r} (head_dim {self.head_dim})")
         if self.no_rope_layers is not None and (not self.arch.rope_per_layer or len(self.no_rope_layers)
                                                 != self.num_hidden_layers or set(self.no_rope_layers) - {0, 1}):
             _fail("no_rope_layers", f"must be None or (for {', '.join(a for a, e in ARCHITECTURES.items() if e.rope_per_layer)}) "
@@ -119,9 +127,8 @@ class ModelConfig:
         if act != "silu":
             raise ValueError(f"config.json: hidden_act {act!r} not supported; allowed: silu")
         partial = hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0))
-        if partial != 1.0:
-            raise ValueError(f"config.json: partial_rotary_factor {partial!r} not supported; allowed: 1.0")
-        theta, scaling = parse_hf_rope(hf)
+        theta, scaling, context_cap = parse_hf_rope(hf)
+        max_positions = hf.get("max_position_embeddings", 2048)
         heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
         if head_dim not in HEAD_DIMS:
@@ -141,17 +148,20 @@ class ModelConfig:
             head_dim=head_dim,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             rope_theta=theta,
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            max_position_embeddings=min(max_positions, context_cap or max_positions),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             attention_bias=bool(hf.get("attention_bias", False)) if arch.qkv_bias is None else False,
             dtype=dtype,
             rope_scaling=scaling,
             no_rope_layers=_no_rope_layers(arch, hf),
+            partial_rotary_factor=float(partial),
         )
 
     def to_hf(self) -> dict:
         """The HF config.json dict (`transformers.AutoConfig` reads it; rope given both old and new style)."""
         rope = dict(self.rope_scaling or {"rope_type": "default"}, rope_theta=self.rope_theta)
+        if self.partial_rotary_factor != 1.0:
+            rope["partial_rotary_factor"] = self.partial_rotary_factor
         out = {
             "architectures": [self.arch.hf_class],
             "model_type": self.architecture,
@@ -178,6 +188,8 @@ class ModelConfig:
             out["attention_bias"] = self.attention_bias
         if self.no_rope_layers is not None:
             out["no_rope_layers"] = list(self.no_rope_layers)
+        if self.partial_rotary_factor != 1.0:
+            out["partial_rotary_factor"] = self.partial_rotary_factor
         return out
 
 

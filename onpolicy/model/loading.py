@@ -14,6 +14,7 @@ import os
 import torch
 
 from onpolicy.model.config import DTYPES, ModelConfig
+from onpolicy.model.rotary_layout import qkv_row_index, to_our_order
 from onpolicy.model.transformer import CausalLM
 
 _FUSED = {  # HF projection name -> (our fused name, shard id)
@@ -90,6 +91,8 @@ def load_pretrained(path: str, dtype: str | torch.dtype | None = None, device: s
     if unexpected or missing:
         raise ValueError(f"load_pretrained: checkpoint at {path!r} does not match the config: "
                          f"unexpected keys {unexpected[:8]}, missing parameters {missing[:8]}")
+    if config.partial_rotary_factor != 1.0:
+        to_our_order(model)
     return model.to(device), config
 
 
@@ -102,9 +105,13 @@ def _shard_ids(model: CausalLM, param_name: str) -> list:
 
 
 def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
-    """Our parameters under HF names (CPU copies), fused projections split back into q/k/v and gate/up."""
+    """Our parameters under HF names (CPU copies), fused projections split back into q/k/v and gate/up (unless
+    the family's checkpoints are fused), q/k head dims back in HF's order (partial rotary)."""
     out = {}
+    back = qkv_row_index(model.config, inverse=True) if model.config.partial_rotary_factor != 1.0 else None
     for name, p in model.named_parameters():
+        if back is not None and ".self_attn.qkv_proj." in name:
+            p = p.detach()[back.to(p.device)]
         module_name, _, leaf = name.rpartition(".")
         shards = getattr(model.get_submodule(module_name), "shards", None)
         if not shards or model.config.arch.fused_checkpoint:

@@ -47,7 +47,16 @@ REAL = {
     "phi3": dict(model_type="phi3", hidden_size=5120, intermediate_size=17920, num_attention_heads=40,
                  num_key_value_heads=10, head_dim=128, rms_norm_eps=1e-5, rope_theta=2.5e5, tie_word_embeddings=False,
                  original_max_position_embeddings=16384, sliding_window=None),
+    # microsoft/Phi-4-mini-instruct (partial rotary 0.75, longrope: loaded at its short-factor context)
+    "phi4-mini": dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_attention_heads=24,
+                      num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=True,
+                      partial_rotary_factor=0.75, original_max_position_embeddings=4096, sliding_window=262144,
+                      rope_scaling={"type": "longrope", "short_factor": [1.0 + 0.02 * i for i in range(48)],
+                                    "long_factor": [1.0 + 0.5 * i for i in range(48)]}),
 }
+# Tiny-shape changes beyond layers/hidden/vocab: longrope is exact up to original_max_position_embeddings, so the
+# tiny Phi-4-mini keeps 512 of them (past the tests' 300+ positions) under a published context 16x longer.
+TINY_EXTRA = {"phi4-mini": dict(original_max_position_embeddings=512, max_position_embeddings=8192)}
 MUST = ("qwen2", "qwen2-yarn", "llama3", "llama-linear", "mistral")
 TINY_LAYERS = {"smollm3": 4}
 
@@ -68,8 +77,9 @@ def tiny_hf_config(name: str, attn: str = "eager"):
     from transformers import AutoConfig
 
     values = _shrunk(name, TINY_LAYERS.get(name, 2), heads=4, max_pos=512)
-    values.update(hidden_size=128 if name != "phi3" else values["num_attention_heads"] * values["head_dim"],
-                  intermediate_size=96)  # Phi-3 derives head_dim from hidden_size / heads
+    phi = values["model_type"] == "phi3"  # Phi-3 derives head_dim from hidden_size / heads
+    values.update(hidden_size=values["num_attention_heads"] * values["head_dim"] if phi else 128,
+                  intermediate_size=96, **TINY_EXTRA.get(name, {}))
     cfg = AutoConfig.for_model(values.pop("model_type"), **values)
     cfg._attn_implementation = attn
     return cfg

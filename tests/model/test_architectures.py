@@ -75,6 +75,9 @@ def _published(name, hf_json: dict) -> dict:
     scaling = REAL[name].get("rope_scaling")
     out["rope_scaling"] = None if scaling is None else dict(
         scaling, **{k: rope[k] for k in ("original_max_position_embeddings",) if k in scaling})
+    if "original_max_position_embeddings" in REAL[name]:  # Phi-3 publishes it at the top level
+        out["original_max_position_embeddings"] = hf_json.get("original_max_position_embeddings") or rope[
+            "original_max_position_embeddings"]
     return out
 
 
