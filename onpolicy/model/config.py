@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from onpolicy.kernels.attention import HEAD_DIMS
-from onpolicy.model.architectures import ARCHITECTURES, Architecture, architecture, check_hf_fields, from_hf_names
+from onpolicy.model.architectures import (ACTIVATIONS, ARCHITECTURES, Architecture, architecture, attention_has_window,
+                                          check_hf_fields, from_hf_names, window_fields)
 from onpolicy.model.rope_scaling import check_scaling, parse_hf_rope
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -48,10 +49,16 @@ class ModelConfig:
     rope_scaling: dict | None = None
     no_rope_layers: tuple[int, ...] | None = None
     partial_rotary_factor: float = 1.0
+    hidden_act: str = "silu"
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: float | None = None
 
     def __post_init__(self) -> None:
-        if self.no_rope_layers is not None:
-            self.no_rope_layers = tuple(self.no_rope_layers)
+        for name in ("no_rope_layers", "layer_types"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(getattr(self, name)))
         self.validate()
 
     @property
@@ -72,6 +79,17 @@ class ModelConfig:
 
     def layer_uses_rope(self, layer: int) -> bool:
         return self.no_rope_layers is None or bool(self.no_rope_layers[layer])
+
+    def _sliding(self, layer: int) -> bool:
+        return self.layer_types is not None and self.layer_types[layer] == "sliding_attention"
+
+    def layer_window(self, layer: int) -> int | None:
+        """The layer's sliding window (keys per query, itself included) or None (full causal)."""
+        return self.sliding_window if self._sliding(layer) else None
+
+    def layer_rope_slot(self, layer: int) -> int:
+        """Index of the layer's rope table: 1 = the local theta of Gemma's sliding layers, else 0."""
+        return 1 if self._sliding(layer) and self.rope_local_theta is not None else 0
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -98,6 +116,7 @@ class ModelConfig:
             _fail("rope_theta", f"must be > 0, got {self.rope_theta!r}")
         if self.rope_scaling is not None:
             check_scaling(self.rope_scaling)
+        self._validate_family_fields()
         if self.partial_rotary_factor != 1.0 and self.arch.qk_norm == "head":
             _fail("partial_rotary_factor", f"{self.partial_rotary_factor!r} with per-head q/k norm is not supported; "
                   "allowed: 1.0")
@@ -109,6 +128,24 @@ class ModelConfig:
                                                 != self.num_hidden_layers or set(self.no_rope_layers) - {0, 1}):
             _fail("no_rope_layers", f"must be None or (for {', '.join(a for a, e in ARCHITECTURES.items() if e.rope_per_layer)}) "
                   f"{self.num_hidden_layers} values of 0/1, got {self.no_rope_layers!r}")
+
+    def _validate_family_fields(self) -> None:
+        if self.hidden_act not in ACTIVATIONS:
+            _fail("hidden_act", f"got {self.hidden_act!r}; allowed: {', '.join(ACTIVATIONS)}")
+        if self.layer_types is not None:
+            kinds = ("full_attention", "sliding_attention")
+            if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - set(kinds):
+                _fail("layer_types", f"must be {self.num_hidden_layers} of {', '.join(kinds)}, got {self.layer_types!r}")
+            if "sliding_attention" in self.layer_types and not self.arch.windows:
+                _fail("layer_types", f"sliding_attention layers are not supported for {self.architecture}")
+        if self.sliding_window is not None and not (isinstance(self.sliding_window, int) and self.sliding_window > 0):
+            _fail("sliding_window", f"must be None or a positive int, got {self.sliding_window!r}")
+        if self.layer_types and "sliding_attention" in self.layer_types:
+            if self.sliding_window is None:
+                _fail("sliding_window", "sliding_attention layers need a sliding_window")
+            if not attention_has_window():
+                _fail("sliding_window", f"{self.sliding_window} needs the attention kernels' window argument, which "
+                      "this build lacks; allowed: a window >= max_position_embeddings")
 
     def replace(self, **overrides) -> "ModelConfig":
         """A copy with `overrides` applied; unknown names raise ValueError listing the fields."""
@@ -123,11 +160,12 @@ class ModelConfig:
         """Build from a HF config.json dict (a family of `ARCHITECTURES`). `dtype` overrides the checkpoint's."""
         arch = from_hf_names(hf)
         check_hf_fields(arch, hf)
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"config.json: hidden_act {act!r} not supported; allowed: silu")
+        act = hf.get(arch.act_field) or hf.get("hidden_act") or "silu"
+        if act not in ACTIVATIONS:
+            raise ValueError(f"config.json: {arch.act_field} {act!r} not supported; allowed: {', '.join(ACTIVATIONS)}")
         partial = hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0))
-        theta, scaling, context_cap = parse_hf_rope(hf)
+        windows = window_fields(arch, hf)  # Gemma-3: layer types, window, local rope theta, attention scalar
+        theta, scaling, context_cap = parse_hf_rope(windows.pop("hf"))
         max_positions = hf.get("max_position_embeddings", 2048)
         heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
@@ -155,6 +193,8 @@ class ModelConfig:
             rope_scaling=scaling,
             no_rope_layers=_no_rope_layers(arch, hf),
             partial_rotary_factor=float(partial),
+            hidden_act=act,
+            **windows,
         )
 
     def to_hf(self) -> dict:
@@ -172,7 +212,7 @@ class ModelConfig:
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
+            self.arch.act_field: self.hidden_act,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
             "rope_parameters": rope,
@@ -190,6 +230,12 @@ class ModelConfig:
             out["no_rope_layers"] = list(self.no_rope_layers)
         if self.partial_rotary_factor != 1.0:
             out["partial_rotary_factor"] = self.partial_rotary_factor
+        if self.arch.windows:
+            out.update(layer_types=list(self.layer_types or ["full_attention"] * self.num_hidden_layers),
+                       sliding_window=self.sliding_window, query_pre_attn_scalar=self.query_pre_attn_scalar,
+                       rope_local_base_freq=self.rope_local_theta, rope_scaling=None,
+                       rope_parameters={"full_attention": rope, "sliding_attention": {
+                           "rope_type": "default", "rope_theta": self.rope_local_theta}})
         return out
 
 

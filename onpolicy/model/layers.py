@@ -3,7 +3,7 @@
 Parameters mirror HF names except the fused `qkv_proj` and `gate_up_proj`; each carries a
 `weight_loader(param, tensor, shard_id=None)` used by `loading.py`. What a family changes (biases, q/k norm,
 norm placement, layers without RoPE) comes from its `ModelConfig` / `Architecture`.
-Left out: sliding windows, MoE, dropout, MLP bias, tensor parallelism.
+Left out: MoE, dropout, MLP bias, logit soft-capping, tensor parallelism.
 """
 from __future__ import annotations
 
@@ -68,12 +68,18 @@ class Linear(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float, dtype: torch.dtype):
+    """kernels.rms_norm; `offset` (Gemma): scale by (1 + weight), the norm and the scale in fp32 (HF's maths),
+    one rounding to x's dtype."""
+
+    def __init__(self, size: int, eps: float, dtype: torch.dtype, offset: bool = False):
         super().__init__()
         self.eps = eps
-        self.weight = _param((size,), dtype, fill=1.0)
+        self.offset = offset
+        self.weight = _param((size,), dtype, fill=0.0 if offset else 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.offset:
+            return kernels.rms_norm(x.float(), 1.0 + self.weight.float(), self.eps).to(x.dtype)
         return kernels.rms_norm(x, self.weight, self.eps)
 
     def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,26 +98,31 @@ def _shards(**sizes: int) -> dict[str, tuple[int, int]]:
 class Attention(nn.Module):
     """GQA attention. q/k norm per the family: "head" (each head's D values, fused with RoPE in
     `kernels.qk_norm_rope`), "full" (all heads' width, `kernels.rms_norm`, then `kernels.rope`), or none;
-    `use_rope=False` leaves q and k unrotated (SmolLM3's NoPE layers)."""
+    layer `index` picks RoPE or none (SmolLM3's NoPE layers), its rope table (Gemma's local / global) and its
+    sliding window (None: full causal)."""
 
-    def __init__(self, cfg: ModelConfig, use_rope: bool = True):
+    def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
         dt, d = cfg.torch_dtype, cfg.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
-        self.scale = 1.0 / math.sqrt(d)
-        self.use_rope = use_rope
+        self.scale = 1.0 / math.sqrt(d) if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar ** -0.5
+        self.use_rope = cfg.layer_uses_rope(index)
+        self.rope_slot = cfg.layer_rope_slot(index)
+        self.window = cfg.layer_window(index)
         self.qk_norm = cfg.arch.qk_norm
+        offset = cfg.arch.norm_offset
         shards = _shards(q=self.n_heads * d, k=self.n_kv_heads * d, v=self.n_kv_heads * d)
         self.qkv_proj = Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv_heads) * d, cfg.qkv_bias, dt, shards)
         self.o_proj = Linear(self.n_heads * d, cfg.hidden_size, cfg.o_bias, dt)
         q_width, k_width = (d, d) if self.qk_norm == "head" else (self.n_heads * d, self.n_kv_heads * d)
-        self.q_norm = RMSNorm(q_width, cfg.rms_norm_eps, dt) if self.qk_norm != "none" else None
-        self.k_norm = RMSNorm(k_width, cfg.rms_norm_eps, dt) if self.qk_norm != "none" else None
+        self.q_norm = RMSNorm(q_width, cfg.rms_norm_eps, dt, offset) if self.qk_norm != "none" else None
+        self.k_norm = RMSNorm(k_width, cfg.rms_norm_eps, dt, offset) if self.qk_norm != "none" else None
+        self.fused_norm_rope = self.use_rope and self.qk_norm != "full" and not offset
 
     def project(self, x, positions, rope_table):
         """x [T, hidden] -> q [T, Hq, D], k, v [T, Hkv, D] (contiguous), normed and rotated per the family."""
         qkv, t, d = self.qkv_proj(x), x.shape[0], self.head_dim
-        if self.use_rope and self.qk_norm != "full":
+        if self.fused_norm_rope:
             norms = (None, None, 1e-6) if self.q_norm is None else (self.q_norm.weight, self.k_norm.weight,
                                                                      self.q_norm.eps)
             return kernels.qk_norm_rope(qkv, positions, rope_table, self.n_heads, self.n_kv_heads, *norms)
@@ -125,18 +136,20 @@ class Attention(nn.Module):
             q, k = kernels.rope(q, positions, rope_table), kernels.rope(k, positions, rope_table)
         return q, k, v.reshape(t, self.n_kv_heads, d).contiguous()
 
-    def forward(self, x, positions, rope_table, meta: AttentionMetadata, kv_cache=None):
+    def forward(self, x, positions, rope_tables, meta: AttentionMetadata, kv_cache=None):
         t = x.shape[0]
-        q, k, v = self.project(x, positions, rope_table)
+        q, k, v = self.project(x, positions, rope_tables[self.rope_slot])
+        extra = {} if self.window is None else {"window": self.window}
         if kv_cache is None:
             out = kernels.attention_varlen(q, k, v, meta.cu_seqlens_q, scale=self.scale,
                                            metadata=(meta.seqlens_k, meta.block_table, meta.kv_offsets),
-                                           max_keys=meta.max_seqlen_k)
+                                           max_keys=meta.max_seqlen_k, **extra)
         else:
             k_cache, v_cache = kv_cache
             kernels.write_kv_cache(k_cache, v_cache, meta.slot_mapping, k, v)
             out = kernels.attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seqlens_k, meta.block_table,
-                                    meta.kv_offsets, meta.block_size, scale=self.scale, max_keys=meta.max_seqlen_k)
+                                    meta.kv_offsets, meta.block_size, scale=self.scale, max_keys=meta.max_seqlen_k,
+                                    **extra)
         return self.o_proj(out.reshape(t, self.n_heads * self.head_dim))
 
 
@@ -147,11 +160,12 @@ class MLP(nn.Module):
         self.intermediate_size = i
         self.gate_up_proj = Linear(cfg.hidden_size, 2 * i, False, dt, _shards(gate=i, up=i))
         self.down_proj = Linear(i, cfg.hidden_size, False, dt)
+        self.act_mul = kernels.gelu_tanh_mul if cfg.hidden_act == "gelu_pytorch_tanh" else kernels.silu_mul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # gate/up stay strided row views of the fused projection: silu_mul reads them in place (no copies)
         gate, up = self.gate_up_proj(x).split([self.intermediate_size, self.intermediate_size], dim=-1)
-        return self.down_proj(kernels.silu_mul(gate, up))
+        return self.down_proj(self.act_mul(gate, up))
 
 
 class DecoderLayer(nn.Module):
@@ -160,18 +174,18 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
-        self.self_attn = Attention(cfg, use_rope=cfg.layer_uses_rope(index))
+        self.self_attn = Attention(cfg, index)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
         self.mlp = MLP(cfg)
 
-    def forward(self, h, delta, positions, rope_table, meta, kv_cache=None):
+    def forward(self, h, delta, positions, rope_tables, meta, kv_cache=None):
         """Residual stream h plus the previous layer's un-added MLP output `delta` (None: h is complete) ->
         (h + delta + attention, this layer's MLP output): each residual add runs fused with the norm after it."""
         if delta is None:
             x = self.input_layernorm(h)
         else:
             h, x = self.input_layernorm.add_forward(delta, h)
-        h, x = self.post_attention_layernorm.add_forward(self.self_attn(x, positions, rope_table, meta, kv_cache), h)
+        h, x = self.post_attention_layernorm.add_forward(self.self_attn(x, positions, rope_tables, meta, kv_cache), h)
         return h, self.mlp(x)
 
 
@@ -180,17 +194,37 @@ class PostNormDecoderLayer(nn.Module):
 
     def __init__(self, cfg: ModelConfig, index: int = 0):
         super().__init__()
-        self.self_attn = Attention(cfg, use_rope=cfg.layer_uses_rope(index))
+        self.self_attn = Attention(cfg, index)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
         self.mlp = MLP(cfg)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
 
-    def forward(self, h, delta, positions, rope_table, meta, kv_cache=None):
+    def forward(self, h, delta, positions, rope_tables, meta, kv_cache=None):
         """Same protocol as `DecoderLayer`; returns (complete h, None)."""
         if delta is not None:
             h = h + delta
-        h = h + self.post_attention_layernorm(self.self_attn(h, positions, rope_table, meta, kv_cache))
+        h = h + self.post_attention_layernorm(self.self_attn(h, positions, rope_tables, meta, kv_cache))
         return h + self.post_feedforward_layernorm(self.mlp(h)), None
 
 
-LAYERS = {"pre": DecoderLayer, "post": PostNormDecoderLayer}
+class SandwichDecoderLayer(nn.Module):
+    """Gemma-3 layer: h + norm(attn(norm(h))), then + norm(mlp(norm(.))) with (1 + w) norms; plain adds."""
+
+    def __init__(self, cfg: ModelConfig, index: int = 0):
+        super().__init__()
+        norm = lambda: RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype, cfg.arch.norm_offset)  # noqa: E731
+        self.input_layernorm, self.post_attention_layernorm = norm(), norm()
+        self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
+        self.self_attn = Attention(cfg, index)
+        self.mlp = MLP(cfg)
+
+    def forward(self, h, delta, positions, rope_tables, meta, kv_cache=None):
+        """Same protocol as `DecoderLayer`; returns (complete h, None)."""
+        if delta is not None:
+            h = h + delta
+        a = self.self_attn(self.input_layernorm(h), positions, rope_tables, meta, kv_cache)
+        h = h + self.post_attention_layernorm(a)
+        return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h))), None
+
+
+LAYERS = {"pre": DecoderLayer, "post": PostNormDecoderLayer, "sandwich": SandwichDecoderLayer}

@@ -26,9 +26,9 @@ from onpolicy.model.metadata import AttentionMetadata
 from onpolicy.model.rope_scaling import build_rope_table
 
 
-def _layer_with_add(layer: DecoderLayer, h, positions, rope_table, meta):
+def _layer_with_add(layer: DecoderLayer, h, positions, rope_tables, meta):
     """One decoder layer with its last residual add done (the unit activation checkpointing saves: one tensor)."""
-    h, delta = layer(h, None, positions, rope_table, meta)
+    h, delta = layer(h, None, positions, rope_tables, meta)
     return h if delta is None else h + delta
 
 
@@ -39,7 +39,7 @@ class Decoder(nn.Module):
         self.embed_tokens.weight = _param((cfg.vocab_size, cfg.hidden_size), cfg.torch_dtype)
         layer = LAYERS[cfg.arch.norm_placement]
         self.layers = nn.ModuleList(layer(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype, cfg.arch.norm_offset)
 
 
 class CausalLM(nn.Module):
@@ -63,7 +63,7 @@ class CausalLM(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = nn.Module()
             self.lm_head.weight = _param((config.vocab_size, config.hidden_size), config.torch_dtype)
-        self._rope_tables: dict[torch.device, torch.Tensor] = {}
+        self._rope_tables: dict[torch.device, tuple[torch.Tensor, ...]] = {}
         self.activation_checkpointing = False
         if init:
             init_weights(self, seed=0)
@@ -72,16 +72,20 @@ class CausalLM(nn.Module):
     def lm_head_weight(self) -> torch.Tensor:
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def rope_table(self, device: torch.device) -> torch.Tensor:
-        """fp32 [max_position_embeddings, head_dim] cos|sin table, built once per device (outside
-        inference mode so training may reuse it; build it before CUDA-graph capture)."""
+    def rope_table(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The fp32 [max_position_embeddings, head_dim] cos|sin tables, one per rope setting (index 0: the
+        model's; 1: Gemma's local layers'), built once per device (outside inference mode so training may reuse
+        them; build them before CUDA-graph capture)."""
         device = torch.device(device)
-        table = self._rope_tables.get(device)
-        if table is None:
+        tables = self._rope_tables.get(device)
+        if tables is None:
             with torch.inference_mode(False):
-                table = build_rope_table(self.config, device)
-            self._rope_tables[device] = table
-        return table
+                c = self.config
+                tables = (build_rope_table(c, device),)
+                if c.rope_local_theta is not None:
+                    tables += (kernels.rope_cache(c.max_position_embeddings, c.head_dim, c.rope_local_theta, device),)
+            self._rope_tables[device] = tables
+        return tables
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
@@ -91,6 +95,8 @@ class CausalLM(nn.Module):
         self._check_inputs(input_ids, positions, meta, kv_caches)
         rope_table = self.rope_table(input_ids.device)
         h = F.embedding(input_ids, self.model.embed_tokens.weight)
+        if self.config.arch.embed_scale:  # Gemma: times sqrt(hidden_size) rounded to the model dtype, as HF
+            h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype, device=h.device)
         recompute = self.activation_checkpointing and kv_caches is None and torch.is_grad_enabled()
         # The recompute runs in the backward, on autograd's device thread for CUDA, which does not see this
         # thread's kernels.invariant_mode (a contextvar): re-enter the forward's mode there.
@@ -146,11 +152,13 @@ class CausalLM(nn.Module):
 @torch.no_grad()
 def init_weights(model: CausalLM, seed: int = 0, std: float = 0.02) -> CausalLM:
     """Deterministic init: matrices ~ N(0, std) from a seeded CPU generator (fp32, then cast, so the values
-    do not depend on the device), norms = 1, biases = 0. Parameters are visited in `named_parameters` order."""
+    do not depend on the device), norms = 1 (Gemma's (1 + w) norms: w = 0), biases = 0. Parameters are visited in
+    `named_parameters` order."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    norm = 0.0 if model.config.arch.norm_offset else 1.0  # (1 + w) norms start at w = 0
     for name, p in model.named_parameters():
         if p.dim() == 1:
-            p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+            p.fill_(norm if name.endswith("norm.weight") else 0.0)
         else:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std))
     return model

@@ -53,10 +53,18 @@ REAL = {
                       partial_rotary_factor=0.75, original_max_position_embeddings=4096, sliding_window=262144,
                       rope_scaling={"type": "longrope", "short_factor": [1.0 + 0.02 * i for i in range(48)],
                                     "long_factor": [1.0 + 0.5 * i for i in range(48)]}),
+    # google/gemma-3-1b-it (Gemma3ForCausalLM): (1+w) norms, GeGLU, embedding scale, sliding / full layers
+    "gemma3": dict(model_type="gemma3_text", hidden_size=1152, intermediate_size=6912, num_attention_heads=4,
+                   num_key_value_heads=1, head_dim=256, rms_norm_eps=1e-6, rope_theta=1e6, rope_local_base_freq=1e4,
+                   query_pre_attn_scalar=256, sliding_window=512, sliding_window_pattern=6, tie_word_embeddings=True,
+                   hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=None, attn_logit_softcapping=None),
 }
+NEEDS_WINDOWS = ("gemma3",)  # head_dim 256 and sliding windows in the attention kernels
 # Tiny-shape changes beyond layers/hidden/vocab: longrope is exact up to original_max_position_embeddings, so the
 # tiny Phi-4-mini keeps 512 of them (past the tests' 300+ positions) under a published context 16x longer.
-TINY_EXTRA = {"phi4-mini": dict(original_max_position_embeddings=512, max_position_embeddings=8192)}
+# Gemma-3's two tiny layers are one sliding (window 64, so it masks at the tests' positions) and one full.
+TINY_EXTRA = {"phi4-mini": dict(original_max_position_embeddings=512, max_position_embeddings=8192),
+              "gemma3": dict(sliding_window=64, layer_types=["sliding_attention", "full_attention"])}
 MUST = ("qwen2", "qwen2-yarn", "llama3", "llama-linear", "mistral")
 TINY_LAYERS = {"smollm3": 4}
 
@@ -85,12 +93,26 @@ def tiny_hf_config(name: str, attn: str = "eager"):
     return cfg
 
 
+def skip_reason(name: str) -> str | None:
+    """Why family `name` cannot run on this build's attention kernels (None: it can)."""
+    from onpolicy.kernels.attention import HEAD_DIMS
+    from onpolicy.model.architectures import attention_has_window
+
+    if name in NEEDS_WINDOWS and not (attention_has_window() and REAL[name]["head_dim"] in HEAD_DIMS):
+        return (f"{name} needs head_dim {REAL[name]['head_dim']} and the sliding `window` argument in the attention "
+                f"kernels (this build: head dims {HEAD_DIMS}, window {attention_has_window()})")
+    return None
+
+
 def real_shape_hf_config(name: str, layers: int = 4):
     """A transformers config of family `name` with the real layer shape (hidden, heads, head_dim,
     intermediate), `layers` layers and a small vocab (GPU tests)."""
     from transformers import AutoConfig
 
     values = _shrunk(name, layers, heads=REAL[name]["num_attention_heads"], max_pos=4096)
+    if name in NEEDS_WINDOWS:  # both layer kinds in the first layers
+        values["layer_types"] = ["sliding_attention", "full_attention"] * (layers // 2) + ["sliding_attention"] * (
+            layers % 2)
     return AutoConfig.for_model(values.pop("model_type"), **values)
 
 

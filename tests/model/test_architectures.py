@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from arch_cases import REAL, random_model
+from arch_cases import REAL, random_model, skip_reason
 from model_test_utils import packed
 from onpolicy.engine import LLM, EngineConfig, SamplingParams
 from onpolicy.model import CausalLM, ModelConfig, load_pretrained, save_pretrained, sequence_logprobs
@@ -28,6 +28,8 @@ def _seqs(seed=0):
 def checkpoint(request, tmp_path_factory):
     """(name, transformers model, directory it saved to)."""
     name = request.param
+    if skip_reason(name):
+        pytest.skip(skip_reason(name))
     hf = random_model(name, seed=NAMES.index(name))
     path = tmp_path_factory.mktemp(name)
     hf.save_pretrained(path)

@@ -5,7 +5,7 @@ CUDA graphs) are torch.equal to the trainer's packed forward."""
 import pytest
 import torch
 
-from arch_cases import REAL, real_shape_hf_config
+from arch_cases import REAL, real_shape_hf_config, skip_reason
 from onpolicy.engine import LLM, EngineConfig, SamplingParams
 from onpolicy.model import CausalLM, ModelConfig, init_weights, sequence_logprobs
 from onpolicy.model.tiny import CharTokenizer
@@ -21,6 +21,8 @@ def _prompts(seed):
 
 @pytest.mark.parametrize("name", list(REAL))
 def test_engine_equals_trainer_real_shape(name):
+    if skip_reason(name):
+        pytest.skip(skip_reason(name))
     hf = real_shape_hf_config(name, layers=4).to_dict()
     model = init_weights(CausalLM(ModelConfig.from_hf(hf, dtype="bfloat16"), init=False), seed=3).to("cuda").eval()
     llm = LLM(model, CharTokenizer(), EngineConfig(num_blocks=1024, block_size=16, max_num_batched_tokens=256,
