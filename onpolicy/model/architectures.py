@@ -144,5 +144,5 @@ def window_fields(arch: Architecture, hf: dict) -> dict:
         "sliding_window": hf.get("sliding_window", 4096),
         "layer_types": tuple(layer_types),
         "rope_local_theta": float(local.get("rope_theta", hf.get("rope_local_base_freq", 1e4))),
-        "query_pre_attn_scalar": float(hf.get("query_pre_attn_scalar", 256)),
+        "query_pre_attn_scalar": hf.get("query_pre_attn_scalar", 256),
     }

@@ -53,7 +53,7 @@ class ModelConfig:
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | None = None
     rope_local_theta: float | None = None
-    query_pre_attn_scalar: float | None = None
+    query_pre_attn_scalar: int | float | None = None
 
     def __post_init__(self) -> None:
         for name in ("no_rope_layers", "layer_types"):

@@ -73,6 +73,10 @@ def _published(name, hf_json: dict) -> dict:
     """config.json as the hub publishes it: rope_theta + rope_scaling (legacy keys), no rope_parameters."""
     out = {k: v for k, v in hf_json.items() if k not in ("rope_parameters", "layer_types")}
     rope = hf_json["rope_parameters"]
+    if "full_attention" in rope:  # Gemma-3: rope_local_base_freq, and the layer kinds as a pattern
+        out["rope_local_base_freq"] = rope["sliding_attention"]["rope_theta"]
+        out["sliding_window_pattern"] = hf_json["layer_types"].index("full_attention") + 1
+        rope = rope["full_attention"]
     out["rope_theta"] = rope["rope_theta"]
     scaling = REAL[name].get("rope_scaling")
     out["rope_scaling"] = None if scaling is None else dict(
