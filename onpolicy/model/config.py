@@ -1,9 +1,10 @@
 """ModelConfig: the decoder's hyper-parameters, validated, with HF config.json conversion for every family in
-`architectures.ARCHITECTURES` (Qwen3, Llama, Qwen2, Mistral, OLMo-2, SmolLM3).
+`architectures.ARCHITECTURES` (Qwen3, Llama, Qwen2, Mistral, OLMo-2, SmolLM3, Phi-3, Gemma-3 text).
 
-Left out: sliding-window attention, MLP bias, activations other than SiLU, rope types other than
-`rope_scaling.ROPE_TYPES` (longrope: its short-factor context only), head dims the attention kernels do not compile (`kernels.attention.HEAD_DIMS`) --
-`from_hf` raises a ValueError naming the field rather than loading a model that would compute something else.
+Left out: sliding windows outside Gemma-3 (and there only with the kernels' window), MLP bias, activations other
+than SiLU / GELU-tanh, rope types other than `rope_scaling.ROPE_TYPES` (longrope: its short-factor context only),
+head dims the attention kernels do not compile (`kernels.attention.HEAD_DIMS`) -- `from_hf` raises a ValueError
+naming the field rather than loading a model that would compute something else.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ class ModelConfig:
 
     rope_scaling: None (default RoPE) or the HF rope parameters of a scaled type (`rope_type` first, without
     rope_theta). no_rope_layers: SmolLM3's per-layer 1 (RoPE) / 0 (no RoPE); None = RoPE in every layer.
+    partial_rotary_factor: the fraction of each head RoPE rotates (Phi-4-mini 0.75; the loader reorders q/k head
+    dims so rotated pairs sit at (i, i + head_dim / 2)). Gemma-3: layer_types (full_attention /
+    sliding_attention), sliding_window, rope_local_theta (sliding layers' RoPE), query_pre_attn_scalar
+    (attention scale its ** -0.5; None: head_dim ** -0.5).
     """
 
     architecture: str = "qwen3"
@@ -126,8 +131,9 @@ class ModelConfig:
                   f"{self.partial_rotary_factor!r} (head_dim {self.head_dim})")
         if self.no_rope_layers is not None and (not self.arch.rope_per_layer or len(self.no_rope_layers)
                                                 != self.num_hidden_layers or set(self.no_rope_layers) - {0, 1}):
-            _fail("no_rope_layers", f"must be None or (for {', '.join(a for a, e in ARCHITECTURES.items() if e.rope_per_layer)}) "
-                  f"{self.num_hidden_layers} values of 0/1, got {self.no_rope_layers!r}")
+            families = ", ".join(a for a, e in ARCHITECTURES.items() if e.rope_per_layer)
+            _fail("no_rope_layers", f"must be None or (for {families}) {self.num_hidden_layers} values of 0/1, "
+                  f"got {self.no_rope_layers!r}")
 
     def _validate_family_fields(self) -> None:
         if self.hidden_act not in ACTIVATIONS:
@@ -135,7 +141,8 @@ class ModelConfig:
         if self.layer_types is not None:
             kinds = ("full_attention", "sliding_attention")
             if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - set(kinds):
-                _fail("layer_types", f"must be {self.num_hidden_layers} of {', '.join(kinds)}, got {self.layer_types!r}")
+                _fail("layer_types", f"must be {self.num_hidden_layers} of {', '.join(kinds)}, "
+                      f"got {self.layer_types!r}")
             if "sliding_attention" in self.layer_types and not self.arch.windows:
                 _fail("layer_types", f"sliding_attention layers are not supported for {self.architecture}")
         if self.sliding_window is not None and not (isinstance(self.sliding_window, int) and self.sliding_window > 0):

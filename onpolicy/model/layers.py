@@ -1,8 +1,9 @@
-"""The decoder's layers on `kernels/` ops: projections, norms, attention, MLP, and the two layer layouts.
+"""The decoder's layers on `kernels/` ops: projections, norms, attention, MLP, and the three layer layouts.
 
 Parameters mirror HF names except the fused `qkv_proj` and `gate_up_proj`; each carries a
 `weight_loader(param, tensor, shard_id=None)` used by `loading.py`. What a family changes (biases, q/k norm,
-norm placement, layers without RoPE) comes from its `ModelConfig` / `Architecture`.
+norm placement and offset, layers without RoPE, windows, activation) comes from its `ModelConfig` /
+`Architecture`.
 Left out: MoE, dropout, MLP bias, logit soft-capping, tensor parallelism.
 """
 from __future__ import annotations
@@ -160,12 +161,13 @@ class MLP(nn.Module):
         self.intermediate_size = i
         self.gate_up_proj = Linear(cfg.hidden_size, 2 * i, False, dt, _shards(gate=i, up=i))
         self.down_proj = Linear(i, cfg.hidden_size, False, dt)
-        self.act_mul = kernels.gelu_tanh_mul if cfg.hidden_act == "gelu_pytorch_tanh" else kernels.silu_mul
+        # the op's name, looked up at each call (so tools that wrap `kernels` ops see it)
+        self.act_mul = "gelu_tanh_mul" if cfg.hidden_act == "gelu_pytorch_tanh" else "silu_mul"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # gate/up stay strided row views of the fused projection: silu_mul reads them in place (no copies)
         gate, up = self.gate_up_proj(x).split([self.intermediate_size, self.intermediate_size], dim=-1)
-        return self.down_proj(self.act_mul(gate, up))
+        return self.down_proj(getattr(kernels, self.act_mul)(gate, up))
 
 
 class DecoderLayer(nn.Module):

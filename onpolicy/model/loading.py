@@ -3,8 +3,10 @@
 Reads single-file and sharded (`model.safetensors.index.json`) checkpoints of every family in
 `architectures.ARCHITECTURES`; HF's separate q/k/v and gate/up projections are copied into our fused parameters
 through each parameter's `weight_loader` (families whose checkpoint is fused, Phi-3, load them whole). Writes one
-`model.safetensors` with the family's HF names so `transformers.AutoModelForCausalLM.from_pretrained` loads it. Left out: `.bin` (pickle) checkpoints, hub
-downloads (pass a local directory), quantised weights, writing sharded checkpoints.
+`model.safetensors` with the family's HF names so `transformers.AutoModelForCausalLM.from_pretrained` loads it.
+Partial rotary models get their q/k head dims reordered after loading and back before saving (rotary_layout).
+Left out: `.bin` (pickle) checkpoints, hub downloads (pass a local directory), quantised weights, writing sharded
+checkpoints.
 """
 from __future__ import annotations
 

@@ -6,8 +6,10 @@ packed fresh k/v with `kernels.attention_varlen`, autograd) and engine (k/v writ
 cache at `meta.slot_mapping`, then `kernels.attention` over the cache). Every matmul, norm, RoPE, activation
 and attention is a `kernels` op; each residual add runs inside the norm after it (`kernels.add_rms_norm`;
 with activation checkpointing the add closing a layer is a torch add; post-norm families add plainly), q/k
-norm + RoPE in `kernels.qk_norm_rope`. The fp32 rope table (any supported rope scaling) is indexed by position.
-Left out: sliding windows, MoE, dropout, MLP bias, tensor parallelism.
+norm + RoPE in `kernels.qk_norm_rope`. The fp32 rope tables (any supported rope scaling; Gemma's local and
+global) are indexed by position, and a layer's sliding window is a kernel argument, so nothing a token computes
+depends on its batch.
+Left out: MoE, dropout, MLP bias, logit soft-capping, tensor parallelism.
 """
 from __future__ import annotations
 

@@ -100,7 +100,8 @@ def test_save_then_transformers_reloads_identical_logits(checkpoint, tmp_path):
     ours, config = load_pretrained(str(path))
     save_pretrained(ours, str(tmp_path))
     # pad_token_id: SmolLM3's class default (128004) lies outside the tiny vocab; real checkpoints' vocab holds it
-    again = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager", pad_token_id=None).float().eval()
+    again = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager", pad_token_id=None)
+    again = again.float().eval()
     assert type(again) is type(hf)
     seq = torch.tensor([_seqs()[0]])
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""A 3-step GRPO run (the embedded default task's prompts) from each must family's tiny transformers checkpoint,
+"""A 3-step GRPO run (the embedded default task's prompts) from each family's tiny transformers checkpoint,
 loaded through `model.path`: the logged KL and logprob diffs are exactly 0.0 every step. A random model never
 solves the task, so the reward here counts digits in the completion: it varies within a group, the gradient is
 non-zero and steps 2-3 sample from updated weights."""
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from arch_cases import MUST, random_model
+from arch_cases import MUST, random_model, skip_reason
 from onpolicy.model.tiny import CharTokenizer
 from onpolicy.rewards.registry import available_rewards, register_reward
 
@@ -29,8 +29,10 @@ def _restore_threads():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("name", MUST)
+@pytest.mark.parametrize("name", MUST + ("olmo2", "smollm3", "phi4-mini", "gemma3"))
 def test_grpo_three_steps_exactly_on_policy(tmp_path, name):
+    if skip_reason(name):
+        pytest.skip(skip_reason(name))
     from onpolicy.config import parse_args
     from onpolicy.trainer import train
 
