@@ -142,3 +142,38 @@ def test_bf16_sampler_equals_trainer(checkpoint):
             trainer = sequence_logprobs(model, prompts_, completions, t)
         for a, b in zip(engine, trainer):
             assert torch.equal(a, b), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("name,change,match", [
+    ("qwen2", {"use_sliding_window": True}, "use_sliding_window True is sliding-window attention"),
+    ("mistral", {"sliding_window": 4096}, "sliding_window 4096 .*allowed: None"),
+    ("mistral", {"sliding_window": "absent"}, "sliding_window 4096"),  # MistralConfig's default window
+    ("phi3", {"sliding_window": 2047}, "sliding_window 2047"),  # Phi-3-mini-4k
+    ("llama3", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "dynamic.*batch"),
+    ("llama3", {"mlp_bias": True}, "mlp_bias"),
+    ("gemma3", {"final_logit_softcapping": 30.0}, "final_logit_softcapping"),
+    ("qwen2", {"layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
+])
+def test_published_configs_the_kernels_cannot_compute_are_refused(name, change, match):
+    hf = dict(REAL[name], num_hidden_layers=2, vocab_size=128, max_position_embeddings=32768)
+    for key, value in change.items():
+        if value == "absent":
+            del hf[key]
+        else:
+            hf[key] = value
+    with pytest.raises(ValueError, match=match):
+        ModelConfig.from_hf(hf)
+    if name == "mistral":  # the published Mistral-7B-v0.3 value loads
+        assert ModelConfig.from_hf(dict(hf, sliding_window=None)).architecture == "mistral"
+
+
+def test_longrope_loads_at_its_short_factor_context():
+    """Phi-4-mini as published (131,072 positions, longrope from 4,096): exact only below 4,096, so the context
+    is capped there and HF's attention factor for the published length is kept explicitly."""
+    import math
+
+    hf = dict(REAL["phi4-mini"], num_hidden_layers=2, vocab_size=128, max_position_embeddings=131072)
+    c = ModelConfig.from_hf(hf)
+    assert c.max_position_embeddings == 4096 and c.partial_rotary_factor == 0.75
+    assert c.rope_scaling["attention_factor"] == math.sqrt(1 + math.log(32) / math.log(4096))
+    assert ModelConfig.from_hf(c.to_hf()) == c
