@@ -67,6 +67,11 @@ class CausalLM(nn.Module):
             self.lm_head.weight = _param((config.vocab_size, config.hidden_size), config.torch_dtype)
         self._rope_tables: dict[torch.device, tuple[torch.Tensor, ...]] = {}
         self.activation_checkpointing = False
+        # Gemma: embeddings times sqrt(hidden_size) rounded to the model dtype, as HF does; a python float
+        # (exactly that value), so no tensor is made in the forward (CUDA-graph capture)
+        self._embed_scale = None
+        if config.arch.embed_scale:
+            self._embed_scale = float(torch.tensor(config.hidden_size ** 0.5).to(config.torch_dtype))
         if init:
             init_weights(self, seed=0)
 
@@ -97,8 +102,8 @@ class CausalLM(nn.Module):
         self._check_inputs(input_ids, positions, meta, kv_caches)
         rope_table = self.rope_table(input_ids.device)
         h = F.embedding(input_ids, self.model.embed_tokens.weight)
-        if self.config.arch.embed_scale:  # Gemma: times sqrt(hidden_size) rounded to the model dtype, as HF
-            h = h * torch.tensor(self.config.hidden_size ** 0.5, dtype=h.dtype, device=h.device)
+        if self._embed_scale is not None:
+            h = h * self._embed_scale
         recompute = self.activation_checkpointing and kv_caches is None and torch.is_grad_enabled()
         # The recompute runs in the backward, on autograd's device thread for CUDA, which does not see this
         # thread's kernels.invariant_mode (a contextvar): re-enter the forward's mode there.
