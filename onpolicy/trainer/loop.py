@@ -47,8 +47,10 @@ def rl_step(run: Run, step: int) -> dict:
     peak = PhasePeak(run.device)
     peak.start()
     t0 = time.perf_counter()
+    from onpolicy.chat import encode_prompt
+
     rows = next(run.prompts)
-    prompt_ids = [run.encode(r["prompt"]) for r in rows]
+    prompt_ids = [encode_prompt(run.tokenizer, r) for r in rows]
     ro = _sample_share(run, prompt_ids, step)
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()

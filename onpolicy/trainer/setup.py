@@ -77,6 +77,26 @@ def build_tokenizer(cfg):
     return load_tokenizer(cfg.model.path)
 
 
+def check_stop_strings(cfg, tokenizer) -> None:
+    """Refuse a `sampling.stop` string the engine could not match (onpolicy.engine.stopping); needs the tokenizer
+    only, so it runs before any model is built."""
+    from onpolicy.engine import SamplingParams
+    from onpolicy.engine.stopping import special_tokens, stop_rule
+
+    stop_rule(SamplingParams(stop=list(cfg.sampling.stop) or None), [], special_tokens(tokenizer), "sampling")
+
+
+def attach_generation_settings(model, tokenizer, log=print) -> None:
+    """`model.generation_settings` (generation_config.json and config.json's token ids, read by load_pretrained)
+    completed from the tokenizer -- the tiny model gets its bos/eos/pad -- so the engine stops on every eos id
+    and saved policies carry them; logs what the checkpoint's generation config says."""
+    from onpolicy.model.generation_config import GenerationSettings
+
+    settings = getattr(model, "generation_settings", None) or GenerationSettings()
+    model.generation_settings = settings.complete_from_tokenizer(tokenizer)
+    log(model.generation_settings.describe(tokenizer))
+
+
 def build_model(cfg, device: torch.device, seed: int):
     """The policy: the built-in tiny model ("tiny", weights from `seed`) or a local HF directory."""
     check_model_path(cfg)
@@ -126,7 +146,9 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
         raise ValueError("trainer.sft_warmup_steps > 0 needs an answer for every prompt (data.answer_column); "
                          "allowed without answers: sft_warmup_steps: 0")
     eos = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
-    prompts = [encode(r["prompt"]) for r in rows]
+    from onpolicy.chat import encode_prompt
+
+    prompts = [encode_prompt(tokenizer, r) for r in rows]
     completions = [encode(r["answer"]) + eos for r in rows]
     cache = os.path.join(os.path.dirname(os.path.abspath(cfg.logging.output_dir)), "cache")
     from onpolicy import kernels
@@ -202,8 +224,10 @@ def build_run(cfg, log=print) -> Run:
     device = resolve_device(cfg.model.device)
     determinism.enable(seed=t.seed)
     tokenizer = build_tokenizer(cfg)
+    check_stop_strings(cfg, tokenizer)
     rows = load_prompts(cfg.data, tokenizer)
     model = build_model(cfg, device, t.seed)
+    attach_generation_settings(model, tokenizer, log)
 
     def encode(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))

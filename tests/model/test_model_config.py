@@ -45,7 +45,7 @@ def test_from_hf_rejects_unsupported():
                              "yarn.*original_max_position_embeddings"),
                             ("rope_parameters", {"rope_type": "llama3", "factor": 8.0}, "llama3.*low_freq_factor"),
                             ("hidden_act", "gelu", "hidden_act"), ("model_type", "gpt2", "model_type"),
-                            ("use_sliding_window", True, "sliding"), ("head_dim", 96, "head_dim 96.*64"),
+                            ("use_sliding_window", True, "sliding"), ("head_dim", 80, "head_dim 80.*64"),
                             ("partial_rotary_factor", 0.5, "partial_rotary_factor"),
                             ("layer_types", ["sliding_attention"], "layer_types")]:
         bad = dict(hf, **{key: val})
