@@ -3,8 +3,8 @@
 An `Architecture` is a description, not code: biases, q/k norm, norm placement, layers without RoPE, the
 activation, and the config.json fields the family must have (or must not set) to be computed exactly. A new
 family is one entry in `ARCHITECTURES` plus one test row (tests/model/test_architectures.py).
-Left out: sliding-window layers outside Gemma-3 (a window at least the context long is accepted: it masks
-nothing), MoE MLPs, MLP biases, logit soft-capping (Gemma-2) -- a config that needs one of them is refused at
+Left out: sliding windows of Qwen2 / SmolLM3 (`use_sliding_window`; a window at least the context long is
+accepted: it masks nothing), MoE MLPs, MLP biases, logit soft-capping (Gemma-2) -- a config that needs one of them is refused at
 load, naming the field.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ class Architecture:
     norm on their outputs before the residual add (OLMo-2), "sandwich" = both (Gemma-3). norm_offset: norms
     scale by (1 + w) in fp32 (Gemma). embed_scale: embeddings times sqrt(hidden_size) (Gemma). windows: the
     config's `layer_types` / `sliding_window` give sliding-window layers with their own rope theta (Gemma-3;
-    needs the attention kernels' window). act_field: the config.json key of the activation. rope_per_layer:
+    needs the attention kernels' window). uniform_window: the config's `sliding_window`, when shorter than the
+    context, applies to every layer (Mistral, Phi-3). act_field: the config.json key of the activation. rope_per_layer:
     the config's `no_rope_layers` (1 = RoPE, 0 = none) picks layers without RoPE (SmolLM3). fused_checkpoint:
     the checkpoint stores q/k/v as one `qkv_proj` and gate/up as one `gate_up_proj`, in our fused layout
     (Phi-3). must_be: config.json fields whose value other than the given one cannot be computed exactly;
@@ -45,6 +46,7 @@ class Architecture:
     norm_offset: bool = False
     embed_scale: bool = False
     windows: bool = False
+    uniform_window: bool = False
     act_field: str = "hidden_act"
     must_be: dict = field(default_factory=dict)
     hf_absent: dict = field(default_factory=dict)
@@ -65,12 +67,10 @@ ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
     Architecture("qwen3", "Qwen3ForCausalLM", qk_norm="head"),
     Architecture("llama", "LlamaForCausalLM"),
     Architecture("qwen2", "Qwen2ForCausalLM", qkv_bias=True, o_bias=False),
-    Architecture("mistral", "MistralForCausalLM", must_be={"sliding_window": None},
-                 hf_absent={"sliding_window": 4096}, hf_defaults={"sliding_window": None}),
+    Architecture("mistral", "MistralForCausalLM", uniform_window=True, hf_absent={"sliding_window": 4096}),
     Architecture("olmo2", "Olmo2ForCausalLM", qk_norm="full", norm_placement="post"),
     Architecture("smollm3", "SmolLM3ForCausalLM", rope_per_layer=True),
-    Architecture("phi3", "Phi3ForCausalLM", fused_checkpoint=True, must_be={"sliding_window": None},
-                 hf_defaults={"sliding_window": None}),
+    Architecture("phi3", "Phi3ForCausalLM", fused_checkpoint=True, uniform_window=True),
     Architecture("gemma3_text", "Gemma3ForCausalLM", qk_norm="head", norm_placement="sandwich", norm_offset=True,
                  embed_scale=True, windows=True, act_field="hidden_activation",
                  must_be={"final_logit_softcapping": None, "attn_logit_softcapping": None,
@@ -123,9 +123,15 @@ def attention_has_window() -> bool:
 
 
 def window_fields(arch: Architecture, hf: dict) -> dict:
-    """Gemma-3's layer fields from config.json -> ModelConfig kwargs (sliding_window, layer_types,
+    """Sliding-window fields from config.json. Gemma-3's -> ModelConfig kwargs (sliding_window, layer_types,
     rope_local_theta, query_pre_attn_scalar) plus "hf": the config with the full-attention layers' rope as its
-    one rope setting (for `parse_hf_rope`). Other families: {"hf": hf}. Defaults are Gemma3TextConfig's."""
+    one rope setting (for `parse_hf_rope`); Mistral / Phi-3: one window on every layer; other families:
+    {"hf": hf}. Defaults are transformers' config classes'."""
+    if arch.uniform_window:
+        window = hf.get("sliding_window", arch.hf_absent.get("sliding_window"))
+        if window is None or window >= hf.get("max_position_embeddings", 2048):  # masks nothing: full attention
+            return {"hf": hf}
+        return {"hf": hf, "sliding_window": window, "layer_types": ("sliding_attention",) * hf["num_hidden_layers"]}
     if not arch.windows:
         return {"hf": hf}
     params = hf.get("rope_parameters") or {}

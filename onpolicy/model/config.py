@@ -1,7 +1,7 @@
 """ModelConfig: the decoder's hyper-parameters, validated, with HF config.json conversion for every family in
 `architectures.ARCHITECTURES` (Qwen3, Llama, Qwen2, Mistral, OLMo-2, SmolLM3, Phi-3, Gemma-3 text).
 
-Left out: sliding windows outside Gemma-3 (and there only with the kernels' window), MLP bias, activations other
+Left out: sliding windows of Qwen2 / SmolLM3 (Gemma-3, Mistral, Phi-3 need the kernels' window), MLP bias, activations other
 than SiLU / GELU-tanh, rope types other than `rope_scaling.ROPE_TYPES` (longrope: its short-factor context only),
 head dims the attention kernels do not compile (`kernels.attention.HEAD_DIMS`) -- `from_hf` raises a ValueError
 naming the field rather than loading a model that would compute something else.
@@ -143,7 +143,7 @@ class ModelConfig:
             if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - set(kinds):
                 _fail("layer_types", f"must be {self.num_hidden_layers} of {', '.join(kinds)}, "
                       f"got {self.layer_types!r}")
-            if "sliding_attention" in self.layer_types and not self.arch.windows:
+            if "sliding_attention" in self.layer_types and not (self.arch.windows or self.arch.uniform_window):
                 _fail("layer_types", f"sliding_attention layers are not supported for {self.architecture}")
         if self.sliding_window is not None and not (isinstance(self.sliding_window, int) and self.sliding_window > 0):
             _fail("sliding_window", f"must be None or a positive int, got {self.sliding_window!r}")
@@ -237,6 +237,8 @@ class ModelConfig:
             out["no_rope_layers"] = list(self.no_rope_layers)
         if self.partial_rotary_factor != 1.0:
             out["partial_rotary_factor"] = self.partial_rotary_factor
+        if self.arch.uniform_window:
+            out["sliding_window"] = self.sliding_window
         if self.arch.windows:
             out.update(layer_types=list(self.layer_types or ["full_attention"] * self.num_hidden_layers),
                        sliding_window=self.sliding_window, query_pre_attn_scalar=self.query_pre_attn_scalar,

@@ -7,6 +7,8 @@ where rope scaling has one, so the scaling changes frequencies at the positions 
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 VOCAB = 128  # >= CharTokenizer's size, so the engine can run the model with it
@@ -47,6 +49,14 @@ REAL = {
     "phi3": dict(model_type="phi3", hidden_size=5120, intermediate_size=17920, num_attention_heads=40,
                  num_key_value_heads=10, head_dim=128, rms_norm_eps=1e-5, rope_theta=2.5e5, tie_word_embeddings=False,
                  original_max_position_embeddings=16384, sliding_window=None),
+    # mistralai/Mistral-7B-v0.1 (a 4,096-key sliding window on every layer)
+    "mistral-window": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                           num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=1e4,
+                           tie_word_embeddings=False, sliding_window=4096),
+    # microsoft/Phi-3-mini-4k-instruct (head_dim 96, a 2,047-key sliding window on every layer)
+    "phi3-mini": dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_attention_heads=32,
+                      num_key_value_heads=32, head_dim=96, rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=False,
+                      original_max_position_embeddings=4096, sliding_window=2047),
     # microsoft/Phi-4-mini-instruct (partial rotary 0.75, longrope: loaded at its short-factor context)
     "phi4-mini": dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_attention_heads=24,
                       num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5, rope_theta=1e4, tie_word_embeddings=True,
@@ -59,18 +69,19 @@ REAL = {
                    query_pre_attn_scalar=256, sliding_window=512, sliding_window_pattern=6, tie_word_embeddings=True,
                    hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=None, attn_logit_softcapping=None),
 }
-NEEDS_WINDOWS = ("gemma3",)  # head_dim 256 and sliding windows in the attention kernels
+NEEDS_WINDOWS = ("gemma3", "mistral-window", "phi3-mini")  # sliding windows (and head_dim 96 / 256) in the kernels
 # Tiny-shape changes beyond layers/hidden/vocab: longrope is exact up to original_max_position_embeddings, so the
 # tiny Phi-4-mini keeps 512 of them (past the tests' 300+ positions) under a published context 16x longer.
-# Gemma-3's two tiny layers are one sliding (window 64, so it masks at the tests' positions) and one full.
+# Gemma-3's two tiny layers are one sliding and one full; tiny windows are 64 keys, so they mask at the tests' positions.
 TINY_EXTRA = {"phi4-mini": dict(original_max_position_embeddings=512, max_position_embeddings=8192),
-              "gemma3": dict(sliding_window=64, layer_types=["sliding_attention", "full_attention"])}
+              "gemma3": dict(sliding_window=64, layer_types=["sliding_attention", "full_attention"]),
+              "mistral-window": dict(sliding_window=64), "phi3-mini": dict(sliding_window=64)}
 MUST = ("qwen2", "qwen2-yarn", "llama3", "llama-linear", "mistral")
 TINY_LAYERS = {"smollm3": 4}
 
 
 def _shrunk(name: str, layers: int, heads: int, max_pos: int) -> dict:
-    real = dict(REAL[name])
+    real = copy.deepcopy(REAL[name])  # transformers' config classes edit rope dicts in place
     ratio = real["num_attention_heads"] // real["num_key_value_heads"]
     kv = max(1, heads // ratio)
     real.update(num_hidden_layers=layers, num_attention_heads=kv * min(ratio, heads), num_key_value_heads=kv,

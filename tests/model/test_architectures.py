@@ -67,6 +67,10 @@ def test_fp32_logprobs_match_transformers(checkpoint):
         plain = CausalLM(config.replace(rope_scaling=None), init=False)
         plain.load_state_dict(model.state_dict())
         assert (our_logprobs(plain, seqs) - ref).abs().max().item() > 1e-3
+    if config.sliding_window is not None:  # the window shows: the same weights attending to every key are off
+        full = CausalLM(config.replace(sliding_window=None, layer_types=None), init=False)
+        full.load_state_dict(model.state_dict())
+        assert (our_logprobs(full, seqs) - ref).abs().max().item() > 1e-3
 
 
 def _published(name, hf_json: dict) -> dict:
@@ -146,9 +150,6 @@ def test_bf16_sampler_equals_trainer(checkpoint):
 
 @pytest.mark.parametrize("name,change,match", [
     ("qwen2", {"use_sliding_window": True}, "use_sliding_window True is sliding-window attention"),
-    ("mistral", {"sliding_window": 4096}, "sliding_window 4096 .*allowed: None"),
-    ("mistral", {"sliding_window": "absent"}, "sliding_window 4096"),  # MistralConfig's default window
-    ("phi3", {"sliding_window": 2047}, "sliding_window 2047"),  # Phi-3-mini-4k
     ("llama3", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "dynamic.*batch"),
     ("llama3", {"mlp_bias": True}, "mlp_bias"),
     ("gemma3", {"final_logit_softcapping": 30.0}, "final_logit_softcapping"),
@@ -163,8 +164,21 @@ def test_published_configs_the_kernels_cannot_compute_are_refused(name, change, 
             hf[key] = value
     with pytest.raises(ValueError, match=match):
         ModelConfig.from_hf(hf)
-    if name == "mistral":  # the published Mistral-7B-v0.3 value loads
-        assert ModelConfig.from_hf(dict(hf, sliding_window=None)).architecture == "mistral"
+
+
+@pytest.mark.parametrize("name,window,want", [("mistral", None, None), ("mistral", "absent", 4096),
+                                              ("mistral", 4096, 4096), ("phi3", 2047, 2047), ("phi3", 1 << 20, None)])
+def test_uniform_sliding_window(name, window, want):
+    """Mistral / Phi-3: config.json's sliding_window (MistralConfig's default 4096 when absent) on every layer;
+    a window covering the context is full attention."""
+    hf = dict(REAL[name], num_hidden_layers=2, vocab_size=128, max_position_embeddings=32768)
+    if window == "absent":
+        del hf["sliding_window"]
+    else:
+        hf["sliding_window"] = window
+    c = ModelConfig.from_hf(hf)
+    assert [c.layer_window(i) for i in range(2)] == [want, want]
+    assert ModelConfig.from_hf(c.to_hf()) == c
 
 
 def test_longrope_loads_at_its_short_factor_context():
