@@ -187,8 +187,8 @@ class ShardedAdamW:
 
 def save_fsdp_checkpoint(run, root, step: int) -> str:
     """Every rank writes its shard of the masters and AdamW state (DCP) into the step's temporary directory;
-    rank 0 adds the full policy (the engine's copy as HF safetensors), trainer_state.pt and meta.json, and
-    commits the directory atomically (onpolicy.trainer.checkpoint)."""
+    rank 0 adds the full policy (the engine's copy as HF safetensors), the trainer state, meta.json and the
+    manifest, and commits the directory atomically (onpolicy.trainer.checkpoint)."""
     from onpolicy.trainer import checkpoint
 
     dist = run.dist
