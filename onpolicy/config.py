@@ -112,6 +112,8 @@ class TrainerArgs(Section):
     overlong_filter: bool = _f(False, "DAPO: mask completions cut off by max_tokens")
     sft_warmup_steps: int = _f(0, "supervised warm-up steps on reference answers before RL", ge=0)
     sft_lr: float = _f(1e-3, "learning rate of the SFT warm-up", gt=0)
+    sft_cache_dir: str | None = _f(None, "where the SFT warm-start result is cached (keyed by model, data and "
+                                   "settings); null = <logging.output_dir>/cache, inside the run", nonblank=True)
     seed: int = _f(0, "global seed (python/numpy/torch and sampling)", ge=0)
     save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)", ge=0)
     save_only_model: bool = _f(False, "checkpoints hold the policy and data position only, no optimizer state "
@@ -170,6 +172,14 @@ class LoggingArgs(Section):
     run_name: str | None = _f(None, "W&B run name / console label")
     log_every: int = _f(1, "console line every N steps (metrics.jsonl gets every step)", ge=1)
     plot: bool = _f(True, "write PNG plots of metrics.jsonl at the end of the run")
+    overwrite: bool = _f(False, "a fresh run may delete an earlier run's results (metrics, checkpoints, plots) in "
+                         "output_dir; false = such a directory is an error (resume it or pick another)")
+
+    def _validate(self):
+        from onpolicy.trainer.run_dir import check_path
+
+        why = check_path(self.output_dir)
+        self._check(why is None, "output_dir", why or "")
 
 
 REWARDS_HELP = "rewards: --rewards '[{name: NAME, weight: W}, ...]' (default [{name: embedded}])"

@@ -129,6 +129,7 @@ class ShardedAdamW:
         self.masters = [p for _, p in named]
         self.params = [engine[n] for n, _ in named]
         self.optimizer = torch.optim.AdamW(self.masters, **adamw_kwargs)
+        self.steps_started = 0  # as precision.MasterWeightAdamW
 
     @property
     def param_groups(self) -> list[dict]:
@@ -148,6 +149,7 @@ class ShardedAdamW:
         return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
     def step(self) -> None:
+        self.steps_started += 1
         self.optimizer.step()
         self.gather_()
 

@@ -155,7 +155,7 @@ def test_nan_exits_nonzero_from_the_recipe(e2e_root):
             "update.trainer_logprobs = lambda m, ro, t, grad: [x * float('nan') for x in real(m, ro, t, grad)]\n"
             "sys.argv = ['grpo.py', '--config', 'configs/tiny-cpu.yaml', '--trainer.steps', '2', "
             "'--trainer.prompts_per_step', '4', '--sampling.num_generations', '4', '--logging.plot', 'false', "
-            f"'--logging.output_dir', {str(out)!r}]\n"
+            f"'--logging.output_dir', {str(out)!r}, '--trainer.sft_cache_dir', {str(e2e_root / 'cache')!r}]\n"
             "import runpy; runpy.run_path('recipes/grpo.py', run_name='__main__')\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

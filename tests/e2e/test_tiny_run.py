@@ -126,7 +126,7 @@ def test_default_config_raises_reward(e2e_root, default_config_path):
     from onpolicy.config import parse_args
 
     cfg = parse_args(["--config", str(default_config_path), "--logging.output_dir", str(e2e_root / "default"),
-                      "--logging.plot", "false"])
+                      "--logging.plot", "false", "--trainer.sft_cache_dir", str(e2e_root / "cache")])
     s = _train(cfg)
     assert s["max_abs_kl"] == 0.0 and s["max_mismatch_frac"] == 0.0
     assert s["reward_last10"] > s["reward_first10"] + 0.2, (s["reward_first10"], s["reward_last10"])
