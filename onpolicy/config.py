@@ -29,7 +29,7 @@ import yaml
 from onpolicy.config_cli import apply_override, help_text, load_yaml, split_cli
 from onpolicy.config_fields import ConfigError, Section, coerce, config_field
 from onpolicy.engine.params import EngineConfig
-from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS
+from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
 from onpolicy.trainer.distributed import GRAD_REDUCTIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
@@ -61,7 +61,7 @@ class DataArgs(Section):
                             nonblank=True)
     chat_template: bool = _f(False, "wrap prompts with tokenizer.apply_chat_template (generation prompt added)")
     system_prompt: str | None = _f(None, "system message for the chat template (only with chat_template: true)")
-    max_prompt_tokens: int = _f(256, "prompts longer than this (in tokens) are dropped with a warning", ge=1)
+    max_prompt_tokens: int = _f(128, "prompts longer than this (in tokens) are dropped with a warning", ge=1)
     num_examples: int | None = _f(None, "keep only the first N source rows (None = all)", ge=1)
     shuffle_seed: int = _f(0, "seed of the per-epoch prompt order")
 
@@ -91,7 +91,7 @@ class SamplingArgs(Section):
 class TrainerArgs(Section):
     _name: ClassVar[str] = "trainer"
     algo: str = _f("grpo", "RL objective", choices=ALGOS)
-    steps: int = _f(50, "optimizer steps (RL steps)", ge=0)
+    steps: int = _f(50, "optimizer steps (RL steps)", ge=1)
     prompts_per_step: int = _f(16, "prompts per step; each gets sampling.num_generations completions", ge=1)
     lr: float = _f(1e-5, "AdamW learning rate", gt=0)
     weight_decay: float = _f(0.0, "AdamW weight decay", ge=0)
@@ -210,6 +210,11 @@ class ExperimentConfig:
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ConfigError(f"rewards: duplicate reward names {names}; allowed: each name once")
+        algo, g = self.trainer.algo, self.sampling.num_generations
+        if g < MIN_GENERATIONS[algo]:
+            raise ConfigError(f"sampling.num_generations: got {g}; allowed: an int >= {MIN_GENERATIONS[algo]} with "
+                              f"trainer.algo {algo!r} (its advantages compare the completions of one prompt: a group "
+                              "of one has advantage 0 and learns nothing)")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ExperimentConfig":
@@ -233,7 +238,8 @@ class ExperimentConfig:
 def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = None) -> ExperimentConfig:
     """`--config x.yaml`, then CLI overrides, then `forced` (a recipe's fixed keys, e.g. trainer.algo).
 
-    `--print-config` prints the resolved YAML and exits; `-h/--help` prints every field's help and exits.
+    `--print-config` checks reward names and paths (`check_names_and_paths`), prints the resolved YAML and
+    exits; `-h/--help` prints every field's help and exits.
     An override that contradicts `forced` raises `ConfigError`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -251,9 +257,21 @@ def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = No
         apply_override(SECTIONS, data, key, value)
     cfg = ExperimentConfig.from_dict(data)
     if print_config:
+        check_names_and_paths(cfg)
         print(cfg.to_yaml())
         raise SystemExit(0)
     return cfg
+
+
+def check_names_and_paths(cfg: ExperimentConfig) -> None:
+    """What `--print-config` checks beyond the fields: reward names are registered, the data set and the model
+    directory exist and the context fits (`check_context`). Reads no data rows and builds no model."""
+    from onpolicy.data import check_dataset
+    from onpolicy.rewards import check_rewards
+
+    check_rewards(cfg.rewards)
+    check_dataset(cfg.data)
+    check_context(cfg)
 
 
 def check_context(cfg: ExperimentConfig) -> None:
