@@ -28,7 +28,7 @@ import yaml
 
 from onpolicy.config_cli import apply_override, help_text, load_yaml, split_cli
 from onpolicy.config_fields import ConfigError, Section, coerce, config_field
-from onpolicy.engine.params import EngineConfig
+from onpolicy.engine.params import MIN_TEMPERATURE, EngineConfig
 from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
 from onpolicy.trainer.distributed import GRAD_REDUCTIONS
 
@@ -76,7 +76,8 @@ class DataArgs(Section):
 class SamplingArgs(Section):
     _name: ClassVar[str] = "sampling"
     num_generations: int = _f(8, "completions per prompt (G, the group size)", ge=1)
-    temperature: float = _f(1.0, "sampling temperature; logprobs are taken at this temperature", gt=0)
+    temperature: float = _f(1.0, "sampling temperature; logprobs are taken at this temperature",
+                            ge=MIN_TEMPERATURE)
     top_p: float = _f(1.0, "nucleus sampling mass, in (0, 1]", gt=0, le=1)
     top_k: int = _f(-1, "-1 = off, else keep the k most likely tokens", ge=-1, allowed="-1 (off) or an int >= 1")
     max_tokens: int = _f(16, "max new tokens per completion", ge=1)
