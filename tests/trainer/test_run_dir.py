@@ -100,3 +100,16 @@ def test_disk_full_is_reported_as_such():
     torch_err = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 448 vs 342")
     assert "disk full" in str(run_dir.disk_full(torch_err, "/x"))
     assert run_dir.disk_full(OSError(errno.EACCES, "denied"), "/x") is None
+
+
+def test_sft_cache_lives_inside_the_run_unless_set(tmp_path, monkeypatch):
+    from onpolicy.trainer import setup, sft
+
+    seen = []
+    monkeypatch.setattr(sft, "sft_warmup", lambda *a, cache_dir=None, **k: seen.append(cache_dir) or {})
+    cfg = ExperimentConfig(logging={"output_dir": str(tmp_path / "run")}, trainer={"sft_warmup_steps": 2})
+    rows = [{"prompt": "1=", "answer": "1"}]
+    setup.run_sft(cfg, None, None, rows, lambda text: [1], print)
+    cfg.trainer.sft_cache_dir = str(tmp_path / "shared")
+    setup.run_sft(cfg, None, None, rows, lambda text: [1], print)
+    assert seen == [str(tmp_path / "run" / "cache"), str(tmp_path / "shared")]
