@@ -100,3 +100,12 @@ def test_resume_finds_the_newest_complete_checkpoint_without_latest(tmp_path):
     (root / "step-4").mkdir()  # no manifest: not complete
     assert ck.resume_path(cfg) == root / "step-2"
     assert ck.load_checkpoint(root, load_model=False, restore_rng=False).step == 2
+
+
+def test_keep_last_k_never_deletes_the_new_runs_checkpoints(tmp_path):
+    model, _, opt = _parts()
+    for old in (4, 6):  # left by an earlier run (a resume from an earlier step, or a directory reused by hand)
+        ck.save_checkpoint(tmp_path, old, model, opt, keep=5)
+    for step in (1, 2, 3):
+        ck.save_checkpoint(tmp_path, step, model, opt, keep=2)
+    assert [s for s, _ in ck.list_checkpoints(tmp_path)] == [2, 3, 4, 6]
