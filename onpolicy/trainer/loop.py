@@ -108,7 +108,10 @@ def _stop(run: Run, mark: StepMark, e: BaseException, history: list[dict], wall0
     """After a failure in the step loop: keep the progress, close the logger, print the resume command (and the
     summary after a NaN); returns the exception to raise."""
     saved = keep_progress(run, mark, e, log)
-    run.logger.close()
+    try:
+        run.logger.close()
+    except Exception as close_error:  # noqa: BLE001 -- e.g. the disk that failed the run: report the run's error
+        log(f"could not close the run's logs: {' '.join(str(close_error).split())}")
     command = resume_command(run.cfg, run.dist.world_size)
     if saved and not isinstance(e, KeyboardInterrupt):
         log(f"resume with: {command}")
