@@ -113,3 +113,30 @@ def test_sft_cache_lives_inside_the_run_unless_set(tmp_path, monkeypatch):
     cfg.trainer.sft_cache_dir = str(tmp_path / "shared")
     setup.run_sft(cfg, None, None, rows, lambda text: [1], print)
     assert seen == [str(tmp_path / "run" / "cache"), str(tmp_path / "shared")]
+
+
+def test_only_rank_0_takes_the_lock(tmp_path, monkeypatch):
+    """Under DDP every rank runs train(); rank 0 owns the run directory, the others never touch its lock."""
+    from onpolicy.trainer import loop
+    from onpolicy.trainer.distributed import Dist
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out.mkdir()
+        (out / run_dir.LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+
+        def built(*a, **k):
+            raise RuntimeError("build_run reached")
+
+        monkeypatch.setattr(loop, "build_run", built)
+        monkeypatch.setattr(Dist, "current", staticmethod(lambda: Dist(rank=1, world_size=2)))
+        with pytest.raises(RuntimeError, match="build_run reached"):
+            loop.train(_cfg(out), log=lambda *a: None)
+        monkeypatch.setattr(Dist, "current", staticmethod(lambda: Dist(rank=0, world_size=2)))
+        with pytest.raises(ValueError, match="is in use by another run"):
+            loop.train(_cfg(out), log=lambda *a: None)
+        assert json.loads((out / run_dir.LOCK).read_text())["pid"] == holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
