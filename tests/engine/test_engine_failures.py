@@ -74,3 +74,40 @@ def test_abort_api(llm):
         done += llm.step()
     assert [o.request_id for o in done] == [keep] and not llm.requests
     assert llm.block_manager.num_free == llm.runner.num_blocks
+
+
+@pytest.mark.gpu
+def test_gpu_abort_mid_async_decode_leaves_the_engine_exact():
+    """On CUDA with async scheduling and graphs: an exception while a decode step is in flight aborts the call;
+    the next generate gives a fresh engine's tokens and logprobs bitwise."""
+    from onpolicy.model import CausalLM, ModelConfig
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cfg = ModelConfig(architecture="qwen3", vocab_size=32000, hidden_size=256, intermediate_size=768,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=64,
+                      max_position_embeddings=512, tie_word_embeddings=False, dtype="bfloat16")
+    model = CausalLM(cfg).cuda().eval()
+    prompts = [[(7 * i + j) % 31999 + 1 for j in range(5 + i)] for i in range(8)]
+    params = SamplingParams(max_tokens=24, seed=5, ignore_eos=True)
+    engine = dict(async_scheduling=True, use_cuda_graphs=True, num_blocks=256)
+    want = LLM(model, None, EngineConfig(**engine)).generate(prompts, params)
+    llm = LLM(model, None, EngineConfig(**engine))
+    real, calls = llm.runner.launch, {"n": 0}
+
+    def failing(*a, **k):
+        calls["n"] += 1
+        out = real(*a, **k)
+        if calls["n"] == 5:  # a step is in flight
+            raise KeyboardInterrupt
+        return out
+
+    llm.runner.launch = failing
+    with pytest.raises(KeyboardInterrupt):
+        llm.generate(prompts, params)
+    assert calls["n"] >= 5 and not llm.has_unfinished() and llm.block_manager.num_free == llm.runner.num_blocks
+    llm.runner.launch = real
+    got = llm.generate(prompts, params)
+    for a, b in zip(want, got):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert torch.equal(a.outputs[0].logprobs, b.outputs[0].logprobs)
