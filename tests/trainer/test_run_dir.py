@@ -140,3 +140,24 @@ def test_only_rank_0_takes_the_lock(tmp_path, monkeypatch):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_checkpoint_save_on_a_full_disk_says_disk_full(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from onpolicy.data import PromptIterator
+    from onpolicy.model.tiny import build_tiny
+    from onpolicy.trainer import checkpoint, setup
+    from onpolicy.trainer.health import RunStopped
+
+    model, tok = build_tiny(seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                            num_key_value_heads=1, head_dim=16)
+    run = SimpleNamespace(cfg=_cfg(tmp_path / "run"), dist=None, model=model, optimizer=None, tokenizer=tok,
+                          prompts=PromptIterator([1, 2], 1))
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 448 vs 342")
+
+    monkeypatch.setattr(checkpoint, "save_tree", full)
+    with pytest.raises(RunStopped, match=r"disk full while writing '.*run/checkpoints/step-3'"):
+        setup.save_checkpoint(run, 3)
