@@ -21,6 +21,8 @@ CUBLAS_WORKSPACE = ":4096:8"
 # tests/invariance/test_thread_invariance*.py check 1 vs 2 and 3 threads (linear up to 32), the shortened default
 # bitwise. Measured on the 2-core CPU machine with the tiled backward: the tiny default (300 steps) took 117 s
 # (RL part) at 1 thread (taskset, one core) and 99.5 s at 2, with identical metrics.jsonl and final weights hash.
+# `trainer.num_threads: share` (the default) keeps this; `auto` starts here, then follows the free cores
+# (onpolicy.trainer.cpu_threads).
 DEFAULT_CPU_THREADS = -1
 
 

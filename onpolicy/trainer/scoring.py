@@ -56,14 +56,17 @@ def _overflow_message(cfg, per_name: dict) -> str:
 
 
 def score_rollouts(cfg, rows: list[dict], ro: Rollout) -> ScoredBatch:
-    """Reward every completion (`cfg.rewards`, with the prompt row's other columns), compute advantages
+    """Reward every completion (`cfg.rewards`, with the prompt row's other columns; prompts and completions as
+    messages for chat-message data, as strings otherwise: `onpolicy.chat.reward_inputs`), compute advantages
     (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`)."""
+    from onpolicy.chat import RESERVED_ROW_KEYS, reward_inputs
     from onpolicy.rewards import combine_rewards
 
     t, g = cfg.trainer, ro.group_size
     expanded = [rows[i] for i in ro.group_index]
-    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k != "prompt"}
-    total, per_name = combine_rewards(cfg.rewards, [r["prompt"] for r in expanded], ro.texts, **columns)
+    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in RESERVED_ROW_KEYS}
+    prompts, completions = reward_inputs(expanded, ro.texts)
+    total, per_name = combine_rewards(cfg.rewards, prompts, completions, **columns)
     rewards = torch.tensor(total, dtype=torch.float32)
     adv = group_advantages(rewards, g, t.algo)
     if not (torch.isfinite(rewards).all() and torch.isfinite(adv).all()):
