@@ -108,10 +108,14 @@ def test_sft_cache_lives_inside_the_run_unless_set(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(sft, "sft_warmup", lambda *a, cache_dir=None, **k: seen.append(cache_dir) or {})
     cfg = ExperimentConfig(logging={"output_dir": str(tmp_path / "run")}, trainer={"sft_warmup_steps": 2})
-    rows = [{"prompt": "1=", "answer": "1"}]
-    setup.run_sft(cfg, None, None, rows, lambda text: [1], print)
+    from onpolicy.data import load_prompts
+    from onpolicy.model.tiny import CharTokenizer
+
+    tok = CharTokenizer()
+    rows = load_prompts(cfg.data, tok)[:2]
+    setup.run_sft(cfg, None, tok, rows, lambda text: [1], print, show_progress=False)
     cfg.trainer.sft_cache_dir = str(tmp_path / "shared")
-    setup.run_sft(cfg, None, None, rows, lambda text: [1], print)
+    setup.run_sft(cfg, None, tok, rows, lambda text: [1], print, show_progress=False)
     assert seen == [str(tmp_path / "run" / "cache"), str(tmp_path / "shared")]
 
 
