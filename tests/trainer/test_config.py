@@ -75,7 +75,7 @@ def test_algo_defaults(algo, epsilon_high, loss_agg):
     (["--sampling.top_p", "0"], "sampling.top_p", "(0, 1]"),
     (["--sampling.top_p", "1.5"], "sampling.top_p", "(0, 1]"),
     (["--sampling.top_k", "0"], "sampling.top_k", "-1"),
-    (["--sampling.temperature", "0"], "sampling.temperature", "> 0"),
+    (["--sampling.temperature", "0"], "sampling.temperature", ">= 0.01"),
     (["--trainer.tis_cap", "2.0"], "trainer.tis_cap", "invariant"),
     (["--trainer.invariant", "false", "--trainer.strict_onpolicy", "true"], "trainer.strict_onpolicy", "invariant"),
     (["--trainer.steps", "1.5"], "trainer.steps", "int"),
