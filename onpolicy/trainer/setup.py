@@ -40,6 +40,7 @@ class Run:
     setup_time: float
     sft_stats: dict
     dist: Any = None                  # onpolicy.trainer.distributed.Dist (rank, world size, fsdp)
+    threads: Any = None               # onpolicy.trainer.cpu_threads.CpuThreads
     train_model: Any = None           # the module the trainer's forward runs under FSDP2; None: `model`
 
 
@@ -97,6 +98,18 @@ def attach_generation_settings(model, tokenizer, log=print) -> None:
     log(model.generation_settings.describe(tokenizer))
 
 
+def warn_unknown_chars(cfg, rows: list[dict], log) -> None:
+    """With the tiny model: one warning when prompts or answers hold characters its tokenizer maps to <unk>."""
+    if cfg.model.path != "tiny":
+        return
+    from onpolicy.model.tiny import tiny_chars, unknown_chars_warning
+
+    columns = {"prompt": [r["prompt"] for r in rows], "answer": [r.get("answer") or "" for r in rows]}
+    message = unknown_chars_warning(columns, tiny_chars(cfg.model.tiny.get("vocab_size")))
+    if message:
+        log(f"warning: {message}")
+
+
 def build_model(cfg, device: torch.device, seed: int):
     """The policy: the built-in tiny model ("tiny", weights from `seed`) or a local HF directory."""
     check_model_path(cfg)
@@ -115,10 +128,24 @@ def build_model(cfg, device: torch.device, seed: int):
 
 def save_checkpoint(run: Run, step: int) -> str:
     """Save after `step` completed steps; the prompt iterator's position and the config travel with it.
-    Rank 0 writes (every rank holds the same weights and optimizer state); the others wait for it."""
+    Rank 0 writes (every rank holds the same weights and optimizer state); the others wait for it. Out of disk
+    space: `run_dir.DiskFull` naming the checkpoint directory."""
     from onpolicy.trainer import checkpoint
+    from onpolicy.trainer.run_dir import disk_full
 
     root = checkpoint.checkpoint_root(run.cfg)
+    try:
+        return _save(run, root, step)
+    except Exception as e:
+        full = disk_full(e, root / f"step-{step}")
+        if full is None:
+            raise
+        raise full from e
+
+
+def _save(run: Run, root, step: int) -> str:
+    from onpolicy.trainer import checkpoint
+
     if run.dist is not None and run.dist.fsdp:
         from onpolicy.trainer.fsdp import save_fsdp_checkpoint
 
@@ -136,7 +163,9 @@ def save_checkpoint(run: Run, step: int) -> str:
     return str(root / f"step-{step}")
 
 
-def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
+def run_sft(cfg, model, tokenizer, rows, encode, log, on_step=None, show_progress: bool = True) -> dict:
+    """The SFT warm-start (trainer.sft_warmup_steps), with a progress bar (`show_progress` and
+    logging.progress_bar, on a terminal); `on_step()` runs after each step."""
     t = cfg.trainer
     if t.sft_warmup_steps == 0:
         return {}
@@ -150,14 +179,30 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
 
     prompts = [encode_prompt(tokenizer, r) for r in rows]
     completions = [encode(r["answer"]) + eos for r in rows]
-    cache = os.path.join(os.path.dirname(os.path.abspath(cfg.logging.output_dir)), "cache")
+    cache = t.sft_cache_dir or os.path.join(cfg.logging.output_dir, "cache")
     from onpolicy import kernels
 
     # Always the invariant kernels: the warm start (and its cache) must not depend on trainer.invariant, so
     # an invariant and a comparison run start from the same weights whichever ran first.
-    with kernels.invariant_mode(True):
-        return sft_warmup(model, prompts, completions, steps=t.sft_warmup_steps, lr=t.sft_lr,
-                          batch_size=SFT_BATCH_SIZE, seed=t.seed, cache_dir=cache, log=log)
+    from onpolicy.logging import beside_bar, progress_bar
+
+    bar = progress_bar(t.sft_warmup_steps, "sft warm-up", show_progress and cfg.logging.progress_bar
+                       and "console" in cfg.logging.report_to)
+
+    def step_done():
+        if bar is not None:
+            bar.update(1)
+        if on_step is not None:
+            on_step()
+
+    try:
+        with kernels.invariant_mode(True):
+            return sft_warmup(model, prompts, completions, steps=t.sft_warmup_steps, lr=t.sft_lr,
+                              batch_size=SFT_BATCH_SIZE, seed=t.seed, cache_dir=cache, log=beside_bar(log, bar),
+                              on_step=step_done)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int = 1, sharded: bool = False):
@@ -214,6 +259,7 @@ def build_run(cfg, log=print) -> Run:
     from onpolicy import determinism
     from onpolicy.data import PromptIterator, load_prompts
     from onpolicy.logging import RunLogger
+    from onpolicy.trainer.cpu_threads import CpuThreads
     from onpolicy.trainer.distributed import Dist
     from onpolicy.trainer.resume import resume_run, trim_metrics
 
@@ -222,10 +268,12 @@ def build_run(cfg, log=print) -> Run:
     dist = Dist.current()
     check_before_compute(cfg, dist, log)
     device = resolve_device(cfg.model.device)
-    determinism.enable(seed=t.seed)
+    determinism.enable(seed=t.seed, cpu_threads=t.num_threads if isinstance(t.num_threads, int) else -1)
+    threads = CpuThreads(t.num_threads, device)
     tokenizer = build_tokenizer(cfg)
     check_stop_strings(cfg, tokenizer)
     rows = load_prompts(cfg.data, tokenizer)
+    warn_unknown_chars(cfg, rows, log)
     model = build_model(cfg, device, t.seed)
     attach_generation_settings(model, tokenizer, log)
 
@@ -234,7 +282,7 @@ def build_run(cfg, log=print) -> Run:
 
     if not dist.is_main:  # rank 0 runs the warm start (or loads its cache) first; the others load its cache
         dist.barrier()
-    sft_stats = run_sft(cfg, model, tokenizer, rows, encode, log)
+    sft_stats = run_sft(cfg, model, tokenizer, rows, encode, log, on_step=threads.update, show_progress=dist.is_main)
     if dist.is_main:
         dist.barrier()
     ref_model = None
@@ -247,12 +295,15 @@ def build_run(cfg, log=print) -> Run:
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,
-              setup_time=0.0, sft_stats=sft_stats, dist=dist, train_model=train_model)
+              setup_time=0.0, sft_stats=sft_stats, dist=dist, train_model=train_model,
+              threads=threads)
     if t.resume is not False:
         run.start_step = resume_run(run)
-        log(f"resumed after step {run.start_step}" if run.start_step else "resume: no checkpoint yet, starting fresh")
+        if run.start_step:
+            log(f"resumed after step {run.start_step}")
     if dist.is_main:  # console, metrics.jsonl and W&B from rank 0 only
         trim_metrics(cfg, run.start_step, log)
-    run.logger = RunLogger(cfg, enabled=dist.is_main)
+    run.logger = RunLogger(cfg, enabled=dist.is_main, start_step=run.start_step)
+    threads.update()  # the first decision, from the load seen during set-up
     run.setup_time = time.perf_counter() - t0
     return run

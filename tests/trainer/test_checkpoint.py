@@ -66,7 +66,7 @@ def test_crash_mid_write_keeps_previous(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck.torch, "save", boom)  # crash after the policy files, before the state file
+    monkeypatch.setattr(ck, "save_tree", boom)  # crash after the policy files, before the state files
     with pytest.raises(OSError, match="disk full"):
         ck.save_checkpoint(tmp_path, 2, model, opt, sched, extra={"n": 2})
     monkeypatch.undo()
