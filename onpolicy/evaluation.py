@@ -40,6 +40,10 @@ class EvalArgs(Section):
     correct_threshold: float = _f(1.0, "a sample is correct when its reward is >= this")
 
     def _validate(self):
+        from onpolicy.engine.params import MIN_TEMPERATURE
+
+        self._check(self.temperature == 0 or self.temperature >= MIN_TEMPERATURE, "temperature",
+                    f"0 (greedy) or a float >= {MIN_TEMPERATURE:g}")
         self._check(bool(self.pass_k) and all(1 <= k <= self.num_samples for k in self.pass_k), "pass_k",
                     f"a non-empty list of ints in [1, eval.num_samples={self.num_samples}]")
         self._check(self.temperature > 0 or self.num_samples == 1, "num_samples",

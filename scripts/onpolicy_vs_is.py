@@ -39,7 +39,7 @@ def arm_command(args, arm: str) -> list[str]:
             "--model.dtype", "bfloat16", "--trainer.steps", str(args.steps), "--trainer.eval_every",
             str(args.eval_every), "--eval.num_examples", str(args.eval_examples), "--logging.output_dir",
             str(Path(args.out) / arm), "--logging.run_name", arm, "--logging.plot", "false",
-            "--logging.log_samples_every", "0", *ARMS[arm][1], *args.extra]
+            "--logging.log_samples_every", "0", "--logging.overwrite", "true", *ARMS[arm][1], *args.extra]
 
 
 def run_arms(args) -> None:

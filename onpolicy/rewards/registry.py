@@ -69,7 +69,10 @@ def combine_rewards(reward_args: Sequence, prompts: list[str], completions: list
     total = [0.0] * n
     per_name: dict[str, list[float]] = {}
     for r in reward_args:
-        values = get_reward(r.name)(prompts=list(prompts), completions=list(completions), **columns)
+        try:
+            values = get_reward(r.name)(prompts=list(prompts), completions=list(completions), **columns)
+        except Exception as e:  # noqa: BLE001 -- any failure of a reward function is reported with its name
+            raise ValueError(f"reward {r.name!r} raised {type(e).__name__}: {e}") from e
         if not isinstance(values, (list, tuple)) or len(values) != n:
             got = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
             raise ValueError(f"reward {r.name!r} returned {got}; expected a list of {n} floats")

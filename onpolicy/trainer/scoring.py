@@ -3,7 +3,8 @@
 This is the generation-side half of a step (the engine output is `onpolicy.trainer.rollout.Rollout`); nothing
 here touches the trainer's weights. DAPO's dynamic sampling masks the tokens of zero-variance groups out of the
 loss (their advantage is 0 anyway; the mask changes the token normaliser) rather than resampling; overlong
-filtering masks completions cut off by `max_tokens`. Left out: resampling to refill dropped groups, per-token
+filtering masks completions cut off by `max_tokens`. Rewards (or advantages) that overflow float32 are an error
+naming the reward, before any update. Left out: resampling to refill dropped groups, per-token
 (process) rewards.
 """
 from __future__ import annotations
@@ -44,6 +45,16 @@ class ScoredBatch:
                 "dapo/kept_groups": self.kept_groups}
 
 
+def _overflow_message(cfg, per_name: dict) -> str:
+    """Names the reward with the largest weighted magnitude (the one that overflowed float32)."""
+    weight = {r.name: r.weight for r in cfg.rewards}
+    name, values = max(per_name.items(), key=lambda kv: max(abs(weight[kv[0]] * v) for v in kv[1]))
+    worst = max(values, key=abs)
+    return (f"reward {name!r} returned {worst:g} (weight {weight[name]:g}): the rewards or their group statistics "
+            "are not finite in float32 (|value| up to 3.4e38, and squared in the group std); allowed: rewards of "
+            "moderate size, e.g. in [-1e3, 1e3] (scale the reward)")
+
+
 def score_rollouts(cfg, rows: list[dict], ro: Rollout) -> ScoredBatch:
     """Reward every completion (`cfg.rewards`, with the prompt row's other columns; prompts and completions as
     messages for chat-message data, as strings otherwise: `onpolicy.chat.reward_inputs`), compute advantages
@@ -58,6 +69,8 @@ def score_rollouts(cfg, rows: list[dict], ro: Rollout) -> ScoredBatch:
     total, per_name = combine_rewards(cfg.rewards, prompts, completions, **columns)
     rewards = torch.tensor(total, dtype=torch.float32)
     adv = group_advantages(rewards, g, t.algo)
+    if not (torch.isfinite(rewards).all() and torch.isfinite(adv).all()):
+        raise ValueError(_overflow_message(cfg, per_name))
     lens = torch.tensor(ro.seq_lens, dtype=torch.long)
     mask = torch.ones(ro.num_tokens, dtype=torch.bool)
     kept_groups = len(rows)

@@ -51,6 +51,8 @@ def test_eval_section_checks_name_the_field():
         parse_args(["--eval.num_samples", "4"])
     with pytest.raises(ConfigError, match="^eval.temperature: "):
         parse_args(["--eval.temperature", "-1"])
+    with pytest.raises(ConfigError, match=r"^eval.temperature: .*0 \(greedy\) or a float >= 0.01"):
+        parse_args(["--eval.temperature", "0.001"])
 
 
 def _write(path, records):
