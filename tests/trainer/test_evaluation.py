@@ -131,3 +131,13 @@ def test_eval_every_needs_a_held_out_set(tmp_path):
                       "--logging.output_dir", str(tmp_path / "run")])
     with pytest.raises(ValueError, match="^data.eval_dataset: null needs an embedded"):
         train(cfg, log=lambda *a: None)
+
+
+@pytest.mark.gpu
+def test_eval_jsonl_same_bits_for_any_batch_limits_on_cuda(tmp_path):
+    """On the GPU (Triton kernels, CUDA graphs): eval.jsonl is the same bytes for two engine batch limits."""
+    base = _evaluate(tmp_path, "gpu_base", "--model.device", "cuda", "--engine.max_num_seqs", "256",
+                     "--engine.max_num_batched_tokens", "2048")
+    small = _evaluate(tmp_path, "gpu_small", "--model.device", "cuda", "--engine.max_num_seqs", "3",
+                      "--engine.max_num_batched_tokens", "24")
+    assert base == small
