@@ -2,7 +2,8 @@
 
     python scripts/onpolicy_vs_is.py [--steps 100] [--out outputs/onpolicy-vs-is] [--plot-only] [-- EXTRA...]
 
-Three GRPO runs of configs/tiny-cpu.yaml with the same seed, data and SFT warm start, model.dtype bfloat16:
+Three GRPO runs of configs/tiny-cpu.yaml with the same seed, data and SFT warm start (one cache,
+`<out>/sft-cache`), model.dtype bfloat16:
   (a) trainer.invariant: true                       -- sampler and trainer logprobs bitwise equal
   (b) trainer.invariant: false                      -- the usual kernels, no correction
   (c) trainer.invariant: false, trainer.tis_cap: 2  -- truncated importance sampling
@@ -39,7 +40,8 @@ def arm_command(args, arm: str) -> list[str]:
             "--model.dtype", "bfloat16", "--trainer.steps", str(args.steps), "--trainer.eval_every",
             str(args.eval_every), "--eval.num_examples", str(args.eval_examples), "--logging.output_dir",
             str(Path(args.out) / arm), "--logging.run_name", arm, "--logging.plot", "false",
-            "--logging.log_samples_every", "0", "--logging.overwrite", "true", *ARMS[arm][1], *args.extra]
+            "--logging.log_samples_every", "0", "--logging.overwrite", "true",
+            "--trainer.sft_cache_dir", str(Path(args.out) / "sft-cache"), *ARMS[arm][1], *args.extra]
 
 
 def run_arms(args) -> None:
