@@ -5,11 +5,11 @@
 The training config file and overrides (`onpolicy.config.parse_args`; the `eval` section and `data.eval_dataset`
 choose what is measured: `--help` lists them). Writes `<logging.output_dir>/eval.jsonl` (one row per problem) and
 `eval_summary.json`, and prints a summary line (definitions: `onpolicy.evaluation`). `--compare A.jsonl` then
-prints which problems flipped from A to this evaluation; `--compare A.jsonl B.jsonl` compares two files
-without evaluating. `--model.path DIR` on the command line
-drops the config file's `model.tiny` block, so the training config serves a saved policy as is. The same kernels as training (`trainer.invariant`); on the invariant kernels the results are
-the same bits for any engine batch limits and CPU thread count. Single process (the evaluation itself shares
-problems across ranks when the trainer runs it under `accelerate launch`).
+prints which problems flipped from A to this evaluation; `--compare A.jsonl B.jsonl` compares two files without
+evaluating. `--model.path DIR` on the command line drops the config file's `model.tiny` block, so the training
+config serves a saved policy as is. The kernels are training's (`trainer.invariant`); on the invariant kernels
+the results are the same bits for any engine batch limits and CPU thread count. Left out: several processes
+here (the trainer's `eval_every` evaluation shares problems across ranks under `accelerate launch`).
 """
 from __future__ import annotations
 

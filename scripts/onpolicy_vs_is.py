@@ -57,7 +57,8 @@ def arm_numbers(rows: list[dict]) -> dict:
     def col(key):
         return [r[key] for r in rows if key in r]
 
-    evals, rewards, kl, lp = col("eval/accuracy"), col("reward/mean"), col("onpolicy/kl"), col("onpolicy/logprob_diff/max")
+    evals, rewards = col("eval/accuracy"), col("reward/mean")
+    kl, lp = col("onpolicy/kl"), col("onpolicy/logprob_diff/max")
     tail = min(10, len(rewards))
     return {"steps": len(rows), "max_abs_kl": max(map(abs, kl), default=None), "mean_abs_kl": (
             sum(map(abs, kl)) / len(kl) if kl else None), "max_logprob_diff": max(lp, default=None),
