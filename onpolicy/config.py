@@ -20,6 +20,7 @@ allowed values, before any compute. Left out: environment-variable overrides, pe
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -34,7 +35,7 @@ from onpolicy.trainer.distributed import GRAD_REDUCTIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
            "RewardArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
-           "check_context"]
+           "check_context", "check_rewards"]
 
 _f = config_field
 
@@ -153,10 +154,23 @@ class TrainerArgs(Section):
 
 @dataclass
 class RewardArgs(Section):
+    """One reward: `name` (a registered reward or an import path) or `model` (a reward-model directory)."""
+
     _name: ClassVar[str] = "rewards[]"
-    name: str = _f(dataclasses.MISSING, "registered reward name (onpolicy.rewards): embedded, math_answer, format, ...",
-                   nonblank=True, allowed="a registered reward name")
+    name: str | None = _f(None, "a registered reward (embedded, math_answer, math_answer_lenient, format) or an "
+                          "import path 'package.module:function' (on PYTHONPATH or next to the config file)",
+                          nonblank=True, allowed="a registered reward name or 'package.module:function'")
     weight: float = _f(1.0, "weight of this reward in the total")
+    model: str | None = _f(None, "a local HF *ForSequenceClassification directory scored as the reward "
+                           "(instead of name)", nonblank=True, allowed="a reward-model directory")
+
+    def _validate(self):
+        self._check((self.name is None) != (self.model is None), "name",
+                    "exactly one of name (a reward function) and model (a reward-model directory)")
+
+    @property
+    def key(self) -> str:
+        return self.name if self.name is not None else f"model:{self.model}"
 
 
 @dataclass
@@ -172,7 +186,8 @@ class LoggingArgs(Section):
     plot: bool = _f(True, "write PNG plots of metrics.jsonl at the end of the run")
 
 
-REWARDS_HELP = "rewards: --rewards '[{name: NAME, weight: W}, ...]' (default [{name: embedded}])"
+REWARDS_HELP = ("rewards: --rewards '[{name: NAME, weight: W}, {model: DIR, weight: W}, ...]' (default [{name: embedded}]); "
+                "NAME: a registered reward or 'package.module:function' (docs/rewards.md)")
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineConfig,
             "trainer": TrainerArgs, "logging": LoggingArgs}
 
@@ -197,9 +212,9 @@ class ExperimentConfig:
         if not isinstance(rewards, list) or not rewards:
             raise ConfigError(f"rewards: expected a non-empty list of {{name, weight}} mappings, got {rewards!r}")
         self.rewards = [coerce(r, RewardArgs, f"rewards[{i}]") for i, r in enumerate(rewards)]
-        names = [r.name for r in self.rewards]
+        names = [r.key for r in self.rewards]
         if len(set(names)) != len(names):
-            raise ConfigError(f"rewards: duplicate reward names {names}; allowed: each name once")
+            raise ConfigError(f"rewards: duplicate rewards {names}; allowed: each name once (and each model once)")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ExperimentConfig":
@@ -214,7 +229,10 @@ class ExperimentConfig:
         return cls(**data)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data; a reward entry lists only the fields it sets (name or model) and its weight."""
+        out = dataclasses.asdict(self)
+        out["rewards"] = [{k: v for k, v in r.items() if v is not None} for r in out["rewards"]]
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -240,18 +258,28 @@ def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = No
             raise ConfigError(f"--{key}: this recipe fixes {key} = {value!r}; got {given[-1]!r}")
         apply_override(SECTIONS, data, key, value)
     cfg = ExperimentConfig.from_dict(data)
+    check_rewards(cfg, os.path.dirname(os.path.abspath(config_path)) if config_path else None)
     if print_config:
         print(cfg.to_yaml())
         raise SystemExit(0)
     return cfg
 
 
+def check_rewards(cfg: ExperimentConfig, config_dir: str | None = None) -> None:
+    """Every `cfg.rewards` entry resolves: a registered name, an importable callable (`config_dir`, the YAML's
+    directory, is searched for this lookup only), or a reward-model directory (checked, not loaded)."""
+    from onpolicy.rewards import check_rewards as resolve_all
+
+    try:
+        resolve_all(cfg.rewards, config_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_context(cfg: ExperimentConfig) -> None:
     """Start-up check, before any model is built: `model.path` is usable (checked before `model.tiny`, so a
     leftover tiny block cannot hide a wrong path) and `data.max_prompt_tokens + sampling.max_tokens` fits the
     model's context (max_position_embeddings of config.json, or of the tiny config). Reads config.json only."""
-    import os
-
     m = cfg.model
     if m.path == "tiny":
         from onpolicy.model.tiny import tiny_config

@@ -52,7 +52,7 @@ def rl_step(run: Run, step: int) -> dict:
     ro = _sample_share(run, prompt_ids, step)
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()
-    scored = score_rollouts(cfg, rows, ro)
+    scored = score_rollouts(cfg, rows, ro, rewards=run.rewards, step=step)
     peak.start()
     t1 = time.perf_counter()
     try:
@@ -114,14 +114,15 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
     return saved
 
 
-def train(cfg, log=print) -> dict:
+def train(cfg, log=print, rewards=None) -> dict:
     """Run `cfg.trainer.steps` RL steps (after the optional SFT warm-start); returns a summary dict.
-    The policy after the last step is always saved (`summary["final_policy"]`)."""
+    The policy after the last step is always saved (`summary["final_policy"]`). `rewards`: resolved
+    `onpolicy.rewards.sources.Reward`s (Python callables; `onpolicy.train`), default `cfg.rewards`."""
     from onpolicy import kernels
     from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root
 
     with kernels.invariant_mode(cfg.trainer.invariant):
-        run = build_run(cfg, log=log)
+        run = build_run(cfg, log=log, rewards=rewards)
         wall0 = time.perf_counter()
         history: list[dict] = []
         try:

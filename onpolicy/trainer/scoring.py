@@ -8,6 +8,7 @@ filtering masks completions cut off by `max_tokens`. Left out: resampling to ref
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -26,15 +27,19 @@ class ScoredBatch:
     loss_mask: torch.Tensor        # [total completion tokens] bool, CPU
     truncated: torch.Tensor        # [N*G] bool: finish_reason == "length"
     kept_groups: int               # groups left in the loss after dynamic sampling
-    reward_by_name: dict           # reward name -> per-completion values
+    reward_by_name: dict           # reward label -> per-completion values (None: the reward does not apply)
 
     def metrics(self) -> dict:
-        """reward/*, completion/* and dapo/* metrics of this batch."""
+        """reward/* of the weighted total, and reward/<label>/mean and /std of each reward (over the completions
+        it applies to; left out when it applies to none) -- unweighted, as the reward function returned them."""
         ro = self.rollout
         out = group_reward_stats(self.rewards, ro.group_size)
-        if len(self.reward_by_name) > 1:
-            for name, vals in self.reward_by_name.items():
-                out[f"reward/{name}"] = sum(vals) / len(vals)
+        for label, vals in self.reward_by_name.items():
+            given = [v for v in vals if v is not None]
+            if given:
+                mean = sum(given) / len(given)
+                out[f"reward/{label}/mean"] = mean
+                out[f"reward/{label}/std"] = math.sqrt(sum((v - mean) ** 2 for v in given) / len(given))
         return out
 
     def completion_metrics(self) -> dict:
@@ -44,15 +49,29 @@ class ScoredBatch:
                 "dapo/kept_groups": self.kept_groups}
 
 
-def score_rollouts(cfg, rows: list[dict], ro: Rollout) -> ScoredBatch:
-    """Reward every completion (`cfg.rewards`, with the prompt row's other columns), compute advantages
-    (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`)."""
+@dataclass(frozen=True)
+class RewardState:
+    """`trainer_state` as reward functions receive it (the fields of TRL's TrainerState that apply here)."""
+
+    global_step: int   # RL steps completed before this one
+    max_steps: int     # trainer.steps
+
+
+_NOT_COLUMNS = ("prompt", "completion", "completion_ids", "trainer_state")
+
+
+def score_rollouts(cfg, rows: list[dict], ro: Rollout, rewards=None, step: int = 0) -> ScoredBatch:
+    """Reward every completion (`rewards`: resolved `onpolicy.rewards.sources.Reward`s, default `cfg.rewards`;
+    each gets the prompt row's other columns, `completion_ids` and `trainer_state`), compute advantages
+    (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`). `step`: 0-based."""
     from onpolicy.rewards import combine_rewards
 
     t, g = cfg.trainer, ro.group_size
     expanded = [rows[i] for i in ro.group_index]
-    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k != "prompt"}
-    total, per_name = combine_rewards(cfg.rewards, [r["prompt"] for r in expanded], ro.texts, **columns)
+    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in _NOT_COLUMNS}
+    total, per_name = combine_rewards(cfg.rewards if rewards is None else rewards, [r["prompt"] for r in expanded],
+                                      ro.texts, completion_ids=[list(c) for c in ro.completion_ids],
+                                      trainer_state=RewardState(global_step=step, max_steps=t.steps), **columns)
     rewards = torch.tensor(total, dtype=torch.float32)
     adv = group_advantages(rewards, g, t.algo)
     lens = torch.tensor(ro.seq_lens, dtype=torch.long)
