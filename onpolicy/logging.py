@@ -2,9 +2,9 @@
 
 `RunLogger(cfg)` writes `config.yaml` into `cfg.logging.output_dir` and starts `metrics.jsonl` afresh (appends
 when `trainer.resume` is set); `log(metrics, step)` appends one JSON object every step and prints one compact
-console line every `log_every` steps (a tqdm bar over `trainer.steps` when stderr is a terminal). With
-"wandb" in `report_to` it starts a run (lazy import); when no API key is configured (`WANDB_API_KEY` or a
-netrc entry) and `WANDB_MODE` is unset, it sets `WANDB_MODE=offline`. `close()` finishes W&B and, with
+console line every `log_every` steps (each reward's mean beside the total when there are several; a tqdm bar
+over `trainer.steps` when stderr is a terminal). With "wandb" in `report_to` it starts a run (lazy import);
+when no API key is configured (`WANDB_API_KEY` or a netrc entry) and `WANDB_MODE` is unset, it sets `WANDB_MODE=offline`. `close()` finishes W&B and, with
 `logging.plot`, writes PNGs through `onpolicy.plots.plot_metrics` (also `scripts/plot_run.py`). Only the main process should
 log: pass `enabled=False` elsewhere. Left out: TensorBoard, system metrics, logging of rollouts/text samples.
 """
@@ -127,7 +127,12 @@ class RunLogger:
 
     @staticmethod
     def format_line(row: dict) -> str:
+        """`step N | reward .. | std .. | <each reward's mean, with two or more rewards> | kl .. | ...`."""
         parts = [f"step {row['step']}"] + [f"{label} {_fmt(row[k])}" for k, label in _CONSOLE if k in row]
+        per_reward = [k for k in row if k.startswith("reward/") and k.endswith("/mean") and k.count("/") == 2]
+        if len(per_reward) > 1:
+            at = 1 + sum(k in row for k in ("reward/mean", "reward/std"))
+            parts[at:at] = [f"{k[len('reward/'):-len('/mean')]} {_fmt(row[k])}" for k in per_reward]
         return " | ".join(parts)
 
     def close(self) -> list[str]:
