@@ -179,3 +179,20 @@ def test_entry_point_arguments():
         reward_entries([f, "format"], [1.0])
     with pytest.raises(ValueError, match=r"reward_funcs\[0\]: got a int"):
         reward_entries([3])
+
+
+def test_entry_point_reads_a_yaml_and_its_directory(tmp_path, monkeypatch):
+    """`onpolicy.train("dir/exp.yaml")`: import-path rewards are found next to the YAML, as on the command line;
+    a bad config is a one-line error before any compute."""
+    from onpolicy.api import as_config, train
+
+    monkeypatch.chdir("/")
+    mod = _module(tmp_path)
+    path = _config(tmp_path, [f"{{name: '{mod}:exact_match'}}"])
+    cfg, config_dir = as_config(path)
+    assert config_dir == str(tmp_path) and [r.name for r in cfg.rewards] == [f"{mod}:exact_match"]
+    assert resolve_rewards(cfg.rewards, config_dir)[0].fn is sys.modules[mod].exact_match
+    with pytest.raises(ConfigError, match=r"^rewards\[0\].name: unknown reward name 'nope'"):
+        train(path, reward_funcs=["nope"])
+    with pytest.raises(ValueError, match="reward_weights: given without reward_funcs"):
+        train(path, reward_weights=[1.0])
