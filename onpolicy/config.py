@@ -186,8 +186,8 @@ class LoggingArgs(Section):
     plot: bool = _f(True, "write PNG plots of metrics.jsonl at the end of the run")
 
 
-REWARDS_HELP = ("rewards: --rewards '[{name: NAME, weight: W}, {model: DIR, weight: W}, ...]' (default [{name: embedded}]); "
-                "NAME: a registered reward or 'package.module:function' (docs/rewards.md)")
+REWARDS_HELP = ("rewards: --rewards '[{name: NAME, weight: W}, {model: DIR, weight: W}, ...]' "
+                "(default [{name: embedded}]); NAME: a registered reward or 'package.module:function' (docs/rewards.md)")
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineConfig,
             "trainer": TrainerArgs, "logging": LoggingArgs}
 

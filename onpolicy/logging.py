@@ -2,9 +2,9 @@
 
 `RunLogger(cfg)` writes `config.yaml` into `cfg.logging.output_dir` and starts `metrics.jsonl` afresh (appends
 when `trainer.resume` is set); `log(metrics, step)` appends one JSON object every step and prints one compact
-console line every `log_every` steps (each reward's mean beside the total when there are several; a tqdm bar
-over `trainer.steps` when stderr is a terminal). With "wandb" in `report_to` it starts a run (lazy import);
-when no API key is configured (`WANDB_API_KEY` or a netrc entry) and `WANDB_MODE` is unset, it sets `WANDB_MODE=offline`. `close()` finishes W&B and, with
+console line every `log_every` steps (a tqdm bar over `trainer.steps` when stderr is a terminal). With
+"wandb" in `report_to` it starts a run (lazy import); when no API key is configured (`WANDB_API_KEY` or a
+netrc entry) and `WANDB_MODE` is unset, it sets `WANDB_MODE=offline`. `close()` finishes W&B and, with
 `logging.plot`, writes PNGs through `onpolicy.plots.plot_metrics` (also `scripts/plot_run.py`). Only the main process should
 log: pass `enabled=False` elsewhere. Left out: TensorBoard, system metrics, logging of rollouts/text samples.
 """

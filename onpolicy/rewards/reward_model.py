@@ -129,7 +129,8 @@ class RewardModel:
 
     def token_ids(self, prompts: list, completions: list) -> list[list[int]]:
         self.load()
-        ids = [list(self._tokenizer(t, add_special_tokens=False)["input_ids"]) for t in self.texts(prompts, completions)]
+        texts = self.texts(prompts, completions)
+        ids = [list(self._tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         if any(not x for x in ids):
             raise ValueError(f"reward {self.__name__!r}: a prompt + completion tokenizes to no tokens")
         return ids
