@@ -11,8 +11,8 @@ several processes (gloo on CPU, NCCL on GPU, each rank on its GPU), then `onpoli
 checks data and the context budget before any compute (console output from rank 0 only). A config, data or
 launch error prints one line `error: <message>` and exits 2 (`--debug` or ONPOLICY_DEBUG=1 keeps the traceback).
 Under FSDP the recipe pins NCCL's algorithm and protocol (onpolicy.trainer.fsdp.NCCL_PINS) before the process
-group exists. Left out: FSDP1 and accelerate's mixed_precision (refused before compute). `dapo.py`, `rloo.py`, `dr_grpo.py` are this recipe
-with `trainer.algo` fixed.
+group exists. Left out: FSDP1 and accelerate's mixed_precision (refused before compute). `dapo.py`, `rloo.py`,
+`dr_grpo.py` are this recipe with `trainer.algo` fixed.
 """
 from __future__ import annotations
 
