@@ -116,11 +116,15 @@ def test_bad_reward_model_directories_fail_at_config_time(tmp_path):
     assert "allowed: a *ForSequenceClassification model" in error(path)
 
 
-def test_grpo_step_with_a_reward_model(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_grpo_step_with_a_reward_model(tmp_path, device):
     """One GRPO step scored by the reward model (YAML form `{model: DIR}`): KL 0, the rewards are the reward
-    model's scores of prompt + completion, logged as reward/<dir name>/mean."""
+    model's scores of prompt + completion (on the policy's device), logged as reward/<dir name>/mean."""
     import onpolicy
     from onpolicy.trainer import loop
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
 
     path = _save_rm(tmp_path / "judge")
     scored = []
@@ -129,7 +133,7 @@ def test_grpo_step_with_a_reward_model(tmp_path):
     try:
         out = tmp_path / "run"
         summary = onpolicy.train({
-            "model": {"path": "tiny", "device": "cpu"},
+            "model": {"path": "tiny", "device": device},
             "data": {"dataset": "embedded:reverse", "num_examples": 8, "max_prompt_tokens": 16},
             "sampling": {"num_generations": 4, "max_tokens": 4},
             "trainer": {"steps": 1, "prompts_per_step": 2, "lr": 1e-3},
@@ -140,7 +144,7 @@ def test_grpo_step_with_a_reward_model(tmp_path):
     batch = scored[0]
     prompts = [r for r in batch.rollout.prompt_ids]
     tok = CharTokenizer()
-    expected = RewardModel(path).to("cpu")([tok.decode(p) for p in prompts], batch.rollout.texts)
+    expected = RewardModel(path).to(device)([tok.decode(p) for p in prompts], batch.rollout.texts)
     assert batch.rewards.tolist() == pytest.approx(expected, abs=0) and batch.rewards.std() > 0
     row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert row["onpolicy/kl"] == 0.0 and row["reward/judge/mean"] == pytest.approx(sum(expected) / len(expected))
