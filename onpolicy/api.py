@@ -12,6 +12,7 @@ its name. Left out: hub model ids, a ready-made model or tokenizer object (pass 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable, Sequence
 
@@ -72,7 +73,7 @@ def as_config(config: Any, rewards: list[dict] | None = None):
         config_dir = os.path.dirname(os.path.abspath(config))
         config = load_yaml(config)
     if isinstance(config, ExperimentConfig):
-        config = config.to_dict()
+        return (config if rewards is None else dataclasses.replace(config, rewards=rewards)), config_dir
     if not isinstance(config, dict):
         raise ValueError(f"config: got a {type(config).__name__}; allowed: an ExperimentConfig, a dict of sections "
                          "or a YAML path")

@@ -196,3 +196,14 @@ def test_entry_point_reads_a_yaml_and_its_directory(tmp_path, monkeypatch):
         train(path, reward_funcs=["nope"])
     with pytest.raises(ValueError, match="reward_weights: given without reward_funcs"):
         train(path, reward_weights=[1.0])
+
+
+def test_entry_point_keeps_a_config_object():
+    from onpolicy.api import as_config
+    from onpolicy.config import ExperimentConfig
+
+    cfg = ExperimentConfig.from_dict({"trainer": {"algo": "dapo"}})
+    assert as_config(cfg) == (cfg, None)
+    replaced, _ = as_config(cfg, [{"name": "format", "weight": 0.5}])
+    assert replaced.rewards == [RewardArgs("format", 0.5)] and replaced.trainer is cfg.trainer
+    assert cfg.rewards == [RewardArgs("embedded", 1.0)]
