@@ -10,9 +10,10 @@ Where `onpolicy.model` supports the architecture (its `load_config` accepts the 
 our `CausalLM` on the batch-invariant kernels (weights through `onpolicy.model.loading.load_weights`, the
 `score` head through `kernels.linear`), always in invariant mode: a completion's reward is the same bits
 alone or in any batch. Otherwise transformers' `AutoModelForSequenceClassification` scores each text alone (a
-batch of one, so its score does not depend on the batch either; slower). Weights load on the first call, on
-CUDA when available. Left out: hub ids (pass a local directory), multi-label heads, reward models sharded
-across GPUs, an RM dtype other than its checkpoint's.
+batch of one, so its score does not depend on the batch either; slower) in transformers' default dtype.
+Weights load on the first call (`onpolicy.trainer` loads them before the first step, on the policy's device).
+Left out: hub ids (pass a local directory), multi-label heads, reward models sharded across GPUs, an RM dtype
+other than its checkpoint's.
 """
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ class RewardModel:
         if config is None:
             from transformers import AutoModelForSequenceClassification
 
-            self._model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype="auto")
+            self._model = AutoModelForSequenceClassification.from_pretrained(self.path)
             self._model.to(self.device).eval()
             self.backend = "transformers"
             return self
