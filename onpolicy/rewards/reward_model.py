@@ -23,6 +23,7 @@ import os
 import torch
 
 MAX_BATCH_TOKENS = 16384  # tokens per packed forward; sequences are never split, so a longer one runs alone
+SCORE_ROWS = 16  # the score head's row, zero-padded (only output column 0 is read)
 _MODELS: dict[str, "RewardModel"] = {}
 
 
@@ -108,7 +109,10 @@ class RewardModel:
         model = CausalLM(config.replace(tie_word_embeddings=True), init=False)  # no LM head: the score head instead
         score = load_weights(model, self.path, keep=("score.weight",))["score.weight"]
         self._model = model.to(self.device).eval().requires_grad_(False)
-        self._score = score.to(device=self.device, dtype=config.torch_dtype)
+        # the head's one row zero-padded to SCORE_ROWS: output rows of >= 16 bytes, as the GPU GEMM's TMA stores need
+        head = torch.zeros(SCORE_ROWS, score.shape[1], dtype=config.torch_dtype)
+        head[:1] = score
+        self._score = head.to(self.device)
         self.backend = "onpolicy"
         return self
 

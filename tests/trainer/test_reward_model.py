@@ -14,7 +14,7 @@ PROMPTS = ["12+7=", "3 4 5 ->", "reverse 1234:", "x", "hello world, ", "99-1=", 
 COMPLETIONS = ["19", "5 4 3<eos>", "4321<pad>", "yz", "hi!", "98", "yes, a is less", "7"]
 
 
-def _save_rm(path, device="cpu", **overrides):
+def _save_rm(path, dtype=torch.float32, **overrides):
     from transformers import Qwen3Config, Qwen3ForSequenceClassification
 
     torch.manual_seed(0)
@@ -27,7 +27,7 @@ def _save_rm(path, device="cpu", **overrides):
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.add_(0.1 * torch.randn_like(p))
-    model.save_pretrained(path)
+    model.to(dtype).save_pretrained(path)
     CharTokenizer().save_pretrained(path)
     return str(path)
 
@@ -60,20 +60,25 @@ def test_score_equals_transformers(tmp_path):
     assert len(set(ours)) == len(ours)  # the texts differ, so do the scores
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def test_reward_is_batch_invariant(tmp_path, device):
-    """A completion's reward is the same bits alone and at any position in batches of 2..8 other texts."""
+@pytest.mark.parametrize("device, dtype", [("cpu", "float32"), ("cpu", "bfloat16"),
+                                           pytest.param("cuda", "float32", marks=pytest.mark.gpu),
+                                           pytest.param("cuda", "bfloat16", marks=pytest.mark.gpu)])
+def test_reward_is_batch_invariant(tmp_path, device, dtype):
+    """A completion's reward is the same bits alone and at any position in batches of 2..8 other texts (the
+    checkpoint's dtype; on CUDA the fp32 scores also match transformers')."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    rm = RewardModel(_save_rm(tmp_path / "rm")).to(device)
+    path = _save_rm(tmp_path / "rm", dtype=getattr(torch, dtype))
+    rm = RewardModel(path).to(device)
     alone = [rm([p], [c])[0] for p, c in zip(PROMPTS, COMPLETIONS)]
+    assert rm._score.dtype == getattr(torch, dtype) and rm.backend == "onpolicy"
     gen = torch.Generator().manual_seed(0)
     for size in (2, 3, 5, 8):
         order = torch.randperm(len(PROMPTS), generator=gen)[:size].tolist()
         batch = rm([PROMPTS[i] for i in order], [COMPLETIONS[i] for i in order])
         assert torch.equal(torch.tensor(batch), torch.tensor([alone[i] for i in order])), size
-    if device == "cuda":
-        torch.testing.assert_close(torch.tensor(alone), torch.tensor(_hf_scores(rm.path, PROMPTS, COMPLETIONS)),
+    if device == "cuda" and dtype == "float32":
+        torch.testing.assert_close(torch.tensor(alone), torch.tensor(_hf_scores(path, PROMPTS, COMPLETIONS)),
                                    atol=1e-4, rtol=1e-4)
 
 
