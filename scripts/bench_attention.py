@@ -11,9 +11,15 @@ engine's call) vs SDPA on the same keys laid out densely; `hbm` = fraction of 3.
 the K/V bytes. Times are medians: training on CUDA `do_bench` (eager, cold L2); decode on CUDA GPU time from
 CUDA-graph replays, as the engine runs it, over enough copies of the cache that every call reads its K/V from
 HBM, not L2; CPU `--reps` calls. Writes a table, `attention.json` and `attention.png` to `--out`.
+`--head-dim` picks a model's heads (64: Qwen3 heads at 64, 96: Phi-3-mini, 128: Qwen3, 256: Gemma-3-4B);
+`--window N` runs every case with an N-key sliding window: ours takes `window=N`; the baseline forward and
+backward are SDPA with an explicit band mask (the backends that take one) and, where this torch has it, flash
+varlen with `window_size` (`invariant_mode(False)`'s training path); decode's baseline is SDPA over each
+sequence's last N keys laid out densely. Work (FLOPs, bytes) counts only the keys inside the window.
 
-    python scripts/bench_attention.py            # CUDA: Qwen3 heads (H100)
-    python scripts/bench_attention.py --quick    # tiny shapes; also runs on CPU
+    python scripts/bench_attention.py                             # CUDA: Qwen3 heads (H100)
+    python scripts/bench_attention.py --head-dim 256 --window 1024  # Gemma-3-4B heads, its sliding window
+    python scripts/bench_attention.py --quick                     # tiny shapes; also runs on CPU
 
 Left out: fp32, flex_attention (compile time), a non-invariant split-KV baseline of our own.
 """
@@ -37,14 +43,19 @@ from onpolicy import kernels  # noqa: E402
 
 
 
-def shapes(quick: bool) -> dict:
-    """(batch, length, Hq, Hkv, head_dim) cases: Qwen3-0.6B heads, and Qwen3-8B's (32 q heads) for one forward."""
+HEADS = {64: (16, 8), 96: (32, 32), 128: QWEN3["0.6B"][2:], 256: (8, 4)}  # head_dim -> (Hq, Hkv) of a model
+
+
+def shapes(quick: bool, head_dim: int = HEAD_DIM) -> dict:
+    """(batch, length, Hq, Hkv, head_dim) cases: the model's heads (`HEADS`); at 128 also Qwen3-8B's (32 q heads)
+    for one forward."""
     if quick:
-        return dict(train=[(2, 64, 4, 2, 64)], decode=[(b, 128, 4, 2, 64) for b in (1, 4)])
-    small, large = QWEN3["0.6B"][2:], QWEN3["8B"][2:]  # (Hq, Hkv)
+        return dict(train=[(2, 64, 4, 2, head_dim)], decode=[(b, 128, 4, 2, head_dim) for b in (1, 4)])
+    small = HEADS[head_dim]
+    large = QWEN3["8B"][2:] if head_dim == HEAD_DIM else small
     train = [(1, 512, *small), (16, 512, *small), (4, 1024, *large), (8, 2048, *small)]
-    return dict(train=[(*c, HEAD_DIM) for c in train],
-                decode=[(b, n, *small, HEAD_DIM) for b in (1, 16, 64, 256) for n in (512, 2048, 8192)])
+    return dict(train=[(*c, head_dim) for c in train],
+                decode=[(b, n, *small, head_dim) for b in (1, 16, 64, 256) for n in (512, 2048, 8192)])
 
 
 def _backends(dev: str) -> dict:
@@ -55,12 +66,20 @@ def _backends(dev: str) -> dict:
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
-def _sdpa(backend, q, k, v, causal):
-    """q [B, S, Hq, D], k/v [B, L, Hkv, D] through one SDPA backend (None: torch's choice)."""
+def _sdpa(backend, q, k, v, causal, mask=None):
+    """q [B, S, Hq, D], k/v [B, L, Hkv, D] through one SDPA backend (None: torch's choice); `mask` replaces
+    `causal` when given."""
     from torch.nn.attention import sdpa_kernel
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     with contextlib.nullcontext() if backend is None else sdpa_kernel(backend):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                              enable_gqa=True)
+
+
+def _window_pairs(s: int, window: int | None) -> int:
+    """(query, key) pairs of one causal sequence of s tokens with a window of `window` keys (None: all)."""
+    w = s if window is None else min(window, s)
+    return w * (w + 1) // 2 + (s - w) * w
 
 
 L2_SPAN_BYTES = 128 << 20  # decode timing: cache copies read per graph replay, > the H100's 50 MB L2
@@ -87,17 +106,23 @@ def _grad_fn(out_fn, leaves):
     return lambda: torch.autograd.grad(out, leaves, grad_out, retain_graph=True)
 
 
-def train_case(b, s, hq, hkv, d, dev, reps) -> list[dict]:
+def train_case(b, s, hq, hkv, d, dev, reps, window=None) -> list[dict]:
     g = torch.Generator(device=dev).manual_seed(0)
     mk = lambda h: torch.randn(b * s, h, d, device=dev, dtype=torch.bfloat16, generator=g)  # noqa: E731
     q, k, v = mk(hq), mk(hkv), mk(hkv)
     cu = torch.arange(0, b * s + 1, s, device=dev, dtype=torch.int32)
     dense = lambda t: t.view(b, s, *t.shape[1:])  # noqa: E731
-    ours = lambda q_, k_, v_: kernels.attention_varlen(q_, k_, v_, cu, max_keys=s)  # noqa: E731  (the model's hint)
-    base = {n: (lambda be: lambda q_, k_, v_: _sdpa(be, dense(q_), dense(k_), dense(v_), True))(be)
+    ours = lambda q_, k_, v_: kernels.attention_varlen(q_, k_, v_, cu, max_keys=s, window=window)  # noqa: E731
+    mask = None
+    if window is not None:
+        pos = torch.arange(s, device=dev)
+        mask = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - window)
+    base = {n: (lambda be: lambda q_, k_, v_: _sdpa(be, dense(q_), dense(k_), dense(v_), True, mask))(be)
             for n, be in _backends(dev).items()}
-    flops = 2 * b * hq * d * s * (s + 1)  # two causal matmuls
-    shape = f"B={b} S={s} Hq={hq} Hkv={hkv} D={d}"
+    if window is not None and dev == "cuda":
+        base["flash_varlen"] = _flash_varlen_window(cu, window)
+    flops = 4 * b * hq * d * _window_pairs(s, window)  # two causal matmuls
+    shape = f"B={b} S={s} Hq={hq} Hkv={hkv} D={d}" + ("" if window is None else f" W={window}")
     with torch.no_grad():
         fwd_ours = bench(lambda: ours(q, k, v), dev, reps)
         fwd_name, fwd_base = _fastest({n: (lambda f: lambda: f(q, k, v))(f) for n, f in base.items()}, dev, reps)
@@ -117,7 +142,15 @@ def train_case(b, s, hq, hkv, d, dev, reps) -> list[dict]:
     return rows
 
 
-def decode_case(b, n, hq, hkv, d, dev, reps, block_size=16) -> list[dict]:
+def _flash_varlen_window(cu, window):
+    """The non-invariant stack's windowed training attention (flash varlen where this torch takes a window)."""
+    def run(q_, k_, v_):
+        with kernels.invariant_mode(False):
+            return kernels.attention_varlen(q_, k_, v_, cu, window=window)
+    return run
+
+
+def decode_case(b, n, hq, hkv, d, dev, reps, window=None, block_size=16) -> list[dict]:
     g = torch.Generator(device=dev).manual_seed(0)
     nb = -(-n // block_size)
     q = torch.randn(b, hq, d, device=dev, dtype=torch.bfloat16, generator=g)
@@ -127,16 +160,19 @@ def decode_case(b, n, hq, hkv, d, dev, reps, block_size=16) -> list[dict]:
     cu, lens = torch.arange(b + 1, device=dev, dtype=torch.int32), torch.full((b,), n, device=dev, dtype=torch.int32)
     offs = torch.zeros(b, device=dev, dtype=torch.int32)
     slots = (table.long()[:, :, None] * block_size + torch.arange(block_size, device=dev)).view(b, -1)[:, :n]
-    work = 2 * b * n * hkv * d * 2
+    seen = n if window is None else min(n, window)  # keys each query reads
+    work = 2 * b * seen * hkv * d * 2
     copies = max(1, min(64, -(-L2_SPAN_BYTES // work))) if dev == "cuda" else 1
     caches = [(k_cache, v_cache)] + [(k_cache.clone(), v_cache.clone()) for _ in range(copies - 1)]
-    dense = [(kc[slots], vc[slots]) for kc, vc in caches]  # [B, n, Hkv, D]: the same keys, dense
+    dense = [(kc[slots[:, n - seen:]], vc[slots[:, n - seen:]]) for kc, vc in caches]  # [B, seen, Hkv, D]
     timer = (lambda fn: graph_ms(fn, copies)) if dev == "cuda" else (lambda fn: bench(fn, dev, reps))  # noqa: E731
     with torch.no_grad():
-        ours = timer(lambda: [kernels.attention(q, kc, vc, cu, lens, table, offs, block_size) for kc, vc in caches])
+        ours = timer(lambda: [kernels.attention(q, kc, vc, cu, lens, table, offs, block_size, window=window)
+                              for kc, vc in caches])
         name, base = _fastest({nm: (lambda be: lambda: [_sdpa(be, q[:, None], kd, vd, False) for kd, vd in dense])(be)
                                for nm, be in _backends(dev).items()}, dev, reps, timer)
-    return [dict(op="decode", shape=f"B={b} L={n} Hq={hq} Hkv={hkv} D={d}", ours_ms=ours, base_ms=base, base=name,
+    shape = f"B={b} L={n} Hq={hq} Hkv={hkv} D={d}" + ("" if window is None else f" W={window}")
+    return [dict(op="decode", shape=shape, ours_ms=ours, base_ms=base, base=name,
                  work=work, unit="GB/s", ours_rate=work / ours * 1e-6, base_rate=work / base * 1e-6,
                  hbm=work / (ours * 1e-3) / HBM_BYTES_PER_S)]
 
@@ -168,27 +204,33 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default="bench_out", help="directory for attention.json and attention.png")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per case on CPU (CUDA uses do_bench)")
+    p.add_argument("--head-dim", type=int, default=HEAD_DIM, choices=sorted(HEADS),
+                   help="head_dim; the heads of a model with it (see HEADS)")
+    p.add_argument("--window", type=int, default=None, help="sliding window in keys for every case (default: none)")
     args = p.parse_args(argv)
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if dev == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available")
     torch.manual_seed(0)  # torch's deterministic mode stays off: it slows SDPA's backward and disables cuDNN's
     rows = []
-    print(f"{'op':<9} {'shape':<30} {'ours_ms':>9} {'base_ms':>9} {'ours':>8} {'base':>8} {'unit':<8} {'ratio':>6} "
+    print(f"{'op':<9} {'shape':<38} {'ours_ms':>9} {'base_ms':>9} {'ours':>8} {'base':>8} {'unit':<8} {'ratio':>6} "
           f"{'baseline':<10} {'hbm':>5}")
-    cases = shapes(args.quick)
+    if args.window is not None and args.window < 1:
+        p.error("--window must be a positive int")
+    cases = shapes(args.quick, args.head_dim)
     for fn, key in ((train_case, "train"), (decode_case, "decode")):
         for shape in cases[key]:
-            for r in fn(*shape, dev, args.reps):
+            for r in fn(*shape, dev, args.reps, args.window):
                 r["ratio"] = r["base_ms"] / r["ours_ms"]
                 rows.append(r)
                 hbm = f"{r['hbm']:>5.2f}" if "hbm" in r else ""
-                print(f"{r['op']:<9} {r['shape']:<30} {r['ours_ms']:>9.4f} {r['base_ms']:>9.4f} {r['ours_rate']:>8.1f} "
+                print(f"{r['op']:<9} {r['shape']:<38} {r['ours_ms']:>9.4f} {r['base_ms']:>9.4f} {r['ours_rate']:>8.1f} "
                       f"{r['base_rate']:>8.1f} {r['unit']:<8} {r['ratio']:>6.2f} {r['base']:<10} {hbm}", flush=True)
     os.makedirs(args.out, exist_ok=True)
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     with open(os.path.join(args.out, "attention.json"), "w") as f:
-        json.dump(dict(meta=dict(device=name, torch=torch.__version__, quick=args.quick), results=rows), f, indent=1)
+        json.dump(dict(meta=dict(device=name, torch=torch.__version__, quick=args.quick, head_dim=args.head_dim,
+                                 window=args.window), results=rows), f, indent=1)
     plot(rows, os.path.join(args.out, "attention.png"))
     print(f"wrote {args.out}/attention.json and attention.png")
     return rows
