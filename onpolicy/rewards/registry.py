@@ -90,7 +90,10 @@ def combine_rewards(rewards: Sequence, prompts: list, completions: list, /, *, c
     total: list[float | None] = [None] * n
     per_label: dict[str, list] = {}
     for r in resolve_rewards(rewards):
-        values = r.fn(prompts=list(prompts), completions=list(completions), **extra, **columns)
+        try:
+            values = r.fn(prompts=list(prompts), completions=list(completions), **extra, **columns)
+        except Exception as e:  # noqa: BLE001 -- any failure of a reward function is reported with its name
+            raise ValueError(f"reward {r.label!r} raised {type(e).__name__}: {e}") from e
         vals = _checked_values(r.label, values, n)
         per_label[r.label] = vals
         total = [t if v is None else (t or 0.0) + r.weight * v for t, v in zip(total, vals)]

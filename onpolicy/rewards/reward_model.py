@@ -124,11 +124,10 @@ class RewardModel:
                 out.append(p + c)
                 continue
             if not (isinstance(p, list) and isinstance(c, list)):
-                raise ValueError(f"reward {self.__name__!r}: prompts and completions must both be strings or both "
-                                 f"message lists, got {type(p).__name__} and {type(c).__name__}")
+                raise ValueError(f"prompts and completions must both be strings or both message lists, got {type(p).__name__} and {type(c).__name__}")
             if not getattr(self._tokenizer, "chat_template", None):
-                raise ValueError(f"reward {self.__name__!r}: chat data needs a chat template, and the reward "
-                                 f"model's tokenizer at {self.path!r} has none")
+                raise ValueError(f"chat data needs a chat template, and the reward model's tokenizer at "
+                                 f"{self.path!r} has none")
             out.append(self._tokenizer.apply_chat_template(p + c, tokenize=False))
         return out
 
@@ -137,7 +136,7 @@ class RewardModel:
         texts = self.texts(prompts, completions)
         ids = [list(self._tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
         if any(not x for x in ids):
-            raise ValueError(f"reward {self.__name__!r}: a prompt + completion tokenizes to no tokens")
+            raise ValueError("a prompt + completion tokenizes to no tokens")
         return ids
 
     @torch.no_grad()
@@ -147,8 +146,8 @@ class RewardModel:
             return [self._hf_score(x) for x in ids]
         limit = self._model.config.max_position_embeddings
         if max(map(len, ids)) > limit:
-            raise ValueError(f"reward {self.__name__!r}: a prompt + completion of {max(map(len, ids))} tokens "
-                             f"exceeds the reward model's max_position_embeddings={limit}")
+            raise ValueError(f"a prompt + completion of {max(map(len, ids))} tokens exceeds the reward model's "
+                             f"max_position_embeddings={limit}")
         scores: list[float] = []
         start = 0
         while start < len(ids):

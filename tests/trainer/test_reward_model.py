@@ -95,7 +95,7 @@ def test_chat_data_uses_the_reward_models_template(tmp_path):
     path = _save_rm(tmp_path / "rm")
     rm = RewardModel(path).load()
     prompt, completion = [{"role": "user", "content": "1+2="}], [{"role": "assistant", "content": "3"}]
-    with pytest.raises(ValueError, match="reward 'rm': chat data needs a chat template"):
+    with pytest.raises(ValueError, match="chat data needs a chat template"):
         rm([prompt], [completion])
     tok = AutoTokenizer.from_pretrained(path)
     tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"

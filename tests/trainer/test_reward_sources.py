@@ -207,3 +207,11 @@ def test_entry_point_keeps_a_config_object():
     replaced, _ = as_config(cfg, [{"name": "format", "weight": 0.5}])
     assert replaced.rewards == [RewardArgs("format", 0.5)] and replaced.trainer is cfg.trainer
     assert cfg.rewards == [RewardArgs("embedded", 1.0)]
+
+
+def test_a_failing_reward_is_named():
+    def judge(prompts, completions, **kwargs):
+        raise KeyError("score")
+
+    with pytest.raises(ValueError, match=r"^reward 'judge' raised KeyError: 'score'$"):
+        combine_rewards(resolve_rewards([RewardArgs("judge")], callables={"judge": judge}), ["p"], ["c"])
