@@ -53,4 +53,6 @@ def _hand_back_top_level_kernels() -> None:
     spec.loader.exec_module(module)
 
 
+from onpolicy import determinism as _determinism  # noqa: E402,F401  (MKL's reproducible mode, before any GEMM)
+
 _map_checkout_kernels()

@@ -57,11 +57,17 @@ class DataArgs(Section):
     dataset: str = _f("embedded:arith", "'embedded:<task>' or a local json/jsonl/parquet/csv file or save_to_disk dir",
                       nonblank=True, allowed="'embedded:<task>' or a local path")
     split: str = _f("train", "split of a save_to_disk DatasetDict or a data directory (single files are one split)")
-    prompt_column: str = _f("prompt", "column holding the prompt text", nonblank=True)
+    prompt_column: str = _f("prompt", "column holding the prompt: text, or chat messages (a list of {role, content}, "
+                                      "rendered with the tokenizer's chat template)", nonblank=True)
     answer_column: str = _f("answer", "column holding the reference answer (passed to rewards as `answer`)",
                             nonblank=True)
-    chat_template: bool = _f(False, "wrap prompts with tokenizer.apply_chat_template (generation prompt added)")
-    system_prompt: str | None = _f(None, "system message for the chat template (only with chat_template: true)")
+    chat_template: bool = _f(False, "wrap text prompts as one user message and render them with the tokenizer's chat "
+                                    "template (generation prompt added); chat-message prompts are always rendered")
+    system_prompt: str | None = _f(None, "system message put first in every prompt rendered with the chat template "
+                                         "(rows that hold their own system message are refused: one source per run)")
+    chat_template_kwargs: dict = _f(help="extra arguments of tokenizer.apply_chat_template, e.g. "
+                                         "{enable_thinking: false}; only for prompts rendered with the chat template",
+                                    factory=dict)
     max_prompt_tokens: int = _f(256, "prompts longer than this (in tokens) are dropped with a warning", ge=1)
     num_examples: int | None = _f(None, "keep only the first N source rows (None = all)", ge=1)
     shuffle_seed: int = _f(0, "seed of the per-epoch prompt order")
@@ -69,8 +75,11 @@ class DataArgs(Section):
     def _validate(self):
         if self.dataset.startswith("embedded:"):
             self._check(bool(self.dataset.split(":", 1)[1]), "dataset", "'embedded:<task>' with a task name")
-        self._check(self.system_prompt is None or self.chat_template, "system_prompt",
-                    "null unless data.chat_template is true")
+        from onpolicy.chat import chat_template_kwargs_ok
+
+        self._check(chat_template_kwargs_ok(self.chat_template_kwargs), "chat_template_kwargs",
+                    "a mapping of template variable names to values, e.g. {enable_thinking: false} (not tokenize, "
+                    "add_generation_prompt or other arguments onpolicy sets)")
 
 
 @dataclass
@@ -81,11 +90,17 @@ class SamplingArgs(Section):
     top_p: float = _f(1.0, "nucleus sampling mass, in (0, 1]", gt=0, le=1)
     top_k: int = _f(-1, "-1 = off, else keep the k most likely tokens", ge=-1, allowed="-1 (off) or an int >= 1")
     max_tokens: int = _f(16, "max new tokens per completion", ge=1)
-    stop: list[str] = _f(help="stop strings", factory=list)
+    stop: list[str] = _f(help="stop strings, searched in the completion text decoded without special tokens; a "
+                              "string that is exactly one special token (e.g. '<|endoftext|>') stops on that token",
+                         factory=list)
+    stop_token_ids: list[int] = _f(help="token ids that end a completion, besides every eos id of the tokenizer and "
+                                        "the model's generation_config.json", factory=list)
 
     def _validate(self):
         self._check(self.top_k != 0, "top_k", "-1 (off) or an int >= 1")
         self._check(all(self.stop), "stop", "a list of non-empty strings")
+        self._check(all(t >= 0 for t in self.stop_token_ids), "stop_token_ids",
+                    "a list of token ids >= 0 (and below the model's vocab_size)")
 
 
 @dataclass
@@ -107,13 +122,17 @@ class TrainerArgs(Section):
                               choices=LOSS_AGGS)
     invariant: bool = _f(True, "run the batch-invariant kernels (true on-policy); false = cuBLAS / SDPA "
                         "(the non-invariant stack)")
-    strict_onpolicy: bool = _f(False, "stop on the first step with a non-zero sampler/trainer logprob diff")
+    strict_onpolicy: bool | None = _f(None, "stop on the first step with a non-zero sampler/trainer logprob diff; "
+                                      "null = the value of trainer.invariant")
     tis_cap: float | None = _f(None, "truncated importance-sampling cap; only with invariant: false", gt=0)
     dynamic_sampling: bool = _f(False, "DAPO: drop groups whose rewards are all equal")
     overlong_filter: bool = _f(False, "DAPO: mask completions cut off by max_tokens")
     sft_warmup_steps: int = _f(0, "supervised warm-up steps on reference answers before RL", ge=0)
     sft_lr: float = _f(1e-3, "learning rate of the SFT warm-up", gt=0)
     seed: int = _f(0, "global seed (python/numpy/torch and sampling)", ge=0)
+    num_threads: int | str = _f("auto", "torch CPU threads: 'auto' = the cores other programs leave free (of this "
+                                "process's share), re-checked every step; 'share' = the share, fixed; N = N",
+                                allowed="'share', 'auto' or an int >= 1")
     save_every: int = _f(0, "checkpoint every N steps (0 = no periodic checkpoints)", ge=0)
     save_only_model: bool = _f(False, "checkpoints hold the policy and data position only, no optimizer state "
                                "(smaller and faster; such a checkpoint cannot be resumed)")
@@ -140,8 +159,14 @@ class TrainerArgs(Section):
                     "two floats in [0, 1), e.g. [0.9, 0.99]")
         self._check(self.tis_cap is None or not self.invariant, "tis_cap",
                     "null when trainer.invariant is true (sampler and trainer logprobs are equal, no IS needed)")
+        if self.strict_onpolicy is None:
+            object.__setattr__(self, "strict_onpolicy", self.invariant)
         self._check(not (self.strict_onpolicy and not self.invariant), "strict_onpolicy",
-                    "false when trainer.invariant is false (the default ops are not bitwise on-policy)")
+                    "false or null when trainer.invariant is false (the non-invariant ops are not bitwise on-policy: "
+                    "a strict run would stop at step 1)")
+        self._check(self.num_threads in ("share", "auto") or (isinstance(self.num_threads, int)
+                                                                and self.num_threads >= 1),
+                    "num_threads", "'share', 'auto' or an int >= 1")
         self._check(not isinstance(self.resume, str) or bool(self.resume.strip()), "resume",
                     "true/false or a checkpoint path")
         self._check(self.prompts_per_step % self.mini_batches == 0, "mini_batches",
@@ -183,6 +208,10 @@ class LoggingArgs(Section):
     project: str = _f("onpolicy", "W&B project")
     run_name: str | None = _f(None, "W&B run name / console label")
     log_every: int = _f(1, "console line every N steps (metrics.jsonl gets every step)", ge=1)
+    log_samples_every: int = _f(10, "every N steps the step's completions go to samples.jsonl (and a W&B table), "
+                                "a few to the console; 0 = never", ge=0)
+    num_samples: int = _f(4, "completions printed on the console at a sample step (one per prompt)", ge=0)
+    progress_bar: bool = _f(True, "a progress bar with ETA on stderr (only when stderr is a terminal)")
     plot: bool = _f(True, "write PNG plots of metrics.jsonl at the end of the run")
 
 
@@ -279,12 +308,13 @@ def check_rewards(cfg: ExperimentConfig, config_dir: str | None = None) -> None:
 def check_context(cfg: ExperimentConfig) -> None:
     """Start-up check, before any model is built: `model.path` is usable (checked before `model.tiny`, so a
     leftover tiny block cannot hide a wrong path) and `data.max_prompt_tokens + sampling.max_tokens` fits the
-    model's context (max_position_embeddings of config.json, or of the tiny config). Reads config.json only."""
+    model's context (max_position_embeddings of config.json, or of the tiny config), and every
+    `sampling.stop_token_ids` is below its vocab_size. Reads config.json only."""
     m = cfg.model
     if m.path == "tiny":
         from onpolicy.model.tiny import tiny_config
 
-        limit = tiny_config(**{k: v for k, v in m.tiny.items() if k != "dtype"}).max_position_embeddings
+        model_config = tiny_config(**{k: v for k, v in m.tiny.items() if k != "dtype"})
     else:
         if not os.path.isdir(m.path):
             raise ConfigError(f"model.path: {m.path!r} is not a directory; allowed: 'tiny' or a local HF model dir")
@@ -295,7 +325,12 @@ def check_context(cfg: ExperimentConfig) -> None:
                               "allowed here: no tiny block (remove it)")
         from onpolicy.model.loading import load_config
 
-        limit = load_config(m.path).max_position_embeddings
+        model_config = load_config(m.path)
+    limit, vocab = model_config.max_position_embeddings, model_config.vocab_size
+    bad = [t for t in cfg.sampling.stop_token_ids if t >= vocab]
+    if bad:
+        raise ConfigError(f"sampling.stop_token_ids: got {bad}; allowed: token ids in [0, {vocab}) (the model's "
+                          "vocab_size)")
     prompt, new = cfg.data.max_prompt_tokens, cfg.sampling.max_tokens
     if prompt + new > limit:
         raise ConfigError(f"data.max_prompt_tokens ({prompt}) + sampling.max_tokens ({new}) = {prompt + new} exceeds "

@@ -10,10 +10,11 @@ Sources (`data.dataset`):
   `datasets` (the H100 image) `.csv` files are read with the standard library; parquet and directories then
   raise a clear error. An empty file is an error, not an empty data set.
 
-Every row keeps all source columns plus "prompt" (str, chat template applied when `data.chat_template`) and
-"answer" (str or None). Rows whose prompt is longer than `data.max_prompt_tokens` tokens (counted as the
-trainer encodes prompts: `tokenizer.encode(prompt, add_special_tokens=False)`) are dropped with one warning.
-Left out: hub downloads by name, streaming, multi-turn prompts, per-row system prompts.
+Every row keeps all source columns plus "prompt" (str: the text the engine sees), "answer" (str or None) and
+the chat fields of `onpolicy.chat` ("prompt_messages", "conversational"): a prompt column of text or of chat
+messages, rendered with the tokenizer's chat template as that module describes. Rows whose prompt is longer
+than `data.max_prompt_tokens` tokens (counted as the trainer encodes prompts, `onpolicy.chat.encode_prompt`)
+are dropped with one warning. Left out: hub downloads by name, streaming, multi-turn rollouts.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import random
 import warnings
 from pathlib import Path
 from typing import Any
+
+from onpolicy.chat import CONVERSATIONAL, PROMPT_MESSAGES, encode_prompt, is_chat_messages, render_prompt
 
 EMBEDDED_DEFAULT_EXAMPLES = 4096
 FILE_TYPES = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -132,17 +135,6 @@ def _read_rows(data_args) -> list[dict]:
     return _read_with_datasets_checked(path, data_args.split)
 
 
-def format_prompt(text: str, tokenizer, chat_template: bool, system_prompt: str | None) -> str:
-    """The prompt text the engine sees: plain, or through the tokenizer's chat template."""
-    if not chat_template:
-        return text
-    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("data.chat_template: true needs a tokenizer with a chat template")
-    messages = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + [
-        {"role": "user", "content": text}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def load_prompts(data_args, tokenizer=None) -> list[dict]:
     """Rows with "prompt" (str) and "answer" (str | None) plus the source's other columns (see module doc)."""
     ds = data_args.dataset
@@ -155,16 +147,21 @@ def load_prompts(data_args, tokenizer=None) -> list[dict]:
     if rows and data_args.prompt_column not in rows[0]:
         raise ValueError(f"data.prompt_column: {data_args.prompt_column!r} is not a column of {ds!r}; "
                          f"allowed: {', '.join(rows[0])}")
+    taken = [k for k in (PROMPT_MESSAGES, CONVERSATIONAL) if rows and k in rows[0]]
+    if taken:
+        raise ValueError(f"data.dataset: {ds!r} has column(s) {taken}, names onpolicy uses for chat prompts; "
+                         "allowed: other column names")
     out, too_long = [], 0
     for i, row in enumerate(rows):
         prompt = row.get(data_args.prompt_column)
-        if not isinstance(prompt, str):
-            raise ValueError(f"data.prompt_column: row {i} of {ds!r} has a non-string prompt {prompt!r}")
+        if not isinstance(prompt, str) and not is_chat_messages(prompt):
+            raise ValueError(f"data.prompt_column: row {i} of {ds!r} has a prompt {prompt!r:.80}; allowed: a string "
+                             "or a list of {role, content} chat messages")
         answer = row.get(data_args.answer_column)
         new = dict(row)
-        new["prompt"] = format_prompt(prompt, tokenizer, data_args.chat_template, data_args.system_prompt)
+        new.update(render_prompt(prompt, tokenizer, data_args, f"data.prompt_column: row {i} of {ds!r}"))
         new["answer"] = None if answer is None else str(answer)
-        n_tokens = len(tokenizer.encode(new["prompt"], add_special_tokens=False)) if tokenizer is not None else 0
+        n_tokens = len(encode_prompt(tokenizer, new)) if tokenizer is not None else 0
         if n_tokens > data_args.max_prompt_tokens:
             too_long += 1
             continue

@@ -14,13 +14,21 @@ import random
 import torch
 
 CUBLAS_WORKSPACE = ":4096:8"
+# MKL's strict conditional-numerical-reproducibility mode: its GEMMs give the same bits for any thread count.
+# Without it, MKL (AVX-512 code path) splits the K loop of a [64, K] @ [K, N] tile across threads, so the fixed
+# row tiles below are not enough (1 vs 2 threads differed at K >= 1024). MKL reads the variable at its first call,
+# so it is set when this module is imported (`import onpolicy` imports it), before any GEMM of ours runs.
+MKL_REPRODUCIBILITY = "AUTO,STRICT"
+os.environ.setdefault("MKL_CBWR", MKL_REPRODUCIBILITY)
 # torch's CPU thread count; -1 = this process's share of the cores (all of them, divided among the processes of
 # a local multi-process launch, LOCAL_WORLD_SIZE). Results do not depend on it: every CPU GEMM runs on fixed
-# 64-row tiles with widths padded to 16 columns, forward and backward (kernels/matmul.py `grad_mm`; MKL's own
+# 64-row tiles with widths padded to 16 columns in MKL's strict mode, forward and backward (kernels/matmul.py `grad_mm`; MKL's own
 # split of a [5, 128] @ [128, 86] input-gradient GEMM changed bits at 2 threads), and
 # tests/invariance/test_thread_invariance*.py check 1 vs 2 and 3 threads (linear up to 32), the shortened default
 # bitwise. Measured on the 2-core CPU machine with the tiled backward: the tiny default (300 steps) took 117 s
 # (RL part) at 1 thread (taskset, one core) and 99.5 s at 2, with identical metrics.jsonl and final weights hash.
+# `trainer.num_threads: auto` (the default) starts here, then follows the free cores; `share` keeps this
+# (onpolicy.trainer.cpu_threads).
 DEFAULT_CPU_THREADS = -1
 
 

@@ -1,12 +1,16 @@
-"""Run logging: console lines, `<output_dir>/metrics.jsonl`, optional W&B, PNG plots at the end.
+"""Run logging: console lines, `<output_dir>/metrics.jsonl`, sample completions, optional W&B, a progress bar,
+PNG plots at the end.
 
 `RunLogger(cfg)` writes `config.yaml` into `cfg.logging.output_dir` and starts `metrics.jsonl` afresh (appends
 when `trainer.resume` is set); `log(metrics, step)` appends one JSON object every step and prints one compact
-console line every `log_every` steps (a tqdm bar over `trainer.steps` when stderr is a terminal). With
+console line every `log_every` steps. `log_samples` writes completions (`onpolicy.samples`: samples.jsonl,
+console, a W&B table) every `log_samples_every` steps. `progress_bar` is a tqdm bar with ETA on stderr (the RL
+steps here, the SFT warm-up in the trainer) when `logging.progress_bar` is on and stderr is a terminal; console
+lines are written around it (`tqdm.write`, `beside_bar`) so they stay whole. With
 "wandb" in `report_to` it starts a run (lazy import); when no API key is configured (`WANDB_API_KEY` or a
 netrc entry) and `WANDB_MODE` is unset, it sets `WANDB_MODE=offline`. `close()` finishes W&B and, with
 `logging.plot`, writes PNGs through `onpolicy.plots.plot_metrics` (also `scripts/plot_run.py`). Only the main process should
-log: pass `enabled=False` elsewhere. Left out: TensorBoard, system metrics, logging of rollouts/text samples.
+log: pass `enabled=False` elsewhere. Left out: TensorBoard, system metrics.
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from onpolicy.plots import plot_metrics, read_metrics
+from onpolicy.samples import SampleLog, console_lines, sample_rows, wandb_table
 
-__all__ = ["METRIC_NAMES", "RunLogger", "plot_metrics", "read_metrics", "wandb_api_key_configured"]
+__all__ = ["METRIC_NAMES", "RunLogger", "beside_bar", "plot_metrics", "progress_bar", "read_metrics",
+           "wandb_api_key_configured"]
 
 METRIC_NAMES = (
     "step", "onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/logprob_diff/mean", "onpolicy/mismatch_frac",
@@ -51,6 +57,47 @@ def wandb_api_key_configured() -> bool:
         return False
 
 
+def progress_bar(total: int, desc: str, enabled: bool = True, initial: int = 0, stream=None):
+    """A tqdm bar (with ETA) on `stream` (stderr), or None when disabled, not a terminal or tqdm is missing."""
+    stream = sys.stderr if stream is None else stream
+    if not enabled or not getattr(stream, "isatty", lambda: False)():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=stream, leave=False, dynamic_ncols=True)
+
+
+def beside_bar(log, bar):
+    """`log` made safe to call while `bar` is drawn: the bar is cleared, the text printed, the bar redrawn."""
+    if bar is None:
+        return log
+
+    def write(*args, **kwargs):
+        with type(bar).external_write_mode(file=bar.fp):
+            log(*args, **kwargs)
+
+    return write
+
+
+def hardware_name(device: str = "auto") -> str:
+    """'NVIDIA H100 80GB HBM3' on CUDA, else the CPU model and its core count (from /proc/cpuinfo where there)."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.cuda.current_device())
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    import platform
+
+    return f"{model or platform.processor() or 'CPU'}, {os.cpu_count()} cores"
+
+
 def _fmt(v: float | int) -> str:
     if isinstance(v, int):
         return str(v)
@@ -62,7 +109,7 @@ def _fmt(v: float | int) -> str:
 class RunLogger:
     """Console + metrics.jsonl + optional W&B for one run (see module doc)."""
 
-    def __init__(self, cfg, enabled: bool = True, stream=None):
+    def __init__(self, cfg, enabled: bool = True, stream=None, start_step: int = 0, bar_stream=None):
         self.cfg, self.enabled = cfg, enabled
         largs = cfg.logging
         self.output_dir = Path(largs.output_dir)
@@ -78,10 +125,10 @@ class RunLogger:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "config.yaml").write_text(cfg.to_yaml())
         self._file = self.metrics_path.open("a" if cfg.trainer.resume else "w")
-        if self.console and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=cfg.trainer.steps, desc=largs.run_name or "train", unit="step", leave=False)
+        self.samples = SampleLog(self.output_dir, largs.log_samples_every,
+                                 start_step if cfg.trainer.resume else None)
+        self._bar = progress_bar(cfg.trainer.steps, largs.run_name or "rl steps", self.console and largs.progress_bar,
+                                 initial=start_step, stream=bar_stream)
         if "wandb" in largs.report_to:
             self._start_wandb()
 
@@ -121,9 +168,30 @@ class RunLogger:
             self._wandb.log(row, step=step)
         if self._bar is not None:
             self._bar.update(1)
+            self._bar.set_postfix_str(" ".join(f"{label} {_fmt(row[k])}" for k, label in _CONSOLE[:3] if k in row))
         if self.console and step % self.cfg.logging.log_every == 0:
             self.print(self.format_line(row))
         return row
+
+    def log_samples(self, step: int, prompts: list[str], scored) -> list[dict]:
+        """Completions of `step` (a `ScoredBatch`; `prompts` by group) when the step is due (see onpolicy.samples);
+        returns the rows written."""
+        if not self.enabled or self._closed or not self.samples.due(step):
+            return []
+        rows = sample_rows(step, prompts, scored)
+        self.samples.write(rows)
+        if self.console:
+            for line in console_lines(rows, self.cfg.logging.num_samples):
+                self.print(line)
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({"samples": wandb_table(wandb, rows)}, step=step)
+        return rows
+
+    def beside_bar(self, log):
+        """`log` made safe to call while the progress bar is drawn."""
+        return beside_bar(log, self._bar)
 
     @staticmethod
     def format_line(row: dict) -> str:
@@ -147,7 +215,10 @@ class RunLogger:
             self._wandb.finish()
         paths: list[str] = []
         if self.cfg.logging.plot and self.metrics_path.exists() and self.metrics_path.stat().st_size:
-            paths = plot_metrics(self.metrics_path, self.output_dir / "plots")
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            run = self.cfg.logging.run_name or self.output_dir.name
+            note = f"{run}, {when}, {hardware_name(self.cfg.model.device)}"
+            paths = plot_metrics(self.metrics_path, self.output_dir / "plots", note=note)
             self.print(f"plots: {', '.join(paths)}")
         return paths
 

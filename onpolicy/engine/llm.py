@@ -1,9 +1,11 @@
 """LLM: the offline engine front end -- validate, enqueue, step until done, detokenise, stop.
 
 `generate` validates every request (prompt, SamplingParams, context limit, cache size) before any compute,
-then runs `step()` until all finish. `add_request` + `step` allow requests to join mid-run. Stop rules: eos
-(unless ignore_eos) and stop_token_ids -> "stop"; a stop string in the incrementally detokenised text ->
-"stop" (the string and what follows are cut from the text, the tokens stay); max_tokens -> "length".
+then runs `step()` until all finish. `add_request` + `step` allow requests to join mid-run. Stop rules
+(onpolicy.engine.stopping): every eos id -- the tokenizer's and the model's generation_config.json's -- (unless
+ignore_eos), stop_token_ids and stop strings that are one special token -> "stop" on that token; a text stop
+string in the incrementally detokenised text (decoded without special tokens) -> "stop" (the string and what
+follows are cut from the text, the tokens stay); max_tokens -> "length".
 Async scheduling (EngineConfig.async_scheduling): see `step` / `_launch`.
 Left out: streaming outputs, abort, online serving, chat templates (the caller applies them).
 """
@@ -16,6 +18,7 @@ from onpolicy.engine.params import (CompletionOutput, EngineConfig, RequestOutpu
                                     params_per_prompt)
 from onpolicy.engine.runner import ModelRunner
 from onpolicy.engine.scheduler import FINISHED, Scheduler, Sequence
+from onpolicy.engine.stopping import engine_eos_ids, find_stop, special_tokens, stop_rule
 
 
 def _to_int64(seed: int) -> int:
@@ -32,11 +35,21 @@ class LLM:
         self.block_manager = BlockManager(self.runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
         self.seed_generator = torch.Generator().manual_seed(seed)
-        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        self.eos_token_ids = engine_eos_ids(model, tokenizer)
+        self.special_tokens = special_tokens(tokenizer)
         self.requests: dict[int, tuple[RequestOutput, list[Sequence]]] = {}
         self._next_id = 0
         self._inflight = None  # async scheduling: (runner.InFlight, its sampling sequences in row order)
         self.stats = {"steps": 0, "forward_tokens": 0, "generated_tokens": 0, "async_steps": 0, "wasted_rows": 0}
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The first eos id (the tokenizer's); assigning one replaces `eos_token_ids` with it alone."""
+        return self.eos_token_ids[0] if self.eos_token_ids else None
+
+    @eos_token_id.setter
+    def eos_token_id(self, value: int | None) -> None:
+        self.eos_token_ids = [] if value is None else [value]
 
     # ---- validation -------------------------------------------------------------------------------
     def _prompt_ids(self, prompt, i: int) -> tuple[str | None, list[int]]:
@@ -63,6 +76,7 @@ class LLM:
         params.validate()
         if params.stop and self.tokenizer is None:
             raise ValueError(f"params[{i}].stop: stop strings need a tokenizer (LLM(tokenizer=...)); use stop_token_ids")
+        stop_rule(params, self.eos_token_ids, self.special_tokens, f"params[{i}]")
         limit = self.model.config.max_position_embeddings
         total = len(prompt_ids) + params.max_tokens
         if total > limit:
@@ -88,6 +102,9 @@ class LLM:
         else:
             seed = _to_int64(params.seed)
         seqs = [Sequence(rid, j, ids, params, seed) for j in range(params.n)]
+        rule = stop_rule(params, self.eos_token_ids, self.special_tokens, "params")
+        for s in seqs:
+            s.stop_rule = rule
         self.requests[rid] = (RequestOutput(rid, text, list(ids)), seqs)
         for s in seqs:
             self.scheduler.add(s)
@@ -182,7 +199,7 @@ class LLM:
         return done
 
     def _finish(self, seq: Sequence, reason: str, done: list[RequestOutput]) -> None:
-        if self.tokenizer is not None and not seq.params.stop:
+        if self.tokenizer is not None and not seq.stop_rule.strings:
             seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
         self.scheduler.finish(seq, reason)
         out = self._maybe_finish_request(seq.request_id)
@@ -190,22 +207,20 @@ class LLM:
             done.append(out)
 
     def _check_stop(self, seq: Sequence, tok: int) -> str | None:
-        p = seq.params
-        if p.stop:  # incremental text only when stop strings need it; else decoded once at the end
+        rule = seq.stop_rule
+        if rule.strings:  # incremental text only when stop strings need it; else decoded once at the end
             self._detokenize(seq)
-        if not p.ignore_eos and self.eos_token_id is not None and tok == self.eos_token_id:
+        if tok in rule.token_ids:
             return "stop"
-        if p.stop_token_ids and tok in p.stop_token_ids:
-            return "stop"
-        if p.stop:
+        if rule.strings:
             # only text that could contain a stop string ending in the new characters is searched
-            start = max(0, seq.stop_checked - max(len(s) for s in p.stop) + 1)
+            start = max(0, seq.stop_checked - max(len(s) for s in rule.strings) + 1)
             seq.stop_checked = len(seq.text)
-            hits = [pos for s in p.stop if (pos := seq.text.find(s, start)) >= 0]
-            if hits:
-                seq.text = seq.text[: min(hits)]
+            cut = find_stop(seq.text, rule.strings, start)
+            if cut is not None:
+                seq.text = seq.text[:cut]
                 return "stop"
-        if seq.num_output >= p.max_tokens:
+        if seq.num_output >= seq.params.max_tokens:
             return "length"
         return None
 

@@ -25,8 +25,11 @@ def _fail(owner: str, name: str, msg: str) -> None:
 @dataclass
 class SamplingParams:
     """How to sample one prompt. temperature 0 is greedy (argmax, lowest id on ties); its reported logprobs are
-    taken at temperature 1.0, the same convention the trainer uses. `stop` strings are cut from the text (the
-    tokens stay); `seed=None` draws a seed from the engine's seeded generator when the request arrives."""
+    taken at temperature 1.0, the same convention the trainer uses. A completion stops on any eos id of the
+    engine (tokenizer + generation_config.json; `ignore_eos` skips them all) or of `stop_token_ids`; `stop`
+    strings are searched in the text decoded without special tokens and cut from it (the tokens stay), and a
+    stop string that is exactly one special token (`<|endoftext|>`) stops on that token (onpolicy.engine.stopping).
+    `seed=None` draws a seed from the engine's seeded generator when the request arrives."""
 
     n: int = 1
     temperature: float = 1.0

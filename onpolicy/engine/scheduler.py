@@ -46,6 +46,7 @@ class Sequence:
         self.read_offset = 0
         self.stop_checked = 0  # length of text already searched for stop strings
         self.pending_row = -1  # >= 0: token_ids[-1] is a placeholder, row pending_row of the step in flight
+        self.stop_rule = None  # onpolicy.engine.stopping.StopRule, set by the engine when the request arrives
 
     @property
     def num_tokens(self) -> int:

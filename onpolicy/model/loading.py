@@ -14,6 +14,7 @@ import os
 import torch
 
 from onpolicy.model.config import DTYPES, ModelConfig
+from onpolicy.model.generation_config import read_generation_settings, write_generation_settings
 from onpolicy.model.transformer import CausalLM
 
 _FUSED = {  # HF projection name -> (our fused name, shard id)
@@ -71,6 +72,7 @@ def load_pretrained(path: str, dtype: str | torch.dtype | None = None, device: s
     config = load_config(path, dtype)
     model = CausalLM(config, init=False)
     load_weights(model, path)
+    model.generation_settings = read_generation_settings(path)
     return model.to(device), config
 
 
@@ -130,7 +132,8 @@ def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
 
 
 def save_pretrained(model: CausalLM, path: str) -> None:
-    """Write config.json + model.safetensors (HF names) into `path` (created if missing)."""
+    """Write config.json + model.safetensors (HF names) into `path` (created if missing), and the model's
+    `generation_settings` (generation_config.json; bos/eos/pad ids in config.json) when it has them."""
     if not isinstance(model, CausalLM):
         raise ValueError(f"save_pretrained: model must be a CausalLM, got {type(model).__name__}")
     from safetensors.torch import save_file
@@ -139,6 +142,7 @@ def save_pretrained(model: CausalLM, path: str) -> None:
     hf_config = model.config.to_hf()
     dtype = next(model.parameters()).dtype
     hf_config["dtype"] = hf_config["torch_dtype"] = str(dtype).replace("torch.", "")
+    write_generation_settings(getattr(model, "generation_settings", None), path, hf_config)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
     save_file(hf_state_dict(model), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

@@ -2,7 +2,8 @@
 
 `CharTokenizer()` is a `transformers.PreTrainedTokenizerFast` built offline: one token per character of a
 fixed set (`tiny_chars` widens it to a model's vocab), specials `<pad>` `<bos>` `<eos>` `<unk>` first (ids 0..3).
-Left out: any subword merging, chat templates, characters outside the set (they map to `<unk>`).
+Characters outside the set map to `<unk>`; `unknown_chars_warning` measures how many of a data set's do (the
+trainer warns once, at load). Left out: any subword merging, chat templates.
 """
 from __future__ import annotations
 
@@ -32,6 +33,31 @@ def CharTokenizer(chars: str = CHARS):  # noqa: N802 -- a factory named like the
         tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
         clean_up_tokenization_spaces=False, model_max_length=1 << 30,
     )
+
+
+_PUNCTUATION = "".join(c for c in CHARS if not c.isalnum() and c != " ")
+
+
+def unknown_chars_warning(columns: dict[str, list[str]], chars: str = CHARS, examples: int = 5) -> str | None:
+    """One warning line when texts (`{"prompt": [...], "answer": [...]}`) hold characters outside `chars`
+    (each becomes `<unk>`): the share per column and the most frequent such characters; None when all are known."""
+    from collections import Counter
+
+    known = set(chars)
+    unknown: Counter = Counter()
+    rates = []
+    for name, texts in columns.items():
+        texts = [t for t in texts if t]
+        total = sum(len(t) for t in texts)
+        missing = Counter(c for t in texts for c in t if c not in known)
+        if missing:
+            unknown.update(missing)
+            rates.append(f"{100 * sum(missing.values()) / total:.2g}% of {name} characters")
+    if not unknown:
+        return None
+    shown = ", ".join(f"{c!r} ({n})" for c, n in unknown.most_common(examples))
+    return (f"{' and '.join(rates)} are not in the tiny tokenizer's alphabet and become <unk> (a completion cannot "
+            f"produce them): {shown}; the alphabet is digits, ASCII letters, space and {_PUNCTUATION!r}")
 
 
 def tiny_chars(vocab_size: int | None = None) -> str:

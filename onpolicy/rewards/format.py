@@ -5,6 +5,7 @@ length penalties, and whether the marked answer is a number.
 """
 from __future__ import annotations
 
+from onpolicy.chat import completion_text
 from onpolicy.rewards.math_answer import hash_answer, last_boxed
 
 
@@ -12,5 +13,6 @@ def has_marked_answer(text: str) -> bool:
     return bool(last_boxed(text)) or hash_answer(text) is not None
 
 
-def format_reward(prompts: list[str], completions: list[str], **kwargs) -> list[float]:
-    return [1.0 if has_marked_answer(c) else 0.0 for c in completions]
+def format_reward(prompts: list, completions: list, **kwargs) -> list[float]:
+    """Completions as strings or as TRL's messages ([{"role": "assistant", "content": text}])."""
+    return [1.0 if has_marked_answer(completion_text(c)) else 0.0 for c in completions]

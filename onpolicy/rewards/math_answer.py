@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from onpolicy.chat import completion_text
+
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _FRAC = re.compile(r"^(-?)\\[dt]?frac\{?(-?\d+)\}?\{?(-?\d+)\}?$")
@@ -89,12 +91,13 @@ def _reference(answer) -> str | None:
     return extract_answer(text) or text.strip() or None
 
 
-def _score(completions: list[str], answer, fallback: bool) -> list[float]:
+def _score(completions: list, answer, fallback: bool) -> list[float]:
+    """Completions as strings or as TRL's messages ([{"role": "assistant", "content": text}])."""
     if answer is None:
         raise ValueError("math_answer: needs the data column `answer` (set data.answer_column)")
     if len(answer) != len(completions):
         raise ValueError(f"math_answer: answer ({len(answer)}) and completions ({len(completions)}) differ in length")
-    return [1.0 if answers_match(extract_answer(c, fallback), _reference(a)) else 0.0
+    return [1.0 if answers_match(extract_answer(completion_text(c), fallback), _reference(a)) else 0.0
             for c, a in zip(completions, answer)]
 
 

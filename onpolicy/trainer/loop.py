@@ -5,9 +5,10 @@
 -> `ScoredBatch` -> `update_policy` (trainer forward, parity, loss, backward, optimizer step) -> metrics.
 On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (peak allocated per phase).
 `train()` enters the kernels' invariant mode (`trainer.invariant`) once around the whole run, checkpoints every
-`save_every` steps and always at the end (the final policy is an HF directory loadable by transformers), stops
-with `NonFiniteError` (after saving the last good policy, i.e. the weights before the bad update, which is never
-applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
+`save_every` steps and always at the end (the final policy is an HF directory loadable by transformers),
+re-decides torch's CPU thread count after each step (`cpu_threads.CpuThreads`, `trainer.num_threads`), logs
+sample completions (`RunLogger.log_samples`), stops with `NonFiniteError` (after saving the last good policy,
+i.e. the weights before the bad update, which is never applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
 Several processes (`accelerate launch`): each rank samples its share of the prompts, the rollouts are gathered
 in global order and every rank scores the whole step (onpolicy.trainer.distributed); `world_size` is logged.
 See `update.py` for what the update leaves out.
@@ -47,12 +48,15 @@ def rl_step(run: Run, step: int) -> dict:
     peak = PhasePeak(run.device)
     peak.start()
     t0 = time.perf_counter()
+    from onpolicy.chat import encode_prompt
+
     rows = next(run.prompts)
-    prompt_ids = [run.encode(r["prompt"]) for r in rows]
+    prompt_ids = [encode_prompt(run.tokenizer, r) for r in rows]
     ro = _sample_share(run, prompt_ids, step)
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()
     scored = score_rollouts(cfg, rows, ro, rewards=run.rewards, step=step)
+    run.logger.log_samples(step + 1, [r["prompt"] for r in rows], scored)
     peak.start()
     t1 = time.perf_counter()
     try:
@@ -89,6 +93,7 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
     t = run.cfg.trainer
     saved = run.start_step or None
     watch = CollapseWatch(t.lr)
+    log = run.logger.beside_bar(log)
     for step in range(run.start_step, t.steps):
         prompt_state = run.prompts.state_dict()
         try:
@@ -105,6 +110,7 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
             raise NonFiniteError(e.step, e.what, e.metrics, saved=f"{path}/policy") from None
         history.append(metrics)
         run.logger.log(metrics, step=step + 1)
+        run.threads.update()
         warning = watch.update(metrics)
         if warning:
             log(warning)

@@ -17,7 +17,8 @@ import os
 # Dotted config fields (or section prefixes ending in ".") that may differ between a checkpoint and its resume.
 MAY_CHANGE = ("trainer.steps", "trainer.save_every", "trainer.resume", "trainer.strict_onpolicy",
               "trainer.keep_checkpoints", "trainer.save_only_model", "model.device", "logging.", "engine.",
-              "trainer.micro_batch_tokens", "trainer.activation_checkpointing")  # memory knobs (e.g. after an OOM)
+              "trainer.micro_batch_tokens", "trainer.activation_checkpointing",  # memory knobs (e.g. after an OOM)
+              "trainer.num_threads")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -49,6 +49,7 @@ def generate_rollouts(llm, prompt_ids: list[list[int]], sampling, *, run_seed: i
     group_size = sampling.num_generations
     params = [SamplingParams(n=group_size, temperature=sampling.temperature, top_p=sampling.top_p,
                              top_k=sampling.top_k, max_tokens=sampling.max_tokens, stop=list(sampling.stop) or None,
+                             stop_token_ids=list(sampling.stop_token_ids) or None,
                              seed=sampling_seed(run_seed, step, first_index + i), logprobs=True)
               for i in range(len(prompt_ids))]
     outputs = llm.generate(prompt_ids, params)

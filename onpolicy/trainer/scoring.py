@@ -57,20 +57,23 @@ class RewardState:
     max_steps: int     # trainer.steps
 
 
-_NOT_COLUMNS = ("prompt", "completion", "completion_ids", "trainer_state")
+_NOT_COLUMNS = ("completion", "completion_ids", "trainer_state")  # keyword arguments of their own
 
 
 def score_rollouts(cfg, rows: list[dict], ro: Rollout, rewards=None, step: int = 0) -> ScoredBatch:
     """Reward every completion (`rewards`: resolved `onpolicy.rewards.sources.Reward`s, default `cfg.rewards`;
-    each gets the prompt row's other columns, `completion_ids` and `trainer_state`), compute advantages
+    each gets the prompt row's other columns, `completion_ids` and `trainer_state`; prompts and completions as
+    messages for chat-message data, as strings otherwise: `onpolicy.chat.reward_inputs`), compute advantages
     (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`). `step`: 0-based."""
+    from onpolicy.chat import RESERVED_ROW_KEYS, reward_inputs
     from onpolicy.rewards import combine_rewards
 
     t, g = cfg.trainer, ro.group_size
     expanded = [rows[i] for i in ro.group_index]
-    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in _NOT_COLUMNS}
-    total, per_name = combine_rewards(cfg.rewards if rewards is None else rewards, [r["prompt"] for r in expanded],
-                                      ro.texts, completion_ids=[list(c) for c in ro.completion_ids],
+    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in RESERVED_ROW_KEYS + _NOT_COLUMNS}
+    prompts, completions = reward_inputs(expanded, ro.texts)
+    total, per_name = combine_rewards(cfg.rewards if rewards is None else rewards, prompts, completions,
+                                      completion_ids=[list(c) for c in ro.completion_ids],
                                       trainer_state=RewardState(global_step=step, max_steps=t.steps), **columns)
     rewards = torch.tensor(total, dtype=torch.float32)
     adv = group_advantages(rewards, g, t.algo)

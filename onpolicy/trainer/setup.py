@@ -40,6 +40,7 @@ class Run:
     setup_time: float
     sft_stats: dict
     dist: Any = None                  # onpolicy.trainer.distributed.Dist (rank, world size, fsdp)
+    threads: Any = None               # onpolicy.trainer.cpu_threads.CpuThreads
     train_model: Any = None           # the module the trainer's forward runs under FSDP2; None: `model`
     rewards: list | None = None       # resolved rewards (onpolicy.rewards.sources.Reward); None: cfg.rewards
 
@@ -76,6 +77,38 @@ def build_tokenizer(cfg):
     from onpolicy.model import load_tokenizer
 
     return load_tokenizer(cfg.model.path)
+
+
+def check_stop_strings(cfg, tokenizer) -> None:
+    """Refuse a `sampling.stop` string the engine could not match (onpolicy.engine.stopping); needs the tokenizer
+    only, so it runs before any model is built."""
+    from onpolicy.engine import SamplingParams
+    from onpolicy.engine.stopping import special_tokens, stop_rule
+
+    stop_rule(SamplingParams(stop=list(cfg.sampling.stop) or None), [], special_tokens(tokenizer), "sampling")
+
+
+def attach_generation_settings(model, tokenizer, log=print) -> None:
+    """`model.generation_settings` (generation_config.json and config.json's token ids, read by load_pretrained)
+    completed from the tokenizer -- the tiny model gets its bos/eos/pad -- so the engine stops on every eos id
+    and saved policies carry them; logs what the checkpoint's generation config says."""
+    from onpolicy.model.generation_config import GenerationSettings
+
+    settings = getattr(model, "generation_settings", None) or GenerationSettings()
+    model.generation_settings = settings.complete_from_tokenizer(tokenizer)
+    log(model.generation_settings.describe(tokenizer))
+
+
+def warn_unknown_chars(cfg, rows: list[dict], log) -> None:
+    """With the tiny model: one warning when prompts or answers hold characters its tokenizer maps to <unk>."""
+    if cfg.model.path != "tiny":
+        return
+    from onpolicy.model.tiny import tiny_chars, unknown_chars_warning
+
+    columns = {"prompt": [r["prompt"] for r in rows], "answer": [r.get("answer") or "" for r in rows]}
+    message = unknown_chars_warning(columns, tiny_chars(cfg.model.tiny.get("vocab_size")))
+    if message:
+        log(f"warning: {message}")
 
 
 def build_model(cfg, device: torch.device, seed: int):
@@ -117,7 +150,9 @@ def save_checkpoint(run: Run, step: int) -> str:
     return str(root / f"step-{step}")
 
 
-def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
+def run_sft(cfg, model, tokenizer, rows, encode, log, on_step=None, show_progress: bool = True) -> dict:
+    """The SFT warm-start (trainer.sft_warmup_steps), with a progress bar (`show_progress` and
+    logging.progress_bar, on a terminal); `on_step()` runs after each step."""
     t = cfg.trainer
     if t.sft_warmup_steps == 0:
         return {}
@@ -127,16 +162,34 @@ def run_sft(cfg, model, tokenizer, rows, encode, log) -> dict:
         raise ValueError("trainer.sft_warmup_steps > 0 needs an answer for every prompt (data.answer_column); "
                          "allowed without answers: sft_warmup_steps: 0")
     eos = [tokenizer.eos_token_id] if getattr(tokenizer, "eos_token_id", None) is not None else []
-    prompts = [encode(r["prompt"]) for r in rows]
+    from onpolicy.chat import encode_prompt
+
+    prompts = [encode_prompt(tokenizer, r) for r in rows]
     completions = [encode(r["answer"]) + eos for r in rows]
     cache = os.path.join(os.path.dirname(os.path.abspath(cfg.logging.output_dir)), "cache")
     from onpolicy import kernels
 
     # Always the invariant kernels: the warm start (and its cache) must not depend on trainer.invariant, so
     # an invariant and a comparison run start from the same weights whichever ran first.
-    with kernels.invariant_mode(True):
-        return sft_warmup(model, prompts, completions, steps=t.sft_warmup_steps, lr=t.sft_lr,
-                          batch_size=SFT_BATCH_SIZE, seed=t.seed, cache_dir=cache, log=log)
+    from onpolicy.logging import beside_bar, progress_bar
+
+    bar = progress_bar(t.sft_warmup_steps, "sft warm-up", show_progress and cfg.logging.progress_bar
+                       and "console" in cfg.logging.report_to)
+
+    def step_done():
+        if bar is not None:
+            bar.update(1)
+        if on_step is not None:
+            on_step()
+
+    try:
+        with kernels.invariant_mode(True):
+            return sft_warmup(model, prompts, completions, steps=t.sft_warmup_steps, lr=t.sft_lr,
+                              batch_size=SFT_BATCH_SIZE, seed=t.seed, cache_dir=cache, log=beside_bar(log, bar),
+                              on_step=step_done)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int = 1, sharded: bool = False):
@@ -204,6 +257,7 @@ def build_run(cfg, log=print, rewards=None) -> Run:
     from onpolicy.data import PromptIterator, load_prompts
     from onpolicy.logging import RunLogger
     from onpolicy.rewards.sources import resolve_rewards
+    from onpolicy.trainer.cpu_threads import CpuThreads
     from onpolicy.trainer.distributed import Dist
     from onpolicy.trainer.resume import resume_run, trim_metrics
 
@@ -213,18 +267,22 @@ def build_run(cfg, log=print, rewards=None) -> Run:
     rewards = resolve_rewards(cfg.rewards if rewards is None else rewards)
     check_before_compute(cfg, dist, log)
     device = resolve_device(cfg.model.device)
-    determinism.enable(seed=t.seed)
+    determinism.enable(seed=t.seed, cpu_threads=t.num_threads if isinstance(t.num_threads, int) else -1)
+    threads = CpuThreads(t.num_threads, device)
     load_reward_models(rewards, device, log)
     tokenizer = build_tokenizer(cfg)
+    check_stop_strings(cfg, tokenizer)
     rows = load_prompts(cfg.data, tokenizer)
+    warn_unknown_chars(cfg, rows, log)
     model = build_model(cfg, device, t.seed)
+    attach_generation_settings(model, tokenizer, log)
 
     def encode(text: str) -> list[int]:
         return list(tokenizer.encode(text, add_special_tokens=False))
 
     if not dist.is_main:  # rank 0 runs the warm start (or loads its cache) first; the others load its cache
         dist.barrier()
-    sft_stats = run_sft(cfg, model, tokenizer, rows, encode, log)
+    sft_stats = run_sft(cfg, model, tokenizer, rows, encode, log, on_step=threads.update, show_progress=dist.is_main)
     if dist.is_main:
         dist.barrier()
     ref_model = None
@@ -237,12 +295,14 @@ def build_run(cfg, log=print, rewards=None) -> Run:
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,
-              setup_time=0.0, sft_stats=sft_stats, dist=dist, train_model=train_model, rewards=rewards)
+              setup_time=0.0, sft_stats=sft_stats, dist=dist, train_model=train_model,
+              threads=threads, rewards=rewards)
     if t.resume is not False:
         run.start_step = resume_run(run)
         log(f"resumed after step {run.start_step}" if run.start_step else "resume: no checkpoint yet, starting fresh")
     if dist.is_main:  # console, metrics.jsonl and W&B from rank 0 only
         trim_metrics(cfg, run.start_step, log)
-    run.logger = RunLogger(cfg, enabled=dist.is_main)
+    run.logger = RunLogger(cfg, enabled=dist.is_main, start_step=run.start_step)
+    threads.update()  # the first decision, from the load seen during set-up
     run.setup_time = time.perf_counter() - t0
     return run

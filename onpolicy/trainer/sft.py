@@ -78,8 +78,9 @@ def _check(prompts, completions, steps, lr, batch_size):
 
 def sft_warmup(model: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]], *, steps: int,
                lr: float = 1e-3, batch_size: int = 32, seed: int = 0, cache_dir: str | None = None,
-               log=print) -> dict:
-    """Train `model` in place for `steps` steps; returns {"sft/loss_first", "sft/loss_last", "sft/cached", ...}."""
+               log=print, on_step=None) -> dict:
+    """Train `model` in place for `steps` steps; returns {"sft/loss_first", "sft/loss_last", "sft/cached", ...}.
+    `on_step()` (progress bar, thread count) runs after each step."""
     _check(prompts, completions, steps, lr, batch_size)
     if steps == 0:
         return {"sft/steps": 0, "sft/cached": False}
@@ -116,6 +117,8 @@ def sft_warmup(model: torch.nn.Module, prompts: list[list[int]], completions: li
         losses.append(loss.item())
         if step == 0 or (step + 1) % max(1, steps // 5) == 0:
             log(f"sft step {step + 1}/{steps}: loss {losses[-1]:.4f}")
+        if on_step is not None:
+            on_step()
     opt.zero_grad(set_to_none=True)
     stats = {"sft/steps": steps, "sft/loss_first": losses[0], "sft/loss_last": losses[-1],
              "sft/time": time.perf_counter() - t0}

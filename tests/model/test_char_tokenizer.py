@@ -42,3 +42,31 @@ def test_tiny_chars_widen_the_tokenizer_to_a_model_vocab():
     top = list(range(len(CHARS) + 4, 151936, 7919)) + [151935]
     text = wide.decode(top)
     assert len(text) == len(top) and wide.encode(text) == top  # every id decodes to one character and back
+
+
+def test_unknown_characters_are_reported_with_their_rate():
+    from onpolicy.model.tiny import unknown_chars_warning
+
+    assert unknown_chars_warning({"prompt": ["12+7=", TEXT], "answer": ["19", ""]}) is None
+    message = unknown_chars_warning({"prompt": ["3×4=", "5×6="], "answer": ["12", "30"]})
+    assert message.startswith("25% of prompt characters are not in the tiny tokenizer's alphabet")
+    assert "'×' (2)" in message and "answer" not in message.split(":")[0]
+    both = unknown_chars_warning({"prompt": ["3×4="], "answer": ["1²"]})
+    assert both.startswith("25% of prompt characters and 50% of answer characters")
+
+
+def test_the_trainer_warns_once_about_unknown_characters(tmp_path):
+    import json
+
+    from onpolicy.config import parse_args
+    from onpolicy.data import load_prompts
+    from onpolicy.model.tiny import CharTokenizer
+    from onpolicy.trainer.setup import warn_unknown_chars
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"{a}×{b}=", "answer": str(a * b)}) + "\n"
+                            for a in range(3) for b in range(3)))
+    cfg = parse_args(["--data.dataset", str(data)])
+    lines = []
+    warn_unknown_chars(cfg, load_prompts(cfg.data, CharTokenizer()), lines.append)
+    assert len(lines) == 1 and lines[0].startswith("warning: 25% of prompt characters") and "'×' (9)" in lines[0]

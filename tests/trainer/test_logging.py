@@ -10,7 +10,7 @@ import torch
 
 from onpolicy.config import ExperimentConfig
 from onpolicy.logging import _CONSOLE, METRIC_NAMES, RunLogger, plot_metrics
-from onpolicy.plots import FIGURES, parity_titles, read_metrics, reward_band
+from onpolicy.plots import FIGURES, panels, parity_titles, read_metrics, reward_trend, smoothing_window
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,8 @@ def real_run(tmp_path_factory):
     n = torch.get_num_threads()
     train(parse_args(["--config", str(ROOT / "configs/tiny-cpu.yaml"), "--trainer.steps", "2",
                       "--trainer.sft_warmup_steps", "0", "--trainer.prompts_per_step", "2",
-                      "--sampling.num_generations", "4", "--logging.output_dir", str(out)]), log=lambda *a: None)
+                      "--sampling.num_generations", "4", "--logging.output_dir", str(out),
+                      "--logging.log_samples_every", "1"]), log=lambda *a: None)
     torch.set_num_threads(n)
     return out
 
@@ -39,9 +40,13 @@ def test_real_run_logs_every_documented_and_plotted_metric(real_run):
         missing = (set(METRIC_NAMES) | plotted | console) - set(r)
         assert not missing, missing
     assert sorted(p.name for p in (real_run / "plots").iterdir()) == ["parity.png", "reward.png", "training.png"]
-    lo, hi = reward_band(rows)[2:]
-    for r, a, b in zip(rows, lo, hi):
-        assert r["reward/min"] <= a <= r["reward/mean"] <= b <= r["reward/max"]
+    samples = read_metrics(real_run / "samples.jsonl")
+    assert [r["step"] for r in samples] == [1] * 8 + [2] * 8  # 2 prompts x 4 completions a step
+    assert {"prompt", "completion", "reward", "rewards", "advantage", "finish_reason"} <= set(samples[0])
+    for step in (1, 2):
+        group = [r for r in samples if r["step"] == step and r["group"] == 0]
+        assert len(group) == 4 and abs(sum(r["advantage"] for r in group)) < 1e-5  # group-normalised
+    assert all(r["rewards"] == {"embedded": r["reward"]} for r in samples)
 
 
 def _cfg(tmp_path, **logging):
@@ -133,11 +138,31 @@ def test_plots(tmp_path):
     assert [Path(p).name for p in plot_metrics(jsonl, tmp_path / "few")] == ["training.png"]
 
 
-def test_reward_band_stays_in_the_reward_range():
-    rows = [{"step": 1, "reward/mean": 0.5, "reward/std": 0.5, "reward/min": 0.0, "reward/max": 1.0},
-            {"step": 2, "reward/mean": 0.125, "reward/std": 0.33, "reward/min": 0.0, "reward/max": 1.0}]
-    xs, mean, lo, hi = reward_band(rows)
-    assert xs == [1, 2] and lo == [0.0, 0.0] and hi == [1.0, 0.125 + 0.33]
+def test_reward_trend_smooths_and_its_band_informs():
+    """0/1 rewards at 16 completions a step: a per-step +-std band spans ~0-1; the rolling mean's standard-error
+    band is narrow, and stretches before and after a real rise do not overlap."""
+    import random
+
+    rng = random.Random(0)
+    rows = [{"step": s, "reward/mean": sum(rng.random() < (0.3 if s <= 100 else 0.7) for _ in range(16)) / 16}
+            for s in range(1, 201)]
+    xs, mean, smooth, lo, hi, w = reward_trend(rows)
+    assert w == smoothing_window(200) == 13 and xs == list(range(1, 201))
+    assert all(a <= m <= b for a, m, b in zip(lo, smooth, hi))
+    steady = [i for i in range(10, 190) if abs(i - 100) > 10]  # whole windows that do not straddle the rise
+    assert max(hi[i] - lo[i] for i in steady) < 0.2  # a per-step std of 0/1 rewards is ~0.46 each way
+    assert hi[40] < lo[160]  # 0.3 -> 0.7 shows
+    assert abs(smooth[40] - 0.3) < 0.08 and abs(smooth[160] - 0.7) < 0.08
+    assert smoothing_window(5) == 1 and reward_trend([{"step": 1}]) is None
+
+
+def test_constant_training_panels_are_named_not_drawn():
+    rows = [{"step": s, "grad_norm": 1.0 + s, "loss/clip_frac": 0.0, "completion/mean_length": 4.0,
+             "loss/kl_ref": 0.0} for s in (1, 2, 3)]
+    assert panels(rows, "training", FIGURES["training"]) == (["grad_norm"],
+                                                           {"loss/clip_frac": 0.0, "completion/mean_length": 4.0})
+    flat = [{"step": s, "grad_norm": 1.0} for s in (1, 2)]
+    assert panels(flat, "training", FIGURES["training"]) == (["grad_norm"], {})  # nothing else: drawn anyway
 
 
 def test_parity_titles_say_exactly_zero_only_when_true():

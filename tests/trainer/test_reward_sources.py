@@ -126,6 +126,11 @@ def test_per_reward_metrics_beside_the_total():
     m = scored.metrics()
     assert m["reward/mean"] == 1.0 and m["reward/exact/mean"] == 0.75 and m["reward/judge/mean"] == 1.0
     assert m["reward/exact/std"] == pytest.approx(0.4330127) and m["reward/judge/std"] == 1.0
+    from onpolicy.samples import sample_rows
+
+    ro.texts, ro.group_index, ro.finish_reasons = ["a", "b", "c", "d"], [0, 0, 1, 1], ["stop"] * 4
+    rows = sample_rows(1, ["p0", "p1"], scored)  # samples.jsonl: None where a reward does not apply
+    assert [r["rewards"] for r in rows][:2] == [{"exact": 1.0, "judge": None}, {"exact": 0.0, "judge": None}]
     scored.reward_by_name = {"judge": [None] * 4}  # applies to nothing this step: no metric rather than NaN
     assert not any(k.startswith("reward/judge") for k in scored.metrics())
 

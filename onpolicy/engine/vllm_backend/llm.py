@@ -7,7 +7,8 @@ seeds are drawn exactly as the native engine draws them, so a seeded request giv
 and logprobs. Weights: copied in place from the trainer's model at start and by `reset_prefix_cache()` (which
 the trainer calls after every optimizer step), then vLLM's prefix cache is reset; nothing goes through disk
 (vLLM starts from `load_format="dummy"` and a config.json-only directory).
-Stop strings are applied after generation (the first prefix of the tokens whose decoded text contains one;
+Stop ids (every eos id, stop_token_ids, special-token stop strings: onpolicy.engine.stopping) go to vLLM; text
+stop strings are applied after generation (the first prefix of the tokens whose decoded text contains one;
 vLLM, which runs without a tokenizer, may have generated past it). EngineConfig maps onto vLLM's: block_size
 (rounded up to a multiple of 32 on CPU, a CPU_ATTN constraint), num_blocks (else max_num_seqs full-length
 sequences; at most 4 GiB) as kv_cache_memory_bytes, max_num_seqs (at most max_num_batched_tokens, a vLLM
@@ -32,6 +33,7 @@ import torch
 from onpolicy.engine.llm import LLM, _to_int64
 from onpolicy.engine.params import (CompletionOutput, EngineConfig, RequestOutput, SamplingParams, checked_engine_args,
                                     params_per_prompt)
+from onpolicy.engine.stopping import engine_eos_ids, find_stop, special_tokens, stop_rule
 from onpolicy.engine.vllm_backend.channel import CHANNELS, open_channel
 
 MAX_KV_BYTES = 4 << 30
@@ -63,7 +65,8 @@ class VllmLLM:
                              "allowed: 0 (or unset)")
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.seed_generator = torch.Generator().manual_seed(seed)
-        self.eos_token_id = getattr(tokenizer, "eos_token_id", None)
+        self.eos_token_ids = engine_eos_ids(model, tokenizer)
+        self.special_tokens = special_tokens(tokenizer)
         self.requests: dict = {}
         self._next_id = 0
         self.channel_id = open_channel(model.config)
@@ -128,6 +131,7 @@ class VllmLLM:
         if params.stop and self.tokenizer is None:
             raise ValueError(f"params[{i}].stop: stop strings need a tokenizer (VllmLLM(tokenizer=...)); "
                              "use stop_token_ids")
+        stop_rule(params, self.eos_token_ids, self.special_tokens, f"params[{i}]")
         limit = self.model.config.max_position_embeddings
         if len(ids) + params.max_tokens > limit:
             raise ValueError(f"prompts[{i}]: prompt ({len(ids)} tokens) + max_tokens ({params.max_tokens}) = "
@@ -144,9 +148,7 @@ class VllmLLM:
 
         from onpolicy.engine.vllm_backend.sampler import EXTRA_KEY
 
-        stop_ids = list(params.stop_token_ids or [])
-        if not params.ignore_eos and self.eos_token_id is not None:
-            stop_ids.append(self.eos_token_id)
+        stop_ids = sorted(stop_rule(params, self.eos_token_ids, self.special_tokens, "params").token_ids)
         extra = {"key": key, "seed": seed, "index": index, "temperature": float(params.temperature),
                  "top_p": float(params.top_p), "top_k": params.top_k, "logprobs": params.logprobs}
         return VParams(n=1, temperature=0.0, max_tokens=params.max_tokens, stop_token_ids=stop_ids or None,
@@ -189,8 +191,9 @@ class VllmLLM:
         if any(r is None or r[0] != t for r, t in zip(records, tokens)):
             raise RuntimeError(f"VllmLLM: request {key}: vLLM's tokens differ from the onpolicy sampler's records")
         text = None
-        if p.stop:
-            tokens, text, reason = self._cut_at_stop(tokens, p.stop, reason)
+        strings = stop_rule(p, self.eos_token_ids, self.special_tokens, "params").strings
+        if strings:
+            tokens, text, reason = self._cut_at_stop(tokens, strings, reason)
         if text is None and self.tokenizer is not None:
             text = self.tokenizer.decode(tokens, skip_special_tokens=True)
         self.stats["generated_tokens"] += len(tokens)
@@ -198,11 +201,12 @@ class VllmLLM:
         return CompletionOutput(index=index, token_ids=tokens, logprobs=logprobs, text=text or "",
                                 finish_reason="length" if reason == "length" else "stop")
 
-    def _cut_at_stop(self, tokens: list[int], stop: list[str], reason: str):
-        """(tokens, text, reason) cut after the first token whose decoded prefix contains a stop string."""
+    def _cut_at_stop(self, tokens: list[int], stop: tuple, reason: str):
+        """(tokens, text, reason) cut after the first token whose decoded prefix contains a text stop string
+        (decoded without special tokens, onpolicy.engine.stopping)."""
         for k in range(1, len(tokens) + 1):
             text = self.tokenizer.decode(tokens[:k], skip_special_tokens=True)
-            hits = [pos for s in stop if (pos := text.find(s)) >= 0]
-            if hits:
-                return tokens[:k], text[: min(hits)], "stop"
+            cut = find_stop(text, stop, 0)
+            if cut is not None:
+                return tokens[:k], text[:cut], "stop"
         return tokens, None, reason
