@@ -12,7 +12,7 @@ if __name__ == "kernels":
 
     onpolicy._hand_back_top_level_kernels()
 from onpolicy.kernels._common import invariant_mode, is_invariant
-from onpolicy.kernels.activation import silu_mul, silu_mul_reference
+from onpolicy.kernels.activation import gelu_tanh_mul, gelu_tanh_mul_reference, silu_mul, silu_mul_reference
 from onpolicy.kernels.attention import attention, attention_reference, attention_varlen, write_kv_cache
 from onpolicy.kernels.logprobs import (
     lm_logits,
@@ -26,12 +26,12 @@ from onpolicy.kernels.logprobs import (
 from onpolicy.kernels.matmul import linear, linear_reference, matmul, matmul_reference
 from onpolicy.kernels.qk_norm_rope import qk_norm_rope
 from onpolicy.kernels.rmsnorm import add_rms_norm, rms_norm, rms_norm_reference
-from onpolicy.kernels.rope import rope, rope_cache, rope_reference
+from onpolicy.kernels.rope import rope, rope_cache, rope_reference, rope_table
 
 __all__ = [
-    "add_rms_norm", "attention", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",
+    "add_rms_norm", "attention", "gelu_tanh_mul", "gelu_tanh_mul_reference", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",
     "linear", "linear_reference", "lm_logits", "lm_logits_reference", "log_softmax", "logits_token_logprobs",
     "log_softmax_reference", "matmul", "matmul_reference", "qk_norm_rope", "rms_norm", "rms_norm_reference", "rope",
-    "rope_cache", "rope_reference", "silu_mul", "silu_mul_reference", "token_logprobs",
+    "rope_cache", "rope_reference", "rope_table", "silu_mul", "silu_mul_reference", "token_logprobs",
     "token_logprobs_reference", "write_kv_cache",
 ]

@@ -1,14 +1,16 @@
 """Rotary position embedding (NeoX / HF `rotate_half` layout) in fp32, rounded once to x's dtype.
 
 `rope_cache(max_positions, head_dim, theta, device)` builds the fp32 table once (HF inv_freq formula): row p
-is [cos(p * inv_freq) | sin(p * inv_freq)], each half head_dim // 2 wide. `rope(x[T, heads, D], positions[T],
-cache)` rotates every head of token t by position positions[t]:
+is [cos(p * inv_freq) | sin(p * inv_freq)], each half head_dim // 2 wide; `rope_table(inv_freq, ...)` builds it
+from a scaling variant's frequencies and attention factor (still position-indexed, so batch invariant).
+`rope(x[T, heads, D], positions[T], cache)` rotates every head of token t by position positions[t]:
     out = x * cos + rotate_half(x) * sin,  rotate_half(x) = [-x2, x1]
 Elementwise per token, so batch invariant by construction; the Triton kernel runs one program per token (all
 heads at once). The CPU path is `rope_reference` itself (only mul/add of fp32, which have no
 vectorised-vs-scalar differences). Backward wrt x is the inverse rotation (sin -> -sin), plain torch.
-Left out: partial rotary (rotary_dim < head_dim), rope scaling variants (YaRN, llama3), the GPT-J interleaved
-layout, bounds checks of positions on CUDA (they would force a host sync; CPU positions are checked).
+Left out: the scaling variants' frequency formulas (the model takes them from transformers), rope types whose
+frequencies depend on the batch's longest sequence (dynamic NTK, longrope), the GPT-J interleaved layout,
+bounds checks of positions on CUDA (they would force a host sync; CPU positions are checked).
 """
 from __future__ import annotations
 
@@ -21,16 +23,36 @@ from onpolicy.kernels._common import (check, check_in_range, check_same_device, 
 
 def rope_cache(max_positions: int, head_dim: int, theta: float, device="cpu") -> torch.Tensor:
     """fp32 [max_positions, head_dim]: cos(p * inv_freq) in the first half, sin in the second (HF formula)."""
-    check(isinstance(max_positions, numbers.Integral) and max_positions > 0, "rope_cache",
-          f"max_positions must be a positive int, got {max_positions!r}")
     check(isinstance(head_dim, numbers.Integral) and head_dim > 0 and head_dim % 2 == 0, "rope_cache",
           f"head_dim must be a positive even int, got {head_dim!r}")
     check(theta > 0, "rope_cache", f"theta must be > 0, got {theta!r}")
     exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).to(device=device, dtype=torch.float32) / head_dim
-    inv_freq = 1.0 / (theta ** exponent)
-    pos = torch.arange(max_positions, device=device, dtype=torch.float32)
+    return rope_table(1.0 / (theta ** exponent), max_positions, head_dim)
+
+
+def rope_table(inv_freq: torch.Tensor, max_positions: int, head_dim: int, attention_scaling: float = 1.0
+               ) -> torch.Tensor:
+    """fp32 [max_positions, head_dim] from given inverse frequencies (a rope scaling variant's, e.g. from HF's
+    ROPE_INIT_FUNCTIONS): row p = [cos(p * inv_freq) | sin(p * inv_freq)] times `attention_scaling` (YaRN's
+    mscale; 1.0 leaves the product exact). Fewer than head_dim // 2 frequencies (partial rotary): the rest of
+    each half is cos 1, sin 0, so those dims pass unrotated (the model places them there)."""
+    check(isinstance(max_positions, numbers.Integral) and max_positions > 0, "rope_cache",
+          f"max_positions must be a positive int, got {max_positions!r}")
+    check(isinstance(head_dim, numbers.Integral) and head_dim > 0 and head_dim % 2 == 0, "rope_cache",
+          f"head_dim must be a positive even int, got {head_dim!r}")
+    check(isinstance(inv_freq, torch.Tensor) and inv_freq.dim() == 1 and inv_freq.dtype == torch.float32
+          and 0 < inv_freq.numel() <= head_dim // 2, "rope_cache",
+          f"inv_freq must be a 1-D float32 tensor of at most head_dim // 2 = {head_dim // 2} values")
+    pos = torch.arange(max_positions, device=inv_freq.device, dtype=torch.float32)
     freqs = pos[:, None] * inv_freq[None, :]
-    return torch.cat([freqs.cos(), freqs.sin()], dim=-1).contiguous()
+    cos, sin = freqs.cos(), freqs.sin()
+    if attention_scaling != 1.0:
+        cos, sin = cos * attention_scaling, sin * attention_scaling
+    pad = head_dim // 2 - inv_freq.numel()
+    if pad:
+        cos = torch.cat([cos, cos.new_ones(max_positions, pad)], dim=-1)
+        sin = torch.cat([sin, sin.new_zeros(max_positions, pad)], dim=-1)
+    return torch.cat([cos, sin], dim=-1).contiguous()
 
 
 if triton is not None:

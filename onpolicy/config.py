@@ -29,8 +29,8 @@ import yaml
 
 from onpolicy.config_cli import apply_override, help_text, load_yaml, split_cli
 from onpolicy.config_fields import ConfigError, Section, coerce, config_field
-from onpolicy.engine.params import EngineConfig
-from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS
+from onpolicy.engine.params import MIN_TEMPERATURE, EngineConfig
+from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
 from onpolicy.trainer.distributed import GRAD_REDUCTIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
@@ -68,7 +68,7 @@ class DataArgs(Section):
     chat_template_kwargs: dict = _f(help="extra arguments of tokenizer.apply_chat_template, e.g. "
                                          "{enable_thinking: false}; only for prompts rendered with the chat template",
                                     factory=dict)
-    max_prompt_tokens: int = _f(256, "prompts longer than this (in tokens) are dropped with a warning", ge=1)
+    max_prompt_tokens: int = _f(128, "prompts longer than this (in tokens) are dropped with a warning", ge=1)
     num_examples: int | None = _f(None, "keep only the first N source rows (None = all)", ge=1)
     shuffle_seed: int = _f(0, "seed of the per-epoch prompt order")
 
@@ -86,7 +86,8 @@ class DataArgs(Section):
 class SamplingArgs(Section):
     _name: ClassVar[str] = "sampling"
     num_generations: int = _f(8, "completions per prompt (G, the group size)", ge=1)
-    temperature: float = _f(1.0, "sampling temperature; logprobs are taken at this temperature", gt=0)
+    temperature: float = _f(1.0, "sampling temperature; logprobs are taken at this temperature",
+                            ge=MIN_TEMPERATURE)
     top_p: float = _f(1.0, "nucleus sampling mass, in (0, 1]", gt=0, le=1)
     top_k: int = _f(-1, "-1 = off, else keep the k most likely tokens", ge=-1, allowed="-1 (off) or an int >= 1")
     max_tokens: int = _f(16, "max new tokens per completion", ge=1)
@@ -107,7 +108,7 @@ class SamplingArgs(Section):
 class TrainerArgs(Section):
     _name: ClassVar[str] = "trainer"
     algo: str = _f("grpo", "RL objective", choices=ALGOS)
-    steps: int = _f(50, "optimizer steps (RL steps)", ge=0)
+    steps: int = _f(50, "optimizer steps (RL steps)", ge=1)
     prompts_per_step: int = _f(16, "prompts per step; each gets sampling.num_generations completions", ge=1)
     lr: float = _f(1e-5, "AdamW learning rate", gt=0)
     weight_decay: float = _f(0.0, "AdamW weight decay", ge=0)
@@ -129,6 +130,8 @@ class TrainerArgs(Section):
     overlong_filter: bool = _f(False, "DAPO: mask completions cut off by max_tokens")
     sft_warmup_steps: int = _f(0, "supervised warm-up steps on reference answers before RL", ge=0)
     sft_lr: float = _f(1e-3, "learning rate of the SFT warm-up", gt=0)
+    sft_cache_dir: str | None = _f(None, "where the SFT warm-start result is cached (keyed by model, data and "
+                                   "settings); null = <logging.output_dir>/cache, inside the run", nonblank=True)
     seed: int = _f(0, "global seed (python/numpy/torch and sampling)", ge=0)
     num_threads: int | str = _f("auto", "torch CPU threads: 'auto' = the cores other programs leave free (of this "
                                 "process's share), re-checked every step; 'share' = the share, fixed; N = N",
@@ -213,10 +216,19 @@ class LoggingArgs(Section):
     num_samples: int = _f(4, "completions printed on the console at a sample step (one per prompt)", ge=0)
     progress_bar: bool = _f(True, "a progress bar with ETA on stderr (only when stderr is a terminal)")
     plot: bool = _f(True, "write PNG plots of metrics.jsonl at the end of the run")
+    overwrite: bool = _f(False, "a fresh run may delete an earlier run's results (metrics, checkpoints, plots) in "
+                         "output_dir; false = such a directory is an error (resume it or pick another)")
+
+    def _validate(self):
+        from onpolicy.trainer.run_dir import check_path
+
+        why = check_path(self.output_dir)
+        self._check(why is None, "output_dir", why or "")
 
 
 REWARDS_HELP = ("rewards: --rewards '[{name: NAME, weight: W}, {model: DIR, weight: W}, ...]' "
-                "(default [{name: embedded}]); NAME: a registered reward or 'package.module:function' (docs/rewards.md)")
+                "(default [{name: embedded}]); NAME: a registered reward or 'package.module:function' "
+                "(docs/rewards.md)")
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineConfig,
             "trainer": TrainerArgs, "logging": LoggingArgs}
 
@@ -244,6 +256,11 @@ class ExperimentConfig:
         names = [r.key for r in self.rewards]
         if len(set(names)) != len(names):
             raise ConfigError(f"rewards: duplicate rewards {names}; allowed: each name once (and each model once)")
+        algo, g = self.trainer.algo, self.sampling.num_generations
+        if g < MIN_GENERATIONS[algo]:
+            raise ConfigError(f"sampling.num_generations: got {g}; allowed: an int >= {MIN_GENERATIONS[algo]} with "
+                              f"trainer.algo {algo!r} (its advantages compare the completions of one prompt: a group "
+                              "of one has advantage 0 and learns nothing)")
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ExperimentConfig":
@@ -270,7 +287,8 @@ class ExperimentConfig:
 def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = None) -> ExperimentConfig:
     """`--config x.yaml`, then CLI overrides, then `forced` (a recipe's fixed keys, e.g. trainer.algo).
 
-    `--print-config` prints the resolved YAML and exits; `-h/--help` prints every field's help and exits.
+    `--print-config` checks reward names and paths (`check_names_and_paths`), prints the resolved YAML and
+    exits; `-h/--help` prints every field's help and exits.
     An override that contradicts `forced` raises `ConfigError`.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -289,6 +307,7 @@ def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = No
     cfg = ExperimentConfig.from_dict(data)
     check_rewards(cfg, os.path.dirname(os.path.abspath(config_path)) if config_path else None)
     if print_config:
+        check_names_and_paths(cfg)
         print(cfg.to_yaml())
         raise SystemExit(0)
     return cfg
@@ -303,6 +322,16 @@ def check_rewards(cfg: ExperimentConfig, config_dir: str | None = None) -> None:
         resolve_all(cfg.rewards, config_dir)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+
+def check_names_and_paths(cfg: ExperimentConfig) -> None:
+    """What `--print-config` checks beyond the fields and the rewards (resolved by `parse_args` for every run):
+    the data set and the model directory exist and the context fits (`check_context`). Reads no data rows and
+    builds no model."""
+    from onpolicy.data import check_dataset
+
+    check_dataset(cfg.data)
+    check_context(cfg)
 
 
 def check_context(cfg: ExperimentConfig) -> None:

@@ -206,7 +206,8 @@ def _record_for_torchrun(message: str) -> None:
 def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> Any:
     """Run `main(argv)`; a ValueError (ConfigError included: bad config, data or launch) becomes one line
     `error: <message>` on stderr and exit status 2, a stopped run (NaN, strict on-policy violation) one such
-    line and exit status 1; `--debug` in argv or ONPOLICY_DEBUG=1 keeps the traceback."""
+    line and exit status 1, Ctrl-C (or SIGTERM during the step loop) one line and exit status 130 (143);
+    `--debug` in argv or ONPOLICY_DEBUG=1 keeps the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
@@ -221,3 +222,8 @@ def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> 
         print(message, file=sys.stderr, flush=True)
         _record_for_torchrun(message)
         raise SystemExit(1 if isinstance(e, RunStopped) else 2) from None
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        print(f"interrupted: {' '.join(str(e).split()) or 'stopped by Ctrl-C'}", file=sys.stderr, flush=True)
+        raise SystemExit(getattr(e, "exit_code", 130)) from None

@@ -8,13 +8,15 @@ Sources (`data.dataset`):
 - a local `.parquet` / `.csv` file, a `datasets.save_to_disk` directory, or a directory of data files (e.g. a
   downloaded hub snapshot, split chosen by `data.split`), read with HF `datasets` (imported lazily). Without
   `datasets` (the H100 image) `.csv` files are read with the standard library; parquet and directories then
-  raise a clear error. An empty file is an error, not an empty data set.
+  raise a clear error. An empty file or folder is an error, not an empty data set; so is a file that is not
+  UTF-8 text (the error names the file).
 
 Every row keeps all source columns plus "prompt" (str: the text the engine sees), "answer" (str or None) and
 the chat fields of `onpolicy.chat` ("prompt_messages", "conversational"): a prompt column of text or of chat
-messages, rendered with the tokenizer's chat template as that module describes. Rows whose prompt is longer
-than `data.max_prompt_tokens` tokens (counted as the trainer encodes prompts, `onpolicy.chat.encode_prompt`)
-are dropped with one warning. Left out: hub downloads by name, streaming, multi-turn rollouts.
+messages, rendered with the tokenizer's chat template as that module describes. A row whose prompt is empty
+(or encodes to 0 tokens) is an error naming its row, at load. Rows whose prompt is longer than
+`data.max_prompt_tokens` tokens (counted as the trainer encodes prompts, `onpolicy.chat.encode_prompt`) are
+dropped with one warning. Left out: hub downloads by name, streaming, multi-turn rollouts.
 """
 from __future__ import annotations
 
@@ -114,7 +116,17 @@ def _read_with_datasets_checked(path: Path, split: str) -> list[dict]:
     raise ValueError(f"data.dataset: could not read {str(path)!r}: {type(inner).__name__}: {detail}") from cause
 
 
-def _read_rows(data_args) -> list[dict]:
+def check_dataset(data_args) -> Path | None:
+    """The checks on `data.dataset` that read no rows (also run by `--print-config`): the local path exists, has
+    a supported type, is not empty (a folder: holds a file); returns the path (None for embedded tasks)."""
+    if data_args.dataset.startswith("embedded:"):
+        from onpolicy import tasks
+
+        task = data_args.dataset.split(":", 1)[1]
+        if task not in tasks.TASKS:
+            raise ValueError(f"data.dataset: unknown embedded task {task!r}; allowed: "
+                             f"{', '.join('embedded:' + t for t in tasks.TASKS)}")
+        return None
     path = Path(data_args.dataset).expanduser()
     if not path.exists():
         raise ValueError(f"data.dataset: {data_args.dataset!r} does not exist; allowed: 'embedded:<task>', a local "
@@ -123,8 +135,20 @@ def _read_rows(data_args) -> list[dict]:
         raise ValueError(f"data.dataset: unsupported file type {path.suffix!r}; allowed: {', '.join(FILE_TYPES)}")
     if path.is_file() and path.stat().st_size == 0:
         raise ValueError(f"data.dataset: {str(path)!r} is empty; allowed: a file with at least one row")
+    if path.is_dir() and not any(p.is_file() and not p.name.startswith(".") for p in path.rglob("*")):
+        raise ValueError(f"data.dataset: folder {str(path)!r} holds no data files; allowed: a folder of "
+                         f"{'/'.join(FILE_TYPES)} files or a datasets.save_to_disk directory")
+    return path
+
+
+def _read_rows(data_args) -> list[dict]:
+    path = check_dataset(data_args)
     if path.suffix in (".json", ".jsonl") and path.is_file():
-        return _read_stdlib(path)
+        try:
+            return _read_stdlib(path)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"data.dataset: {str(path)!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                             f"offset {e.start}); allowed: a UTF-8 {path.suffix} file") from None
     try:
         import datasets  # noqa: F401
     except ImportError:
@@ -157,11 +181,17 @@ def load_prompts(data_args, tokenizer=None) -> list[dict]:
         if not isinstance(prompt, str) and not is_chat_messages(prompt):
             raise ValueError(f"data.prompt_column: row {i} of {ds!r} has a prompt {prompt!r:.80}; allowed: a string "
                              "or a list of {role, content} chat messages")
+        if isinstance(prompt, str) and not prompt.strip():
+            raise ValueError(f"data.prompt_column: row {i} (0-based) of {ds!r} is empty; allowed: a non-empty prompt "
+                             "in every row (remove the row)")
         answer = row.get(data_args.answer_column)
         new = dict(row)
         new.update(render_prompt(prompt, tokenizer, data_args, f"data.prompt_column: row {i} of {ds!r}"))
         new["answer"] = None if answer is None else str(answer)
-        n_tokens = len(encode_prompt(tokenizer, new)) if tokenizer is not None else 0
+        n_tokens = len(encode_prompt(tokenizer, new)) if tokenizer is not None else 1
+        if n_tokens == 0:
+            raise ValueError(f"data.prompt_column: row {i} (0-based) of {ds!r} encodes to 0 tokens; allowed: a prompt "
+                             "of at least one token in every row (remove the row)")
         if n_tokens > data_args.max_prompt_tokens:
             too_long += 1
             continue

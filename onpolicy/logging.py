@@ -10,7 +10,9 @@ lines are written around it (`tqdm.write`, `beside_bar`) so they stay whole. Wit
 "wandb" in `report_to` it starts a run (lazy import); when no API key is configured (`WANDB_API_KEY` or a
 netrc entry) and `WANDB_MODE` is unset, it sets `WANDB_MODE=offline`. `close()` finishes W&B and, with
 `logging.plot`, writes PNGs through `onpolicy.plots.plot_metrics` (also `scripts/plot_run.py`). Only the main process should
-log: pass `enabled=False` elsewhere. Left out: TensorBoard, system metrics.
+log: pass `enabled=False` elsewhere. metrics.jsonl deleted (or replaced) while the run writes it is noticed at the
+next row and at `close()`: the file is recreated with every row this logger wrote, with a warning (rows a resumed
+run kept from before its checkpoint are not in memory and are lost). Left out: TensorBoard, system metrics.
 """
 from __future__ import annotations
 
@@ -120,6 +122,7 @@ class RunLogger:
         self._bar = None
         self._closed = False
         self._t0 = time.time()
+        self._rows: list[str] = []  # every line written, to recreate a deleted metrics.jsonl
         if not enabled:
             return
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -162,8 +165,16 @@ class RunLogger:
         row = {"step": step, **{k: _to_number(k, v) for k, v in metrics.items() if k != "step"}}
         if not self.enabled or self._closed:
             return row
-        self._file.write(json.dumps(row, allow_nan=True) + "\n")
-        self._file.flush()
+        self._check_file()
+        line = json.dumps(row, allow_nan=True) + "\n"
+        try:
+            self._file.write(line)
+            self._file.flush()
+        except OSError as e:
+            from onpolicy.trainer.run_dir import disk_full
+
+            raise (disk_full(e, self.metrics_path) or e) from e
+        self._rows.append(line)
         if self._wandb is not None:
             self._wandb.log(row, step=step)
         if self._bar is not None:
@@ -172,6 +183,21 @@ class RunLogger:
         if self.console and step % self.cfg.logging.log_every == 0:
             self.print(self.format_line(row))
         return row
+
+    def _check_file(self) -> None:
+        """Recreate metrics.jsonl with every row written so far when it was deleted or replaced meanwhile."""
+        try:
+            gone = os.stat(self.metrics_path).st_ino != os.fstat(self._file.fileno()).st_ino
+        except FileNotFoundError:
+            gone = True
+        if not gone:
+            return
+        self._file.close()
+        self._file = self.metrics_path.open("w")
+        self._file.writelines(self._rows)
+        self._file.flush()
+        self.print(f"warning: {self.metrics_path} was deleted during the run; recreated it with the "
+                   f"{len(self._rows)} rows logged before")
 
     def log_samples(self, step: int, prompts: list[str], scored) -> list[dict]:
         """Completions of `step` (a `ScoredBatch`; `prompts` by group) when the step is due (see onpolicy.samples);
@@ -208,6 +234,7 @@ class RunLogger:
         if not self.enabled or self._closed:
             return []
         self._closed = True
+        self._check_file()
         self._file.close()
         if self._bar is not None:
             self._bar.close()

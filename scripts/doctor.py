@@ -28,7 +28,8 @@ from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
 from onpolicy.model import AttentionMetadata  # noqa: E402
 from onpolicy.model.logprobs import pack_sequences  # noqa: E402
 
-TRACED_OPS = ("rope", "attention", "attention_varlen", "silu_mul", "rms_norm", "linear", "add_rms_norm", "qk_norm_rope")
+TRACED_OPS = ("rope", "attention", "attention_varlen", "silu_mul", "gelu_tanh_mul", "rms_norm", "linear", "add_rms_norm",
+              "qk_norm_rope")
 
 
 class Recorder:

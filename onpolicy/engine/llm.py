@@ -6,8 +6,10 @@ then runs `step()` until all finish. `add_request` + `step` allow requests to jo
 ignore_eos), stop_token_ids and stop strings that are one special token -> "stop" on that token; a text stop
 string in the incrementally detokenised text (decoded without special tokens) -> "stop" (the string and what
 follows are cut from the text, the tokens stay); max_tokens -> "length".
-Async scheduling (EngineConfig.async_scheduling): see `step` / `_launch`.
-Left out: streaming outputs, abort, online serving, chat templates (the caller applies them).
+Async scheduling (EngineConfig.async_scheduling): see `step` / `_launch`. `abort(request_ids)` stops requests
+and frees their blocks; any exception or Ctrl-C inside `generate` aborts that call's requests, waits for a step
+in flight and forgets the prefix cache (keys may name blocks whose k/v was never computed), so the engine
+stays usable. Left out: streaming outputs, online serving, chat templates (the caller applies them).
 """
 from __future__ import annotations
 
@@ -109,6 +111,31 @@ class LLM:
         for s in seqs:
             self.scheduler.add(s)
         return rid
+
+    def abort(self, request_ids) -> list[int]:
+        """Stop these requests and free their blocks (ids unknown or already finished are ignored, as vLLM does);
+        returns the ids aborted. Their outputs are never returned."""
+        aborted = []
+        for rid in request_ids:
+            entry = self.requests.pop(rid, None)
+            if entry is None:
+                continue
+            for seq in entry[1]:
+                if seq.status != FINISHED:
+                    self.scheduler.finish(seq, "abort")
+            aborted.append(rid)
+        return aborted
+
+    def _abandon(self, rids: list[int]) -> None:
+        """After a failure inside generate: abort its requests, drop the step in flight, forget cached prefixes."""
+        self.abort(rids)
+        try:
+            self._resolve()
+        except Exception:  # noqa: BLE001 -- the caller's error is the one that propagates
+            pass
+        finally:
+            self._inflight = None
+            self.reset_prefix_cache()
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -263,20 +290,26 @@ class LLM:
             text, ids = self._prompt_ids(prompt, i)
             self._validate(ids, p, i)
             checked.append((text, ids, p))
-        rids = [self._enqueue(text, ids, p) for text, ids, p in checked]
-        results: dict[int, RequestOutput] = {}
+        rids: list[int] = []
         bar = None
-        if use_tqdm:
-            from tqdm import tqdm
+        try:
+            rids.extend(self._enqueue(text, ids, p) for text, ids, p in checked)
+            results: dict[int, RequestOutput] = {}
+            if use_tqdm:
+                from tqdm import tqdm
 
-            bar = tqdm(total=len(rids), desc="generate")
-        wanted = set(rids)
-        while wanted - results.keys():
-            for out in self.step():
-                results[out.request_id] = out
-                if bar is not None:
-                    bar.update(1)
-        if bar is not None:
-            bar.close()
-        self._resolve()  # a step of wasted rows may be in flight: wait, so the device is idle on return
+                bar = tqdm(total=len(rids), desc="generate")
+            wanted = set(rids)
+            while wanted - results.keys():
+                for out in self.step():
+                    results[out.request_id] = out
+                    if bar is not None:
+                        bar.update(1)
+            self._resolve()  # a step of wasted rows may be in flight: wait, so the device is idle on return
+        except BaseException:
+            self._abandon(rids)
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
         return [results[r] for r in rids]

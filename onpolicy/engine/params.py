@@ -6,12 +6,18 @@ top-logprobs lists, per-request LoRA.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from onpolicy.config_fields import Section, config_field as _f
+
+
+# The smallest positive temperature: logits / temperature must stay finite in fp32 for any logits a model gives
+# (1e-39, a subnormal, already overflows: pad tokens with NaN logprobs). As vLLM, 0.01; use 0 for greedy.
+MIN_TEMPERATURE = 1e-2
 
 
 def _is_int(x) -> bool:
@@ -25,7 +31,8 @@ def _fail(owner: str, name: str, msg: str) -> None:
 @dataclass
 class SamplingParams:
     """How to sample one prompt. temperature 0 is greedy (argmax, lowest id on ties); its reported logprobs are
-    taken at temperature 1.0, the same convention the trainer uses. A completion stops on any eos id of the
+    taken at temperature 1.0, the same convention the trainer uses; a positive temperature is at least
+    MIN_TEMPERATURE. A completion stops on any eos id of the
     engine (tokenizer + generation_config.json; `ignore_eos` skips them all) or of `stop_token_ids`; `stop`
     strings are searched in the text decoded without special tokens and cut from it (the tokens stay), and a
     stop string that is exactly one special token (`<|endoftext|>`) stops on that token (onpolicy.engine.stopping).
@@ -46,8 +53,11 @@ class SamplingParams:
         own = "SamplingParams"
         if not _is_int(self.n) or self.n < 1:
             _fail(own, "n", f"must be an int >= 1, got {self.n!r}")
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) or not self.temperature >= 0:
-            _fail(own, "temperature", f"must be a number >= 0 (0 = greedy), got {self.temperature!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not (
+                t == 0 or (math.isfinite(t) and t >= MIN_TEMPERATURE)):
+            _fail(own, "temperature", f"must be 0 (greedy) or a finite number >= {MIN_TEMPERATURE:g} (smaller ones "
+                                      f"overflow the scaled logits), got {t!r}")
         if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             _fail(own, "top_p", f"must be in (0, 1], got {self.top_p!r}")
         if not _is_int(self.top_k) or not (self.top_k == -1 or self.top_k >= 1):

@@ -1,4 +1,5 @@
-"""onpolicy.model: the Qwen3 / Llama decoder on `kernels/` ops, HF checkpoint I/O, tiny models.
+"""onpolicy.model: one decoder on `kernels/` ops for every family in `architectures.ARCHITECTURES`, HF
+checkpoint I/O, tiny models.
 
 One `CausalLM` serves the sampler (engine mode, paged KV cache) and the trainer (packed varlen training).
 Imports no datasets/wandb/trl; safetensors/transformers/tokenizers are imported where used.

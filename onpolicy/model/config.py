@@ -1,8 +1,10 @@
-"""ModelConfig: the Qwen3 / Llama decoder hyper-parameters, validated, with HF config.json conversion.
+"""ModelConfig: the decoder's hyper-parameters, validated, with HF config.json conversion for every family in
+`architectures.ARCHITECTURES` (Qwen3, Llama, Qwen2, Mistral, OLMo-2, SmolLM3, Phi-3, Gemma-3 text).
 
-Left out: rope scaling (Llama-3 "llama3", YaRN, ...), sliding-window attention, MLP bias, and any activation
-other than SiLU -- `from_hf` raises a ValueError for a config that needs one of them rather than loading a
-model that would compute something else.
+Left out: sliding windows of Qwen2 / SmolLM3 (Gemma-3, Mistral, Phi-3 need the kernels' window), MLP bias, activations other
+than SiLU / GELU-tanh, rope types other than `rope_scaling.ROPE_TYPES` (longrope: its short-factor context only),
+head dims the attention kernels do not compile (`kernels.attention.HEAD_DIMS`) -- `from_hf` raises a ValueError
+naming the field rather than loading a model that would compute something else.
 """
 from __future__ import annotations
 
@@ -11,10 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
-ARCHITECTURES = ("qwen3", "llama")
+from onpolicy.kernels.attention import HEAD_DIMS
+from onpolicy.model.architectures import (ACTIVATIONS, ARCHITECTURES, Architecture, architecture, attention_has_window,
+                                          check_hf_fields, from_hf_names, window_fields)
+from onpolicy.model.rope_scaling import check_scaling, parse_hf_rope
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_HF_CLASS = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
-_HF_ARCH = {v: k for k, v in _HF_CLASS.items()}
 
 
 def _fail(field: str, msg: str) -> None:
@@ -23,7 +27,15 @@ def _fail(field: str, msg: str) -> None:
 
 @dataclass
 class ModelConfig:
-    """Decoder-only transformer config. `qk_norm` (per-head RMSNorm on q and k before RoPE) is Qwen3's."""
+    """Decoder-only transformer config; `architecture` names its `Architecture` (what the family changes).
+
+    rope_scaling: None (default RoPE) or the HF rope parameters of a scaled type (`rope_type` first, without
+    rope_theta). no_rope_layers: SmolLM3's per-layer 1 (RoPE) / 0 (no RoPE); None = RoPE in every layer.
+    partial_rotary_factor: the fraction of each head RoPE rotates (Phi-4-mini 0.75; the loader reorders q/k head
+    dims so rotated pairs sit at (i, i + head_dim / 2)). Gemma-3: layer_types (full_attention /
+    sliding_attention), sliding_window, rope_local_theta (sliding layers' RoPE), query_pre_attn_scalar
+    (attention scale its ** -0.5; None: head_dim ** -0.5).
+    """
 
     architecture: str = "qwen3"
     vocab_size: int = 128
@@ -39,13 +51,50 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     attention_bias: bool = False
     dtype: str = "float32"
+    rope_scaling: dict | None = None
+    no_rope_layers: tuple[int, ...] | None = None
+    partial_rotary_factor: float = 1.0
+    hidden_act: str = "silu"
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
+    rope_local_theta: float | None = None
+    query_pre_attn_scalar: int | float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("no_rope_layers", "layer_types"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(getattr(self, name)))
         self.validate()
 
     @property
+    def arch(self) -> Architecture:
+        return architecture(self.architecture)
+
+    @property
     def qk_norm(self) -> bool:
-        return self.architecture == "qwen3"
+        return self.arch.qk_norm != "none"
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.attention_bias if self.arch.qkv_bias is None else self.arch.qkv_bias
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attention_bias if self.arch.o_bias is None else self.arch.o_bias
+
+    def layer_uses_rope(self, layer: int) -> bool:
+        return self.no_rope_layers is None or bool(self.no_rope_layers[layer])
+
+    def _sliding(self, layer: int) -> bool:
+        return self.layer_types is not None and self.layer_types[layer] == "sliding_attention"
+
+    def layer_window(self, layer: int) -> int | None:
+        """The layer's sliding window (keys per query, itself included) or None (full causal)."""
+        return self.sliding_window if self._sliding(layer) else None
+
+    def layer_rope_slot(self, layer: int) -> int:
+        """Index of the layer's rope table: 1 = the local theta of Gemma's sliding layers, else 0."""
+        return 1 if self._sliding(layer) and self.rope_local_theta is not None else 0
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -70,6 +119,40 @@ class ModelConfig:
             _fail("rms_norm_eps", f"must be > 0, got {self.rms_norm_eps!r}")
         if not self.rope_theta > 0:
             _fail("rope_theta", f"must be > 0, got {self.rope_theta!r}")
+        if self.rope_scaling is not None:
+            check_scaling(self.rope_scaling)
+        self._validate_family_fields()
+        if self.partial_rotary_factor != 1.0 and self.arch.qk_norm == "head":
+            _fail("partial_rotary_factor", f"{self.partial_rotary_factor!r} with per-head q/k norm is not supported; "
+                  "allowed: 1.0")
+        rotary = int(self.head_dim * self.partial_rotary_factor)
+        if not 0 < self.partial_rotary_factor <= 1 or rotary % 2:
+            _fail("partial_rotary_factor", f"must be in (0, 1] with an even head_dim * factor, got "
+                  f"{self.partial_rotary_factor!r} (head_dim {self.head_dim})")
+        if self.no_rope_layers is not None and (not self.arch.rope_per_layer or len(self.no_rope_layers)
+                                                != self.num_hidden_layers or set(self.no_rope_layers) - {0, 1}):
+            families = ", ".join(a for a, e in ARCHITECTURES.items() if e.rope_per_layer)
+            _fail("no_rope_layers", f"must be None or (for {families}) {self.num_hidden_layers} values of 0/1, "
+                  f"got {self.no_rope_layers!r}")
+
+    def _validate_family_fields(self) -> None:
+        if self.hidden_act not in ACTIVATIONS:
+            _fail("hidden_act", f"got {self.hidden_act!r}; allowed: {', '.join(ACTIVATIONS)}")
+        if self.layer_types is not None:
+            kinds = ("full_attention", "sliding_attention")
+            if len(self.layer_types) != self.num_hidden_layers or set(self.layer_types) - set(kinds):
+                _fail("layer_types", f"must be {self.num_hidden_layers} of {', '.join(kinds)}, "
+                      f"got {self.layer_types!r}")
+            if "sliding_attention" in self.layer_types and not (self.arch.windows or self.arch.uniform_window):
+                _fail("layer_types", f"sliding_attention layers are not supported for {self.architecture}")
+        if self.sliding_window is not None and not (isinstance(self.sliding_window, int) and self.sliding_window > 0):
+            _fail("sliding_window", f"must be None or a positive int, got {self.sliding_window!r}")
+        if self.layer_types and "sliding_attention" in self.layer_types:
+            if self.sliding_window is None:
+                _fail("sliding_window", "sliding_attention layers need a sliding_window")
+            if not attention_has_window():
+                _fail("sliding_window", f"{self.sliding_window} needs the attention kernels' window argument, which "
+                      "this build lacks; allowed: a window >= max_position_embeddings")
 
     def replace(self, **overrides) -> "ModelConfig":
         """A copy with `overrides` applied; unknown names raise ValueError listing the fields."""
@@ -81,51 +164,53 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, hf: dict, dtype: str | None = None) -> "ModelConfig":
-        """Build from a HF config.json dict (model_type qwen3 / llama). `dtype` overrides the checkpoint's."""
-        arch = hf.get("model_type")
-        if arch not in ARCHITECTURES:
-            classes = hf.get("architectures") or []
-            arch = next((_HF_ARCH[c] for c in classes if c in _HF_ARCH), None)
-        if arch is None:
-            raise ValueError(f"config.json: model_type {hf.get('model_type')!r} / architectures "
-                             f"{hf.get('architectures')!r} not supported; allowed model_type: qwen3, llama")
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"config.json: hidden_act {act!r} not supported; allowed: silu")
-        if hf.get("mlp_bias"):
-            raise ValueError("config.json: mlp_bias true is not supported; allowed: false")
-        if hf.get("use_sliding_window"):
-            raise ValueError("config.json: use_sliding_window true is not supported; allowed: false")
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ValueError(f"config.json: rope type {rope_type!r} not supported; allowed: default")
-        theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
+        """Build from a HF config.json dict (a family of `ARCHITECTURES`). `dtype` overrides the checkpoint's."""
+        arch = from_hf_names(hf)
+        check_hf_fields(arch, hf)
+        act = hf.get(arch.act_field) or hf.get("hidden_act") or "silu"
+        if act not in ACTIVATIONS:
+            raise ValueError(f"config.json: {arch.act_field} {act!r} not supported; allowed: {', '.join(ACTIVATIONS)}")
+        partial = hf.get("partial_rotary_factor", (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0))
+        windows = window_fields(arch, hf)  # Gemma-3: layer types, window, local rope theta, attention scalar
+        theta, scaling, context_cap = parse_hf_rope(windows.pop("hf"))
+        max_positions = hf.get("max_position_embeddings", 2048)
         heads = hf["num_attention_heads"]
+        head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+        if head_dim not in HEAD_DIMS:
+            raise ValueError(f"config.json: head_dim {head_dim} not supported by the attention kernels; allowed: "
+                             f"{', '.join(map(str, HEAD_DIMS))}")
         if dtype is None:
             saved = str(hf.get("dtype") or hf.get("torch_dtype") or "float32").replace("torch.", "")
             dtype = saved if saved in DTYPES else "float32"
         return cls(
-            architecture=arch,
+            architecture=arch.model_type,
             vocab_size=hf["vocab_size"],
             hidden_size=hf["hidden_size"],
             intermediate_size=hf["intermediate_size"],
             num_hidden_layers=hf["num_hidden_layers"],
             num_attention_heads=heads,
             num_key_value_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            head_dim=head_dim,
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            rope_theta=float(theta),
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
+            rope_theta=theta,
+            max_position_embeddings=min(max_positions, context_cap or max_positions),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            attention_bias=bool(hf.get("attention_bias", False)),
+            attention_bias=bool(hf.get("attention_bias", False)) if arch.qkv_bias is None else False,
             dtype=dtype,
+            rope_scaling=scaling,
+            no_rope_layers=_no_rope_layers(arch, hf),
+            partial_rotary_factor=float(partial),
+            hidden_act=act,
+            **windows,
         )
 
     def to_hf(self) -> dict:
         """The HF config.json dict (`transformers.AutoConfig` reads it; rope given both old and new style)."""
-        return {
-            "architectures": [_HF_CLASS[self.architecture]],
+        rope = dict(self.rope_scaling or {"rope_type": "default"}, rope_theta=self.rope_theta)
+        if self.partial_rotary_factor != 1.0:
+            rope["partial_rotary_factor"] = self.partial_rotary_factor
+        out = {
+            "architectures": [self.arch.hf_class],
             "model_type": self.architecture,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
@@ -134,14 +219,42 @@ class ModelConfig:
             "num_attention_heads": self.num_attention_heads,
             "num_key_value_heads": self.num_key_value_heads,
             "head_dim": self.head_dim,
-            "hidden_act": "silu",
+            self.arch.act_field: self.hidden_act,
             "rms_norm_eps": self.rms_norm_eps,
             "rope_theta": self.rope_theta,
-            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "rope_parameters": rope,
+            "rope_scaling": None if self.rope_scaling is None else dict(self.rope_scaling),
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "attention_bias": self.attention_bias,
             "attention_dropout": 0.0,
             "dtype": self.dtype,
             "torch_dtype": self.dtype,
+            **self.arch.hf_defaults,
         }
+        if self.arch.qkv_bias is None:
+            out["attention_bias"] = self.attention_bias
+        if self.no_rope_layers is not None:
+            out["no_rope_layers"] = list(self.no_rope_layers)
+        if self.partial_rotary_factor != 1.0:
+            out["partial_rotary_factor"] = self.partial_rotary_factor
+        if self.arch.uniform_window:
+            out["sliding_window"] = self.sliding_window
+        if self.arch.windows:
+            out.update(layer_types=list(self.layer_types or ["full_attention"] * self.num_hidden_layers),
+                       sliding_window=self.sliding_window, query_pre_attn_scalar=self.query_pre_attn_scalar,
+                       rope_local_base_freq=self.rope_local_theta, rope_scaling=None,
+                       rope_parameters={"full_attention": rope, "sliding_attention": {
+                           "rope_type": "default", "rope_theta": self.rope_local_theta}})
+        return out
+
+
+def _no_rope_layers(arch: Architecture, hf: dict) -> tuple[int, ...] | None:
+    """SmolLM3's per-layer RoPE switch: config.json's `no_rope_layers`, else HF's rule from
+    `no_rope_layer_interval` (every interval-th layer has no RoPE); None for the other families."""
+    if not arch.rope_per_layer:
+        return None
+    layers = hf.get("no_rope_layers")
+    if layers is None:
+        interval = hf.get("no_rope_layer_interval", 4)
+        layers = [int((i + 1) % interval != 0) for i in range(hf["num_hidden_layers"])]
+    return tuple(int(x) for x in layers)

@@ -1,10 +1,12 @@
 """Load / save HF-format checkpoints (config.json + safetensors) for CausalLM, and the tokenizer.
 
-Reads single-file and sharded (`model.safetensors.index.json`) checkpoints of Qwen3ForCausalLM /
-LlamaForCausalLM; HF's separate q/k/v and gate/up projections are copied into our fused parameters through
-each parameter's `weight_loader`. Writes one `model.safetensors` with HF names (unfused) so
-`transformers.AutoModelForCausalLM.from_pretrained` loads it. Left out: `.bin` (pickle) checkpoints, hub
-downloads (pass a local directory), quantised weights, writing sharded checkpoints.
+Reads single-file and sharded (`model.safetensors.index.json`) checkpoints of every family in
+`architectures.ARCHITECTURES`; HF's separate q/k/v and gate/up projections are copied into our fused parameters
+through each parameter's `weight_loader` (families whose checkpoint is fused, Phi-3, load them whole). Writes one
+`model.safetensors` with the family's HF names so `transformers.AutoModelForCausalLM.from_pretrained` loads it.
+Partial rotary models get their q/k head dims reordered after loading and back before saving (rotary_layout).
+Left out: `.bin` (pickle) checkpoints, hub downloads (pass a local directory), quantised weights, writing sharded
+checkpoints.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import torch
 
 from onpolicy.model.config import DTYPES, ModelConfig
 from onpolicy.model.generation_config import read_generation_settings, write_generation_settings
+from onpolicy.model.rotary_layout import qkv_row_index, to_our_order
 from onpolicy.model.transformer import CausalLM
 
 _FUSED = {  # HF projection name -> (our fused name, shard id)
@@ -94,7 +97,7 @@ def load_weights(model: CausalLM, path: str, keep: tuple[str, ...] = ()) -> dict
                     continue
                 if key.endswith(_IGNORED_SUFFIXES) or (key == "lm_head.weight" and config.tie_word_embeddings):
                     continue
-                name, shard = hf_to_ours(key)
+                name, shard = (key, None) if config.arch.fused_checkpoint else hf_to_ours(key)
                 if name not in params:
                     unexpected.append(key)
                     continue
@@ -106,22 +109,30 @@ def load_weights(model: CausalLM, path: str, keep: tuple[str, ...] = ()) -> dict
     if unexpected or missing:
         raise ValueError(f"load_pretrained: checkpoint at {path!r} does not match the config: "
                          f"unexpected keys {unexpected[:8]}, missing parameters {missing[:8]}")
+    if config.partial_rotary_factor != 1.0:
+        to_our_order(model)
     return kept
 
 
 def _shard_ids(model: CausalLM, param_name: str) -> list:
-    """Shard ids a parameter is loaded from ([None] for an unfused one)."""
+    """Shard ids a parameter is loaded from ([None] for an unfused one, or a fused checkpoint's)."""
     shards = getattr(model.get_submodule(param_name.rpartition(".")[0]), "shards", None)
+    if model.config.arch.fused_checkpoint:
+        return [None]
     return list(shards) if shards else [None]
 
 
 def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
-    """Our parameters under HF names (CPU copies), fused projections split back into q/k/v and gate/up."""
+    """Our parameters under HF names (CPU copies), fused projections split back into q/k/v and gate/up (unless
+    the family's checkpoints are fused), q/k head dims back in HF's order (partial rotary)."""
     out = {}
+    back = qkv_row_index(model.config, inverse=True) if model.config.partial_rotary_factor != 1.0 else None
     for name, p in model.named_parameters():
+        if back is not None and ".self_attn.qkv_proj." in name:
+            p = p.detach()[back.to(p.device)]
         module_name, _, leaf = name.rpartition(".")
         shards = getattr(model.get_submodule(module_name), "shards", None)
-        if not shards:
+        if not shards or model.config.arch.fused_checkpoint:
             out[name] = p.detach()
             continue
         for hf, (ours, shard) in _FUSED.items():

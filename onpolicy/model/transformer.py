@@ -1,18 +1,19 @@
-"""CausalLM: the Qwen3 / Llama decoder written once on `kernels/` ops, for both the sampler and the trainer.
+"""CausalLM: one decoder written once on `kernels/` ops, for both the sampler and the trainer, for every family
+in `architectures.ARCHITECTURES` (layers in `layers.py`).
 
 Two call modes of one module (see docs/architecture.md): training (`kv_caches=None`: attention over the
 packed fresh k/v with `kernels.attention_varlen`, autograd) and engine (k/v written into each layer's slot
 cache at `meta.slot_mapping`, then `kernels.attention` over the cache). Every matmul, norm, RoPE, activation
 and attention is a `kernels` op; each residual add runs inside the norm after it (`kernels.add_rms_norm`;
-with activation checkpointing the add closing a layer is a torch add), q/k norm + RoPE in `kernels.qk_norm_rope`.
-Parameters mirror HF names except the fused `qkv_proj` and `gate_up_proj`; each parameter carries a
-`weight_loader(param, tensor, shard_id=None)` used by `loading.py`.
-Left out: rope scaling, sliding windows, MoE, dropout, MLP bias, tensor parallelism.
+with activation checkpointing the add closing a layer is a torch add; post-norm families add plainly), q/k
+norm + RoPE in `kernels.qk_norm_rope`. The fp32 rope tables (any supported rope scaling; Gemma's local and
+global) are indexed by position, and a layer's sliding window is a kernel argument, so nothing a token computes
+depends on its batch.
+Left out: MoE, dropout, MLP bias, logit soft-capping, tensor parallelism.
 """
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 from torch import nn
@@ -22,142 +23,15 @@ from torch.utils.checkpoint import checkpoint
 from onpolicy import kernels
 from onpolicy.model.config import ModelConfig
 from onpolicy.kernels.attention import TRAINING_BLOCK_SIZE
+from onpolicy.model.layers import LAYERS, DecoderLayer, RMSNorm, _param
 from onpolicy.model.metadata import AttentionMetadata
+from onpolicy.model.rope_scaling import build_rope_table
 
 
-def _default_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-    if shard_id is not None:
-        raise ValueError(f"weight_loader: this parameter is not fused; got shard_id {shard_id!r}")
-    if tuple(loaded.shape) != tuple(param.shape):
-        raise ValueError(f"weight_loader: checkpoint tensor has shape {tuple(loaded.shape)}, parameter expects {tuple(param.shape)}")
-    with torch.no_grad():
-        param.copy_(loaded)
-
-
-def _fused_loader(shards: dict[str, tuple[int, int]]):
-    """weight_loader for a parameter made of row blocks: shard_id -> (row offset, rows)."""
-
-    def load(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        if shard_id not in shards:
-            raise ValueError(f"weight_loader: shard_id must be one of {list(shards)}, got {shard_id!r}")
-        start, rows = shards[shard_id]
-        if tuple(loaded.shape) != (rows,) + tuple(param.shape[1:]):
-            raise ValueError(f"weight_loader: shard {shard_id!r} has shape {tuple(loaded.shape)}, expected "
-                             f"{(rows,) + tuple(param.shape[1:])}")
-        with torch.no_grad():
-            param[start : start + rows].copy_(loaded)
-
-    return load
-
-
-def _param(shape, dtype, loader=_default_loader, fill=None) -> nn.Parameter:
-    p = nn.Parameter(torch.empty(shape, dtype=dtype) if fill is None else torch.full(shape, fill, dtype=dtype))
-    p.weight_loader = loader
-    return p
-
-
-class Linear(nn.Module):
-    """y = kernels.linear(x, weight, bias); `shards` names the row blocks of a fused projection."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
-                 shards: dict[str, tuple[int, int]] | None = None):
-        super().__init__()
-        loader = _fused_loader(shards) if shards else _default_loader
-        self.shards = shards
-        self.weight = _param((out_features, in_features), dtype, loader)
-        self.bias = _param((out_features,), dtype, loader, fill=0.0) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.linear(x, self.weight, self.bias)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float, dtype: torch.dtype):
-        super().__init__()
-        self.eps = eps
-        self.weight = _param((size,), dtype, fill=1.0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.rms_norm(x, self.weight, self.eps)
-
-    def add_forward(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(h, norm(h)) with h = residual + x: one `kernels.add_rms_norm` launch."""
-        return kernels.add_rms_norm(x, residual, self.weight, self.eps)
-
-
-def _shards(**sizes: int) -> dict[str, tuple[int, int]]:
-    out, start = {}, 0
-    for name, rows in sizes.items():
-        out[name] = (start, rows)
-        start += rows
-    return out
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        dt, d = cfg.torch_dtype, cfg.head_dim
-        self.n_heads, self.n_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, d
-        self.scale = 1.0 / math.sqrt(d)
-        shards = _shards(q=self.n_heads * d, k=self.n_kv_heads * d, v=self.n_kv_heads * d)
-        self.qkv_proj = Linear(cfg.hidden_size, (self.n_heads + 2 * self.n_kv_heads) * d, cfg.attention_bias, dt, shards)
-        self.o_proj = Linear(self.n_heads * d, cfg.hidden_size, cfg.attention_bias, dt)
-        self.q_norm = RMSNorm(d, cfg.rms_norm_eps, dt) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(d, cfg.rms_norm_eps, dt) if cfg.qk_norm else None
-
-    def forward(self, x, positions, rope_table, meta: AttentionMetadata, kv_cache=None):
-        t, d = x.shape[0], self.head_dim
-        norms = (None, None, 1e-6) if self.q_norm is None else (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps)
-        q, k, v = kernels.qk_norm_rope(self.qkv_proj(x), positions, rope_table, self.n_heads, self.n_kv_heads, *norms)
-        if kv_cache is None:
-            out = kernels.attention_varlen(q, k, v, meta.cu_seqlens_q, scale=self.scale,
-                                           metadata=(meta.seqlens_k, meta.block_table, meta.kv_offsets),
-                                           max_keys=meta.max_seqlen_k)
-        else:
-            k_cache, v_cache = kv_cache
-            kernels.write_kv_cache(k_cache, v_cache, meta.slot_mapping, k, v)
-            out = kernels.attention(q, k_cache, v_cache, meta.cu_seqlens_q, meta.seqlens_k, meta.block_table,
-                                    meta.kv_offsets, meta.block_size, scale=self.scale, max_keys=meta.max_seqlen_k)
-        return self.o_proj(out.reshape(t, self.n_heads * d))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        i, dt = cfg.intermediate_size, cfg.torch_dtype
-        self.intermediate_size = i
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * i, False, dt, _shards(gate=i, up=i))
-        self.down_proj = Linear(i, cfg.hidden_size, False, dt)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # gate/up stay strided row views of the fused projection: silu_mul reads them in place (no copies)
-        gate, up = self.gate_up_proj(x).split([self.intermediate_size, self.intermediate_size], dim=-1)
-        return self.down_proj(kernels.silu_mul(gate, up))
-
-
-class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
-        self.self_attn = Attention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
-        self.mlp = MLP(cfg)
-
-    def forward(self, h, delta, positions, rope_table, meta, kv_cache=None):
-        """Residual stream h plus the previous layer's un-added MLP output `delta` (None: h is complete) ->
-        (h + delta + attention, this layer's MLP output): each residual add runs fused with the norm after it."""
-        if delta is None:
-            x = self.input_layernorm(h)
-        else:
-            h, x = self.input_layernorm.add_forward(delta, h)
-        h, x = self.post_attention_layernorm.add_forward(self.self_attn(x, positions, rope_table, meta, kv_cache), h)
-        return h, self.mlp(x)
-
-
-def _layer_with_add(layer: DecoderLayer, h, positions, rope_table, meta):
+def _layer_with_add(layer: DecoderLayer, h, positions, rope_tables, meta):
     """One decoder layer with its last residual add done (the unit activation checkpointing saves: one tensor)."""
-    h, delta = layer(h, None, positions, rope_table, meta)
-    return h + delta
+    h, delta = layer(h, None, positions, rope_tables, meta)
+    return h if delta is None else h + delta
 
 
 class Decoder(nn.Module):
@@ -165,8 +39,9 @@ class Decoder(nn.Module):
         super().__init__()
         self.embed_tokens = nn.Module()
         self.embed_tokens.weight = _param((cfg.vocab_size, cfg.hidden_size), cfg.torch_dtype)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
+        layer = LAYERS[cfg.arch.norm_placement]
+        self.layers = nn.ModuleList(layer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype, cfg.arch.norm_offset)
 
 
 class CausalLM(nn.Module):
@@ -190,8 +65,13 @@ class CausalLM(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = nn.Module()
             self.lm_head.weight = _param((config.vocab_size, config.hidden_size), config.torch_dtype)
-        self._rope_tables: dict[torch.device, torch.Tensor] = {}
+        self._rope_tables: dict[torch.device, tuple[torch.Tensor, ...]] = {}
         self.activation_checkpointing = False
+        # Gemma: embeddings times sqrt(hidden_size) rounded to the model dtype, as HF does; a python float
+        # (exactly that value), so no tensor is made in the forward (CUDA-graph capture)
+        self._embed_scale = None
+        if config.arch.embed_scale:
+            self._embed_scale = float(torch.tensor(config.hidden_size ** 0.5).to(config.torch_dtype))
         if init:
             init_weights(self, seed=0)
 
@@ -199,17 +79,20 @@ class CausalLM(nn.Module):
     def lm_head_weight(self) -> torch.Tensor:
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
-    def rope_table(self, device: torch.device) -> torch.Tensor:
-        """fp32 [max_position_embeddings, head_dim] cos|sin table, built once per device (outside
-        inference mode so training may reuse it; build it before CUDA-graph capture)."""
+    def rope_table(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        """The fp32 [max_position_embeddings, head_dim] cos|sin tables, one per rope setting (index 0: the
+        model's; 1: Gemma's local layers'), built once per device (outside inference mode so training may reuse
+        them; build them before CUDA-graph capture)."""
         device = torch.device(device)
-        table = self._rope_tables.get(device)
-        if table is None:
+        tables = self._rope_tables.get(device)
+        if tables is None:
             with torch.inference_mode(False):
                 c = self.config
-                table = kernels.rope_cache(c.max_position_embeddings, c.head_dim, c.rope_theta, device)
-            self._rope_tables[device] = table
-        return table
+                tables = (build_rope_table(c, device),)
+                if c.rope_local_theta is not None:
+                    tables += (kernels.rope_cache(c.max_position_embeddings, c.head_dim, c.rope_local_theta, device),)
+            self._rope_tables[device] = tables
+        return tables
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
@@ -219,6 +102,8 @@ class CausalLM(nn.Module):
         self._check_inputs(input_ids, positions, meta, kv_caches)
         rope_table = self.rope_table(input_ids.device)
         h = F.embedding(input_ids, self.model.embed_tokens.weight)
+        if self._embed_scale is not None:
+            h = h * self._embed_scale
         recompute = self.activation_checkpointing and kv_caches is None and torch.is_grad_enabled()
         # The recompute runs in the backward, on autograd's device thread for CUDA, which does not see this
         # thread's kernels.invariant_mode (a contextvar): re-enter the forward's mode there.
@@ -274,11 +159,13 @@ class CausalLM(nn.Module):
 @torch.no_grad()
 def init_weights(model: CausalLM, seed: int = 0, std: float = 0.02) -> CausalLM:
     """Deterministic init: matrices ~ N(0, std) from a seeded CPU generator (fp32, then cast, so the values
-    do not depend on the device), norms = 1, biases = 0. Parameters are visited in `named_parameters` order."""
+    do not depend on the device), norms = 1 (Gemma's (1 + w) norms: w = 0), biases = 0. Parameters are visited in
+    `named_parameters` order."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    norm = 0.0 if model.config.arch.norm_offset else 1.0  # (1 + w) norms start at w = 0
     for name, p in model.named_parameters():
         if p.dim() == 1:
-            p.fill_(1.0 if name.endswith("norm.weight") else 0.0)
+            p.fill_(norm if name.endswith("norm.weight") else 0.0)
         else:
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std))
     return model

@@ -5,6 +5,9 @@ imports it (for `trainer.algo` choices and algorithm-dependent defaults).
     dr_grpo  group advantage r - mean (no std), constant normaliser (completions * max_tokens), clip 0.2 / 0.2
     dapo     as grpo, token-level loss, clip-higher 0.2 / 0.28
     rloo     leave-one-out baseline r - mean(others), sequence-mean loss, clip 0.2 / 0.2
+
+Every one estimates advantages within a prompt's group of completions, so each needs a group of at least
+`MIN_GENERATIONS[algo]` (a group of one has advantage 0: nothing is learned; rloo has no "others").
 """
 from __future__ import annotations
 
@@ -17,3 +20,5 @@ ALGO_DEFAULTS = {
     "dapo": {"epsilon_high": 0.28, "loss_agg": "token"},
     "rloo": {"epsilon_high": 0.2, "loss_agg": "sequence"},
 }
+# The smallest sampling.num_generations each algorithm can learn from.
+MIN_GENERATIONS = {algo: 2 for algo in ALGOS}

@@ -1,16 +1,21 @@
 """Atomic training checkpoints: `save_checkpoint` / `load_checkpoint`, keep-last-K, a `latest` pointer.
 
 Layout of `<ckpt_dir>/step-N/`: `policy/` (an HF directory written by `onpolicy.model.save_pretrained`, plus
-the tokenizer when given: loadable by transformers and by `onpolicy.model.load_pretrained`) and
-`trainer_state.pt` (step, optimizer and scheduler state dicts, `onpolicy.determinism.rng_state()`, `extra`:
-e.g. the prompt iterator state that `train()` saves) and, when given, `meta.json` (small JSON-able facts that
-can be read without unpickling the optimizer state: `train()` stores the run's config there). Atomicity: everything is written to `tmp-step-N/`, every
-file and the directory are fsynced, then `os.replace` renames it to `step-N/`, then the `latest` file is
-rewritten through `latest.tmp` + `os.replace`. A crash at any point leaves the previous checkpoint and pointer
-intact; stale `tmp-step-*` directories are removed by the next save. `trainer_state.pt` is a pickle (the RNG
-states are not tensors): load only checkpoints you wrote. Sharded state (FSDP2, onpolicy.trainer.fsdp): every
-rank writes its shard into the directory `prepare_tmp` made, then `save_checkpoint(..., prepared=True)` adds
-the rest and commits it atomically as above. Left out: async saving, remote storage.
+the tokenizer when given: loadable by transformers and by `onpolicy.model.load_pretrained`),
+`trainer_state.safetensors` + `trainer_state.json` (step, optimizer and scheduler state dicts,
+`onpolicy.determinism.rng_state()`, `extra`: e.g. the prompt iterator state that `train()` saves; written by
+`onpolicy.trainer.safe_state`, formats that cannot run code when read), when given `meta.json` (small JSON facts:
+`train()` stores the run's config there), and `manifest.json` (sha256 and size of every other file, written
+last). Loading verifies the manifest first and names any file that differs. A step directory is complete when it
+has its manifest. Atomicity: everything is written to `tmp-step-N/`, every file and the directory are fsynced,
+then `os.replace` renames it to `step-N/`, then the `latest` file is rewritten through `latest.tmp` +
+`os.replace`. A crash at any point leaves the previous checkpoint intact; stale `tmp-step-*` directories are
+removed by the next save. A checkpoint root resolves to the step `latest` names when that step is complete,
+else to the newest complete step. Keep-last-K removes only steps older than the one just saved. A checkpoint of
+the older format (`trainer_state.pt`, a pickle) is refused, never unpickled. Sharded state (FSDP2,
+onpolicy.trainer.fsdp): every rank writes its shard into the directory `prepare_tmp` made, then
+`save_checkpoint(..., prepared=True)` adds the rest and commits it atomically as above. Left out: async saving,
+remote storage, converting older-format checkpoints.
 """
 from __future__ import annotations
 
@@ -24,8 +29,11 @@ from typing import Any
 
 import torch
 
+from onpolicy.trainer.safe_state import MANIFEST, load_tree, save_tree, verify_manifest, write_manifest
+
 LATEST = "latest"
-STATE_FILE = "trainer_state.pt"
+STATE_STEM = "trainer_state"  # trainer_state.safetensors + trainer_state.json
+OLD_STATE_FILE = "trainer_state.pt"  # the older, pickled format: refused
 META_FILE = "meta.json"
 POLICY_DIR = "policy"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -88,9 +96,10 @@ def prepare_tmp(ckpt_dir: str | Path, step: int) -> Path:
 
 def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, scheduler=None,
                     extra: dict | None = None, keep: int = 2, tokenizer=None, meta: dict | None = None,
-                    prepared: bool = False) -> Path:
-    """Write `<ckpt_dir>/step-<step>` atomically, point `latest` at it, keep the newest `keep`; returns its path.
-    `prepared`: `prepare_tmp(ckpt_dir, step)` made the temporary directory and others wrote into it: keep it."""
+                    prepared: bool = False, rng: dict | None = None) -> Path:
+    """Write `<ckpt_dir>/step-<step>` atomically, point `latest` at it, keep the newest `keep` of the steps up to
+    this one; returns its path. `prepared`: `prepare_tmp(ckpt_dir, step)` made the temporary directory and
+    others wrote into it: keep it. `rng`: the RNG states to store (default: the current ones)."""
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"save_checkpoint: step must be an int >= 0, got {step!r}")
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -115,12 +124,13 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, sche
             "step": step,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": determinism.rng_state(),
+            "rng": determinism.rng_state() if rng is None else rng,
             "extra": extra or {},
         }
-        torch.save(state, tmp / STATE_FILE)
+        save_tree(state, tmp / STATE_STEM)
         if meta is not None:
             (tmp / META_FILE).write_text(json.dumps(meta, indent=1))
+        write_manifest(tmp)
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (e.g. after a resume): move the old one aside first
             old = root / f"tmp-old-{name}"
@@ -134,26 +144,52 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, sche
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _write_latest(root, name)
-    for _, path in list_checkpoints(root)[:-keep]:
-        if path != final:
-            shutil.rmtree(path, ignore_errors=True)
+    older = [path for s, path in list_checkpoints(root) if s < step]
+    for path in older[:max(len(older) - (keep - 1), 0)]:
+        shutil.rmtree(path, ignore_errors=True)
     return final
 
 
+def _refuse_old_format(step_dir: Path) -> None:
+    if (step_dir / OLD_STATE_FILE).is_file() and not (step_dir / MANIFEST).is_file():
+        raise ValueError(f"load_checkpoint: {str(step_dir)!r} is in the older checkpoint format ({OLD_STATE_FILE}, a "
+                         "pickle, which can run code when loaded); it is not loaded. Allowed: a checkpoint written by "
+                         f"this version; to continue from its weights, start a fresh run with model.path: "
+                         f"{str(step_dir / POLICY_DIR)!r}")
+
+
+def is_complete(step_dir: Path) -> bool:
+    """A step directory whose save finished (its manifest, written last, is there)."""
+    return (step_dir / MANIFEST).is_file()
+
+
+def newest_complete(ckpt_dir: str | Path) -> Path | None:
+    """The newest complete step directory in a checkpoint root (None when there is none)."""
+    done = [path for _, path in list_checkpoints(ckpt_dir) if is_complete(path)]
+    return done[-1] if done else None
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A step directory from: a step directory, a checkpoint root holding `latest`, or the `latest` file."""
+    """A complete step directory from: a step directory, or a checkpoint root (the step its `latest` file names
+    when complete, else its newest complete step), or the `latest` file."""
     p = Path(path)
     if p.is_file() and p.name == LATEST:
         p = p.parent
-    if (p / STATE_FILE).is_file():
+    _refuse_old_format(p)
+    if is_complete(p):
         return p
     if (p / LATEST).is_file():
         target = p / (p / LATEST).read_text().strip()
-        if (target / STATE_FILE).is_file():
+        _refuse_old_format(target)
+        if is_complete(target):
             return target
-        raise ValueError(f"load_checkpoint: {str(p / LATEST)!r} points to {target.name!r}, which is incomplete")
-    raise ValueError(f"load_checkpoint: {str(p)!r} is neither a checkpoint step directory (with {STATE_FILE}) "
-                     f"nor a checkpoint root with a '{LATEST}' file")
+    newest = newest_complete(p)
+    if newest is not None:
+        return newest
+    for _, step_dir in reversed(list_checkpoints(p)):
+        _refuse_old_format(step_dir)
+    raise ValueError(f"load_checkpoint: {str(p)!r} is neither a checkpoint step directory (a complete "
+                     f"one has {MANIFEST}) nor a checkpoint root holding a complete one")
 
 
 def read_meta(step_dir: str | Path) -> dict | None:
@@ -184,7 +220,8 @@ def load_checkpoint(path: str | Path, model=None, optimizer=None, scheduler=None
     numpy/torch(/cuda) RNG states.
     """
     step_dir = resolve_checkpoint(path)
-    state = torch.load(step_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    verify_manifest(step_dir)
+    state = load_tree(step_dir / STATE_STEM)
     ck = Checkpoint(step=state["step"], path=step_dir, policy_path=step_dir / POLICY_DIR,
                     optimizer=state["optimizer"], scheduler=state["scheduler"], rng=state["rng"],
                     extra=state.get("extra") or {})
@@ -217,14 +254,19 @@ def checkpoint_root(cfg) -> Path:
 
 
 def resume_path(cfg) -> Path | None:
-    """The step directory `trainer.resume` names: None for false, and for true when no checkpoint exists yet
-    (auto-resume starts fresh); a path string must resolve (see `resolve_checkpoint`) or ValueError."""
+    """The step directory `trainer.resume` names: None for false, and for true when the run's checkpoint root
+    holds no complete checkpoint (see onpolicy.trainer.run_dir for what then happens); a path string must
+    resolve (see `resolve_checkpoint`) or ValueError."""
     resume = cfg.trainer.resume
     if resume is False:
         return None
     if resume is True:
         root = checkpoint_root(cfg)
-        return resolve_checkpoint(root) if (root / LATEST).is_file() else None
+        if newest_complete(root) is None:
+            for _, step_dir in list_checkpoints(root):
+                _refuse_old_format(step_dir)
+            return None
+        return resolve_checkpoint(root)
     try:
         return resolve_checkpoint(resume)
     except ValueError as e:

@@ -129,6 +129,7 @@ class ShardedAdamW:
         self.masters = [p for _, p in named]
         self.params = [engine[n] for n, _ in named]
         self.optimizer = torch.optim.AdamW(self.masters, **adamw_kwargs)
+        self.steps_started = 0  # as precision.MasterWeightAdamW
 
     @property
     def param_groups(self) -> list[dict]:
@@ -148,6 +149,7 @@ class ShardedAdamW:
         return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
 
     def step(self) -> None:
+        self.steps_started += 1
         self.optimizer.step()
         self.gather_()
 
@@ -187,8 +189,8 @@ class ShardedAdamW:
 
 def save_fsdp_checkpoint(run, root, step: int) -> str:
     """Every rank writes its shard of the masters and AdamW state (DCP) into the step's temporary directory;
-    rank 0 adds the full policy (the engine's copy as HF safetensors), trainer_state.pt and meta.json, and
-    commits the directory atomically (onpolicy.trainer.checkpoint)."""
+    rank 0 adds the full policy (the engine's copy as HF safetensors), the trainer state, meta.json and the
+    manifest, and commits the directory atomically (onpolicy.trainer.checkpoint)."""
     from onpolicy.trainer import checkpoint
 
     dist = run.dist

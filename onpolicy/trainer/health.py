@@ -21,6 +21,13 @@ class RunStopped(RuntimeError):
     as one `error:` line and exits 1, without a traceback."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM (after its last good state was saved): the recipe prints its message
+    as one line and exits with `exit_code` (130 for Ctrl-C, 143 for SIGTERM), without a traceback."""
+
+    exit_code = 130
+
+
 class NonFiniteError(RunStopped):
     """A non-finite value in one RL step; `metrics` holds what the step computed before it stopped."""
 

@@ -7,8 +7,11 @@ On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (pea
 `train()` enters the kernels' invariant mode (`trainer.invariant`) once around the whole run, checkpoints every
 `save_every` steps and always at the end (the final policy is an HF directory loadable by transformers),
 re-decides torch's CPU thread count after each step (`cpu_threads.CpuThreads`, `trainer.num_threads`), logs
-sample completions (`RunLogger.log_samples`), stops with `NonFiniteError` (after saving the last good policy,
-i.e. the weights before the bad update, which is never applied) and warns when the run has had no learning signal for several steps (`health.CollapseWatch`).
+sample completions (`RunLogger.log_samples`), stops with `NonFiniteError` (the bad update is never applied) and
+warns when the run has had no learning signal for several steps (`health.CollapseWatch`). Any failure in the
+step loop (NaN, a reward or data error, Ctrl-C, SIGTERM) saves the last consistent state and prints the resume
+command (`onpolicy.trainer.failure`); the run directory is claimed (locked, checked) before any compute and
+released however the run ends (`onpolicy.trainer.run_dir`).
 Several processes (`accelerate launch`): each rank samples its share of the prompts, the rollouts are gathered
 in global order and every rank scores the whole step (onpolicy.trainer.distributed); `world_size` is logged.
 See `update.py` for what the update leaves out.
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import time
 
+from onpolicy.trainer.failure import StepMark, interrupted, keep_progress, resume_command, stop_signals
 from onpolicy.trainer.health import CollapseWatch, NonFiniteError
 from onpolicy.trainer.memory import PhasePeak
 from onpolicy.trainer.rollout import generate_rollouts, merge_rollouts
@@ -79,37 +83,23 @@ def rl_step(run: Run, step: int) -> dict:
     }
 
 
-def _last_saved(run: Run) -> str | None:
-    """The policy directory of the newest checkpoint on disk (None if there is none)."""
-    from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root, list_checkpoints
-
-    done = list_checkpoints(checkpoint_root(run.cfg))
-    return f"{done[-1][1]}/{POLICY_DIR}" if done else None
-
-
-def _run_steps(run: Run, history: list[dict], log) -> int | None:
-    """The step loop; returns the last step saved (None if none). NonFiniteError: the step's metrics are
-    logged, the last good policy saved (prompt position rewound to before the bad step), then it re-raises."""
+def _run_steps(run: Run, history: list[dict], log, mark: StepMark) -> int | None:
+    """The step loop; returns the last step saved (None if none). `mark` follows the last completed step (for
+    `keep_progress`). NonFiniteError: the step's metrics are logged, then it re-raises."""
     t = run.cfg.trainer
     saved = run.start_step or None
     watch = CollapseWatch(t.lr)
     log = run.logger.beside_bar(log)
     for step in range(run.start_step, t.steps):
-        prompt_state = run.prompts.state_dict()
         try:
             metrics = rl_step(run, step)
         except NonFiniteError as e:
             history.append(e.metrics)
             run.logger.log(e.metrics, step=step + 1)
-            run.prompts.load_state_dict(prompt_state)
-            # some updates of the step applied (the weights in memory are not good), or several ranks (the others
-            # may wait in a collective: no collective save; the launcher stops them): the last checkpoint on disk
-            if getattr(e, "partial", False) or run.dist.world_size > 1:
-                raise NonFiniteError(e.step, e.what, e.metrics, saved=_last_saved(run)) from None
-            path = save_checkpoint(run, step)
-            raise NonFiniteError(e.step, e.what, e.metrics, saved=f"{path}/policy") from None
+            raise
         history.append(metrics)
         run.logger.log(metrics, step=step + 1)
+        mark.set(run, step + 1)
         run.threads.update()
         warning = watch.update(metrics)
         if warning:
@@ -120,33 +110,59 @@ def _run_steps(run: Run, history: list[dict], log) -> int | None:
     return saved
 
 
+def _stop(run: Run, mark: StepMark, e: BaseException, history: list[dict], wall0: float, log) -> BaseException:
+    """After a failure in the step loop: keep the progress, close the logger, print the resume command (and the
+    summary after a NaN); returns the exception to raise."""
+    saved = keep_progress(run, mark, e, log)
+    try:
+        run.logger.close()
+    except Exception as close_error:  # noqa: BLE001 -- e.g. the disk that failed the run: report the run's error
+        log(f"could not close the run's logs: {' '.join(str(close_error).split())}")
+    command = resume_command(run.cfg, run.dist.world_size)
+    if saved and not isinstance(e, KeyboardInterrupt):
+        log(f"resume with: {command}")
+    if isinstance(e, NonFiniteError):
+        stopped = f"{e.what} non-finite at step {e.step}"
+        log(format_summary(summarize(history, time.perf_counter() - wall0, run, saved, stopped=stopped)))
+        return NonFiniteError(e.step, e.what, e.metrics, saved=saved)
+    if isinstance(e, KeyboardInterrupt):
+        return interrupted(e, mark.completed, saved, command)
+    return e
+
+
 def train(cfg, log=print, rewards=None) -> dict:
     """Run `cfg.trainer.steps` RL steps (after the optional SFT warm-start); returns a summary dict.
     The policy after the last step is always saved (`summary["final_policy"]`). `rewards`: resolved
     `onpolicy.rewards.sources.Reward`s (Python callables; `onpolicy.train`), default `cfg.rewards`."""
     from onpolicy import kernels
     from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root
+    from onpolicy.trainer.distributed import Dist
+    from onpolicy.trainer.run_dir import claim
 
-    with kernels.invariant_mode(cfg.trainer.invariant):
-        run = build_run(cfg, log=log, rewards=rewards)
-        wall0 = time.perf_counter()
-        history: list[dict] = []
-        try:
-            saved = _run_steps(run, history, log)
-        except NonFiniteError as e:
+    run_dir = claim(cfg, log) if Dist.current().is_main else None
+    try:
+        with kernels.invariant_mode(cfg.trainer.invariant):
+            run = build_run(cfg, log=log, rewards=rewards)
+            wall0 = time.perf_counter()
+            history: list[dict] = []
+            mark = StepMark(run)
+            try:
+                with stop_signals():
+                    saved = _run_steps(run, history, log, mark)
+            except BaseException as e:
+                stop = _stop(run, mark, e, history, wall0, log)
+                if stop is e:
+                    raise
+                raise stop from None
+            final_step = run.start_step + len(history)
+            if saved == final_step:
+                path = str(checkpoint_root(cfg) / f"step-{final_step}")
+            else:
+                path = save_checkpoint(run, final_step)
             run.logger.close()
-            stopped = f"{e.what} non-finite at step {e.step}"
-            log(format_summary(summarize(history, time.perf_counter() - wall0, run, e.saved, stopped=stopped)))
-            raise
-        except BaseException:
-            run.logger.close()
-            raise
-        final_step = run.start_step + len(history)
-        if saved == final_step:
-            path = str(checkpoint_root(cfg) / f"step-{final_step}")
-        else:
-            path = save_checkpoint(run, final_step)
-        run.logger.close()
+    finally:
+        if run_dir is not None:
+            run_dir.release()
     summary = summarize(history, time.perf_counter() - wall0, run, f"{path}/{POLICY_DIR}")
     log(format_summary(summary))
     return summary

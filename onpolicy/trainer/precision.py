@@ -37,6 +37,7 @@ class MasterWeightAdamW:
         self.masters = [p if p.dtype == torch.float32 else p.detach().float().clone() for p in self.params]
         self._low = [i for i, p in enumerate(self.params) if p.dtype != torch.float32]
         self.optimizer = torch.optim.AdamW(self.masters, **adamw_kwargs)
+        self.steps_started = 0  # counted before a step changes anything: a failure after it left mixed state
 
     @property
     def param_groups(self) -> list[dict]:
@@ -64,6 +65,7 @@ class MasterWeightAdamW:
 
     def step(self) -> None:
         """AdamW step on the masters, then copy them into the model's parameters in place."""
+        self.steps_started += 1
         self.accumulate_grads()
         self.optimizer.step()
         self._refresh_params()

@@ -3,7 +3,8 @@
 This is the generation-side half of a step (the engine output is `onpolicy.trainer.rollout.Rollout`); nothing
 here touches the trainer's weights. DAPO's dynamic sampling masks the tokens of zero-variance groups out of the
 loss (their advantage is 0 anyway; the mask changes the token normaliser) rather than resampling; overlong
-filtering masks completions cut off by `max_tokens`. Left out: resampling to refill dropped groups, per-token
+filtering masks completions cut off by `max_tokens`. Rewards (or advantages) that overflow float32 are an error
+naming the reward, before any update. Left out: resampling to refill dropped groups, per-token
 (process) rewards.
 """
 from __future__ import annotations
@@ -60,23 +61,40 @@ class RewardState:
 _NOT_COLUMNS = ("completion", "completion_ids", "trainer_state")  # keyword arguments of their own
 
 
+def _overflow_message(rewards: list, per_name: dict) -> str:
+    """Names the reward with the largest weighted magnitude (the one that overflowed float32)."""
+    weight = {r.label: r.weight for r in rewards}
+
+    def largest(item):
+        return max((abs(weight[item[0]] * v) for v in item[1] if v is not None), default=0.0)
+
+    name, values = max(per_name.items(), key=largest)
+    worst = max((v for v in values if v is not None), key=abs)
+    return (f"reward {name!r} returned {worst:g} (weight {weight[name]:g}): the rewards or their group statistics "
+            "are not finite in float32 (|value| up to 3.4e38, and squared in the group std); allowed: rewards of "
+            "moderate size, e.g. in [-1e3, 1e3] (scale the reward)")
+
+
 def score_rollouts(cfg, rows: list[dict], ro: Rollout, rewards=None, step: int = 0) -> ScoredBatch:
     """Reward every completion (`rewards`: resolved `onpolicy.rewards.sources.Reward`s, default `cfg.rewards`;
     each gets the prompt row's other columns, `completion_ids` and `trainer_state`; prompts and completions as
     messages for chat-message data, as strings otherwise: `onpolicy.chat.reward_inputs`), compute advantages
     (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`). `step`: 0-based."""
     from onpolicy.chat import RESERVED_ROW_KEYS, reward_inputs
-    from onpolicy.rewards import combine_rewards
+    from onpolicy.rewards import combine_rewards, resolve_rewards
 
     t, g = cfg.trainer, ro.group_size
+    reward_fns = resolve_rewards(cfg.rewards if rewards is None else rewards)
     expanded = [rows[i] for i in ro.group_index]
     columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in RESERVED_ROW_KEYS + _NOT_COLUMNS}
     prompts, completions = reward_inputs(expanded, ro.texts)
-    total, per_name = combine_rewards(cfg.rewards if rewards is None else rewards, prompts, completions,
+    total, per_name = combine_rewards(reward_fns, prompts, completions,
                                       completion_ids=[list(c) for c in ro.completion_ids],
                                       trainer_state=RewardState(global_step=step, max_steps=t.steps), **columns)
     rewards = torch.tensor(total, dtype=torch.float32)
     adv = group_advantages(rewards, g, t.algo)
+    if not (torch.isfinite(rewards).all() and torch.isfinite(adv).all()):
+        raise ValueError(_overflow_message(reward_fns, per_name))
     lens = torch.tensor(ro.seq_lens, dtype=torch.long)
     mask = torch.ones(ro.num_tokens, dtype=torch.bool)
     kept_groups = len(rows)

@@ -129,10 +129,24 @@ def build_model(cfg, device: torch.device, seed: int):
 
 def save_checkpoint(run: Run, step: int) -> str:
     """Save after `step` completed steps; the prompt iterator's position and the config travel with it.
-    Rank 0 writes (every rank holds the same weights and optimizer state); the others wait for it."""
+    Rank 0 writes (every rank holds the same weights and optimizer state); the others wait for it. Out of disk
+    space: `run_dir.DiskFull` naming the checkpoint directory."""
     from onpolicy.trainer import checkpoint
+    from onpolicy.trainer.run_dir import disk_full
 
     root = checkpoint.checkpoint_root(run.cfg)
+    try:
+        return _save(run, root, step)
+    except Exception as e:
+        full = disk_full(e, root / f"step-{step}")
+        if full is None:
+            raise
+        raise full from e
+
+
+def _save(run: Run, root, step: int) -> str:
+    from onpolicy.trainer import checkpoint
+
     if run.dist is not None and run.dist.fsdp:
         from onpolicy.trainer.fsdp import save_fsdp_checkpoint
 
@@ -166,7 +180,7 @@ def run_sft(cfg, model, tokenizer, rows, encode, log, on_step=None, show_progres
 
     prompts = [encode_prompt(tokenizer, r) for r in rows]
     completions = [encode(r["answer"]) + eos for r in rows]
-    cache = os.path.join(os.path.dirname(os.path.abspath(cfg.logging.output_dir)), "cache")
+    cache = t.sft_cache_dir or os.path.join(cfg.logging.output_dir, "cache")
     from onpolicy import kernels
 
     # Always the invariant kernels: the warm start (and its cache) must not depend on trainer.invariant, so
@@ -299,7 +313,8 @@ def build_run(cfg, log=print, rewards=None) -> Run:
               threads=threads, rewards=rewards)
     if t.resume is not False:
         run.start_step = resume_run(run)
-        log(f"resumed after step {run.start_step}" if run.start_step else "resume: no checkpoint yet, starting fresh")
+        if run.start_step:
+            log(f"resumed after step {run.start_step}")
     if dist.is_main:  # console, metrics.jsonl and W&B from rank 0 only
         trim_metrics(cfg, run.start_step, log)
     run.logger = RunLogger(cfg, enabled=dist.is_main, start_step=run.start_step)

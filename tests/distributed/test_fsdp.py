@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,9 +23,14 @@ STEPS = 3
 FSDP_ARGS = [*ARGS, "--trainer.steps", str(STEPS)]
 
 
+def _out(path) -> list[str]:
+    """The run directory, with the SFT cache shared by the module's runs (a sibling of the run directories)."""
+    return ["--logging.output_dir", str(path), "--trainer.sft_cache_dir", str(Path(path).parent / "cache")]
+
+
 def _fsdp_cmd(out, nproc: int = 2, *extra: str) -> list[str]:
     return [*_accelerate("cpu_fsdp2.yaml", nproc), str(ROOT / "recipes/grpo.py"), *FSDP_ARGS,
-            "--logging.output_dir", str(out), *extra]
+            *_out(out), *extra]
 
 
 def _ok(res) -> None:
@@ -61,7 +67,7 @@ def test_one_process_fsdp_equals_single_process(tmp_path):
     fsdp, plain = tmp_path / "fsdp", tmp_path / "plain"
     _ok(_run(_fsdp_cmd(fsdp, 1, "--trainer.save_every", "0")))
     _ok(_run([sys.executable, str(ROOT / "recipes/grpo.py"), *FSDP_ARGS, "--trainer.save_every", "0",
-              "--logging.output_dir", str(plain)]))
+              *_out(plain)]))
     assert (fsdp / f"checkpoints/step-{STEPS}/optimizer").is_dir()
     assert _weights_hash(fsdp, STEPS) == _weights_hash(plain, STEPS)
     assert [r["onpolicy/kl"] for r in _rows(fsdp)] == [0.0] * STEPS
@@ -71,7 +77,7 @@ def test_resume_needs_the_same_layout(tmp_path):
     """A replicated (non-FSDP) checkpoint is not resumed under FSDP2: one error line before compute."""
     out = tmp_path / "plain"
     _ok(_run([sys.executable, str(ROOT / "recipes/grpo.py"), *FSDP_ARGS, "--trainer.steps", "1",
-              "--trainer.sft_warmup_steps", "0", "--logging.output_dir", str(out)]))
+              "--trainer.sft_warmup_steps", "0", *_out(out)]))
     res = _run(_fsdp_cmd(out, 1, "--trainer.steps", "1", "--trainer.sft_warmup_steps", "0", "--trainer.resume", "true"))
     assert res.returncode != 0 and "error: trainer.resume:" in res.stderr and "without FSDP2" in res.stderr
     shutil.rmtree(out)

@@ -25,6 +25,11 @@ ARGS = ["--config", str(ROOT / "configs/tiny-cpu.yaml"), "--trainer.steps", str(
 TIMING = ("time/", "throughput/")
 
 
+def _out(path) -> list[str]:
+    """The run directory, with the SFT cache shared by the module's runs (a sibling of the run directories)."""
+    return ["--logging.output_dir", str(path), "--trainer.sft_cache_dir", str(Path(path).parent / "cache")]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -39,7 +44,7 @@ def _accelerate(config: str, nproc: int) -> list[str]:
 
 
 def _launch_cmd(out: Path, *extra: str) -> list[str]:
-    return [*_accelerate("cpu_ddp.yaml", 2), str(ROOT / "recipes/grpo.py"), *ARGS, "--logging.output_dir", str(out),
+    return [*_accelerate("cpu_ddp.yaml", 2), str(ROOT / "recipes/grpo.py"), *ARGS, *_out(out),
             *extra]
 
 
@@ -50,7 +55,7 @@ def _one_gpu_launch_and_plain(tmp_path: Path, config: str, args: list[str], step
     for name, launcher in (("launched", _accelerate(config, 1)), ("plain", [sys.executable])):
         out = tmp_path / name
         res = _run([*launcher, str(ROOT / "recipes/grpo.py"), *args, "--model.device", "auto",
-                    "--logging.output_dir", str(out)])
+                    *_out(out)])
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         rows = _rows(out)
         assert len(rows) == steps and all(r["onpolicy/kl"] == 0.0 and r["world_size"] == 1 for r in rows)
@@ -104,7 +109,7 @@ def test_world_size_1_equals_world_size_2_bitwise(runs):
     """One process with reduction_chunks 2 sums the same chunk gradients in the same tree as two ranks."""
     root, [(a, _), _] = runs
     one = root / "one"
-    res = _run([sys.executable, str(ROOT / "recipes/grpo.py"), *ARGS, "--logging.output_dir", str(one),
+    res = _run([sys.executable, str(ROOT / "recipes/grpo.py"), *ARGS, *_out(one),
                 "--trainer.reduction_chunks", "2"])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert _weights_hash(one) == _weights_hash(a)

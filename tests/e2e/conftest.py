@@ -11,14 +11,15 @@ DEFAULT_CONFIG = REPO / "configs" / "tiny-cpu.yaml"
 def _tiny_cfg(output_dir, **overrides):
     """The default config, shrunk for CI; `overrides` are dotted keys ('trainer.steps') -> values.
 
-    Keeps the default SFT warm-start (so rewards, advantages and gradients are non-zero); its cache lives in
-    `output_dir/../cache`.
+    Keeps the default SFT warm-start (so rewards, advantages and gradients are non-zero); its cache is shared
+    by the session's runs: `output_dir/../cache` (trainer.sft_cache_dir).
     """
     from onpolicy.config import parse_args
 
     small = {
         "trainer.steps": 3, "trainer.prompts_per_step": 4, "sampling.num_generations": 4,
         "logging.output_dir": str(output_dir), "logging.plot": False,
+        "trainer.sft_cache_dir": str(Path(output_dir).parent / "cache"),
     }
     small.update(overrides)
     argv = ["--config", str(DEFAULT_CONFIG)]

@@ -36,6 +36,20 @@ def _weights(policy_dir):
     return load_pretrained(str(policy_dir))[0].state_dict()
 
 
+def _warm_start(cfg):
+    """The weights a run of `cfg` starts RL from (its model after the SFT warm start, from the shared cache)."""
+    from onpolicy import determinism
+    from onpolicy.data import load_prompts
+    from onpolicy.trainer.setup import build_model, build_tokenizer, run_sft
+
+    determinism.enable(seed=cfg.trainer.seed)
+    tok = build_tokenizer(cfg)
+    model = build_model(cfg, torch.device("cpu"), cfg.trainer.seed)
+    encode = lambda text: list(tok.encode(text, add_special_tokens=False))  # noqa: E731
+    run_sft(cfg, model, tok, load_prompts(cfg.data, tok), encode, lambda *a: None)
+    return model.state_dict()
+
+
 def _assert_same_weights(a, b):
     assert a.keys() == b.keys()
     for k in a:
@@ -138,15 +152,12 @@ def test_nan_logprobs_stop_the_run_not_a_parity_violation(tiny_cfg, monkeypatch)
 def test_nan_loss_or_gradient_stops_before_the_update(tiny_cfg, monkeypatch, target):
     from onpolicy.trainer.health import NonFiniteError
 
-    start = tiny_cfg("start", **{"trainer.steps": 0})
-    _train(start)  # the policy before any RL step (the warm start)
     cfg = tiny_cfg("nan", **{"trainer.steps": 2, "trainer.invariant": False, "trainer.strict_onpolicy": False})
     _nan_at(0, monkeypatch, target)
     with pytest.raises(NonFiniteError, match=rf"step 1: {target} non-finite") as e:
         _train(cfg)
     assert _steps_saved(cfg) == [0]
-    _assert_same_weights(_weights(Path(e.value.saved)), _weights(Path(start.logging.output_dir) /
-                                                                   "checkpoints/step-0/policy"))
+    _assert_same_weights(_weights(Path(e.value.saved)), _warm_start(cfg))  # the policy before any RL step
 
 
 def test_nan_exits_nonzero_from_the_recipe(e2e_root):
@@ -155,7 +166,7 @@ def test_nan_exits_nonzero_from_the_recipe(e2e_root):
             "update.trainer_logprobs = lambda m, ro, t, grad: [x * float('nan') for x in real(m, ro, t, grad)]\n"
             "sys.argv = ['grpo.py', '--config', 'configs/tiny-cpu.yaml', '--trainer.steps', '2', "
             "'--trainer.prompts_per_step', '4', '--sampling.num_generations', '4', '--logging.plot', 'false', "
-            f"'--logging.output_dir', {str(out)!r}]\n"
+            f"'--logging.output_dir', {str(out)!r}, '--trainer.sft_cache_dir', {str(e2e_root / 'cache')!r}]\n"
             "import runpy; runpy.run_path('recipes/grpo.py', run_name='__main__')\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -206,7 +217,9 @@ def test_save_only_model_writes_no_optimizer_state_and_refuses_resume(tiny_cfg, 
     first = tiny_cfg("m", **{"trainer.steps": 1, "trainer.save_only_model": True})
     _train(first)
     step_dir = Path(first.logging.output_dir) / "checkpoints/step-1"
-    assert torch.load(step_dir / "trainer_state.pt", weights_only=False)["optimizer"] is None
+    from onpolicy.trainer.safe_state import load_tree
+
+    assert load_tree(step_dir / "trainer_state")["optimizer"] is None
     assert json.loads((step_dir / "meta.json").read_text())["model_only"] is True
     _weights(step_dir / "policy")  # the policy itself is complete
 

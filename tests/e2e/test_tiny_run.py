@@ -126,7 +126,7 @@ def test_default_config_raises_reward(e2e_root, default_config_path):
     from onpolicy.config import parse_args
 
     cfg = parse_args(["--config", str(default_config_path), "--logging.output_dir", str(e2e_root / "default"),
-                      "--logging.plot", "false"])
+                      "--logging.plot", "false", "--trainer.sft_cache_dir", str(e2e_root / "cache")])
     s = _train(cfg)
     assert s["max_abs_kl"] == 0.0 and s["max_mismatch_frac"] == 0.0
     assert s["reward_last10"] > s["reward_first10"] + 0.2, (s["reward_first10"], s["reward_last10"])
@@ -158,7 +158,7 @@ def test_sft_warm_start_is_cached(tiny_cfg):
 
     stats = []
     for name in ("a", "b"):
-        cfg = tiny_cfg(name, **{"trainer.steps": 0, "trainer.sft_warmup_steps": 3})
+        cfg = tiny_cfg(name, **{"trainer.steps": 1, "trainer.sft_warmup_steps": 3})
         run = setup.build_run(cfg, log=lambda *a: None)
         run.logger.close()
         stats.append(run.sft_stats)
@@ -166,8 +166,11 @@ def test_sft_warm_start_is_cached(tiny_cfg):
     assert stats[0]["sft/loss_last"] == stats[1]["sft/loss_last"]
 
 
-def test_rerun_in_same_dir_starts_a_fresh_metrics_file(tiny_cfg):
+def test_rerun_in_same_dir_needs_overwrite_then_starts_a_fresh_metrics_file(tiny_cfg):
     cfg = tiny_cfg(**{"trainer.steps": 2})
     _train(cfg)
+    with pytest.raises(ValueError, match=r"holds an earlier run's results"):
+        _train(cfg)
+    cfg.logging.overwrite = True
     _train(cfg)
     assert [r["step"] for r in _rows(cfg)] == [1, 2]

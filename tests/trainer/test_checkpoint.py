@@ -7,7 +7,7 @@ from onpolicy.trainer import checkpoint as ck
 
 tiny = pytest.importorskip("onpolicy.model.tiny")
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-             num_key_value_heads=1, head_dim=16)
+             num_key_value_heads=1, head_dim=64)
 
 
 def _parts(seed=0):
@@ -66,7 +66,7 @@ def test_crash_mid_write_keeps_previous(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck.torch, "save", boom)  # crash after the policy files, before the state file
+    monkeypatch.setattr(ck, "save_tree", boom)  # crash after the policy files, before the state files
     with pytest.raises(OSError, match="disk full"):
         ck.save_checkpoint(tmp_path, 2, model, opt, sched, extra={"n": 2})
     monkeypatch.undo()

@@ -75,7 +75,7 @@ def test_algo_defaults(algo, epsilon_high, loss_agg):
     (["--sampling.top_p", "0"], "sampling.top_p", "(0, 1]"),
     (["--sampling.top_p", "1.5"], "sampling.top_p", "(0, 1]"),
     (["--sampling.top_k", "0"], "sampling.top_k", "-1"),
-    (["--sampling.temperature", "0"], "sampling.temperature", "> 0"),
+    (["--sampling.temperature", "0"], "sampling.temperature", ">= 0.01"),
     (["--trainer.tis_cap", "2.0"], "trainer.tis_cap", "invariant"),
     (["--trainer.invariant", "false", "--trainer.strict_onpolicy", "true"], "trainer.strict_onpolicy", "invariant"),
     (["--trainer.steps", "1.5"], "trainer.steps", "int"),
@@ -183,7 +183,7 @@ def test_check_context_before_any_model_is_built(tmp_path, monkeypatch):
     (model_dir / "config.json").write_text(json.dumps({
         "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "vocab_size": 64, "hidden_size": 32,
         "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
-        "head_dim": 16, "max_position_embeddings": 100}))
+        "head_dim": 64, "max_position_embeddings": 100}))
     ok = parse_args(["--model.path", str(model_dir), "--data.max_prompt_tokens", "90", "--sampling.max_tokens", "10"])
     check_context(ok)
     with pytest.raises(ConfigError, match=r"= 101 exceeds the model's context max_position_embeddings=100"):

@@ -45,7 +45,7 @@ def test_unknown_field_without_a_close_match_lists_the_section():
 
 @pytest.mark.parametrize("argv, message", [
     (["--trainer.lr"], "--trainer.lr needs a value (a float > 0)"),
-    (["--trainer.steps", "--trainer.lr", "1e-4"], "--trainer.steps needs a value (an int >= 0)"),
+    (["--trainer.steps", "--trainer.lr", "1e-4"], "--trainer.steps needs a value (an int >= 1)"),
     (["--model.path"], "--model.path needs a value"),
 ])
 def test_a_missing_value_says_so(argv, message):

@@ -1,5 +1,5 @@
 """Recipes from the command line: accelerate launches, one-line user errors (exit 2), --debug, refused
-launches (a world size the config cannot use, accelerate's one-process launcher asked for several). Each test runs the recipe in a subprocess (0 RL steps where it gets that far)."""
+launches (a world size the config cannot use, accelerate's one-process launcher asked for several). Each test runs the recipe in a subprocess (1 small RL step where it gets that far)."""
 import json
 import os
 import subprocess
@@ -14,14 +14,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_accelerate_launch_recipe(tmp_path):
     """`accelerate launch --config_file configs/accelerate/cpu.yaml recipes/dapo.py ...` runs the recipe to the
-    end (0 RL steps: launch check, parse, determinism, rewards and context checks, model/data/engine build,
-    logger)."""
+    end (one small RL step: launch check, parse, determinism, rewards and context checks, model/data/engine
+    build, logger)."""
     pytest.importorskip("accelerate")
     out_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "accelerate.commands.launch",
            "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"), "--num_cpu_threads_per_process", "2",
            str(ROOT / "recipes/dapo.py"), "--config", str(ROOT / "configs/tiny-cpu.yaml"),
-           "--trainer.steps", "0", "--trainer.lr=3e-4", "--data.num_examples", "8",
+           "--trainer.steps", "1", "--trainer.prompts_per_step", "2", "--sampling.num_generations", "2",
+           "--trainer.sft_warmup_steps", "0", "--trainer.lr=3e-4", "--data.num_examples", "8",
            "--logging.output_dir", str(out_dir), "--logging.report_to", "[console]"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
@@ -49,7 +50,7 @@ def test_accelerate_launch_single_gpu_one_step(tmp_path):
 
 def _recipe(tmp_path, *args, env=None):
     cmd = [sys.executable, str(ROOT / "recipes/grpo.py"), "--config", str(ROOT / "configs/tiny-cpu.yaml"),
-           "--trainer.steps", "0", "--trainer.sft_warmup_steps", "0", "--data.num_examples", "8",
+           "--trainer.steps", "1", "--trainer.sft_warmup_steps", "0", "--data.num_examples", "8",
            "--logging.output_dir", str(tmp_path / "run"), "--logging.plot", "false", *args]
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("WORLD_SIZE", "MASTER_ADDR", "ACCELERATE_USE_CPU", "ONPOLICY_DEBUG")}
