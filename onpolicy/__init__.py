@@ -12,6 +12,15 @@ from pathlib import Path as _Path
 __version__ = "0.1.0"
 
 
+def __getattr__(name: str):
+    """`onpolicy.train(config, reward_funcs=[...], reward_weights=[...])` (onpolicy.api), imported on first use."""
+    if name == "train":
+        from onpolicy.api import train
+
+        return train
+    raise AttributeError(f"module 'onpolicy' has no attribute {name!r}")
+
+
 def _map_checkout_kernels() -> None:
     """In a checkout (pyproject.toml beside onpolicy/), register its own kernels/ as `onpolicy.kernels`, so a
     second worktree never picks up another checkout's kernels through an editable install's mapping."""

@@ -20,6 +20,7 @@ allowed values, before any compute. Left out: environment-variable overrides, pe
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ from onpolicy.trainer.distributed import GRAD_REDUCTIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
            "RewardArgs", "EvalArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
-           "check_context"]
+           "check_context", "check_rewards"]
 
 _f = config_field
 
@@ -188,10 +189,23 @@ class TrainerArgs(Section):
 
 @dataclass
 class RewardArgs(Section):
+    """One reward: `name` (a registered reward or an import path) or `model` (a reward-model directory)."""
+
     _name: ClassVar[str] = "rewards[]"
-    name: str = _f(dataclasses.MISSING, "registered reward name (onpolicy.rewards): embedded, math_answer, format, ...",
-                   nonblank=True, allowed="a registered reward name")
+    name: str | None = _f(None, "a registered reward (embedded, math_answer, math_answer_lenient, format) or an "
+                          "import path 'package.module:function' (on PYTHONPATH or next to the config file)",
+                          nonblank=True, allowed="a registered reward name or 'package.module:function'")
     weight: float = _f(1.0, "weight of this reward in the total")
+    model: str | None = _f(None, "a local HF *ForSequenceClassification directory scored as the reward "
+                           "(instead of name)", nonblank=True, allowed="a reward-model directory")
+
+    def _validate(self):
+        self._check((self.name is None) != (self.model is None), "name",
+                    "exactly one of name (a reward function) and model (a reward-model directory)")
+
+    @property
+    def key(self) -> str:
+        return self.name if self.name is not None else f"model:{self.model}"
 
 
 @dataclass
@@ -219,7 +233,9 @@ class LoggingArgs(Section):
         self._check(why is None, "output_dir", why or "")
 
 
-REWARDS_HELP = "rewards: --rewards '[{name: NAME, weight: W}, ...]' (default [{name: embedded}])"
+REWARDS_HELP = ("rewards: --rewards '[{name: NAME, weight: W}, {model: DIR, weight: W}, ...]' "
+                "(default [{name: embedded}]); NAME: a registered reward or 'package.module:function' "
+                "(docs/rewards.md)")
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineConfig,
             "trainer": TrainerArgs, "eval": EvalArgs, "logging": LoggingArgs}
 
@@ -245,9 +261,9 @@ class ExperimentConfig:
         if not isinstance(rewards, list) or not rewards:
             raise ConfigError(f"rewards: expected a non-empty list of {{name, weight}} mappings, got {rewards!r}")
         self.rewards = [coerce(r, RewardArgs, f"rewards[{i}]") for i, r in enumerate(rewards)]
-        names = [r.name for r in self.rewards]
+        names = [r.key for r in self.rewards]
         if len(set(names)) != len(names):
-            raise ConfigError(f"rewards: duplicate reward names {names}; allowed: each name once")
+            raise ConfigError(f"rewards: duplicate rewards {names}; allowed: each name once (and each model once)")
         algo, g = self.trainer.algo, self.sampling.num_generations
         if g < MIN_GENERATIONS[algo]:
             raise ConfigError(f"sampling.num_generations: got {g}; allowed: an int >= {MIN_GENERATIONS[algo]} with "
@@ -267,7 +283,10 @@ class ExperimentConfig:
         return cls(**data)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data; a reward entry lists only the fields it sets (name or model) and its weight."""
+        out = dataclasses.asdict(self)
+        out["rewards"] = [{k: v for k, v in r.items() if v is not None} for r in out["rewards"]]
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -294,6 +313,7 @@ def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = No
             raise ConfigError(f"--{key}: this recipe fixes {key} = {value!r}; got {given[-1]!r}")
         apply_override(SECTIONS, data, key, value)
     cfg = ExperimentConfig.from_dict(data)
+    check_rewards(cfg, os.path.dirname(os.path.abspath(config_path)) if config_path else None)
     if print_config:
         check_names_and_paths(cfg)
         print(cfg.to_yaml())
@@ -301,13 +321,23 @@ def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = No
     return cfg
 
 
-def check_names_and_paths(cfg: ExperimentConfig) -> None:
-    """What `--print-config` checks beyond the fields: reward names are registered, the data set and the model
-    directory exist and the context fits (`check_context`). Reads no data rows and builds no model."""
-    from onpolicy.data import check_dataset
-    from onpolicy.rewards import check_rewards
+def check_rewards(cfg: ExperimentConfig, config_dir: str | None = None) -> None:
+    """Every `cfg.rewards` entry resolves: a registered name, an importable callable (`config_dir`, the YAML's
+    directory, is searched for this lookup only), or a reward-model directory (checked, not loaded)."""
+    from onpolicy.rewards import check_rewards as resolve_all
 
-    check_rewards(cfg.rewards)
+    try:
+        resolve_all(cfg.rewards, config_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_names_and_paths(cfg: ExperimentConfig) -> None:
+    """What `--print-config` checks beyond the fields and the rewards (resolved by `parse_args` for every run):
+    the data set and the model directory exist and the context fits (`check_context`). Reads no data rows and
+    builds no model."""
+    from onpolicy.data import check_dataset
+
     check_dataset(cfg.data)
     check_context(cfg)
 
@@ -317,8 +347,6 @@ def check_context(cfg: ExperimentConfig) -> None:
     leftover tiny block cannot hide a wrong path) and `data.max_prompt_tokens + sampling.max_tokens` fits the
     model's context (max_position_embeddings of config.json, or of the tiny config), and every
     `sampling.stop_token_ids` is below its vocab_size. Reads config.json only."""
-    import os
-
     m = cfg.model
     if m.path == "tiny":
         from onpolicy.model.tiny import tiny_config

@@ -64,16 +64,20 @@ def _sampling_params(cfg, problem_id: str):
                           logprobs=False)
 
 
-def score_problems(cfg, rows: list[dict], texts: list[list[str]]) -> list[dict]:
-    """Problem records (evaluation.problem_record) from each problem's completion texts."""
+def score_problems(cfg, rows: list[dict], texts: list[list[str]], token_ids: list[list[list[int]]],
+                   rewards) -> list[dict]:
+    """Problem records (evaluation.problem_record) from each problem's completions; `rewards`: resolved
+    `onpolicy.rewards.sources.Reward`s, called as in training (data columns, completion_ids)."""
     from onpolicy.chat import RESERVED_ROW_KEYS, reward_inputs
     from onpolicy.rewards import combine_rewards
 
     expanded = [r for r, t in zip(rows, texts) for _ in t]
     flat = [x for t in texts for x in t]
-    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in RESERVED_ROW_KEYS}
+    skip = RESERVED_ROW_KEYS + ("completion", "completion_ids", "trainer_state")
+    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in skip}
     prompts, completions = reward_inputs(expanded, flat)
-    totals, per_name = combine_rewards(cfg.rewards, prompts, completions, **columns)
+    totals, per_name = combine_rewards(rewards, prompts, completions,
+                                       completion_ids=[list(c) for ids in token_ids for c in ids], **columns)
     out, at = [], 0
     for row, t in zip(rows, texts):
         sl = slice(at, at + len(t))
@@ -90,17 +94,22 @@ def _my_share(n: int, dist) -> range:
     return range(min(n, dist.rank * per), min(n, (dist.rank + 1) * per))
 
 
-def evaluate(cfg, llm, tokenizer, rows: list[dict], dist=None) -> tuple[list[dict], dict]:
-    """(records in problem order, summary). Call inside `onpolicy.kernels.invariant_mode(...)` and no_grad."""
+def evaluate(cfg, llm, tokenizer, rows: list[dict], dist=None, rewards=None) -> tuple[list[dict], dict]:
+    """(records in problem order, summary); `rewards`: resolved rewards (default: `cfg.rewards` resolved).
+    Call inside `onpolicy.kernels.invariant_mode(...)` and no_grad."""
     from onpolicy.chat import encode_prompt
+    from onpolicy.rewards import resolve_rewards
+
+    rewards = resolve_rewards(cfg.rewards if rewards is None else rewards)
 
     mine = [rows[i] for i in _my_share(len(rows), dist)]
     records = []
     if mine:
         outputs = llm.generate([encode_prompt(tokenizer, r) for r in mine],
                                [_sampling_params(cfg, r["id"]) for r in mine])
-        texts = [[c.text for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
-        records = score_problems(cfg, mine, texts)
+        samples = [sorted(o.outputs, key=lambda c: c.index) for o in outputs]
+        records = score_problems(cfg, mine, [[c.text for c in s] for s in samples],
+                                 [[list(c.token_ids) for c in s] for s in samples], rewards)
     if dist is not None and dist.world_size > 1:
         records = [r for part in dist.gather(records) for r in part]
     return records, summarize(records, cfg.eval)
@@ -115,15 +124,16 @@ def run_evaluation(cfg, log=print) -> tuple[list[dict], dict, tuple]:
     from onpolicy.config import check_context
     from onpolicy.data import load_prompts
     from onpolicy.evaluation import check_eval_config, write_results
-    from onpolicy.rewards import check_rewards
+    from onpolicy.rewards import resolve_rewards
     from onpolicy.trainer.setup import (attach_generation_settings, build_model, build_sampler, build_tokenizer,
-                                        check_stop_strings, resolve_device)
+                                        check_stop_strings, load_reward_models, resolve_device)
 
-    check_rewards(cfg.rewards)
+    rewards = resolve_rewards(cfg.rewards)
     check_eval_config(cfg)
     check_context(cfg)
     t = cfg.trainer
     device = resolve_device(cfg.model.device)
+    load_reward_models(rewards, device, log=lambda *a: None)
     determinism.enable(seed=t.seed, cpu_threads=t.num_threads if isinstance(t.num_threads, int) else -1)
     tokenizer = build_tokenizer(cfg)
     check_stop_strings(cfg, tokenizer)
@@ -133,6 +143,6 @@ def run_evaluation(cfg, log=print) -> tuple[list[dict], dict, tuple]:
     attach_generation_settings(model, tokenizer, log=lambda *a: None)
     llm = build_sampler(cfg, model, tokenizer, device)
     with kernels.invariant_mode(t.invariant), torch.no_grad():
-        records, summary = evaluate(cfg, llm, tokenizer, rows)
+        records, summary = evaluate(cfg, llm, tokenizer, rows, rewards=rewards)
     summary = {**summary, "model": cfg.model.path, "temperature": cfg.eval.temperature, "seed": cfg.eval.seed}
     return records, summary, write_results(cfg.logging.output_dir, records, summary)

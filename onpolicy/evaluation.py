@@ -8,7 +8,8 @@ Definitions (one problem = one held-out prompt, `eval.num_samples` = n samples e
 - `accuracy` = mean over problems of c / n (with n = 1 and temperature 0: the greedy accuracy);
 - `pass@k` = mean over problems of 1 - C(n-c, k) / C(n, k) (Chen et al. 2021, unbiased), computed exactly with
   integer binomials and one rounding to float;
-- `reward/mean` = the mean weighted total over every sample; `reward/<name>` the mean of each configured reward;
+- `reward/mean` = the mean weighted total over every sample; `reward/<label>` the mean of each configured reward
+  over the samples it applies to (a reward's None means "does not apply"; such a sample is not correct by it);
 - in `compare_results`, a problem counts as solved when more than half of its samples are correct.
 Left out: per-problem timeouts, confidence intervals.
 """
@@ -55,7 +56,9 @@ def check_eval_config(cfg) -> None:
     if cfg.data.eval_dataset is None and not cfg.data.dataset.startswith("embedded:"):
         raise ConfigError("data.eval_dataset: null needs an embedded training task (its held-out split); allowed "
                           "here: a local json/jsonl/parquet/csv file or save_to_disk dir")
-    names = [r.name for r in cfg.rewards]
+    from onpolicy.rewards import resolve_rewards
+
+    names = [r.label for r in resolve_rewards(cfg.rewards)]
     if cfg.eval.correct_reward is not None and cfg.eval.correct_reward not in names:
         raise ConfigError(f"eval.correct_reward: got {cfg.eval.correct_reward!r}; allowed: null or one of "
                           f"{', '.join(names)}")
@@ -72,7 +75,7 @@ def problem_record(problem_id: str, row: dict, completions: list[str], totals: l
                    by_name: dict[str, list[float]], eval_args) -> dict:
     """One eval.jsonl row: the problem's completions, rewards and which samples are correct."""
     judged = by_name[eval_args.correct_reward] if eval_args.correct_reward else totals
-    correct = [v >= eval_args.correct_threshold for v in judged]
+    correct = [v is not None and v >= eval_args.correct_threshold for v in judged]
     return {"id": problem_id, "prompt": row["prompt"], "answer": row.get("answer"), "completions": completions,
             "rewards": totals, "rewards_by_name": by_name, "correct": correct, "num_correct": sum(correct),
             "num_samples": len(completions)}
@@ -90,8 +93,9 @@ def summarize(records: list[dict], eval_args) -> dict:
     all_rewards = [v for r in records for v in r["rewards"]]
     out["reward/mean"] = sum(all_rewards) / len(all_rewards)
     for name in records[0]["rewards_by_name"]:
-        vals = [v for r in records for v in r["rewards_by_name"][name]]
-        out[f"reward/{name}"] = sum(vals) / len(vals)
+        vals = [v for r in records for v in r["rewards_by_name"][name] if v is not None]  # None: n/a
+        if vals:
+            out[f"reward/{name}"] = sum(vals) / len(vals)
     return out
 
 

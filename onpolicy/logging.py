@@ -221,7 +221,12 @@ class RunLogger:
 
     @staticmethod
     def format_line(row: dict) -> str:
+        """`step N | reward .. | std .. | <each reward's mean, with two or more rewards> | kl .. | ...`."""
         parts = [f"step {row['step']}"] + [f"{label} {_fmt(row[k])}" for k, label in _CONSOLE if k in row]
+        per_reward = [k for k in row if k.startswith("reward/") and k.endswith("/mean") and k.count("/") == 2]
+        if len(per_reward) > 1:
+            at = 1 + sum(k in row for k in ("reward/mean", "reward/std"))
+            parts[at:at] = [f"{k[len('reward/'):-len('/mean')]} {_fmt(row[k])}" for k in per_reward]
         return " | ".join(parts)
 
     def close(self) -> list[str]:

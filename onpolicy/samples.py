@@ -25,7 +25,8 @@ def sample_rows(step: int, prompts: list[str], scored) -> list[dict]:
     for i, text in enumerate(ro.texts):
         group = ro.group_index[i]
         rows.append({"step": step, "group": group, "prompt": prompts[group - first], "completion": text,
-                     "reward": float(scored.rewards[i]), "rewards": {k: float(v[i]) for k, v in by_name.items()},
+                     "reward": float(scored.rewards[i]),
+                     "rewards": {k: None if v[i] is None else float(v[i]) for k, v in by_name.items()},
                      "advantage": float(scored.advantages[i]), "finish_reason": ro.finish_reasons[i]})
     return rows
 

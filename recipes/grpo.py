@@ -4,15 +4,15 @@ Also `accelerate launch --config_file configs/accelerate/<cpu|cpu_ddp|cpu_fsdp2|
 recipes/grpo.py --config ...` on N processes (data parallel, or FSDP2-sharded masters and optimizer state:
 docs/distributed.md; accelerate starts the processes and sets
 their environment, `model.device` picks the device). Steps: parse and validate the config
-(`onpolicy.config.parse_args`; `--print-config` shows the resolved YAML and exits), check the launch (world size
-against the config, the accelerate config) before any process group or model, start the process group when
-launched on several processes (gloo on CPU, NCCL on GPU, each rank on its GPU), then
-`onpolicy.trainer.train(cfg)`, which seeds, checks rewards, data and the context budget before any compute
-(console output from rank 0 only). A config, data or launch error prints one line `error: <message>` and
-exits 2 (`--debug` or ONPOLICY_DEBUG=1 keeps the traceback). Under FSDP the recipe pins NCCL's algorithm
-and protocol (onpolicy.trainer.fsdp.NCCL_PINS) before the process group exists. Left out: FSDP1 and
-accelerate's mixed_precision (refused before compute). `dapo.py`, `rloo.py`, `dr_grpo.py` are this recipe
-with `trainer.algo` fixed.
+(`onpolicy.config.parse_args`, which also resolves the rewards; `--print-config` shows the resolved YAML and
+exits), then `onpolicy.train(cfg)` (onpolicy.api, the Python entry point): check the launch (world size against
+the config, the accelerate config) before any process group or model, start the process group when launched on
+several processes (gloo on CPU, NCCL on GPU, each rank on its GPU), then `onpolicy.trainer.train`, which seeds,
+checks data and the context budget before any compute (console output from rank 0 only). A config, data or
+launch error prints one line `error: <message>` and exits 2 (`--debug` or ONPOLICY_DEBUG=1 keeps the traceback).
+Under FSDP the recipe pins NCCL's algorithm and protocol (onpolicy.trainer.fsdp.NCCL_PINS) before the process
+group exists. Left out: FSDP1 and accelerate's mixed_precision (refused before compute). `dapo.py`, `rloo.py`,
+`dr_grpo.py` are this recipe with `trainer.algo` fixed.
 """
 from __future__ import annotations
 
@@ -28,36 +28,12 @@ def main(argv: list[str] | None = None, algo: str | None = None) -> dict:
     return run_cli(lambda args: _run(args, algo), argv)
 
 
-def start_processes(cfg) -> bool:
-    """On a multi-process launch (or any FSDP launch: fully_shard needs a process group), the process group
-    (through accelerate) and this rank's GPU; True on rank 0. `cfg.model.device` is left as validated
-    ("cuda" then means this rank's GPU)."""
-    from onpolicy.trainer.distributed import launched_world_size
-    from onpolicy.trainer.fsdp import fsdp_requested, pin_nccl
-
-    if fsdp_requested():
-        pin_nccl()
-    elif launched_world_size() == 1:
-        return True
-    import torch
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=cfg.model.device == "cpu")
-    if accelerator.device.type == "cuda":
-        torch.cuda.set_device(accelerator.device)
-    return accelerator.is_main_process
-
-
 def _run(argv: list[str], algo: str | None) -> dict:
+    from onpolicy.api import train
     from onpolicy.config import parse_args
-    from onpolicy.config_cli import check_launch
 
     cfg = parse_args(argv, forced={"trainer.algo": algo} if algo else None)
-    check_launch(cfg)
-    is_main = start_processes(cfg)
-    from onpolicy.trainer import train
-
-    return train(cfg, log=print if is_main else (lambda *a, **k: None))
+    return train(cfg)
 
 
 if __name__ == "__main__":

@@ -71,16 +71,30 @@ def load_pretrained(path: str, dtype: str | torch.dtype | None = None, device: s
         dtype = names[dtype]
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"load_pretrained: dtype {dtype!r} not supported; allowed: {', '.join(DTYPES)}")
-    from safetensors import safe_open
 
     config = load_config(path, dtype)
     model = CausalLM(config, init=False)
+    load_weights(model, path)
+    model.generation_settings = read_generation_settings(path)
+    return model.to(device), config
+
+
+def load_weights(model: CausalLM, path: str, keep: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Fill `model`'s parameters from the safetensors in `path`; returns the checkpoint tensors named in `keep`
+    (e.g. a classification head the decoder has no parameter for). Any other unexpected key or missing
+    parameter raises ValueError."""
+    from safetensors import safe_open
+
+    config = model.config
     params = dict(model.named_parameters())
     pending = {name: set(_shard_ids(model, name)) for name in params}
-    unexpected = []
+    unexpected, kept = [], {}
     for file in _safetensor_files(path):
         with safe_open(file, framework="pt", device="cpu") as f:
             for key in f.keys():
+                if key in keep:
+                    kept[key] = f.get_tensor(key)
+                    continue
                 if key.endswith(_IGNORED_SUFFIXES) or (key == "lm_head.weight" and config.tie_word_embeddings):
                     continue
                 name, shard = (key, None) if config.arch.fused_checkpoint else hf_to_ours(key)
@@ -91,13 +105,13 @@ def load_pretrained(path: str, dtype: str | torch.dtype | None = None, device: s
                 param.weight_loader(param, f.get_tensor(key).to(param.dtype), shard)
                 pending[name].discard(shard)
     missing = sorted(f"{n}[{s}]" if s else n for n, shards in pending.items() for s in shards)
+    missing += sorted(set(keep) - set(kept))
     if unexpected or missing:
         raise ValueError(f"load_pretrained: checkpoint at {path!r} does not match the config: "
                          f"unexpected keys {unexpected[:8]}, missing parameters {missing[:8]}")
     if config.partial_rotary_factor != 1.0:
         to_our_order(model)
-    model.generation_settings = read_generation_settings(path)
-    return model.to(device), config
+    return kept
 
 
 def _shard_ids(model: CausalLM, param_name: str) -> list:

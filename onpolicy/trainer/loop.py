@@ -60,7 +60,7 @@ def rl_step(run: Run, step: int) -> dict:
     ro = _sample_share(run, prompt_ids, step)
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()
-    scored = score_rollouts(cfg, rows, ro)
+    scored = score_rollouts(cfg, rows, ro, rewards=run.rewards, step=step)
     run.logger.log_samples(step + 1, [r["prompt"] for r in rows], scored)
     peak.start()
     t1 = time.perf_counter()
@@ -92,7 +92,7 @@ def held_out_metrics(run: Run) -> dict:
 
     t0 = time.perf_counter()
     with torch.no_grad():
-        _, summary = evaluate(run.cfg, run.llm, run.tokenizer, run.eval_rows, run.dist)
+        _, summary = evaluate(run.cfg, run.llm, run.tokenizer, run.eval_rows, run.dist, rewards=run.rewards)
     keys = [k for k in summary if k not in ("num_problems", "num_samples")]
     return {**{f"eval/{k}": summary[k] for k in keys}, "time/eval": time.perf_counter() - t0}
 
@@ -146,9 +146,10 @@ def _stop(run: Run, mark: StepMark, e: BaseException, history: list[dict], wall0
     return e
 
 
-def train(cfg, log=print) -> dict:
+def train(cfg, log=print, rewards=None) -> dict:
     """Run `cfg.trainer.steps` RL steps (after the optional SFT warm-start); returns a summary dict.
-    The policy after the last step is always saved (`summary["final_policy"]`)."""
+    The policy after the last step is always saved (`summary["final_policy"]`). `rewards`: resolved
+    `onpolicy.rewards.sources.Reward`s (Python callables; `onpolicy.train`), default `cfg.rewards`."""
     from onpolicy import kernels
     from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root
     from onpolicy.trainer.distributed import Dist
@@ -157,7 +158,7 @@ def train(cfg, log=print) -> dict:
     run_dir = claim(cfg, log) if Dist.current().is_main else None
     try:
         with kernels.invariant_mode(cfg.trainer.invariant):
-            run = build_run(cfg, log=log)
+            run = build_run(cfg, log=log, rewards=rewards)
             wall0 = time.perf_counter()
             history: list[dict] = []
             mark = StepMark(run)

@@ -9,6 +9,7 @@ naming the reward, before any update. Left out: resampling to refill dropped gro
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,15 +28,19 @@ class ScoredBatch:
     loss_mask: torch.Tensor        # [total completion tokens] bool, CPU
     truncated: torch.Tensor        # [N*G] bool: finish_reason == "length"
     kept_groups: int               # groups left in the loss after dynamic sampling
-    reward_by_name: dict           # reward name -> per-completion values
+    reward_by_name: dict           # reward label -> per-completion values (None: the reward does not apply)
 
     def metrics(self) -> dict:
-        """reward/*, completion/* and dapo/* metrics of this batch."""
+        """reward/* of the weighted total, and reward/<label>/mean and /std of each reward (over the completions
+        it applies to; left out when it applies to none) -- unweighted, as the reward function returned them."""
         ro = self.rollout
         out = group_reward_stats(self.rewards, ro.group_size)
-        if len(self.reward_by_name) > 1:
-            for name, vals in self.reward_by_name.items():
-                out[f"reward/{name}"] = sum(vals) / len(vals)
+        for label, vals in self.reward_by_name.items():
+            given = [v for v in vals if v is not None]
+            if given:
+                mean = sum(given) / len(given)
+                out[f"reward/{label}/mean"] = mean
+                out[f"reward/{label}/std"] = math.sqrt(sum((v - mean) ** 2 for v in given) / len(given))
         return out
 
     def completion_metrics(self) -> dict:
@@ -45,32 +50,51 @@ class ScoredBatch:
                 "dapo/kept_groups": self.kept_groups}
 
 
-def _overflow_message(cfg, per_name: dict) -> str:
+@dataclass(frozen=True)
+class RewardState:
+    """`trainer_state` as reward functions receive it (the fields of TRL's TrainerState that apply here)."""
+
+    global_step: int   # RL steps completed before this one
+    max_steps: int     # trainer.steps
+
+
+_NOT_COLUMNS = ("completion", "completion_ids", "trainer_state")  # keyword arguments of their own
+
+
+def _overflow_message(rewards: list, per_name: dict) -> str:
     """Names the reward with the largest weighted magnitude (the one that overflowed float32)."""
-    weight = {r.name: r.weight for r in cfg.rewards}
-    name, values = max(per_name.items(), key=lambda kv: max(abs(weight[kv[0]] * v) for v in kv[1]))
-    worst = max(values, key=abs)
+    weight = {r.label: r.weight for r in rewards}
+
+    def largest(item):
+        return max((abs(weight[item[0]] * v) for v in item[1] if v is not None), default=0.0)
+
+    name, values = max(per_name.items(), key=largest)
+    worst = max((v for v in values if v is not None), key=abs)
     return (f"reward {name!r} returned {worst:g} (weight {weight[name]:g}): the rewards or their group statistics "
             "are not finite in float32 (|value| up to 3.4e38, and squared in the group std); allowed: rewards of "
             "moderate size, e.g. in [-1e3, 1e3] (scale the reward)")
 
 
-def score_rollouts(cfg, rows: list[dict], ro: Rollout) -> ScoredBatch:
-    """Reward every completion (`cfg.rewards`, with the prompt row's other columns; prompts and completions as
+def score_rollouts(cfg, rows: list[dict], ro: Rollout, rewards=None, step: int = 0) -> ScoredBatch:
+    """Reward every completion (`rewards`: resolved `onpolicy.rewards.sources.Reward`s, default `cfg.rewards`;
+    each gets the prompt row's other columns, `completion_ids` and `trainer_state`; prompts and completions as
     messages for chat-message data, as strings otherwise: `onpolicy.chat.reward_inputs`), compute advantages
-    (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`)."""
+    (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`). `step`: 0-based."""
     from onpolicy.chat import RESERVED_ROW_KEYS, reward_inputs
-    from onpolicy.rewards import combine_rewards
+    from onpolicy.rewards import combine_rewards, resolve_rewards
 
     t, g = cfg.trainer, ro.group_size
+    reward_fns = resolve_rewards(cfg.rewards if rewards is None else rewards)
     expanded = [rows[i] for i in ro.group_index]
-    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in RESERVED_ROW_KEYS}
+    columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in RESERVED_ROW_KEYS + _NOT_COLUMNS}
     prompts, completions = reward_inputs(expanded, ro.texts)
-    total, per_name = combine_rewards(cfg.rewards, prompts, completions, **columns)
+    total, per_name = combine_rewards(reward_fns, prompts, completions,
+                                      completion_ids=[list(c) for c in ro.completion_ids],
+                                      trainer_state=RewardState(global_step=step, max_steps=t.steps), **columns)
     rewards = torch.tensor(total, dtype=torch.float32)
     adv = group_advantages(rewards, g, t.algo)
     if not (torch.isfinite(rewards).all() and torch.isfinite(adv).all()):
-        raise ValueError(_overflow_message(cfg, per_name))
+        raise ValueError(_overflow_message(reward_fns, per_name))
     lens = torch.tensor(ro.seq_lens, dtype=torch.long)
     mask = torch.ones(ro.num_tokens, dtype=torch.bool)
     kept_groups = len(rows)

@@ -42,6 +42,7 @@ class Run:
     dist: Any = None                  # onpolicy.trainer.distributed.Dist (rank, world size, fsdp)
     threads: Any = None               # onpolicy.trainer.cpu_threads.CpuThreads
     train_model: Any = None           # the module the trainer's forward runs under FSDP2; None: `model`
+    rewards: list | None = None       # resolved rewards (onpolicy.rewards.sources.Reward); None: cfg.rewards
     eval_rows: list | None = None     # held-out problems of trainer.eval_every (onpolicy.eval_run); None: off
 
 
@@ -223,13 +224,12 @@ def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int =
 
 
 def check_before_compute(cfg, dist, log=print) -> None:
-    """The run-level checks that need no model: rewards, context budget, resume path, world size, backend."""
+    """The run-level checks that need no model: context budget, resume path, world size, backend (the rewards are
+    resolved just before, in `build_run`)."""
     from onpolicy.config import check_context
-    from onpolicy.rewards import check_rewards
     from onpolicy.trainer.distributed import check_world_size
     from onpolicy.trainer.resume import check_resume_config
 
-    check_rewards(cfg.rewards)
     check_context(cfg)
     if cfg.trainer.eval_every:
         from onpolicy.evaluation import check_eval_config
@@ -260,10 +260,22 @@ def build_optimizer(t, model, params, device, dist):
     return MasterWeightAdamW(params, **adamw), None
 
 
-def build_run(cfg, log=print) -> Run:
+def load_reward_models(rewards: list, device: torch.device, log=print) -> None:
+    """Load the weights of every reward model among the resolved `rewards` onto `device` (before compute)."""
+    from onpolicy.rewards.reward_model import RewardModel
+
+    for r in rewards:
+        if isinstance(r.fn, RewardModel):
+            r.fn.to(device).load()
+            log(f"reward {r.label!r}: reward model {r.fn.path} scored on {r.fn.backend}")
+
+
+def build_run(cfg, log=print, rewards=None) -> Run:
+    """Everything one run needs; `rewards`: resolved rewards to use instead of `cfg.rewards`."""
     from onpolicy import determinism
     from onpolicy.data import PromptIterator, load_prompts
     from onpolicy.logging import RunLogger
+    from onpolicy.rewards.sources import resolve_rewards
     from onpolicy.trainer.cpu_threads import CpuThreads
     from onpolicy.trainer.distributed import Dist
     from onpolicy.trainer.resume import resume_run, trim_metrics
@@ -271,10 +283,12 @@ def build_run(cfg, log=print) -> Run:
     t0 = time.perf_counter()
     t = cfg.trainer
     dist = Dist.current()
+    rewards = resolve_rewards(cfg.rewards if rewards is None else rewards)
     check_before_compute(cfg, dist, log)
     device = resolve_device(cfg.model.device)
     determinism.enable(seed=t.seed, cpu_threads=t.num_threads if isinstance(t.num_threads, int) else -1)
     threads = CpuThreads(t.num_threads, device)
+    load_reward_models(rewards, device, log)
     tokenizer = build_tokenizer(cfg)
     check_stop_strings(cfg, tokenizer)
     rows = load_prompts(cfg.data, tokenizer)
@@ -306,7 +320,7 @@ def build_run(cfg, log=print) -> Run:
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,
               setup_time=0.0, sft_stats=sft_stats, dist=dist, train_model=train_model,
-              threads=threads, eval_rows=eval_rows)
+              threads=threads, rewards=rewards, eval_rows=eval_rows)
     if t.resume is not False:
         run.start_step = resume_run(run)
         if run.start_step:

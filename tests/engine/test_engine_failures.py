@@ -7,18 +7,6 @@ import torch
 
 from onpolicy.engine import LLM, EngineConfig, SamplingParams
 from onpolicy.engine.params import MIN_TEMPERATURE
-from onpolicy.model.tiny import build_tiny
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tok = build_tiny(seed=2, head_dim=64, num_hidden_layers=1)
-    return model.eval(), tok
-
-
-@pytest.fixture()
-def llm(tiny):
-    return LLM(tiny[0], tiny[1], EngineConfig(num_blocks=64, block_size=8))
 
 
 @pytest.mark.parametrize("temperature", [math.inf, -math.inf, math.nan, -0.5, 1e-40, MIN_TEMPERATURE / 2])

@@ -141,7 +141,8 @@ def test_scoring_passes_messages_and_columns(tmp_path, tok):
     scored = score_rollouts(cfg, rows, ro)
     assert scored.rewards.tolist() == [1.0, 0.0, 0.0, 1.0]
     assert seen["completions"][0] == [{"role": "assistant", "content": "19"}]
-    assert seen["prompts"][2] == CHAT_ROWS[1]["prompt"] and seen["keys"] == ["answer"]
+    assert seen["prompts"][2] == CHAT_ROWS[1]["prompt"]
+    assert seen["keys"] == ["answer", "completion_ids", "trainer_state"]  # columns plus TRL's keyword arguments
     total, _ = combine_rewards([RewardArgs("math_answer")], seen["prompts"], seen["completions"],
                                answer=["19", "19", "9", "9"])
     assert total == [0.0, 0.0, 0.0, 0.0]  # no marked answer in these completions

@@ -104,7 +104,7 @@ def test_empty_prompt_row_is_refused_at_load_naming_the_file_and_row(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--rewards", "[{name: no_such_reward}]"], "rewards[0].name: rewards: unknown reward name 'no_such_reward'"),
+    (["--rewards", "[{name: no_such_reward}]"], "rewards[0].name: unknown reward name 'no_such_reward'"),
     (["--data.dataset", "/nonexistent/data.jsonl"], "data.dataset: '/nonexistent/data.jsonl' does not exist"),
 ])
 def test_print_config_checks_rewards_and_data_paths(args, message):

@@ -85,6 +85,14 @@ def test_jsonl_and_console(tmp_path):
     assert len((tmp_path / "run/metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_console_shows_each_reward_beside_the_total():
+    row = {"step": 3, "reward/mean": 0.5, "reward/std": 0.1, "reward/exact/mean": 0.25, "reward/exact/std": 0.4,
+           "reward/judge/mean": 1.5, "reward/zero_std_frac": 0.0, "onpolicy/kl": 0.0}
+    assert RunLogger.format_line(row) == "step 3 | reward 0.5 | std 0.1 | exact 0.25 | judge 1.5 | kl 0"
+    one = {"step": 1, "reward/mean": 0.5, "reward/exact/mean": 0.5}  # one reward: the total says it all
+    assert RunLogger.format_line(one) == "step 1 | reward 0.5"
+
+
 def test_bad_metrics_and_disabled(tmp_path):
     logger = RunLogger(_cfg(tmp_path), stream=io.StringIO())
     with pytest.raises(ValueError, match="metric 'loss' must be a number, got str"):

@@ -125,3 +125,43 @@ def test_torchrun_launch_refused_with_the_reason_in_its_summary(tmp_path):
     assert 1 <= len(first) <= 2, text[-3000:]
     root = text[text.index("Root Cause"):]
     assert "traceback : " + expect in root, text[-3000:]
+
+
+def _docs_example_files(root: Path) -> list[Path]:
+    """Write the worked example of docs/rewards.md (each fenced block after a line ending in `my_task/<file>`:)."""
+    import re
+
+    text = (ROOT / "docs/rewards.md").read_text()
+    written = []
+    for name, body in re.findall(r"`(my_task/[\w.]+)`[^\n]*:\n\n```\w+\n(.*?)```", text, flags=re.S):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(body)
+        written.append(path)
+    return written
+
+
+def test_docs_rewards_worked_example(tmp_path):
+    """docs/rewards.md's example as written: own JSONL + own reward module found next to the config (run from
+    another directory, no PYTHONPATH) + the YAML + the command; each reward is logged beside the total."""
+    files = _docs_example_files(tmp_path)
+    assert sorted(p.name for p in files) == ["config.yaml", "my_rewards.py", "train.jsonl"]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "MASTER_ADDR", "ACCELERATE_USE_CPU",
+                                                           "PYTHONPATH")}
+    out = subprocess.run([sys.executable, str(ROOT / "recipes/grpo.py"), "--config", "my_task/config.yaml"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "outputs/my_task/metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["onpolicy/kl"] == 0.0 for r in rows)
+    for r in rows:
+        total = r["reward/exact_match/mean"] + 0.5 * r["reward/digits_in_place/mean"]
+        assert r["reward/mean"] == pytest.approx(total) and "reward/digits_in_place/std" in r
+    assert "exact_match" in out.stdout and "digits_in_place" in out.stdout  # the console line names each reward
+
+
+def test_recipe_reward_import_error_is_one_line(tmp_path):
+    out = _recipe(tmp_path, "--rewards", "[{name: 'no_such_module_q:f'}]")
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and lines == ["error: rewards[0].name: cannot import module 'no_such_module_q' for "
+                                             "'no_such_module_q:f': not found on PYTHONPATH or next to the config "
+                                             "file"], out.stderr[-3000:]

@@ -93,9 +93,9 @@ def test_combine_rewards_bad_input():
 
     @register_reward("test_bad_output")
     def bad(prompts, completions, **kwargs):
-        return [None] * len(completions)
+        return ["1"] * len(completions)
 
-    with pytest.raises(ValueError, match="reward 'test_bad_output' returned None"):
+    with pytest.raises(ValueError, match="reward 'test_bad_output' returned '1'; every value must be a finite float"):
         combine_rewards([RewardArgs("test_bad_output")], ["a"], ["b"])
 
 
