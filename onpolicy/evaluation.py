@@ -36,7 +36,8 @@ class EvalArgs(Section):
     pass_k: list[int] = _f(help="k values of the reported pass@k, each in [1, num_samples]", factory=lambda: [1])
     num_examples: int = _f(256, "held-out problems evaluated (the first N of the held-out set)", ge=1)
     seed: int = _f(0, "evaluation seed: sample j of problem p is seeded by (seed, p's id, j) only", ge=0)
-    correct_reward: str | None = _f(None, "reward whose value decides correctness (a name in `rewards`); "
+    correct_reward: str | None = _f(None, "reward whose value decides correctness (its label: the registered name, function "
+                                          "name or reward-model directory name); "
                                           "null = the weighted total")
     correct_threshold: float = _f(1.0, "a sample is correct when its reward is >= this")
 
