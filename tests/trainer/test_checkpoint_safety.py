@@ -10,7 +10,7 @@ from onpolicy.trainer import checkpoint as ck
 
 tiny = pytest.importorskip("onpolicy.model.tiny")
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-             num_key_value_heads=1, head_dim=16)
+             num_key_value_heads=1, head_dim=64)
 
 
 def _parts(dtype="float32"):
