@@ -15,7 +15,6 @@ import gc
 import json
 import os
 import sys
-import time
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

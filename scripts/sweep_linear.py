@@ -165,7 +165,7 @@ def part_sweep(out: list, ms: list[int]) -> None:
                 out.append(rec)
         summarize([r for r in out if r.get("K") == K and r.get("N") == N and "cfg" in r])
         dump(out, OUT_DIR[0])
-        del w, wcs, big, ref
+        w = wcs = big = ref = None  # free this shape's GPU buffers before the next
         torch.cuda.empty_cache()
 
 
@@ -221,7 +221,7 @@ def part_probe(out: list, ms: list[int], kn: str) -> None:
                 print(line, flush=True)
         print(f"K={K:5d} N={N:6d} cublas us " + " ".join(f"{M}:{base[M] * 1e3:.1f}" for M in ms), flush=True)
         dump(out, OUT_DIR[0])
-        del w, wcs, big, ref
+        w = wcs = big = ref = None  # free this shape's GPU buffers before the next
         torch.cuda.empty_cache()
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import torch
 
-from onpolicy import kernels
 from onpolicy.engine.kv_cache import allocate_kv_caches, auto_num_blocks
 from onpolicy.engine.params import EngineConfig
 from onpolicy.engine import sampling

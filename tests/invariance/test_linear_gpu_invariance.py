@@ -4,7 +4,6 @@
 -- and for ragged packed sequences. A self-check shows the harness flags a batch-dependent op."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 from onpolicy.kernels import linear
 

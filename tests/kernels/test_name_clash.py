@@ -1,8 +1,6 @@
 """onpolicy's kernels are imported as `onpolicy.kernels`, so Hugging Face's `kernels` package (common next to
 transformers/TRL, installed by the `test` extra) keeps its top-level name and cannot shadow ours, whichever
 is installed first. transformers must still run a tiny Qwen3 with both present."""
-import importlib
-import importlib.util
 import os
 import subprocess
 import sys
