@@ -274,6 +274,7 @@ def build_run(cfg, log=print, rewards=None) -> Run:
     """Everything one run needs; `rewards`: resolved rewards to use instead of `cfg.rewards`."""
     from onpolicy import determinism
     from onpolicy.data import PromptIterator, load_prompts
+    from onpolicy.eval_run import load_eval_rows
     from onpolicy.logging import RunLogger
     from onpolicy.rewards.sources import resolve_rewards
     from onpolicy.trainer.cpu_threads import CpuThreads
@@ -293,11 +294,7 @@ def build_run(cfg, log=print, rewards=None) -> Run:
     check_stop_strings(cfg, tokenizer)
     rows = load_prompts(cfg.data, tokenizer)
     warn_unknown_chars(cfg, rows, log)
-    eval_rows = None
-    if t.eval_every:
-        from onpolicy.eval_run import load_eval_rows
-
-        eval_rows = load_eval_rows(cfg, tokenizer, rows)
+    eval_rows = load_eval_rows(cfg, tokenizer, rows) if t.eval_every else None
     model = build_model(cfg, device, t.seed)
     attach_generation_settings(model, tokenizer, log)
 
