@@ -17,8 +17,8 @@ up to log2(C/W)+2 flat fp32 gradient buffers (the tree's partial sums and the re
 Metrics: every rank gets the whole step's rollout (gathered in rank order) and scores it, so rewards and
 advantages are world size 1's; loss and parity gather per-token values and reduce them in global order.
 `trainer.grad_reduction: all_reduce` replaces the cross-rank tree by the backend's all_reduce (for measuring
-the tree's cost: scripts/bench_scale.py). FSDP2 (`Dist.fsdp`, onpolicy.trainer.fsdp): FSDP reduce-scatters
-the gradients itself and this module's chunk reduction stands aside (one chunk per rank).
+the tree's cost: scripts/bench_scale.py). Under FSDP2 (onpolicy.trainer.parallel) FSDP reduce-scatters the
+gradients itself and this module's chunk reduction stands aside (one chunk per rank).
 Left out: NCCL algorithm pinning for DDP (we order the sums ourselves), bucketed overlap with the backward,
 non-power-of-two world sizes.
 """
@@ -65,20 +65,17 @@ def reduction_chunks(cfg, world_size: int) -> int:
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the job; world_size 1 without an initialised process group; `fsdp`: the
-    accelerate config asked for FSDP2 (sharded masters, onpolicy.trainer.fsdp)."""
+    """This process's place in the job; world_size 1 without an initialised process group. How the trainer is
+    spread over the ranks (replicated, FSDP2) is onpolicy.trainer.parallel's choice."""
     rank: int = 0
     world_size: int = 1
-    fsdp: bool = False
 
     @staticmethod
     def current() -> "Dist":
         import torch.distributed as td
 
-        from onpolicy.trainer.fsdp import fsdp_requested
-
         if td.is_available() and td.is_initialized():
-            return Dist(td.get_rank(), td.get_world_size(), fsdp_requested())
+            return Dist(td.get_rank(), td.get_world_size())
         return Dist()
 
     @property
@@ -123,11 +120,6 @@ class Dist:
         return flat
 
 
-def run_dist(run) -> Dist:
-    """`run.dist`, or world size 1 for run-like objects without one (benchmarks, tests)."""
-    return getattr(run, "dist", None) or Dist()
-
-
 class ChunkTree:
     """Sums chunk gradients (flat fp32) pushed in chunk order as a binary tree: ((g0+g1)+(g2+g3))...;
     holds at most log2(n)+1 buffers. `push` count must be a power of two for the tree to be the full one."""
@@ -170,19 +162,21 @@ def put_master_grads(optimizer, flat: torch.Tensor) -> None:
 
 
 class GradReduction:
-    """One optimizer update's chunked gradient reduction (see the module docstring); with one chunk on one
-    rank every method is a no-op and the update is exactly the single-process one."""
+    """One optimizer update's chunked gradient reduction (see the module docstring) of `optimizer`'s fp32 master
+    gradients over `chunks` chunks; inactive (`active` False: one chunk on one rank, or FSDP2, which
+    reduce-scatters in the backward) every method but the planning ones is a no-op. `all_reduce`: the backend's
+    all_reduce instead of the fixed-order tree across ranks (trainer.grad_reduction)."""
 
-    def __init__(self, run, num_seqs: int, group_size: int):
-        self.run, self.dist = run, run_dist(run)
-        self.chunks = reduction_chunks(run.cfg, self.dist.world_size)
+    def __init__(self, dist: Dist, optimizer, device: torch.device, chunks: int, num_seqs: int, group_size: int,
+                 *, active: bool, all_reduce: bool):
+        self.dist, self.optimizer, self.device, self.chunks = dist, optimizer, device, chunks
         if num_seqs % (self.chunks * group_size):
             raise ValueError(f"trainer.reduction_chunks: {self.chunks} chunks of whole groups do not divide a "
                              f"mini-batch of {num_seqs} sequences (groups of {group_size})")
         self.size = num_seqs // self.chunks
         self.tree = ChunkTree()
-        self.active = self.chunks > 1 and not self.dist.fsdp  # FSDP2 reduce-scatters in the backward
-        self.all_reduce = getattr(run.cfg.trainer, "grad_reduction", "tree") == "all_reduce"
+        self.active = active
+        self.all_reduce = all_reduce
 
     def my_chunks(self, rank: int | None = None) -> list[range]:
         """This rank's chunks (or `rank`'s): sequence ranges relative to the mini-batch, in order."""
@@ -193,7 +187,7 @@ class GradReduction:
     def chunk_done(self) -> None:
         """Move the finished chunk's gradient (accumulated from zero) into the tree."""
         if self.active:
-            self.tree.push(take_master_grads(self.run.optimizer))
+            self.tree.push(take_master_grads(self.optimizer))
 
     def finish(self) -> None:
         """Local tree, then recursive doubling across ranks; the masters hold the global gradient."""
@@ -206,13 +200,13 @@ class GradReduction:
             td.all_reduce(flat)  # the backend's order (bench_scale's comparison), not run-to-run bitwise
         elif self.dist.world_size > 1:
             self.dist.tree_sum_(flat)
-        put_master_grads(self.run.optimizer, flat)
+        put_master_grads(self.optimizer, flat)
 
     def loss_parts(self, parts: list) -> list:
         """Every rank's micro-batch loss parts (detached), in global order, on this rank's device."""
         if self.dist.world_size == 1:
             return parts
-        device = self.run.device
+        device = self.device
         mine = [_detached(p, "cpu") for p in parts]
         return [_detached(p, device) for rank_parts in self.dist.gather(mine) for p in rank_parts]
 
