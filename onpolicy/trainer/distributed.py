@@ -11,7 +11,7 @@ over micro-batches planned within the chunk, then the chunks are summed in one b
 the rank's own (aligned) subtree (`ChunkTree`), then across ranks by recursive doubling (`tree_sum_`, partner
 rank ^ 2^k at level k). fp32 addition is commutative bitwise (a+b == b+a), so every rank ends with the same
 ((g0+g1)+(g2+g3)) and the result does not depend on how the C chunks are spread over 1, 2, 4, ... ranks.
-C and W must be powers of two with W | C. Cost of the fixed order vs NCCL's all_reduce: each rank sends
+C and W must be powers of two with W | C (onpolicy.trainer.launch checks it before compute). Cost of the fixed order vs NCCL's all_reduce: each rank sends
 log2(W) full fp32 gradients (a ring all_reduce sends 2(W-1)/W of one), no overlap with the backward, and
 up to log2(C/W)+2 flat fp32 gradient buffers (the tree's partial sums and the receive buffer).
 Metrics: every rank gets the whole step's rollout (gathered in rank order) and scores it, so rewards and
@@ -24,43 +24,15 @@ non-power-of-two world sizes.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
-GRAD_REDUCTIONS = ("tree", "all_reduce")  # trainer.grad_reduction: fixed-order tree, or the backend's all_reduce
-
-def _power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
-def launched_world_size() -> int:
-    """WORLD_SIZE as set by `accelerate launch` / torchrun (1 when not launched), before any process group."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def check_world_size(cfg, world_size: int) -> None:
-    """Clear errors before compute: the world size must be a power of two dividing prompts_per_step, and
-    the reduction chunks (a power of two) a multiple of it dividing the prompts of one mini-batch."""
-    t = cfg.trainer
-    if not _power_of_two(world_size):
-        raise ValueError(f"world size {world_size}: the fixed-order gradient reduction needs a power of two "
-                         "number of processes; allowed: 1, 2, 4, 8, ...")
-    if t.prompts_per_step % world_size:
-        raise ValueError(f"trainer.prompts_per_step: {t.prompts_per_step} is not divisible by the world size "
-                         f"{world_size} (whole prompt groups per rank); allowed: a multiple of {world_size}")
-    chunks = reduction_chunks(cfg, world_size)
-    per_mini = t.prompts_per_step // t.mini_batches
-    if not _power_of_two(chunks) or chunks % world_size or per_mini % chunks:
-        raise ValueError(f"trainer.reduction_chunks: {chunks} must be a power of two, a multiple of the world size "
-                         f"{world_size} and divide the prompts of one mini-batch ({per_mini}); allowed: null "
-                         f"(= world size) or such a power of two")
-
 
 def reduction_chunks(cfg, world_size: int) -> int:
-    chunks = getattr(cfg.trainer, "reduction_chunks", None)
-    return world_size if chunks is None else int(chunks)
+    """trainer.reduction_chunks, null meaning the world size."""
+    chunks = cfg.trainer.reduction_chunks
+    return world_size if chunks is None else chunks
 
 
 @dataclass(frozen=True)
@@ -167,13 +139,10 @@ class GradReduction:
     reduce-scatters in the backward) every method but the planning ones is a no-op. `all_reduce`: the backend's
     all_reduce instead of the fixed-order tree across ranks (trainer.grad_reduction)."""
 
-    def __init__(self, dist: Dist, optimizer, device: torch.device, chunks: int, num_seqs: int, group_size: int,
-                 *, active: bool, all_reduce: bool):
+    def __init__(self, dist: Dist, optimizer, device: torch.device, chunks: int, num_seqs: int, *,
+                 active: bool, all_reduce: bool):
         self.dist, self.optimizer, self.device, self.chunks = dist, optimizer, device, chunks
-        if num_seqs % (self.chunks * group_size):
-            raise ValueError(f"trainer.reduction_chunks: {self.chunks} chunks of whole groups do not divide a "
-                             f"mini-batch of {num_seqs} sequences (groups of {group_size})")
-        self.size = num_seqs // self.chunks
+        self.size = num_seqs // self.chunks  # whole groups: the config and the launch checked reduction_chunks
         self.tree = ChunkTree()
         self.active = active
         self.all_reduce = all_reduce
@@ -231,20 +200,3 @@ def _detached(part, device):
     moved = {f.name: getattr(part, f.name).detach().to(device) for f in fields(part)
              if isinstance(getattr(part, f.name), torch.Tensor)}
     return replace(part, **moved)
-
-
-def check_launch_env(cfg, env=None) -> None:
-    """Errors before compute for an accelerate config this trainer cannot honour (read from the launcher's
-    environment): FSDP other than FSDP2 as onpolicy.trainer.fsdp builds it (`check_fsdp_env`), mixed
-    precision (autocast; precision comes from model.dtype), use_cpu with model.device: cuda."""
-    from onpolicy.trainer.fsdp import check_fsdp_env, fsdp_requested
-
-    env = os.environ if env is None else env
-    if fsdp_requested(env):
-        check_fsdp_env(cfg, env, int(env.get("WORLD_SIZE", "1")))
-    mp = env.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    if mp not in ("no", "none"):
-        raise ValueError(f"accelerate config: mixed_precision {mp!r} is not supported (the kernels run "
-                         f"model.dtype themselves, fp32 masters); allowed: 'no' (set model.dtype: bfloat16)")
-    if env.get("ACCELERATE_USE_CPU", "false").lower() == "true" and cfg.model.device == "cuda":
-        raise ValueError("model.device: 'cuda' but the accelerate config has use_cpu: true; allowed: cpu, auto")

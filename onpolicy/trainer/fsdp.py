@@ -41,7 +41,9 @@ def fsdp_requested(env=None) -> bool:
 
 
 def check_fsdp_env(cfg, env, world_size: int) -> None:
-    """Errors before compute for FSDP settings this trainer cannot honour (one owner per setting)."""
+    """Errors before compute for FSDP settings this trainer cannot honour (one owner per setting): the
+    accelerate config's FSDP fields, and the trainer settings FSDP2 replaces (its reduce-scatter sums the
+    gradients: reduction_chunks and grad_reduction), engine.backend."""
     version = env.get("FSDP_VERSION", "1")
     if version != "2":
         raise ValueError(f"accelerate config: fsdp_version {version} is not supported; allowed: 2 "

@@ -36,7 +36,8 @@ __all__ = ["learning_rate", "rl_step", "train"]
 
 def rl_step(trainer: Trainer, step: int) -> dict:
     """One RL step (0-based `step`); returns its metrics (the step number logged is step + 1).
-    A NonFiniteError carries the step's metrics so far (reward and completion metrics included). Call it inside
+    A NonFiniteError (from the update) carries the step's metrics so far, reward and completion metrics
+    included. Call it inside
     `onpolicy.kernels.invariant_mode(cfg.trainer.invariant)`, as `train()` does."""
     peak = PhasePeak(trainer.device)
     peak.start()
@@ -49,11 +50,7 @@ def rl_step(trainer: Trainer, step: int) -> dict:
     trainer.logger.log_samples(step + 1, [r["prompt"] for r in rows], scored)
     peak.start()
     t1 = time.perf_counter()
-    try:
-        update = trainer.update(scored, step)
-    except NonFiniteError as e:
-        e.metrics = {"step": step + 1, **e.metrics, **scored.metrics(), **scored.completion_metrics()}
-        raise
+    update = trainer.update(scored, step)
     t_train = time.perf_counter() - t1
     t_step = time.perf_counter() - t0
     memory = {} if sample_peak is None else {"memory/sample_peak_gib": sample_peak,
@@ -111,9 +108,10 @@ def _stop(trainer: Trainer, mark: StepMark, e: BaseException, history: list[dict
     if saved and not isinstance(e, KeyboardInterrupt):
         log(f"resume with: {command}")
     if isinstance(e, NonFiniteError):
-        stopped = f"{e.what} non-finite at step {e.step}"
+        e.saved = saved  # the message names it
+        stopped = f"{e.subject} non-finite at step {e.step}"
         log(format_summary(summarize(history, time.perf_counter() - wall0, trainer, saved, stopped=stopped)))
-        return NonFiniteError(e.step, e.what, e.metrics, saved=saved)
+        return e
     if isinstance(e, KeyboardInterrupt):
         return interrupted(e, mark.completed, saved, command)
     return e

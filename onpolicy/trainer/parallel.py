@@ -1,9 +1,10 @@
 """Parallelism strategies: what differs between ways of spreading the trainer over ranks, chosen once.
 
     strategy = choose_strategy(Dist.current())       # FSDP2 when the accelerate config says FSDP, else Replicated
+    strategy_class().check_launch(cfg, env, world)    # before any process group: its own settings
     optimizer = strategy.build_optimizer(model, trainable.select(model), cfg.trainer, device)
     module = strategy.train_module(model)             # what the trainer's forward/backward runs
-    reduction = strategy.grad_reduction(cfg, optimizer, device, num_seqs, group_size)
+    reduction = strategy.grad_reduction(cfg, optimizer, device, num_seqs)
     strategy.pad_micro_batches(module, planned, most) # equal collective counts across ranks
     strategy.save(root, step, state) / strategy.load(path, state)
 
@@ -51,6 +52,18 @@ class Replicated:
     def __init__(self, dist: Dist | None = None):
         self.dist = dist or Dist()
 
+    @staticmethod
+    def check_launch(cfg, env, world_size: int) -> None:
+        """Errors before compute for settings this strategy cannot honour: none of its own."""
+
+    @staticmethod
+    def before_process_group() -> None:
+        """Set-up that must precede the process group: none."""
+
+    @staticmethod
+    def needs_process_group(world_size: int) -> bool:
+        return world_size > 1
+
     def build_optimizer(self, model, params: list[tuple[str, torch.nn.Parameter]], t, device: torch.device):
         """`MasterWeightAdamW` over `params` (name, parameter) of `model`."""
         from onpolicy.trainer.precision import MasterWeightAdamW
@@ -60,10 +73,10 @@ class Replicated:
     def train_module(self, model) -> torch.nn.Module:
         return model
 
-    def grad_reduction(self, cfg, optimizer, device, num_seqs: int, group_size: int) -> GradReduction:
+    def grad_reduction(self, cfg, optimizer, device, num_seqs: int) -> GradReduction:
         """This update's chunked gradient sum (a no-op with one chunk on one rank)."""
         chunks = reduction_chunks(cfg, self.dist.world_size)
-        return GradReduction(self.dist, optimizer, device, chunks, num_seqs, group_size, active=chunks > 1,
+        return GradReduction(self.dist, optimizer, device, chunks, num_seqs, active=chunks > 1,
                              all_reduce=cfg.trainer.grad_reduction == "all_reduce")
 
     def pad_micro_batches(self, module, planned: int, most: Callable[[], int]) -> None:
@@ -104,6 +117,23 @@ class FSDP2(Replicated):
         super().__init__(dist)
         self.module = None
 
+    @staticmethod
+    def check_launch(cfg, env, world_size: int) -> None:
+        from onpolicy.trainer.fsdp import check_fsdp_env
+
+        check_fsdp_env(cfg, env, world_size)
+
+    @staticmethod
+    def before_process_group() -> None:
+        """NCCL's algorithm and protocol pinned (fsdp.NCCL_PINS) before its communicator exists."""
+        from onpolicy.trainer.fsdp import pin_nccl
+
+        pin_nccl()
+
+    @staticmethod
+    def needs_process_group(world_size: int) -> bool:
+        return True  # fully_shard needs a device mesh, on one process too
+
     def build_optimizer(self, model, params, t, device):
         """The sharded fp32 trainer module (kept as `train_module`) and its `ShardedAdamW`."""
         from onpolicy.trainer.fsdp import ShardedAdamW, shard_trainer
@@ -114,9 +144,9 @@ class FSDP2(Replicated):
     def train_module(self, model) -> torch.nn.Module:
         return self.module
 
-    def grad_reduction(self, cfg, optimizer, device, num_seqs: int, group_size: int) -> GradReduction:
+    def grad_reduction(self, cfg, optimizer, device, num_seqs: int) -> GradReduction:
         """One chunk per rank, inactive: FSDP reduce-scatters in the backward."""
-        return GradReduction(self.dist, optimizer, device, self.dist.world_size, num_seqs, group_size,
+        return GradReduction(self.dist, optimizer, device, self.dist.world_size, num_seqs,
                              active=False, all_reduce=False)
 
     def pad_micro_batches(self, module, planned: int, most: Callable[[], int]) -> None:
@@ -153,8 +183,13 @@ class FSDP2(Replicated):
 ParallelStrategy = Replicated  # the interface: FSDP2 (and later strategies) override its methods
 
 
-def choose_strategy(dist: Dist, env=None) -> Replicated:
-    """FSDP2 when the launcher's accelerate config asked for it, else Replicated."""
+def strategy_class(env=None) -> type[Replicated]:
+    """FSDP2 when the launcher's accelerate config asked for it (distributed_type: FSDP), else Replicated."""
     from onpolicy.trainer.fsdp import fsdp_requested
 
-    return FSDP2(dist) if fsdp_requested(env) else Replicated(dist)
+    return FSDP2 if fsdp_requested(env) else Replicated
+
+
+def choose_strategy(dist: Dist, env=None) -> Replicated:
+    """This run's strategy over the ranks of `dist` (`strategy_class`)."""
+    return strategy_class(env)(dist)

@@ -30,18 +30,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def check_model_path(cfg) -> None:
-    if cfg.model.path == "tiny":
-        return
-    if cfg.model.tiny:
-        raise ValueError("model.tiny: overrides only apply with model.path: tiny; allowed here: {}")
-    if not os.path.isdir(cfg.model.path):
-        raise ValueError(f"model.path: {cfg.model.path!r} is not a directory; allowed: 'tiny' or a local HF model dir")
-
-
 def build_tokenizer(cfg):
-    """The tokenizer alone (cheap), so data can be checked before any model is built."""
-    check_model_path(cfg)
+    """The tokenizer alone (cheap), so data can be checked before any model is built (`model.path` was checked
+    by `config.check_context`)."""
     if cfg.model.path == "tiny":
         from onpolicy.model.tiny import CharTokenizer, tiny_chars
 
@@ -84,13 +75,11 @@ def warn_unknown_chars(cfg, rows: list[dict], log) -> None:
 
 
 def build_model(cfg, device: torch.device, seed: int):
-    """The policy: the built-in tiny model ("tiny", weights from `seed`) or a local HF directory."""
-    check_model_path(cfg)
+    """The policy: the built-in tiny model ("tiny", weights from `seed`) or a local HF directory (`model.path`
+    and `model.tiny` were checked by the config and `config.check_context`)."""
     if cfg.model.path == "tiny":
         from onpolicy.model.tiny import build_tiny
 
-        if "dtype" in cfg.model.tiny:
-            raise ValueError("model.tiny.dtype: set the dtype with model.dtype (float32 | bfloat16) instead")
         model, _ = build_tiny(seed=seed, dtype=cfg.model.dtype, **cfg.model.tiny)
         return model.to(device)
     from onpolicy.model import load_pretrained
@@ -158,10 +147,10 @@ def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int =
 
 
 def check_before_compute(cfg, strategy, log=print) -> None:
-    """The run-level checks that need no model: context budget, resume path, world size, backend (the rewards are
-    resolved just before, in `build_run`)."""
+    """The run-level checks that need no model: model path and context budget, resume path and layout, backend
+    (the rewards are resolved just before, in `build_trainer`; the launch and world size were checked by
+    onpolicy.trainer.launch)."""
     from onpolicy.config import check_context
-    from onpolicy.trainer.distributed import check_world_size
     from onpolicy.trainer.resume import check_resume_config
 
     check_context(cfg)
@@ -172,7 +161,6 @@ def check_before_compute(cfg, strategy, log=print) -> None:
     resume = cfg.trainer.resume
     if isinstance(resume, str) and not os.path.exists(resume):
         raise ValueError(f"trainer.resume: checkpoint path {resume!r} does not exist; allowed: false, true, a path")
-    check_world_size(cfg, strategy.dist.world_size)
     check_resume_config(cfg, strategy, log)
     if cfg.engine.backend == "vllm":
         from onpolicy.engine.vllm_backend import check_available

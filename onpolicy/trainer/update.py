@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from onpolicy.trainer.distributed import GradReduction, gather_parity
-from onpolicy.trainer.health import NonFiniteError, check_finite
+from onpolicy.trainer.health import NonFiniteError, is_finite
 from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss, truncated_is_weights
 from onpolicy.trainer.microbatch import plan_micro_batches, token_spans, update_schedule
 from onpolicy.trainer.parity import OnPolicyViolation, first_mismatch, mismatch_report, parity_metrics
@@ -71,19 +71,32 @@ def trainer_logprobs(model, ro, temperature: float, grad: bool) -> list[torch.Te
         return sequence_logprobs(model, ro.prompt_ids, ro.completion_ids, temperature=temperature)
 
 
+class _FiniteChecks:
+    """The step's non-finite checks: the NonFiniteError is built here, once, with the step's metrics so far
+    (`metrics`, then the rewards and completion metrics of `scored`) and the failing update."""
+
+    def __init__(self, step: int, scored: ScoredBatch, n_updates: int):
+        self.step, self.scored, self.n_updates = step, scored, n_updates
+
+    def check(self, what: str, value, metrics: dict, update_index: int) -> None:
+        if not is_finite(value):
+            row = {"step": self.step + 1, **metrics, **self.scored.metrics(), **self.scored.completion_metrics()}
+            raise NonFiniteError(self.step + 1, what, row, update=(update_index + 1, self.n_updates))
+
+
 class _FirstUpdate:
     """Update 1's trainer logprobs (detached) for the parity metrics, and its per-micro-batch checks."""
 
-    def __init__(self, step: int, strict: bool):
-        self.step, self.strict, self.sampler, self.trainer = step, strict, [], []
+    def __init__(self, step: int, strict: bool, finite: _FiniteChecks):
+        self.step, self.strict, self.finite, self.sampler, self.trainer = step, strict, finite, [], []
 
     def check(self, mb: Rollout, offset: int, sampler_lp, lps: list[torch.Tensor]) -> None:
         """Non-finite logprobs first (NonFiniteError, with the parity metrics so far), then strict_onpolicy."""
         self.sampler += mb.sampler_logprobs
         self.trainer += [x.detach() for x in lps]
         for what, v in (("sampler logprobs", sampler_lp), ("trainer logprobs", torch.cat(lps).detach())):
-            if not bool(torch.isfinite(v).all()):
-                raise NonFiniteError(self.step + 1, what, self.metrics())
+            if not is_finite(v):
+                self.finite.check(what, v, self.metrics(), 0)
         if self.strict:
             mm = first_mismatch(mb.sampler_logprobs, lps)
             if mm is not None:
@@ -120,12 +133,12 @@ def _mini_batch_weights(parts: UpdateParts, scored: ScoredBatch, seqs: range, sp
 def _one_update(parts: UpdateParts, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpdate,
                 metrics: dict) -> dict:
     """Forward/backward of every micro-batch of update `upd`, clip and optimizer step; -> its loss stats."""
-    t, ro, step, optimizer = parts.cfg.trainer, scored.rollout, first.step, parts.optimizer
+    t, ro, optimizer = parts.cfg.trainer, scored.rollout, parts.optimizer
     mini = sub_rollout(ro, upd.seqs)
     w = _mini_batch_weights(parts, scored, upd.seqs, token_spans(ro.seq_lens, [upd.seqs])[0])
     seq_tokens = [len(p) + len(c) for p, c in zip(mini.prompt_ids, mini.completion_ids)]
     # this rank's chunks; cross-rank grad sum
-    reduction = parts.strategy.grad_reduction(parts.cfg, optimizer, parts.device, len(seq_tokens), ro.group_size)
+    reduction = parts.strategy.grad_reduction(parts.cfg, optimizer, parts.device, len(seq_tokens))
     acc = LossAccumulator()
     plan = list(_chunk_micro_batches(reduction.my_chunks(), seq_tokens, mini.seq_lens, t.micro_batch_tokens))
     for seqs, span, chunk_end in plan:
@@ -134,10 +147,10 @@ def _one_update(parts: UpdateParts, scored: ScoredBatch, upd, n_updates: int, fi
         if upd.on_policy:
             first.check(mb, upd.seqs.start + seqs.start, torch.cat(mb.sampler_logprobs), lps)
         else:
-            check_finite(step + 1, "trainer logprobs", torch.cat(lps).detach(), metrics)
+            first.finite.check("trainer logprobs", torch.cat(lps).detach(), metrics, upd.index)
         part = _micro_loss(parts, mb, lps, w.slice(span), on_policy=upd.on_policy,
                            old_is_sampler=t.invariant or n_updates > 1)
-        check_finite(step + 1, "loss", part.loss.detach(), {**metrics, **_parity(first, upd)})
+        first.finite.check("loss", part.loss.detach(), {**metrics, **_parity(first, upd)}, upd.index)
         part.loss.backward()
         optimizer.accumulate_grads()
         acc.add(part)
@@ -150,7 +163,8 @@ def _one_update(parts: UpdateParts, scored: ScoredBatch, upd, n_updates: int, fi
     acc.parts = reduction.loss_parts(acc.parts)
     stats = acc.result()
     grad_norm = optimizer.clip_grad_norm_(t.max_grad_norm)
-    check_finite(step + 1, "gradient norm", grad_norm, {**metrics, **_parity(first, upd), "grad_norm": grad_norm})
+    first.finite.check("gradient norm", grad_norm, {**metrics, **_parity(first, upd), "grad_norm": grad_norm},
+                       upd.index)
     optimizer.step()
     optimizer.zero_grad()
     return {"loss": stats.loss, "loss/clip_frac": stats.clip_frac, "loss/ratio_mean": stats.ratio_mean,
@@ -193,18 +207,13 @@ def update_policy(parts: UpdateParts, scored: ScoredBatch, step: int) -> dict:
     for group in parts.optimizer.param_groups:
         group["lr"] = lr
     schedule = update_schedule(len(ro.seq_lens), t.mini_batches, t.num_iterations)
-    first = _FirstUpdate(step, t.strict_onpolicy)
+    first = _FirstUpdate(step, t.strict_onpolicy, _FiniteChecks(step, scored, len(schedule)))
     per_update, metrics = [], {}
     try:
         for upd in schedule:
             per_update.append(_one_update(parts, scored, upd, len(schedule), first, metrics))
             if upd.on_policy:
                 metrics.update(gather_parity(parts.strategy.dist, first.sampler, first.trainer))
-    except NonFiniteError as e:
-        e.partial = bool(per_update)  # earlier updates of this step are applied: the weights are not the last good
-        if e.partial:
-            e.what += f" (update {len(per_update) + 1} of {len(schedule)}; updates 1-{len(per_update)} were applied)"
-        raise
     finally:
         parts.optimizer.zero_grad()
     metrics.update({"loss": _mean([u["loss"] for u in per_update]), "lr": lr})

@@ -180,9 +180,9 @@ NAN_ON_RANK1 = '''
 import os, sys
 from dataclasses import replace
 sys.path[:0] = [{root!r}]
-from onpolicy.api import start_processes
+from onpolicy.trainer.launch import start_processes
 from onpolicy.config import parse_args
-from onpolicy.config_cli import run_cli
+from onpolicy.cli import command
 from onpolicy.trainer import SingleTurnRollouts, TrainerParts, train
 from onpolicy.trainer.losses import slice_loss
 state = {{}}
@@ -197,7 +197,7 @@ def main(argv):
     cfg = parse_args(argv)
     start_processes(cfg)
     return train(cfg, parts=TrainerParts(rollouts=StepSeen.for_trainer, loss_fn=nan_on_rank1))
-run_cli(main)
+command(main)
 '''
 
 
