@@ -1,6 +1,6 @@
-"""`build_trainer(cfg)`: the `Trainer` of one RL run from an ExperimentConfig: model, tokenizer, data, SFT
-warm-start, reference model, parallelism strategy and its optimizer (fp32 masters), engine (KV cache sized next
-to the trainer), logger, and the resumed state.
+"""`build_trainer(cfg)`: the `Trainer` of one RL run from an ExperimentConfig: model, tokenizer, data (the parts
+onpolicy.build makes), SFT warm-start, reference model, parallelism strategy and its optimizer (fp32 masters over
+what `TrainerParts.trainable` selects), engine (KV cache sized next to the trainer), logger, and the resumed state.
 
 Order matters for clear errors: the config is validated at construction, rewards and data are checked before
 any model is built, and every check runs before compute. The SFT warm-start runs (or loads from its cache)
@@ -8,84 +8,16 @@ before a resume so that a frozen reference model (beta > 0) is the same post-SFT
 Several processes (`accelerate launch`): `Trainer.dist` says which rank this is; rank 0 runs the SFT warm start
 first, writes checkpoints and logs. The strategy (onpolicy.trainer.parallel) is chosen once here: replicated, or
 FSDP2, whose sharded fp32 masters the trainer runs while `Trainer.model` is the engine's full copy.
-Left out: LoRA, optimizer choices other than AdamW.
+Left out: optimizer choices other than AdamW.
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import time
 
-import torch
 
 SFT_BATCH_SIZE = 64
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("model.device: 'cuda' requested but CUDA is not available; allowed here: auto, cpu")
-    return torch.device(name)
-
-
-def build_tokenizer(cfg):
-    """The tokenizer alone (cheap), so data can be checked before any model is built (`model.path` was checked
-    by `config.check_context`)."""
-    if cfg.model.path == "tiny":
-        from onpolicy.model.tiny import CharTokenizer, tiny_chars
-
-        return CharTokenizer(tiny_chars(cfg.model.tiny.get("vocab_size")))
-    from onpolicy.model import load_tokenizer
-
-    return load_tokenizer(cfg.model.path)
-
-
-def check_stop_strings(cfg, tokenizer) -> None:
-    """Refuse a `sampling.stop` string the engine could not match (onpolicy.engine.stopping); needs the tokenizer
-    only, so it runs before any model is built."""
-    from onpolicy.engine import SamplingParams
-    from onpolicy.engine.stopping import special_tokens, stop_rule
-
-    stop_rule(SamplingParams(stop=list(cfg.sampling.stop) or None), [], special_tokens(tokenizer), "sampling")
-
-
-def attach_generation_settings(model, tokenizer, log=print) -> None:
-    """`model.generation_settings` (generation_config.json and config.json's token ids, read by load_pretrained)
-    completed from the tokenizer -- the tiny model gets its bos/eos/pad -- so the engine stops on every eos id
-    and saved policies carry them; logs what the checkpoint's generation config says."""
-    from onpolicy.model.generation_config import GenerationSettings
-
-    settings = getattr(model, "generation_settings", None) or GenerationSettings()
-    model.generation_settings = settings.complete_from_tokenizer(tokenizer)
-    log(model.generation_settings.describe(tokenizer))
-
-
-def warn_unknown_chars(cfg, rows: list[dict], log) -> None:
-    """With the tiny model: one warning when prompts or answers hold characters its tokenizer maps to <unk>."""
-    if cfg.model.path != "tiny":
-        return
-    from onpolicy.model.tiny import tiny_chars, unknown_chars_warning
-
-    columns = {"prompt": [r["prompt"] for r in rows], "answer": [r.get("answer") or "" for r in rows]}
-    message = unknown_chars_warning(columns, tiny_chars(cfg.model.tiny.get("vocab_size")))
-    if message:
-        log(f"warning: {message}")
-
-
-def build_model(cfg, device: torch.device, seed: int):
-    """The policy: the built-in tiny model ("tiny", weights from `seed`) or a local HF directory (`model.path`
-    and `model.tiny` were checked by the config and `config.check_context`)."""
-    if cfg.model.path == "tiny":
-        from onpolicy.model.tiny import build_tiny
-
-        model, _ = build_tiny(seed=seed, dtype=cfg.model.dtype, **cfg.model.tiny)
-        return model.to(device)
-    from onpolicy.model import load_pretrained
-
-    model, _ = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, device=device)
-    return model
 
 
 def run_sft(cfg, model, tokenizer, rows, encode, log, on_step=None, show_progress: bool = True) -> dict:
@@ -130,22 +62,6 @@ def run_sft(cfg, model, tokenizer, rows, encode, log, on_step=None, show_progres
             bar.close()
 
 
-def build_sampler(cfg, model, tokenizer, device: torch.device, world_size: int = 1, sharded: bool = False):
-    """The rollout engine `engine.backend` names: onpolicy's LLM (its KV cache sized for this rank's share of the
-    prompts beside the trainer's needs, `memory.kv_cache_blocks`; `sharded`: FSDP2), or vLLM on the same model (a weight copy;
-    vLLM sizes its own cache)."""
-    if cfg.engine.backend == "vllm":
-        from onpolicy.engine.vllm_backend import VllmLLM
-
-        return VllmLLM(model, tokenizer, cfg.engine, seed=cfg.trainer.seed)
-    from onpolicy.engine import LLM
-    from onpolicy.trainer.memory import kv_cache_blocks
-
-    engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device, world_size=world_size,
-                                                                        sharded=sharded))
-    return LLM(model, tokenizer, engine, seed=cfg.trainer.seed)
-
-
 def check_before_compute(cfg, strategy, log=print) -> None:
     """The run-level checks that need no model: model path and context budget, resume path and layout, backend
     (the rewards are resolved just before, in `build_trainer`; the launch and world size were checked by
@@ -168,20 +84,12 @@ def check_before_compute(cfg, strategy, log=print) -> None:
         check_available()
 
 
-def load_reward_models(rewards: list, device: torch.device, log=print) -> None:
-    """Load the weights of every reward model among the resolved `rewards` onto `device` (before compute)."""
-    from onpolicy.rewards.reward_model import RewardModel
-
-    for r in rewards:
-        if isinstance(r.fn, RewardModel):
-            r.fn.to(device).load()
-            log(f"reward {r.label!r}: reward model {r.fn.path} scored on {r.fn.backend}")
-
-
 def build_trainer(cfg, log=print, rewards=None, parts=None):
     """The Trainer of one run; `rewards`: resolved rewards to use instead of `cfg.rewards`; `parts`:
     trainer.TrainerParts (what is trainable, where rollouts come from, the loss)."""
     from onpolicy import determinism
+    from onpolicy.build import (attach_generation_settings, build_model, build_sampler, build_tokenizer,
+                                check_stop_strings, load_reward_models, resolve_device, warn_unknown_chars)
     from onpolicy.data import PromptIterator, load_prompts
     from onpolicy.eval_run import load_eval_rows
     from onpolicy.rewards.sources import resolve_rewards

@@ -40,7 +40,8 @@ def _warm_start(cfg):
     """The weights a run of `cfg` starts RL from (its model after the SFT warm start, from the shared cache)."""
     from onpolicy import determinism
     from onpolicy.data import load_prompts
-    from onpolicy.trainer.setup import build_model, build_tokenizer, run_sft
+    from onpolicy.build import build_model, build_tokenizer
+    from onpolicy.trainer.setup import run_sft
 
     determinism.enable(seed=cfg.trainer.seed)
     tok = build_tokenizer(cfg)
