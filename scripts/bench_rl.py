@@ -27,7 +27,6 @@ import json
 import os
 import sys
 import time
-from types import SimpleNamespace
 from typing import NamedTuple
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -135,8 +134,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
     from onpolicy.engine import LLM
     from onpolicy.model import CausalLM
     from onpolicy.trainer.memory import PhasePeak, kv_cache_blocks
-    from onpolicy.trainer.precision import MasterWeightAdamW
-    from onpolicy.trainer.update import update_policy
+    from onpolicy.trainer import FullFineTuning, Replicated, Trainer
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
@@ -148,12 +146,11 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
         model = CausalLM(mc, init=False).to(device)
         model.load_state_dict(state)
         model.activation_checkpointing = cfg.trainer.activation_checkpointing
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = MasterWeightAdamW(params, lr=cfg.trainer.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        strategy = Replicated()
+        opt = strategy.build_optimizer(model, FullFineTuning().select(model), cfg.trainer, device)
         engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device))
         llm = LLM(model, None, engine, seed=0)
-        run = SimpleNamespace(cfg=cfg, device=device, model=model, optimizer=opt, llm=llm, ref_model=None,
-                              params=params)
+        trainer = Trainer(cfg, device=device, strategy=strategy, model=model, optimizer=opt, sampler=llm)
         peak, rows = PhasePeak(device), []
         for step in range(warmup + steps):
             peak.start()
@@ -164,12 +161,12 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
             t_sample, sample_peak = time.perf_counter() - t0, peak.gib()
             peak.start()
             t1 = time.perf_counter()
-            m = update_policy(run, _scored(ro, step), step)
+            m = trainer.update(_scored(ro, step), step)
             sync(device)
             rows.append({"sample_s": t_sample, "train_s": time.perf_counter() - t1, "sample_peak_gib": sample_peak,
                          "train_peak_gib": peak.gib(), "kl": m["onpolicy/kl"], "tokens": ro.num_tokens})
             print(f"  {name} {'invariant' if invariant else 'default'} step {step}: {rows[-1]}", flush=True)
-    del run, llm, opt, model
+    del trainer, llm, opt, model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -25,7 +25,7 @@ import torch
 
 from onpolicy.trainer.reductions import fixed_sum
 
-from onpolicy.trainer.algorithms import ALGO_DEFAULTS, LOSS_AGGS
+from onpolicy.algorithms import ALGO_DEFAULTS, LOSS_AGGS
 from onpolicy.trainer.parity import OnPolicyViolation
 
 DEFAULT_AGG = {algo: d["loss_agg"] for algo, d in ALGO_DEFAULTS.items()}
