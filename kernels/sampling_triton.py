@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from onpolicy.kernels._common import require_triton, tl, triton
-from onpolicy.kernels.logprobs_triton import LOG_SOFTMAX_BLOCK, row_fold_lse
+from onpolicy.kernels.logprobs_triton import LOG_SOFTMAX_BLOCK
 
 
 def _signed(c: int) -> int:
@@ -32,6 +32,8 @@ ARGMAX_BLOCK = 1024  # columns per step of pass 2 (any width gives the same argm
 
 if triton is not None:
     from triton.language.extra import libdevice
+
+    from onpolicy.kernels.logprobs_triton import row_fold_lse
 
     _G = tl.constexpr(SPLITMIX_GOLDEN)
     _M1 = tl.constexpr(SPLITMIX_MIX1)

@@ -25,18 +25,15 @@ import dataclasses
 import gc
 import json
 import os
-import sys
 import time
 from types import SimpleNamespace
 from typing import NamedTuple
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bench_rl_* siblings, however we are loaded
+import torch
 
-import torch  # noqa: E402
-
-import bench_rl_report as report  # noqa: E402
-import bench_rl_trl  # noqa: E402
+from scripts import bench_rl_report as report
+from scripts import bench_rl_trl
+from scripts.common import default_device, device_name
 
 GIB = float(1 << 30)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -222,7 +219,7 @@ def parse(argv):
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="join these bench_rl.json files into one table / JSON / PNG in --out (no measuring)")
     args = ap.parse_args(argv)
-    args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    args.device = default_device(args.quick)
     args.steps = args.steps if args.steps is not None else (1 if args.quick else 2)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
     args.default_steps = args.steps if args.default_steps is None else args.default_steps
@@ -240,7 +237,7 @@ def parse(argv):
 
 
 def meta(args, skipped) -> dict:
-    return {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+    return {"device": device_name(args.device), "torch": torch.__version__,
             "steps": args.steps, "warmup": args.warmup, "default_steps": args.default_steps,
             "default_warmup": args.default_warmup, "micro_batch_tokens": args.micro_batch_tokens,
             "checkpointing": not args.no_checkpointing, "trl_live": bench_rl_trl.available(), "skipped": skipped}
