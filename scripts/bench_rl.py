@@ -9,7 +9,7 @@ checkpointing, fp32 masters; the KV cache sized by `trainer.memory.kv_cache_bloc
 invariant (Triton batch-invariant kernels, CUDA graphs), onpolicy `invariant: false` (torch's default ops:
 cuBLAS, flash varlen training attention, chunked-vocab logprobs; the engine eager), and TRL's `GRPOTrainer` (HF
 generate) run live on the same weights, prompts and sampling (scripts/bench_rl_trl.py says how); without trl the
-figures recorded in issue 10 stand in (marked "recorded") and a note is printed. Each system gets `--warmup`
+figures recorded on an H100 80GB (TRL 1.16, 2026-11-24) stand in (marked "recorded") and a note is printed. Each system gets `--warmup`
 untimed steps (Triton compile, graph capture) then `--steps` timed ones; the invariant system also checks
 onpolicy/kl == 0.0 every step.
 Writes bench_rl.json (after every measurement) and bench_rl.png to --out; prints the table with ratios.
@@ -55,7 +55,7 @@ WORKLOADS = {"0.6b-16x8x256": Workload("0.6b", 16, 8, 256), "0.6b-32x8x512": Wor
              "0.6b-gsm8k": Workload("0.6b", 32, 8, 512, 512, "qwen3-0.6b-gsm8k.yaml"),
              "1.7b-32x8x1024": Workload("1.7b", 32, 8, 1024)}
 QUICK_WORKLOADS = {"tiny-2x4x8": Workload("tiny", 2, 4, 8)}
-# TRL 1.16 GRPOTrainer (HF generate), measured on the H100 for issue 10: (s/step, peak GiB); used without trl.
+# TRL 1.16 GRPOTrainer (HF generate) on an H100 80GB, 2026-11-24: (s/step, peak GiB); used without trl.
 TRL_RECORDED = {"0.6b-16x8x256": (12.0, 8.5), "0.6b-32x8x512": (22.3, 22.4)}
 SYSTEMS = report.SYSTEMS
 
@@ -183,8 +183,8 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
 
 
 def trl_row(name, work: Workload, state, args):
-    """TRL's GRPOTrainer live on the same weights and prompts when trl imports; else the figures recorded in
-    issue 10 (None for a workload without them), with a note."""
+    """TRL's GRPOTrainer live on the same weights and prompts when trl imports; else `TRL_RECORDED` (None for a
+    workload without them), with a note."""
     if bench_rl_trl.available():
         from onpolicy.model import CausalLM
 
@@ -194,7 +194,7 @@ def trl_row(name, work: Workload, state, args):
                  "checkpointing": not args.no_checkpointing}
         return bench_rl_trl.bench_trl(name, work, model, lambda step: prompt_ids(work, step, model.config.vocab_size),
                                       bench, args)
-    print(f"  {name} trl: trl is not importable here; using the TRL figures recorded in issue 10"
+    print(f"  {name} trl: trl is not importable here; using the TRL figures recorded on an H100 (TRL_RECORDED)"
           + ("" if name in TRL_RECORDED else " (none for this workload)"), flush=True)
     if name not in TRL_RECORDED:
         return None
