@@ -8,10 +8,10 @@ engine generate -> ScoredBatch -> `update_policy` (micro-batches of `trainer.mic
 checkpointing, fp32 masters; the KV cache sized by `trainer.memory.kv_cache_blocks`). Systems: onpolicy
 invariant (Triton batch-invariant kernels, CUDA graphs), onpolicy `invariant: false` (torch's default ops:
 cuBLAS, flash varlen training attention, chunked-vocab logprobs; the engine eager), and TRL's `GRPOTrainer` (HF
-generate) run live on the same weights, prompts and sampling (scripts/bench_rl_trl.py says how); without trl the
-figures recorded on an H100 80GB (TRL 1.16, 2026-11-24) stand in (marked "recorded") and a note is printed. Each system gets `--warmup`
-untimed steps (Triton compile, graph capture) then `--steps` timed ones; the invariant system also checks
-onpolicy/kl == 0.0 every step.
+generate) run live on the same weights, prompts and sampling (scripts/bench_rl_trl.py says how); without trl
+the figures recorded on an H100 80GB (TRL 1.16, 2026-11-24) stand in (marked "recorded") and a note is printed.
+Each system gets `--warmup` untimed steps (Triton compile, graph capture) then `--steps` timed ones; the
+invariant system also checks onpolicy/kl == 0.0 every step.
 Writes bench_rl.json (after every measurement) and bench_rl.png to --out; prints the table with ratios.
 `--workloads` / `--systems` pick a part (to split a long run); `--merge a.json b.json` joins parts into one
 table, JSON and PNG without measuring. `--quick`: the tiny model on CPU, 2x4x8, one timed step per system (a

@@ -14,13 +14,12 @@ its input id on the device from `prev_tokens[src]` -- the runner's `last_tokens`
 launched step's tokens (read from this class's output) -- the async engine's token that the host has not read
 yet. The graphs write nothing outside their own buffers: a replay's results are its returned output. Pad rows
 compute a dummy greedy token: they write k/v to a private scratch slot past the paged cache (one per row) and
-read block 0; their outputs are dropped. Every op is row-wise batch
-invariant in invariant mode, so a real row's result equals eager (tested on GPU: graphs on vs off,
-torch.equal). A capture that fails disables graphs (eager from then on, with a warning). Python's cyclic GC
-is paused during a capture (after one collection): a dead cycle holding CUDA resources (an old engine's graphs
-or pinned buffers) freed mid-capture invalidates it (`cudaErrorStreamCaptureInvalidated`).
-Graphs hold the parameters' and caches' addresses: weights must be updated in place (optimizer steps,
-`load_state_dict` copy), not replaced. Left out: graphs for prefill / mixed steps, piecewise graphs.
+read block 0; their outputs are dropped. Every op is row-wise batch invariant in invariant mode, so a real
+row's result equals eager (tested on GPU: graphs on vs off, torch.equal). A capture that fails disables
+graphs (eager from then on, with a warning). Python's cyclic GC is paused during a capture (after one
+collection): a dead cycle holding CUDA resources (an old engine's graphs or pinned buffers) freed mid-capture
+invalidates it (`cudaErrorStreamCaptureInvalidated`). Graphs hold the parameters' and caches' addresses:
+weights must be updated in place (optimizer steps, `load_state_dict` copy), not replaced. Left out: graphs for prefill / mixed steps, piecewise graphs.
 """
 from __future__ import annotations
 

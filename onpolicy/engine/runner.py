@@ -11,8 +11,8 @@ Batch-invariant or default ops follow the caller's `kernels.is_invariant()` (the
 graphs in either mode (graphs.py; one set per mode).
 Async scheduling: `launch` runs a plain pure-decode step (one token per row, one effective temperature, no
 top-k / top-p) without waiting -- input ids of rows whose token is still a placeholder are read on the device
-from `last_tokens` (the previous launch's tokens, which `launch` stores there), and the outputs are copied to a pinned host buffer behind
-an event; `InFlight.result()` waits for them. Left out: tensor/pipeline parallelism.
+from `last_tokens` (the previous launch's tokens, which `launch` stores there), and the outputs are copied to
+a pinned host buffer behind an event; `InFlight.result()` waits for them. Left out: tensor/pipeline parallelism.
 """
 from __future__ import annotations
 
