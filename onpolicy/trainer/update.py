@@ -37,6 +37,7 @@ from onpolicy.trainer.microbatch import plan_micro_batches, token_spans, update_
 from onpolicy.trainer.parity import OnPolicyViolation, first_mismatch, mismatch_report, parity_metrics
 from onpolicy.trainer.rollout import Rollout
 from onpolicy.trainer.scoring import ScoredBatch
+from onpolicy.model.routing import routing_parity
 from onpolicy.trainer.setup import trainer_module
 
 
@@ -185,7 +186,8 @@ def update_policy(run, scored: ScoredBatch, step: int) -> dict:
         group["lr"] = lr
     schedule = update_schedule(len(ro.seq_lens), t.mini_batches, t.num_iterations)
     first = _FirstUpdate(run, step)
-    per_update, metrics = [], {}
+    # MoE models: onpolicy/routing_mismatch under the rollout's weights ({} for dense models)
+    per_update, metrics = [], routing_parity(trainer_module(run), ro.prompt_ids, ro.completion_ids)
     try:
         for upd in schedule:
             per_update.append(_one_update(run, scored, upd, len(schedule), first, metrics))
