@@ -1,0 +1,104 @@
+"""Qwen3-MoE beyond the per-family rows of test_architectures.py: the routing parity metric (0.0 between the
+engine's and the trainer's mode, and able to fail), transformers 5's fused 3-D expert checkpoints, dense layers
+where the config says, and configs the MoE layer cannot compute refused at load."""
+import json
+
+import pytest
+import torch
+
+from arch_cases import random_model
+from onpolicy.model import ModelConfig, load_pretrained
+from onpolicy.model.moe import MoEMLP
+from onpolicy.model.routing import (engine_mode_routing, routing_mismatch, routing_parity,
+                                    training_mode_routing)
+
+
+@pytest.fixture(scope="module")
+def moe_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen3-moe")
+    random_model("qwen3-moe", seed=3).save_pretrained(path)
+    return path
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(4, 100, (n,), generator=g).tolist() for n in (1, 9, 40, 3)]
+    completions = [torch.randint(4, 100, (n,), generator=g).tolist() for n in (5, 1, 17, 0)]
+    return prompts, completions
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_routing_mismatch_is_zero_between_engine_and_training_mode(moe_dir, dtype):
+    model, _ = load_pretrained(str(moe_dir), dtype=dtype)
+    prompts, completions = _batch()
+    assert routing_parity(model, prompts, completions) == {"onpolicy/routing_mismatch": 0.0}
+    routes = engine_mode_routing(model, prompts, completions)
+    assert [r.shape for r in routes] == [(len(p) + len(c) - 1, 2, 8) for p, c in zip(prompts, completions)]
+
+
+def test_routing_mismatch_fails_when_routes_differ(moe_dir):
+    model, _ = load_pretrained(str(moe_dir))
+    prompts, completions = _batch(1)
+    before = engine_mode_routing(model, prompts, completions)
+    with torch.no_grad():
+        model.model.layers[1].mlp.gate.weight.mul_(-1.0)  # the other experts win
+    after = training_mode_routing(model, prompts, completions)
+    assert routing_mismatch(before, after) > 0.5
+    one = [r.clone() for r in before]
+    chosen = set(one[2][4, 1].tolist())
+    one[2][4, 1, 0] = min(set(range(16)) - chosen)  # one token, one layer, one expert swapped for an unchosen one
+    assert routing_mismatch(before, one) == 1 / sum(r.shape[0] for r in before)
+    swapped = [r.flip(-1) for r in before]  # the same sets in another rank order: no mismatch
+    assert routing_mismatch(before, swapped) == 0.0
+
+
+def test_fused_3d_expert_checkpoint_loads_the_same_weights(moe_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(moe_dir / "model.safetensors"))
+    fused = {k: v for k, v in tensors.items() if ".mlp.experts." not in k}
+    for layer in (0, 1):
+        pre = f"model.layers.{layer}.mlp.experts"
+        e = 16
+        fused[f"{pre}.gate_up_proj"] = torch.stack([torch.cat([tensors[f"{pre}.{i}.gate_proj.weight"],
+                                                               tensors[f"{pre}.{i}.up_proj.weight"]]) for i in range(e)])
+        fused[f"{pre}.down_proj"] = torch.stack([tensors[f"{pre}.{i}.down_proj.weight"] for i in range(e)])
+    save_file(fused, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    (tmp_path / "config.json").write_text((moe_dir / "config.json").read_text())
+    a, _ = load_pretrained(str(moe_dir))
+    b, _ = load_pretrained(str(tmp_path))
+    for (n, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(x, y), n
+
+
+def test_dense_layers_where_the_config_says():
+    hf = ModelConfig(architecture="qwen3_moe", num_hidden_layers=4, head_dim=64, num_experts=4,
+                     num_experts_per_tok=2, moe_intermediate_size=16, decoder_sparse_step=2,
+                     mlp_only_layers=(3,)).to_hf()
+    hf = json.loads(json.dumps(hf))  # as read back from config.json
+    c = ModelConfig.from_hf(hf)
+    assert [c.layer_is_moe(i) for i in range(4)] == [False, True, False, False]
+    from onpolicy.model import CausalLM
+
+    kinds = [type(layer.mlp).__name__ for layer in CausalLM(c).model.layers]
+    assert kinds == ["MLP", "MoEMLP", "MLP", "MLP"]
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"num_experts_per_tok": 20}, "num_experts_per_tok"),
+    ({"num_experts": 0}, "num_experts"),
+    ({"mlp_only_layers": [7]}, "mlp_only_layers"),
+    ({"use_sliding_window": True}, "use_sliding_window"),
+])
+def test_configs_the_moe_layer_cannot_compute_are_refused(change, match):
+    hf = dict(model_type="qwen3_moe", vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=2, num_key_value_heads=1, head_dim=64, num_experts=16, num_experts_per_tok=8,
+              moe_intermediate_size=32, norm_topk_prob=True)
+    with pytest.raises(ValueError, match=match):
+        ModelConfig.from_hf(dict(hf, **change))
+
+
+def test_dense_family_refuses_experts():
+    with pytest.raises(ValueError, match="ModelConfig.num_experts"):
+        ModelConfig(architecture="qwen3", num_experts=4)
+    assert MoEMLP is not None
