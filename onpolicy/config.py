@@ -50,6 +50,7 @@ class ModelArgs(Section):
     device: str = _f("auto", "'auto' = cuda when available, else cpu", choices=("auto", "cpu", "cuda"))
     tiny: dict = _f(help="overrides for the tiny model config (hidden_size, num_hidden_layers, ...); "
                          "only with path: tiny", factory=dict)
+    freeze_router: bool = _f(False, "MoE models: keep every sparse layer's router (gate) weights fixed in training")
 
 
 @dataclass

@@ -93,6 +93,15 @@ def moe_layers(model: nn.Module) -> list[MoEMLP]:
     return [m for m in model.modules() if isinstance(m, MoEMLP)]
 
 
+def freeze_router(model: nn.Module) -> None:
+    """Stop training the routers (`model.freeze_router`): their gate weights get requires_grad False."""
+    layers = moe_layers(model)
+    if not layers:
+        raise ValueError("model.freeze_router: true needs a model with MoE layers (e.g. qwen3_moe); allowed: false")
+    for layer in layers:
+        layer.gate.weight.requires_grad_(False)
+
+
 class RoutingRecord:
     """Expert ids recorded by `record_routing`: one list of [T, k] tensors per MoE layer, one entry per forward."""
 

@@ -120,11 +120,15 @@ def build_model(cfg, device: torch.device, seed: int):
 
         if "dtype" in cfg.model.tiny:
             raise ValueError("model.tiny.dtype: set the dtype with model.dtype (float32 | bfloat16) instead")
-        model, _ = build_tiny(seed=seed, dtype=cfg.model.dtype, **cfg.model.tiny)
-        return model.to(device)
-    from onpolicy.model import load_pretrained
+        model = build_tiny(seed=seed, dtype=cfg.model.dtype, **cfg.model.tiny)[0].to(device)
+    else:
+        from onpolicy.model import load_pretrained
 
-    model, _ = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, device=device)
+        model, _ = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, device=device)
+    if cfg.model.freeze_router:
+        from onpolicy.model.moe import freeze_router
+
+        freeze_router(model)
     return model
 
 

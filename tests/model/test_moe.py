@@ -102,3 +102,15 @@ def test_dense_family_refuses_experts():
     with pytest.raises(ValueError, match="ModelConfig.num_experts"):
         ModelConfig(architecture="qwen3", num_experts=4)
     assert MoEMLP is not None
+
+
+def test_freeze_router_keeps_the_gates_out_of_training(moe_dir):
+    from onpolicy.model.moe import freeze_router, moe_layers
+    from onpolicy.model.tiny import build_tiny
+
+    model, _ = load_pretrained(str(moe_dir))
+    freeze_router(model)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {f"model.layers.{i}.mlp.gate.weight" for i in range(2)} and len(moe_layers(model)) == 2
+    with pytest.raises(ValueError, match="model.freeze_router"):
+        freeze_router(build_tiny(seed=0)[0])
