@@ -98,13 +98,15 @@ def moe_layout(ids: torch.Tensor, num_experts: int, block_m: int) -> MoeLayout:
     end = torch.cumsum(padded, 0)
     start = end - padded
     blocks = num_layout_blocks(n, num_experts, block_m)
-    dest = start[sorted_expert] + torch.arange(n, device=dev) - bounds[sorted_expert]
-    row_pair = torch.full((blocks * block_m,), -1, dtype=torch.int64, device=dev)
-    row_pair[dest] = order
-    pair_row = torch.empty(n, dtype=torch.int64, device=dev)
-    pair_row[order] = dest
+    dest = start[sorted_expert] + torch.arange(n, device=dev) - bounds[sorted_expert]  # padded row, sorted pairs
+    pair_row = dest[torch.argsort(order)]  # gathers only (no scatter): capturable, deterministic
     block_starts = torch.arange(blocks, device=dev, dtype=torch.int64) * block_m
     owner = torch.searchsorted(end, block_starts, right=True)  # first expert whose rows end past the block
     block_expert = torch.where(owner < num_experts, owner, torch.full_like(owner, -1)).to(torch.int32)
-    row_token = torch.where(row_pair >= 0, row_pair // k, row_pair)
+    per_row = lambda b: b[:, None].expand(-1, block_m).reshape(-1)  # noqa: E731  (no repeat_interleave sync)
+    row_expert = per_row(owner.clamp(max=num_experts - 1))
+    rank = torch.arange(blocks * block_m, device=dev) - start[row_expert]
+    real = per_row(owner < num_experts) & (rank < count[row_expert])
+    row_pair = order[(bounds[row_expert] + rank).clamp(0, max(n - 1, 0))]
+    row_token = torch.where(real, row_pair // k, torch.full_like(row_pair, -1))
     return MoeLayout(row_token, pair_row.view(t, k), block_expert, start, count, block_m)
