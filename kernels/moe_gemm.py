@@ -12,7 +12,8 @@ CPU: per expert, its real rows through the fixed-tile `matmul._mm_cpu` (64-row t
 bits for any batch and thread count.
 Backward (autograd): dx = dy @ weight[e] on the same grouped kernel (CPU: fixed tiles), summed back to tokens
 over the k ranks in rank order (gather=True); dweight[e] = dy_e.T @ a_e per expert (`matmul.grad_mm`:
-deterministic; CPU thread invariant). Outside `invariant_mode` the forward is a per-expert `F.linear` loop.
+deterministic; CPU thread invariant). Outside `invariant_mode` the CPU forward is a per-expert `F.linear` loop;
+CUDA keeps the grouped kernel (a host-syncing loop could not be captured in the engine's CUDA graphs).
 Left out: TMA / persistent scheduling, fp8, expert parallelism.
 """
 from __future__ import annotations
@@ -119,10 +120,10 @@ def _grouped_loop(a, weight, layout, gather, mm) -> torch.Tensor:
 
 
 def _forward(a, weight, layout, gather) -> torch.Tensor:
+    if use_triton(a, weight):  # both modes: the loop below syncs with the host, which CUDA graphs cannot capture
+        return _grouped_triton(a, weight, layout, gather)
     if not is_invariant():
         return _grouped_loop(a, weight, layout, gather, lambda x, wt: F.linear(x, wt.t()))
-    if use_triton(a, weight):
-        return _grouped_triton(a, weight, layout, gather)
     return _grouped_loop(a, weight, layout, gather, _mm_cpu)
 
 
@@ -140,8 +141,7 @@ class _GroupedLinear(torch.autograd.Function):
         grad_a = grad_w = None
         if ctx.needs_input_grad[0]:
             wt = weight.transpose(1, 2)  # [E, K, N]: dy @ weight[e] on the same grouped GEMM
-            grad_rows = _forward(grad_y.contiguous(), wt, layout, False) if is_invariant() else _grouped_loop(
-                grad_y, wt, layout, False, lambda x, w_t: x @ w_t)
+            grad_rows = _forward(grad_y.contiguous(), wt, layout, False)
             grad_a = sum_pairs(grad_rows, layout.pair_row) if gather else grad_rows
         if ctx.needs_input_grad[1]:
             grad_w = torch.zeros_like(weight)
