@@ -68,7 +68,6 @@ _ALWAYS = {"mlp_bias": False, "use_sliding_window": False}
 
 ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
     Architecture("qwen3", "Qwen3ForCausalLM", qk_norm="head"),
-    Architecture("qwen3_moe", "Qwen3MoeForCausalLM", qk_norm="head", moe=True),
     Architecture("llama", "LlamaForCausalLM"),
     Architecture("qwen2", "Qwen2ForCausalLM", qkv_bias=True, o_bias=False),
     Architecture("mistral", "MistralForCausalLM", uniform_window=True, hf_absent={"sliding_window": 4096}),
@@ -79,6 +78,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
                  embed_scale=True, windows=True, act_field="hidden_activation",
                  must_be={"final_logit_softcapping": None, "attn_logit_softcapping": None,
                           "use_bidirectional_attention": False}),
+    Architecture("qwen3_moe", "Qwen3MoeForCausalLM", qk_norm="head", moe=True),
 )}
 _BY_CLASS = {a.hf_class: a for a in ARCHITECTURES.values()}
 
