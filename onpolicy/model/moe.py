@@ -11,7 +11,8 @@ trainer pick the same experts without replaying routes.
 Parameters: `gate.weight` [E, H] (HF's name), `experts.gate_up_proj` [E, 2 * I, H] (gate rows, then up) and
 `experts.down_proj` [E, H, I] -- transformers 5's fused layout; per-expert checkpoints
 (`experts.{e}.gate_proj.weight`, as `save_pretrained` writes them) load through the shard loaders.
-`record_routing(model)` collects each MoE layer's expert ids per forward (the parity metric's input).
+`record_routing(model)` collects each MoE layer's expert ids per forward (the parity metric's input);
+`router_aux_loss(model)` transformers' load-balancing loss of the forwards run inside it.
 Left out: shared experts (Qwen2-MoE), expert parallelism, capacity limits, the auxiliary loss's own kernel.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from onpolicy import kernels
+from onpolicy.kernels.moe_routing import softmax_fp32
 from onpolicy.model.config import ModelConfig
 from onpolicy.model.layers import Linear, _default_loader
 
@@ -68,7 +70,8 @@ class Experts(nn.Module):
 
 class MoEMLP(nn.Module):
     """Router + experts of one sparse layer (see the module docstring); `routing_sink`: a list the layer
-    appends its expert ids [T, k] to (None: not recorded)."""
+    appends its expert ids [T, k] to, `logits_sink`: one it appends (router logits, expert ids) to (None: not
+    recorded)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -76,11 +79,15 @@ class MoEMLP(nn.Module):
         self.gate = Linear(cfg.hidden_size, cfg.num_experts, False, cfg.torch_dtype)
         self.experts = Experts(cfg)
         self.routing_sink: list | None = None
+        self.logits_sink: list | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, ids = kernels.moe_route(self.gate(x), self.top_k, self.normalize)
+        logits = self.gate(x)
+        weights, ids = kernels.moe_route(logits, self.top_k, self.normalize)
         if self.routing_sink is not None:
             self.routing_sink.append(ids)
+        if self.logits_sink is not None:
+            self.logits_sink.append((logits, ids))
         layout = kernels.moe_layout(ids, self.num_experts, kernels.moe_block_m(x.dtype))
         i = self.experts.intermediate_size
         h = kernels.grouped_linear(x, self.experts.gate_up_proj, layout, gather=True)
@@ -126,6 +133,40 @@ def record_routing(model: nn.Module):
     finally:
         for layer in layers:
             layer.routing_sink = None
+
+
+class RouterAux:
+    """Router logits and choices collected by `router_aux_loss`; `loss()` is transformers' load-balancing loss
+    over every collected token of every MoE layer: E * sum_e (fraction of choices on e) * (mean probability of e),
+    the fraction taken per rank (as `load_balancing_loss_func`). Differentiable in the logits."""
+
+    def __init__(self, layers: list[MoEMLP]):
+        self.entries: list = []
+        self.num_experts = layers[0].num_experts if layers else 0
+
+    def loss(self) -> torch.Tensor:
+        if not self.entries:
+            raise ValueError("router_aux_loss: no MoE forward ran inside the block")
+        probs = softmax_fp32(torch.cat([logits for logits, _ in self.entries]))
+        ids = torch.cat([ids for _, ids in self.entries])
+        chosen = torch.nn.functional.one_hot(ids, self.num_experts).float().mean(0)  # [k, E]
+        return (chosen * probs.mean(0)[None]).sum() * self.num_experts
+
+
+@contextlib.contextmanager
+def router_aux_loss(model: nn.Module, enabled: bool = True):
+    """Collect the router logits of the forwards inside the block (yields a `RouterAux`; None when not enabled)."""
+    layers = moe_layers(model) if enabled else []
+    if enabled and not layers:
+        raise ValueError("model.router_aux_loss_coef: > 0 needs a model with MoE layers; allowed: 0.0")
+    aux = RouterAux(layers) if enabled else None
+    for layer in layers:
+        layer.logits_sink = aux.entries
+    try:
+        yield aux
+    finally:
+        for layer in layers:
+            layer.logits_sink = None
 
 
 def expert_key(hf_key: str) -> tuple[str, tuple[str, int]] | None:

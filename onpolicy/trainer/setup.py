@@ -125,9 +125,11 @@ def build_model(cfg, device: torch.device, seed: int):
         from onpolicy.model import load_pretrained
 
         model, _ = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, device=device)
-    if cfg.model.freeze_router:
-        from onpolicy.model.moe import freeze_router
+    from onpolicy.model.moe import freeze_router, moe_layers
 
+    if cfg.model.router_aux_loss_coef > 0 and not moe_layers(model):
+        raise ValueError("model.router_aux_loss_coef: > 0 needs a model with MoE layers; allowed: 0.0")
+    if cfg.model.freeze_router:
         freeze_router(model)
     return model
 

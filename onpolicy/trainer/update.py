@@ -37,6 +37,7 @@ from onpolicy.trainer.microbatch import plan_micro_batches, token_spans, update_
 from onpolicy.trainer.parity import OnPolicyViolation, first_mismatch, mismatch_report, parity_metrics
 from onpolicy.trainer.rollout import Rollout
 from onpolicy.trainer.scoring import ScoredBatch
+from onpolicy.model.moe import router_aux_loss
 from onpolicy.model.routing import routing_parity
 from onpolicy.trainer.setup import trainer_module
 
@@ -120,7 +121,8 @@ def _one_update(run, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpda
     plan = list(_chunk_micro_batches(reduction.my_chunks(), seq_tokens, mini.seq_lens, t.micro_batch_tokens))
     for seqs, span, chunk_end in plan:
         mb = sub_rollout(mini, seqs)
-        lps = trainer_logprobs(model, mb, run.cfg.sampling.temperature, grad=True)
+        with router_aux_loss(model, enabled=run.cfg.model.router_aux_loss_coef > 0) as aux:  # MoE only
+            lps = trainer_logprobs(model, mb, run.cfg.sampling.temperature, grad=True)
         if upd.on_policy:
             first.check(mb, upd.seqs.start + seqs.start, torch.cat(mb.sampler_logprobs), lps)
         else:
@@ -128,7 +130,8 @@ def _one_update(run, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpda
         part = _micro_loss(run, mb, lps, w.slice(span), on_policy=upd.on_policy,
                            old_is_sampler=t.invariant or n_updates > 1)
         check_finite(step + 1, "loss", part.loss.detach(), {**metrics, **_parity(first, upd)})
-        part.loss.backward()
+        share = sum(seq_tokens[seqs.start:seqs.stop]) / sum(seq_tokens)  # this micro-batch's part of the mean
+        (part.loss if aux is None else part.loss + run.cfg.model.router_aux_loss_coef * share * aux.loss()).backward()
         run.optimizer.accumulate_grads()
         acc.add(part)
         del lps, part

@@ -114,3 +114,59 @@ def test_freeze_router_keeps_the_gates_out_of_training(moe_dir):
     assert frozen == {f"model.layers.{i}.mlp.gate.weight" for i in range(2)} and len(moe_layers(model)) == 2
     with pytest.raises(ValueError, match="model.freeze_router"):
         freeze_router(build_tiny(seed=0)[0])
+
+
+def test_router_aux_loss_is_transformers_load_balancing_loss(moe_dir):
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+    from onpolicy.model.moe import router_aux_loss
+    from model_test_utils import packed
+
+    model, c = load_pretrained(str(moe_dir))
+    prompts, completions = _batch(2)
+    with router_aux_loss(model) as aux:
+        model(*packed([p + q for p, q in zip(prompts, completions)]))
+    loss = aux.loss()
+    ref = load_balancing_loss_func(tuple(logits for logits, _ in aux.entries), c.num_experts, c.num_experts_per_tok)
+    torch.testing.assert_close(loss, ref, atol=1e-6, rtol=1e-6)
+    loss.backward()
+    assert all(layer.mlp.gate.weight.grad.abs().sum() > 0 for layer in model.model.layers)
+
+
+def test_grpo_with_frozen_router_and_aux_loss(tmp_path):
+    """3 GRPO steps with `model.freeze_router` and `model.router_aux_loss_coef`: KL and routing mismatch 0.0,
+    the routers unchanged, the experts trained."""
+    from onpolicy.config import parse_args
+    from onpolicy.model.tiny import CharTokenizer
+    from onpolicy.trainer import train
+    from test_architectures_grpo import CONFIG  # noqa: F401  (registers the test_digit_count reward)
+
+    path = tmp_path / "model"
+    random_model("qwen3-moe", seed=5).save_pretrained(path)
+    CharTokenizer().save_pretrained(path)
+    overrides = {"model.path": str(path), "model.dtype": "float32", "trainer.steps": "3",
+                 "trainer.prompts_per_step": "2", "sampling.num_generations": "4", "trainer.sft_warmup_steps": "0",
+                 "trainer.strict_onpolicy": "true", "logging.output_dir": str(tmp_path / "out"),
+                 "logging.plot": "false", "model.tiny": "{}", "rewards": "[{name: test_digit_count, weight: 1.0}]",
+                 "model.freeze_router": "true", "model.router_aux_loss_coef": "0.01", "trainer.lr": "1e-3"}
+    argv = ["--config", str(CONFIG)] + [x for kv in overrides.items() for x in (f"--{kv[0]}", kv[1])]
+    summary = train(parse_args(argv), log=lambda *a: None)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["onpolicy/kl"] == 0.0 and r["onpolicy/routing_mismatch"] == 0.0 for r in rows)
+    before, _ = load_pretrained(str(path))
+    after, _ = load_pretrained(summary["final_policy"])
+    for (name, a), (_, b) in zip(before.named_parameters(), after.named_parameters()):
+        if name.endswith("mlp.gate.weight"):
+            assert torch.equal(a, b), name
+        elif ".experts." in name:
+            assert not torch.equal(a, b), name
+
+
+def test_dense_model_refuses_moe_settings():
+    from onpolicy.config import parse_args
+    from onpolicy.trainer.setup import build_model
+
+    for key in ("model.freeze_router", "model.router_aux_loss_coef"):
+        cfg = parse_args([f"--{key}", "true" if "freeze" in key else "0.1"])
+        with pytest.raises(ValueError, match=key):
+            build_model(cfg, torch.device("cpu"), seed=0)
