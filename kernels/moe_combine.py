@@ -3,15 +3,48 @@ out[t] = sum over ranks j = 0..k-1, in that order, of weights[t, j] * rows[pair_
 once to rows' dtype. Elementwise ops in a fixed order per token: its result does not depend on its batch.
 (transformers multiplies by weights rounded to the model dtype and adds each expert's output into the result in
 the model dtype, in expert-id order; in fp32 the two agree to rounding.)
+GPU: one Triton program per (token, 1024-column block) reads the token's k rows and weights and accumulates in
+fp32 in rank order (one pass over the expert outputs); CPU: the same sum as torch ops (`sum_pairs`).
 Backward: rows' gradient written to each pair's row (each row belongs to one pair: no accumulation), the
 weights' gradient a row dot product (CPU: `tree_sum_last`, thread invariant; GPU: torch sum, deterministic).
-Left out: a fused Triton kernel (the combine is memory bound and small beside the expert GEMMs).
+Left out: fusing the combine into the down-projection GEMM's epilogue.
 """
 from __future__ import annotations
 
 import torch
 
-from onpolicy.kernels._common import check, tree_sum_last
+from onpolicy.kernels._common import check, require_triton, tl, tree_sum_last, triton, use_triton
+
+BLOCK_N = 1024
+
+if triton is not None:
+
+    @triton.jit
+    def _combine_kernel(rows_ptr, w_ptr, pair_row_ptr, out_ptr, N, stride_r, stride_o,
+                        TOP_K: tl.constexpr, BLOCK: tl.constexpr):
+        """out[t, cols] = sum over j = 0..TOP_K-1 in order of w[t, j] * rows[pair_row[t, j], cols], fp32."""
+        t = tl.program_id(0).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < N
+        acc = tl.zeros((BLOCK,), dtype=tl.float32)
+        for j in tl.static_range(TOP_K):
+            r = tl.load(pair_row_ptr + t * TOP_K + j)
+            w = tl.load(w_ptr + t * TOP_K + j).to(tl.float32)
+            acc += w * tl.load(rows_ptr + r * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + t * stride_o + cols, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _combine_triton(rows: torch.Tensor, weights: torch.Tensor, pair_row: torch.Tensor) -> torch.Tensor:
+    """Launch on rows [P, N] (unit column stride), weights fp32 [T, k], pair_row int64 [T, k]."""
+    require_triton("moe_combine")
+    t, k = pair_row.shape
+    n = rows.shape[1]
+    out = torch.empty((t, n), device=rows.device, dtype=rows.dtype)
+    if t == 0 or n == 0:
+        return out
+    _combine_kernel[(t, triton.cdiv(n, BLOCK_N))](rows, weights.float().contiguous(), pair_row.contiguous(), out, n,
+                                                  rows.stride(0), out.stride(0), TOP_K=k, BLOCK=BLOCK_N, num_warps=4)
+    return out
 
 
 def sum_pairs(rows: torch.Tensor, pair_row: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -29,6 +62,8 @@ class _Combine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows, weights, pair_row):
         ctx.save_for_backward(rows, weights, pair_row)
+        if use_triton(rows, weights, pair_row):
+            return _combine_triton(rows.contiguous(), weights, pair_row)
         return sum_pairs(rows, pair_row, weights)
 
     @staticmethod

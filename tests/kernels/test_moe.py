@@ -150,3 +150,14 @@ def test_bad_input_is_refused():
                        True)
     with pytest.raises(ValueError, match="kernels.moe_layout: ids"):
         moe_layout(torch.zeros(3, 1, dtype=torch.int32), 2, 4)
+
+
+def test_combine_triton_interpreter_matches_torch_path_and_is_row_invariant():
+    from onpolicy.kernels.moe_combine import _combine_triton, sum_pairs
+
+    t, k, n = 9, 3, 1100  # two column blocks, the second ragged
+    lay = moe_layout(torch.stack([torch.randperm(6)[:k] for _ in range(t)]), 6, 4)
+    rows, wts = torch.randn(lay.num_rows, n), torch.rand(t, k)
+    out = _combine_triton(rows, wts, lay.pair_row)
+    torch.testing.assert_close(out, sum_pairs(rows, lay.pair_row, wts), atol=1e-6, rtol=1e-6)
+    assert torch.equal(_combine_triton(rows, wts[4:5], lay.pair_row[4:5])[0], out[4])
