@@ -14,6 +14,7 @@ Also checks a token's output alone vs inside the batch (ours must be torch.equal
 
     PYTHONPATH=. python scripts/bench_moe.py              # CUDA, bf16, 30B-A3B layer shape
     PYTHONPATH=. python scripts/bench_moe.py --quick      # tiny shape, CPU fp32, seconds
+    PYTHONPATH=. python scripts/bench_moe.py --sweep-tiles --tokens 256,8192,32768   # candidate bf16 tiles
 Left out: backward, multi-GPU / expert parallel, fp8.
 """
 from __future__ import annotations
@@ -110,12 +111,41 @@ def run_size(layer: MoEMLP, tokens: int, dev: str, reps: int) -> dict:
     return row
 
 
+TILE_CANDIDATES = [  # bf16 grouped-GEMM tiles for --sweep-tiles (the first is moe_tile_config's)
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=3),
+    dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4),
+    dict(BLOCK_M=128, BLOCK_N=256, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=4),
+]
+
+
+def sweep_tiles(layer: MoEMLP, sizes: list[int], dev: str) -> list[dict]:
+    """ours_ms per candidate tile config (swapped in for the run: the layout's block follows BLOCK_M)."""
+    from onpolicy.kernels import moe_gemm
+
+    default, out = moe_gemm.moe_tile_config, []
+    try:
+        for cfg in TILE_CANDIDATES:
+            moe_gemm.moe_tile_config = lambda dtype, cfg=cfg: dict(cfg) if dtype != torch.float32 else default(dtype)
+            for t in sizes:
+                x = torch.randn(t, layer.gate.weight.shape[1], device=dev).to(layer.gate.weight.dtype)
+                with torch.no_grad():
+                    ms = bench(lambda: layer(x), dev, 3)
+                out.append({"tiles": cfg, "tokens": t, "ours_ms": ms})
+                print(f"{t:>7} {ms:9.3f} ms  {cfg}")
+    finally:
+        moe_gemm.moe_tile_config = default
+    return out
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny shape on the CPU in fp32 (seconds)")
     p.add_argument("--tokens", default=None, help="comma-separated token counts (default: decode + training sizes)")
     p.add_argument("--reps", type=int, default=5, help="CPU timing repetitions")
     p.add_argument("--out", default="bench_out", help="directory for moe.json")
+    p.add_argument("--sweep-tiles", action="store_true", help="time ours under candidate bf16 tile configs only")
     args = p.parse_args(argv)
     determinism.enable(seed=0)
     dev = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
@@ -125,6 +155,8 @@ def main(argv=None) -> list[dict]:
     with torch.no_grad():
         for prm in layer.parameters():
             prm.normal_(0.0, 0.02)
+    if args.sweep_tiles:
+        return sweep_tiles(layer, sizes, dev)
     rows = []
     print(f"{'tokens':>7} {'ours ms':>9} {'loop ms':>9} {'grouped':>9} {'ratio':>6} {'TFLOP/s':>8} {'HBM':>5} "
           f"{'peak MiB':>9} inv")
