@@ -94,3 +94,24 @@ def test_gradients_do_not_depend_on_thread_count():
     finally:
         torch.set_num_threads(n)
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_gpu_code_path_under_the_interpreter(monkeypatch):
+    """The CUDA path (Triton gather GEMM, padded-input GEMM, Triton combine) run by the CPU interpreter on a tiny
+    fp32 layer: close to the CPU path, and a token alone torch.equal to the same token inside batches."""
+    import importlib
+
+    moe_combine = importlib.import_module("onpolicy.kernels.moe_combine")  # the package exports a function so named
+    moe_gemm = importlib.import_module("onpolicy.kernels.moe_gemm")
+
+    layer = _layer("float32", experts=4, top_k=2)
+    x = torch.randn(20, 64)
+    with torch.no_grad():
+        cpu = layer(x)
+        monkeypatch.setattr(moe_gemm, "use_triton", lambda *t: True)
+        monkeypatch.setattr(moe_combine, "use_triton", lambda *t: True)
+        gpu_path = layer(x)
+        torch.testing.assert_close(gpu_path, cpu, atol=1e-5, rtol=1e-5)
+        for i in (0, 19):
+            assert torch.equal(layer(x[i : i + 1])[0], gpu_path[i])
+        assert torch.equal(layer(x[5:12])[3], gpu_path[8])

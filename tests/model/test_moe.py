@@ -170,3 +170,19 @@ def test_dense_model_refuses_moe_settings():
         cfg = parse_args([f"--{key}", "true" if "freeze" in key else "0.1"])
         with pytest.raises(ValueError, match=key):
             build_model(cfg, torch.device("cpu"), seed=0)
+
+
+def test_activation_checkpointing_gives_identical_gradients(moe_dir):
+    from onpolicy.model import sequence_logprobs
+
+    model, _ = load_pretrained(str(moe_dir))
+    prompts, completions = _batch(3)
+    out = []
+    for on in (False, True):
+        model.activation_checkpointing = on
+        model.zero_grad(set_to_none=True)
+        lps = torch.cat(sequence_logprobs(model, prompts, completions))
+        (lps * torch.linspace(-1, 1, lps.numel())).sum().backward()
+        out.append((lps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert torch.equal(out[0][0], out[1][0])
+    assert all(torch.equal(out[0][1][n], out[1][1][n]) for n in out[0][1])
