@@ -49,8 +49,8 @@ def engine_mode_routing(model, prompts: list[list[int]], completions: list[list[
         tables.append(list(range(start, start + n)))
         start += n
     shape = (start * BLOCK, c.num_key_value_heads, c.head_dim)
-    caches = [(model.lm_head_weight.new_zeros(shape), model.lm_head_weight.new_zeros(shape))
-              for _ in range(c.num_hidden_layers)]
+    zeros = lambda: torch.zeros(shape, dtype=c.torch_dtype, device=device)  # noqa: E731  (plain tensors under FSDP)
+    caches = [(zeros(), zeros()) for _ in range(c.num_hidden_layers)]
     with record_routing(model) as rec:
         _engine_step(model, caches, seqs, [(0, len(p)) for p in prompts], tables, device)
         second = [b for b, (p, s) in enumerate(zip(prompts, seqs)) if len(s) - 1 > len(p)]
