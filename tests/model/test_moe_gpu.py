@@ -1,5 +1,5 @@
 """GPU (H100): Qwen3-30B-A3B's layer shape (hidden 2048, 128 experts, top-8, expert width 768; 2 layers, vocab
-128, bf16, random weights) on the Triton kernels: engine logprobs under a mixed workload (ragged prompts past
+128, bf16, random weights; also with raw top-k weights and a dense first layer) on the Triton kernels: engine logprobs under a mixed workload (ragged prompts past
 position 1,000, chunked prefill beside decode, n=2 samples, CUDA graphs) are torch.equal to the trainer's and
 the routing mismatch is 0.0; the grouped expert GEMM gives a token the same bits alone and inside batches of
 1-4,096 tokens; a 3-step GRPO run of the tiny Qwen3-MoE on CUDA logs KL and routing mismatch 0.0."""
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.gpu
 
 
 @torch.no_grad()
-def _real_shape_model(layers=2, seed=3):
-    cfg = ModelConfig.from_hf(real_shape_hf_config("qwen3-moe", layers=layers).to_dict(), dtype="bfloat16")
+def _real_shape_model(name: str, layers=2, seed=3):
+    cfg = ModelConfig.from_hf(real_shape_hf_config(name, layers=layers).to_dict(), dtype="bfloat16")
     model = CausalLM(cfg, init=False).to("cuda")
     g = torch.Generator(device="cuda").manual_seed(seed)
     for name, p in model.named_parameters():
@@ -33,8 +33,9 @@ def _real_shape_model(layers=2, seed=3):
     return model.eval()
 
 
-def test_moe_engine_equals_trainer_real_shape():
-    model = _real_shape_model()
+@pytest.mark.parametrize("name", ["qwen3-moe", "qwen3-moe-mixed"])
+def test_moe_engine_equals_trainer_real_shape(name):
+    model = _real_shape_model(name)
     llm = LLM(model, CharTokenizer(), EngineConfig(num_blocks=1024, block_size=16, max_num_batched_tokens=256,
                                                    max_num_seqs=16))
     g = torch.Generator().manual_seed(0)
