@@ -97,3 +97,28 @@ def test_moe_grpo_three_steps_on_cuda(tmp_path):
     for r in rows:
         for key in ("onpolicy/kl", "onpolicy/mismatch_frac", "onpolicy/routing_mismatch"):
             assert r[key] == 0.0, (r["step"], key, r[key])
+
+
+def test_moe_grpo_three_steps_real_layer_shape(tmp_path):
+    """3 GRPO steps of a 2-layer model of the 30B-A3B layer shape (model.path tiny with MoE overrides, bf16):
+    KL, logprob mismatch and routing mismatch 0.0 every step, and the policy moves."""
+    from onpolicy.config import parse_args
+    from onpolicy.trainer import train
+    from test_architectures_grpo import CONFIG  # noqa: F401  (registers the test_digit_count reward)
+
+    shape = ("{architecture: qwen3_moe, hidden_size: 2048, intermediate_size: 6144, num_hidden_layers: 2, "
+             "num_attention_heads: 32, num_key_value_heads: 4, head_dim: 128, tie_word_embeddings: false, "
+             "num_experts: 128, num_experts_per_tok: 8, moe_intermediate_size: 768, norm_topk_prob: true, "
+             "max_position_embeddings: 1024}")
+    overrides = {"model.path": "tiny", "model.tiny": shape, "model.dtype": "bfloat16", "model.device": "cuda",
+                 "trainer.steps": "3", "trainer.prompts_per_step": "8", "sampling.num_generations": "4",
+                 "trainer.sft_warmup_steps": "0", "trainer.strict_onpolicy": "true",
+                 "logging.output_dir": str(tmp_path / "out"), "logging.plot": "false",
+                 "rewards": "[{name: test_digit_count, weight: 1.0}]"}
+    argv = ["--config", str(CONFIG)] + [x for kv in overrides.items() for x in (f"--{kv[0]}", kv[1])]
+    train(parse_args(argv), log=lambda *a: None)
+    rows = [json.loads(line) for line in Path(tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and any(r["grad_norm"] > 0 for r in rows)
+    for r in rows:
+        for key in ("onpolicy/kl", "onpolicy/mismatch_frac", "onpolicy/routing_mismatch"):
+            assert r[key] == 0.0, (r["step"], key, r[key])
