@@ -35,7 +35,8 @@ __all__ = [
     "add_rms_norm", "attention", "gelu_tanh_mul", "gelu_tanh_mul_reference", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",
     "linear", "linear_reference", "lm_logits", "lm_logits_reference", "log_softmax", "logits_token_logprobs",
     "log_softmax_reference", "matmul", "matmul_reference", "MoeLayout", "grouped_linear", "grouped_linear_reference",
-    "moe_block_m", "moe_combine", "moe_layout", "moe_route", "moe_route_reference", "qk_norm_rope", "rms_norm", "rms_norm_reference", "rope",
+    "moe_block_m", "moe_combine", "moe_layout", "moe_route", "moe_route_reference", "qk_norm_rope", "rms_norm",
+    "rms_norm_reference", "rope",
     "rope_cache", "rope_reference", "rope_table", "silu_mul", "silu_mul_reference", "token_logprobs",
     "token_logprobs_reference", "write_kv_cache",
 ]

@@ -4,8 +4,8 @@ An `Architecture` is a description, not code: biases, q/k norm, norm placement, 
 activation, and the config.json fields the family must have (or must not set) to be computed exactly. A new
 family is one entry in `ARCHITECTURES` plus one test row (tests/model/test_architectures.py).
 Left out: sliding windows of Qwen2 / SmolLM3 (`use_sliding_window`; a window at least the context long is
-accepted: it masks nothing), MoE MLPs other than Qwen3-MoE's, MLP biases, logit soft-capping (Gemma-2) -- a config that needs one of them is refused at
-load, naming the field.
+accepted: it masks nothing), MoE MLPs other than Qwen3-MoE's, MLP biases, logit soft-capping (Gemma-2) -- a
+config that needs one of them is refused at load, naming the field.
 """
 from __future__ import annotations
 

@@ -180,7 +180,8 @@ class ModelConfig:
         if self.num_experts_per_tok > self.num_experts:
             _fail("num_experts_per_tok", f"must be <= num_experts ({self.num_experts}), got {self.num_experts_per_tok}")
         if any(not isinstance(i, int) or not 0 <= i < self.num_hidden_layers for i in self.mlp_only_layers):
-            _fail("mlp_only_layers", f"must be layer indices in [0, {self.num_hidden_layers}), got {self.mlp_only_layers!r}")
+            _fail("mlp_only_layers",
+                  f"must be layer indices in [0, {self.num_hidden_layers}), got {self.mlp_only_layers!r}")
 
     def replace(self, **overrides) -> "ModelConfig":
         """A copy with `overrides` applied; unknown names raise ValueError listing the fields."""

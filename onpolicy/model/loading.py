@@ -1,10 +1,11 @@
 """Load / save HF-format checkpoints (config.json + safetensors) for CausalLM, and the tokenizer.
 
 Reads single-file and sharded (`model.safetensors.index.json`) checkpoints of every family in
-`architectures.ARCHITECTURES`; MoE experts load from per-expert tensors or transformers 5's fused 3-D ones and save per expert
-(as transformers' save_pretrained writes them). HF's separate q/k/v and gate/up projections are copied into our fused parameters
-through each parameter's `weight_loader` (families whose checkpoint is fused, Phi-3, load them whole). Writes one
-`model.safetensors` with the family's HF names so `transformers.AutoModelForCausalLM.from_pretrained` loads it.
+`architectures.ARCHITECTURES`; MoE experts load from per-expert tensors or transformers 5's fused 3-D ones and
+save per expert (as transformers' save_pretrained writes them). HF's separate q/k/v and gate/up projections are
+copied into our fused parameters through each parameter's `weight_loader` (families whose checkpoint is fused,
+Phi-3, load them whole). Writes one `model.safetensors` with the family's HF names so
+`transformers.AutoModelForCausalLM.from_pretrained` loads it.
 Partial rotary models get their q/k head dims reordered after loading and back before saving (rotary_layout).
 Left out: `.bin` (pickle) checkpoints, hub downloads (pass a local directory), quantised weights, writing sharded
 checkpoints.

@@ -60,8 +60,9 @@ def test_fused_3d_expert_checkpoint_loads_the_same_weights(moe_dir, tmp_path):
     for layer in (0, 1):
         pre = f"model.layers.{layer}.mlp.experts"
         e = 16
-        fused[f"{pre}.gate_up_proj"] = torch.stack([torch.cat([tensors[f"{pre}.{i}.gate_proj.weight"],
-                                                               tensors[f"{pre}.{i}.up_proj.weight"]]) for i in range(e)])
+        gate_up = [torch.cat([tensors[f"{pre}.{i}.gate_proj.weight"], tensors[f"{pre}.{i}.up_proj.weight"]])
+                   for i in range(e)]
+        fused[f"{pre}.gate_up_proj"] = torch.stack(gate_up)
         fused[f"{pre}.down_proj"] = torch.stack([tensors[f"{pre}.{i}.down_proj.weight"] for i in range(e)])
     save_file(fused, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     (tmp_path / "config.json").write_text((moe_dir / "config.json").read_text())

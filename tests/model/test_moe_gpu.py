@@ -1,8 +1,9 @@
 """GPU (H100): Qwen3-30B-A3B's layer shape (hidden 2048, 128 experts, top-8, expert width 768; 2 layers, vocab
-128, bf16, random weights; also with raw top-k weights and a dense first layer) on the Triton kernels: engine logprobs under a mixed workload (ragged prompts past
-position 1,000, chunked prefill beside decode, n=2 samples, CUDA graphs) are torch.equal to the trainer's and
-the routing mismatch is 0.0; the grouped expert GEMM gives a token the same bits alone and inside batches of
-1-4,096 tokens; a 3-step GRPO run of the tiny Qwen3-MoE on CUDA logs KL and routing mismatch 0.0."""
+128, bf16, random weights; also with raw top-k weights and a dense first layer) on the Triton kernels: engine
+logprobs under a mixed workload (ragged prompts past position 1,000, chunked prefill beside decode, n=2
+samples, CUDA graphs) are torch.equal to the trainer's and the routing mismatch is 0.0; the grouped expert GEMM
+gives a token the same bits alone and inside batches of 1-4,096 tokens; 3-step GRPO runs (the tiny Qwen3-MoE,
+and 2 layers of the real shape) log KL and routing mismatch 0.0."""
 import json
 from pathlib import Path
 
