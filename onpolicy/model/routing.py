@@ -19,6 +19,7 @@ from onpolicy.model.metadata import AttentionMetadata
 from onpolicy.model.moe import moe_layers, record_routing
 
 BLOCK = 16  # engine-mode cache block size of the re-run
+CHUNK_TOKENS = 16384  # tokens per re-run group (its KV cache: 16k tokens x layers x 2 x kv heads x head_dim)
 
 
 def _engine_step(model, caches, seqs, spans, tables, device):
@@ -88,9 +89,27 @@ def routing_mismatch(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return differ.double().mean().item()
 
 
+def _groups(prompts, completions, budget: int):
+    """Consecutive index ranges whose prompt + completion tokens stay within `budget` (at least one sequence)."""
+    start, used = 0, 0
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        n = len(p) + len(c)
+        if i > start and used + n > budget:
+            yield range(start, i)
+            start, used = i, 0
+        used += n
+    if start < len(prompts):
+        yield range(start, len(prompts))
+
+
 def routing_parity(model, prompts: list[list[int]], completions: list[list[int]]) -> dict:
-    """{"onpolicy/routing_mismatch": fraction} for a model with MoE layers, {} for a dense one."""
-    if not moe_layers(model):
+    """{"onpolicy/routing_mismatch": fraction} for a model with MoE layers, {} for a dense one or no sequences.
+    Runs in groups of at most CHUNK_TOKENS tokens (the engine-mode pass allocates a KV cache for its group)."""
+    if not moe_layers(model) or not prompts:
         return {}
-    sampler = engine_mode_routing(model, prompts, completions)
-    return {"onpolicy/routing_mismatch": routing_mismatch(sampler, training_mode_routing(model, prompts, completions))}
+    sampler, trainer = [], []
+    for g in _groups(prompts, completions, CHUNK_TOKENS):
+        p, c = [prompts[i] for i in g], [completions[i] for i in g]
+        sampler += engine_mode_routing(model, p, c)
+        trainer += training_mode_routing(model, p, c)
+    return {"onpolicy/routing_mismatch": routing_mismatch(sampler, trainer)}

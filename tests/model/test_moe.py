@@ -187,3 +187,15 @@ def test_activation_checkpointing_gives_identical_gradients(moe_dir):
         out.append((lps.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
     assert torch.equal(out[0][0], out[1][0])
     assert all(torch.equal(out[0][1][n], out[1][1][n]) for n in out[0][1])
+
+
+def test_routing_parity_in_groups_equals_one_group(moe_dir, monkeypatch):
+    from onpolicy.model import routing
+
+    model, _ = load_pretrained(str(moe_dir))
+    prompts, completions = _batch(4)
+    assert list(routing._groups(prompts, completions, 20)) == [range(0, 2), range(2, 3), range(3, 4)]  # 6+10, 57, 3
+    assert list(routing._groups(prompts, completions, 1000)) == [range(0, 4)]
+    monkeypatch.setattr(routing, "CHUNK_TOKENS", 20)
+    assert routing_parity(model, prompts, completions) == {"onpolicy/routing_mismatch": 0.0}
+    assert routing_parity(model, [], []) == {}
