@@ -6,6 +6,7 @@ grouped Triton GEMM, fixed tiles, no split-K) vs
   loop    transformers' maths: F.linear router, torch softmax/topk, one cuBLAS F.linear pair per hit expert,
           index_add_ (host syncs; not batch invariant)
   grouped torch._grouped_mm over expert-sorted tokens (when this torch has it; not batch invariant)
+(baselines run with torch's deterministic algorithms off, as a plain torch user runs them)
 Per size: median ms (`do_bench`, eager), the ratio best-baseline-ms / ours-ms (>1 = ours faster), achieved
 TFLOP/s of the expert and router GEMMs (2 * tokens * (k * 3 * H * I + H * E)), the fraction of HBM bandwidth the
 expert-weight reads reach at decode (distinct experts' bytes / time / 3.35 TB/s), and peak memory of one call.
@@ -72,6 +73,19 @@ def grouped_moe(layer: MoEMLP, x: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(x).index_add_(0, order // layer.top_k, y)
 
 
+def plain(fn):
+    """fn under torch's default (non-deterministic) algorithms: index_add_ with atomics, as users run it."""
+
+    def run():
+        torch.use_deterministic_algorithms(False)
+        try:
+            return fn()
+        finally:
+            torch.use_deterministic_algorithms(True)
+
+    return run
+
+
 def _peak_mib(fn, dev: str) -> float | None:
     if dev != "cuda":
         return None
@@ -88,9 +102,9 @@ def run_size(layer: MoEMLP, tokens: int, dev: str, reps: int) -> dict:
     e, i2, h = c.shape
     k = layer.top_k
     x = torch.randn(tokens, h, device=dev).to(c.dtype)
-    fns = {"ours": lambda: layer(x), "loop": lambda: loop_moe(layer, x)}
+    fns = {"ours": lambda: layer(x), "loop": plain(lambda: loop_moe(layer, x))}
     if dev == "cuda" and hasattr(torch, "_grouped_mm"):
-        fns["grouped"] = lambda: grouped_moe(layer, x)
+        fns["grouped"] = plain(lambda: grouped_moe(layer, x))
     row = {"tokens": tokens}
     for name, fn in fns.items():
         try:
