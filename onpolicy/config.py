@@ -28,11 +28,10 @@ from typing import Any, ClassVar
 import yaml
 
 from onpolicy.config_cli import apply_override, help_text, load_yaml, split_cli
-from onpolicy.config_fields import ConfigError, Section, coerce, config_field
+from onpolicy.config_fields import ConfigError, Section, coerce, config_field, run_dir_problem
 from onpolicy.engine.params import MIN_TEMPERATURE, EngineConfig
 from onpolicy.evaluation import EvalArgs
-from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
-from onpolicy.trainer.distributed import GRAD_REDUCTIONS
+from onpolicy.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
            "RewardArgs", "EvalArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
@@ -53,6 +52,10 @@ class ModelArgs(Section):
     freeze_router: bool = _f(False, "MoE models: keep every sparse layer's router (gate) weights fixed in training")
     router_aux_loss_coef: float = _f(0.0, "MoE models: weight of transformers' load-balancing loss added to the "
                                      "training loss (0 = off; config.json's value is not used)", ge=0)
+
+    def _validate(self):
+        if "dtype" in self.tiny:
+            raise ConfigError("model.tiny.dtype: set the dtype with model.dtype (float32 | bfloat16) instead")
 
 
 @dataclass
@@ -160,7 +163,7 @@ class TrainerArgs(Section):
                                       "dividing it", ge=1)
     grad_reduction: str = _f("tree", "cross-rank gradient sum (data parallel): 'tree' = fixed order, the same bits "
                              "run after run and on any world size; 'all_reduce' = the backend's all_reduce "
-                             "(faster, order not fixed; for comparison)", choices=GRAD_REDUCTIONS)
+                             "(faster, order not fixed; for comparison)", choices=("tree", "all_reduce"))
     resume: bool | str = _f(False, "true = resume from <output_dir>/checkpoints/latest; a string = checkpoint path")
 
     def _validate(self):
@@ -230,9 +233,7 @@ class LoggingArgs(Section):
                          "output_dir; false = such a directory is an error (resume it or pick another)")
 
     def _validate(self):
-        from onpolicy.trainer.run_dir import check_path
-
-        why = check_path(self.output_dir)
+        why = run_dir_problem(self.output_dir)
         self._check(why is None, "output_dir", why or "")
 
 
@@ -354,7 +355,7 @@ def check_context(cfg: ExperimentConfig) -> None:
     if m.path == "tiny":
         from onpolicy.model.tiny import tiny_config
 
-        model_config = tiny_config(**{k: v for k, v in m.tiny.items() if k != "dtype"})
+        model_config = tiny_config(**m.tiny)
     else:
         if not os.path.isdir(m.path):
             raise ConfigError(f"model.path: {m.path!r} is not a directory; allowed: 'tiny' or a local HF model dir")

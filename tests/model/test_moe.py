@@ -165,7 +165,7 @@ def test_grpo_with_frozen_router_and_aux_loss(tmp_path):
 
 def test_dense_model_refuses_moe_settings():
     from onpolicy.config import parse_args
-    from onpolicy.trainer.setup import build_model
+    from onpolicy.build import build_model
 
     for key in ("model.freeze_router", "model.router_aux_loss_coef"):
         cfg = parse_args([f"--{key}", "true" if "freeze" in key else "0.1"])
