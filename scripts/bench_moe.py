@@ -9,13 +9,13 @@ grouped Triton GEMM, fixed tiles, no split-K) vs
 (baselines run with torch's deterministic algorithms off, as a plain torch user runs them)
 Per size: median ms (`do_bench`, eager), the ratio best-baseline-ms / ours-ms (>1 = ours faster), achieved
 TFLOP/s of the expert and router GEMMs (2 * tokens * (k * 3 * H * I + H * E)), the fraction of HBM bandwidth the
-expert-weight reads reach at decode (distinct experts' bytes / time / 3.35 TB/s), and peak memory of one call.
+expert-weight reads reach at decode (distinct experts' bytes / time / `scripts.common.HBM_BYTES_PER_S`), and peak memory of one call.
 Also checks a token's output alone vs inside the batch (ours must be torch.equal). Writes a table and
 `--out`/moe.json.
 
-    PYTHONPATH=. python scripts/bench_moe.py              # CUDA, bf16, 30B-A3B layer shape
-    PYTHONPATH=. python scripts/bench_moe.py --quick      # tiny shape, CPU fp32, seconds
-    PYTHONPATH=. python scripts/bench_moe.py --sweep-tiles --tokens 256,8192,32768   # candidate bf16 tiles
+    python -m scripts.bench_moe              # CUDA, bf16, 30B-A3B layer shape
+    python -m scripts.bench_moe --quick      # tiny shape, CPU fp32, seconds
+    python -m scripts.bench_moe --sweep-tiles --tokens 256,8192,32768   # candidate bf16 tiles
 Left out: backward, multi-GPU / expert parallel, fp8.
 """
 from __future__ import annotations
@@ -27,12 +27,10 @@ import os
 import torch
 import torch.nn.functional as F
 
-from bench_timing import bench
 from onpolicy import determinism
 from onpolicy.model import ModelConfig
 from onpolicy.model.moe import MoEMLP
-
-HBM_BYTES_PER_S = 3.35e12  # H100 SXM peak
+from scripts.common import HBM_BYTES_PER_S, bench, default_device, device_name
 
 
 def layer_config(quick: bool, dtype: str) -> ModelConfig:
@@ -162,7 +160,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--sweep-tiles", action="store_true", help="time ours under candidate bf16 tile configs only")
     args = p.parse_args(argv)
     determinism.enable(seed=0)
-    dev = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    dev = default_device(args.quick)
     sizes = [int(t) for t in args.tokens.split(",")] if args.tokens else (
         [1, 16, 256] if args.quick else [1, 8, 32, 64, 128, 256, 4096, 8192, 16384, 32768])
     layer = MoEMLP(layer_config(args.quick, "float32" if dev == "cpu" else "bfloat16")).to(dev)
@@ -183,7 +181,7 @@ def main(argv=None) -> list[dict]:
               f"{'-' if r['hbm_frac'] is None else format(r['hbm_frac'], '5.2f'):>5} "
               f"{fmt(r.get('ours_peak_mib'), '{:9.1f}')} {r['invariant']}")
     os.makedirs(args.out, exist_ok=True)
-    meta = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
+    meta = {"device": device_name(dev), "torch": torch.__version__,
             "shape": {k: getattr(layer_config(args.quick, "float32"), k) for k in
                       ("hidden_size", "moe_intermediate_size", "num_experts", "num_experts_per_tok")}}
     with open(os.path.join(args.out, "moe.json"), "w") as f:

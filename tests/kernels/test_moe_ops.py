@@ -161,3 +161,14 @@ def test_combine_triton_interpreter_matches_torch_path_and_is_row_invariant():
     out = _combine_triton(rows, wts, lay.pair_row)
     torch.testing.assert_close(out, sum_pairs(rows, lay.pair_row, wts), atol=1e-6, rtol=1e-6)
     assert torch.equal(_combine_triton(rows, wts[4:5], lay.pair_row[4:5])[0], out[4])
+
+
+def test_bench_moe_quick_writes_json(tmp_path):
+    import json
+
+    from scripts import bench_moe
+
+    rows = bench_moe.main(["--quick", "--tokens", "1,3", "--reps", "1", "--out", str(tmp_path)])
+    assert [r["tokens"] for r in rows] == [1, 3] and all(r["invariant"] for r in rows)
+    saved = json.loads((tmp_path / "moe.json").read_text())
+    assert saved["results"][0]["ours_ms"] > 0 and saved["meta"]["shape"]["num_experts"] == 16
