@@ -91,7 +91,7 @@ def _grouped_triton(a: torch.Tensor, weight: torch.Tensor, layout: MoeLayout, ga
     cfg = dict(moe_tile_config(a.dtype))
     check(cfg["BLOCK_M"] == layout.block_m, "grouped_linear",
           f"layout.block_m must be {cfg['BLOCK_M']} for {a.dtype}, got {layout.block_m}")
-    P, (E, N, K) = layout.num_rows, weight.shape
+    P, (_, N, K) = layout.num_rows, weight.shape
     c = torch.empty((P, N), device=a.device, dtype=a.dtype)
     blocks = P // cfg["BLOCK_M"]
     if blocks == 0 or N == 0:
