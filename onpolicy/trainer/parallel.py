@@ -27,15 +27,17 @@ from onpolicy.trainer.distributed import Dist, GradReduction, reduction_chunks
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from onpolicy.config import ExperimentConfig
+
 
 @dataclass
 class CheckpointState:
     """What a checkpoint holds besides the step: the run's config, policy, optimizer, tokenizer and `extra`
     (the prompt iterator's position)."""
-    cfg: Any
+    cfg: ExperimentConfig
     model: torch.nn.Module
-    optimizer: Any
-    tokenizer: Any
+    optimizer: Any                 # precision.MasterWeightAdamW or fsdp.ShardedAdamW (None: save no optimizer)
+    tokenizer: Any                 # a transformers tokenizer or the tiny model's CharTokenizer
     extra: dict
 
 
