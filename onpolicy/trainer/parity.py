@@ -5,7 +5,9 @@ For every completion token, diff = sampler_lp - trainer_lp (the trainer recomput
     onpolicy/logprob_diff/max   max |diff|
     onpolicy/logprob_diff/mean  mean |diff|
     onpolicy/mismatch_frac      fraction of tokens whose two logprobs are not bitwise equal
-All four are exactly 0.0 in invariant mode. Left out: per-position histograms (see scripts/doctor.py).
+All four are exactly 0.0 in invariant mode. MoE models add `onpolicy/routing_mismatch` (the fraction of tokens
+whose experts differ between the sampler's and the trainer's mode; `onpolicy.model.routing`), also 0.0.
+Left out: per-position histograms (see scripts/doctor.py).
 """
 from __future__ import annotations
 
@@ -78,4 +80,4 @@ def mismatch_report(m: Mismatch, step: int, context: str = "") -> str:
         f"strict_onpolicy: sampler and trainer logprobs differ at step {step}: sequence {m.sequence}, "
         f"completion token {m.token}: sampler {m.sampler_logprob!r} vs trainer {m.trainer_logprob!r} "
         f"(diff {m.sampler_logprob - m.trainer_logprob:.3e}); {m.num_mismatched}/{m.num_tokens} tokens differ. "
-        f"{context}Run `python scripts/doctor.py` to find which op breaks batch invariance on this machine.")
+        f"{context}Run `python -m scripts.doctor` to find which op breaks batch invariance on this machine.")

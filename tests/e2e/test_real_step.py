@@ -1,4 +1,4 @@
-"""A real-size step on the tiny default (issue 10): micro-batches, activation checkpointing, mini-batches x
+"""A real-size step on the tiny default: micro-batches, activation checkpointing, mini-batches x
 iterations and fp32 master weights wired into `update_policy`, through `build_trainer` + `rl_step` / `train`."""
 import hashlib
 import math

@@ -1,4 +1,4 @@
-"""What a run leaves behind and how it ends (issue 8): the final policy is always saved (transformers-loadable),
+"""What a run leaves behind and how it ends: the final policy is always saved (transformers-loadable),
 non-finite values stop the run with the last good policy saved, a collapsed run warns, resume survives a
 truncated metrics line and refuses a checkpoint of a different run, keep-last-N checkpoints."""
 import json
