@@ -1,15 +1,50 @@
 """Build the parts a run or an evaluation needs from an ExperimentConfig: device, tokenizer, model (with its
 generation settings), the rollout engine and reward models; plus the checks that need only the tokenizer.
 
-Used by the trainer's set-up (onpolicy.trainer.setup) and the evaluation (onpolicy.eval_run). The config was
-validated and `config.check_context` has checked `model.path` and `model.tiny` before any of these runs.
+Used by the trainer's set-up (onpolicy.trainer.setup) and the evaluation (onpolicy.eval_run), which run
+`check_context` (model.path, model.tiny, the context budget; config.json only) before building anything.
 Left out: hub model ids (model.path is a local directory or "tiny").
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import torch
+
+from onpolicy.config_fields import ConfigError
+
+
+def check_context(cfg) -> None:
+    """Start-up check, before any model is built: `model.path` is usable (checked before `model.tiny`, so a
+    leftover tiny block cannot hide a wrong path) and `data.max_prompt_tokens + sampling.max_tokens` fits the
+    model's context (max_position_embeddings of config.json, or of the tiny config), and every
+    `sampling.stop_token_ids` is below its vocab_size. Reads config.json only."""
+    m = cfg.model
+    if m.path == "tiny":
+        from onpolicy.model.tiny import tiny_config
+
+        model_config = tiny_config(**m.tiny)
+    else:
+        if not os.path.isdir(m.path):
+            raise ConfigError(f"model.path: {m.path!r} is not a directory; allowed: 'tiny' or a local HF model dir")
+        if not os.path.isfile(os.path.join(m.path, "config.json")):
+            raise ConfigError(f"model.path: {m.path!r} has no config.json; allowed: 'tiny' or a local HF model dir")
+        if m.tiny:
+            raise ConfigError(f"model.tiny: overrides only apply with model.path: tiny, and model.path is {m.path!r}; "
+                              "allowed here: no tiny block (remove it)")
+        from onpolicy.model.loading import load_config
+
+        model_config = load_config(m.path)
+    limit, vocab = model_config.max_position_embeddings, model_config.vocab_size
+    bad = [t for t in cfg.sampling.stop_token_ids if t >= vocab]
+    if bad:
+        raise ConfigError(f"sampling.stop_token_ids: got {bad}; allowed: token ids in [0, {vocab}) (the model's "
+                          "vocab_size)")
+    prompt, new = cfg.data.max_prompt_tokens, cfg.sampling.max_tokens
+    if prompt + new > limit:
+        raise ConfigError(f"data.max_prompt_tokens ({prompt}) + sampling.max_tokens ({new}) = {prompt + new} exceeds "
+                          f"the model's context max_position_embeddings={limit}; allowed: a sum <= {limit}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -22,7 +57,7 @@ def resolve_device(name: str) -> torch.device:
 
 def build_tokenizer(cfg):
     """The tokenizer alone (cheap), so data can be checked before any model is built (`model.path` was checked
-    by `config.check_context`)."""
+    by `check_context`)."""
     if cfg.model.path == "tiny":
         from onpolicy.model.tiny import CharTokenizer, tiny_chars
 
@@ -66,7 +101,7 @@ def warn_unknown_chars(cfg, rows: list[dict], log) -> None:
 
 def build_model(cfg, device: torch.device, seed: int):
     """The policy: the built-in tiny model ("tiny", weights from `seed`) or a local HF directory (`model.path`
-    and `model.tiny` were checked by the config and `config.check_context`)."""
+    and `model.tiny` were checked by `check_context`)."""
     if cfg.model.path == "tiny":
         from onpolicy.model.tiny import build_tiny
 

@@ -1,7 +1,7 @@
 """Experiment configuration: one dataclass per section (the engine's own `EngineConfig` is the `engine`
 section), YAML `--config` plus dotted CLI overrides (`onpolicy.config_cli`), typed fields with declared bounds
 (`onpolicy.config_fields`: `_f(16, "help", ge=1)`); a section's `_validate` holds only the checks that relate
-fields. `check_context` is the start-up check that needs the model's config.json.
+fields. The start-up check that needs the model's config.json is the model builder's (`build.check_context`).
 
 Why no library (evaluated: jsonargparse 4.53, tyro 1.0, omegaconf 2.4; TRL's `TrlParser` is flat -- `--lr`, not
 `--trainer.lr`): none is on the H100 image, so any would be a new core dependency carried as a wheel
@@ -35,7 +35,7 @@ from onpolicy.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
            "RewardArgs", "EvalArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
-           "check_context", "check_rewards"]
+           "check_rewards"]
 
 _f = config_field
 
@@ -340,39 +340,8 @@ def check_names_and_paths(cfg: ExperimentConfig) -> None:
     """What `--print-config` checks beyond the fields and the rewards (resolved by `parse_args` for every run):
     the data set and the model directory exist and the context fits (`check_context`). Reads no data rows and
     builds no model."""
+    from onpolicy.build import check_context
     from onpolicy.data import check_dataset
 
     check_dataset(cfg.data)
     check_context(cfg)
-
-
-def check_context(cfg: ExperimentConfig) -> None:
-    """Start-up check, before any model is built: `model.path` is usable (checked before `model.tiny`, so a
-    leftover tiny block cannot hide a wrong path) and `data.max_prompt_tokens + sampling.max_tokens` fits the
-    model's context (max_position_embeddings of config.json, or of the tiny config), and every
-    `sampling.stop_token_ids` is below its vocab_size. Reads config.json only."""
-    m = cfg.model
-    if m.path == "tiny":
-        from onpolicy.model.tiny import tiny_config
-
-        model_config = tiny_config(**m.tiny)
-    else:
-        if not os.path.isdir(m.path):
-            raise ConfigError(f"model.path: {m.path!r} is not a directory; allowed: 'tiny' or a local HF model dir")
-        if not os.path.isfile(os.path.join(m.path, "config.json")):
-            raise ConfigError(f"model.path: {m.path!r} has no config.json; allowed: 'tiny' or a local HF model dir")
-        if m.tiny:
-            raise ConfigError(f"model.tiny: overrides only apply with model.path: tiny, and model.path is {m.path!r}; "
-                              "allowed here: no tiny block (remove it)")
-        from onpolicy.model.loading import load_config
-
-        model_config = load_config(m.path)
-    limit, vocab = model_config.max_position_embeddings, model_config.vocab_size
-    bad = [t for t in cfg.sampling.stop_token_ids if t >= vocab]
-    if bad:
-        raise ConfigError(f"sampling.stop_token_ids: got {bad}; allowed: token ids in [0, {vocab}) (the model's "
-                          "vocab_size)")
-    prompt, new = cfg.data.max_prompt_tokens, cfg.sampling.max_tokens
-    if prompt + new > limit:
-        raise ConfigError(f"data.max_prompt_tokens ({prompt}) + sampling.max_tokens ({new}) = {prompt + new} exceeds "
-                          f"the model's context max_position_embeddings={limit}; allowed: a sum <= {limit}")

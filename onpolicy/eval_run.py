@@ -121,7 +121,7 @@ def run_evaluation(cfg, log=print) -> tuple[list[dict], dict, tuple]:
     import torch
 
     from onpolicy import determinism, kernels
-    from onpolicy.config import check_context
+    from onpolicy.build import check_context
     from onpolicy.data import load_prompts
     from onpolicy.evaluation import check_eval_config, write_results
     from onpolicy.rewards import resolve_rewards

@@ -1,12 +1,12 @@
 """Parallelism strategies: what differs between ways of spreading the trainer over ranks, chosen once.
 
+    strategy_class().check_launch(cfg, env, world)    # before any process group: its own settings (launch.py)
     strategy = choose_strategy(Dist.current())       # FSDP2 when the accelerate config says FSDP, else Replicated
-    strategy_class().check_launch(cfg, env, world)    # before any process group: its own settings
     optimizer = strategy.build_optimizer(model, trainable.select(model), cfg.trainer, device)
     module = strategy.train_module(model)             # what the trainer's forward/backward runs
     reduction = strategy.grad_reduction(cfg, optimizer, device, num_seqs)
     strategy.pad_micro_batches(module, planned, most) # equal collective counts across ranks
-    strategy.save(root, step, state) / strategy.load(path, state)
+    strategy.save(root, step, state) / strategy.load(path, state, device)
 
 `Replicated`: every rank holds the whole model and fp32 masters (`MasterWeightAdamW`); gradients are summed in a
 fixed tree over reduction chunks (`distributed.GradReduction`); rank 0 writes checkpoints. `FSDP2`: the fp32
@@ -27,15 +27,17 @@ from onpolicy.trainer.distributed import Dist, GradReduction, reduction_chunks
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from onpolicy.config import ExperimentConfig
+
 
 @dataclass
 class CheckpointState:
     """What a checkpoint holds besides the step: the run's config, policy, optimizer, tokenizer and `extra`
     (the prompt iterator's position)."""
-    cfg: Any
+    cfg: ExperimentConfig
     model: torch.nn.Module
-    optimizer: Any
-    tokenizer: Any
+    optimizer: Any                 # precision.MasterWeightAdamW or fsdp.ShardedAdamW (None: save no optimizer)
+    tokenizer: Any                 # a transformers tokenizer or the tiny model's CharTokenizer
     extra: dict
 
 

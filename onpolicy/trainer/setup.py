@@ -66,7 +66,7 @@ def check_before_compute(cfg, strategy, log=print) -> None:
     """The run-level checks that need no model: model path and context budget, resume path and layout, backend
     (the rewards are resolved just before, in `build_trainer`; the launch and world size were checked by
     onpolicy.trainer.launch)."""
-    from onpolicy.config import check_context
+    from onpolicy.build import check_context
     from onpolicy.trainer.resume import check_resume_config
 
     check_context(cfg)

@@ -28,13 +28,13 @@ def nonfinite_steps(history: list[dict]) -> list[int]:
             if any(isinstance(v, float) and not math.isfinite(v) for k, v in m.items() if not k.startswith("time/"))]
 
 
-def summarize(history: list[dict], wall: float, run, final_policy: str | None = None,
+def summarize(history: list[dict], wall: float, trainer, final_policy: str | None = None,
               stopped: str | None = None) -> dict:
     rewards = [m["reward/mean"] for m in history if "reward/mean" in m]
     out = {
         "steps": len(history),
-        "start_step": run.start_step,
-        "wall_time_s": wall + run.setup_time,
+        "start_step": trainer.start_step,
+        "wall_time_s": wall + trainer.setup_time,
         "rl_time_s": wall,
         "reward_first": rewards[0] if rewards else float("nan"),
         "reward_last": rewards[-1] if rewards else float("nan"),
@@ -45,7 +45,7 @@ def summarize(history: list[dict], wall: float, run, final_policy: str | None = 
         out[name] = max_abs([m[key] for m in history if key in m])
     out.update({"nonfinite_steps": nonfinite_steps(history), "no_signal_since": no_signal_since(history),
                 "stopped": stopped, "final_policy": final_policy,
-                "output_dir": os.path.abspath(run.cfg.logging.output_dir), "history": history})
+                "output_dir": os.path.abspath(trainer.cfg.logging.output_dir), "history": history})
     return out
 
 

@@ -7,8 +7,10 @@
 `select` may change the model first (freeze base weights, attach adapters); the optimizer then holds masters
 and AdamW state for the selected parameters only, and everything else stays as loaded, in `model.dtype`.
 `FullFineTuning` selects every parameter that requires a gradient (all of them, as built). Another selection
-(e.g. LoRA adapters with frozen base weights) is a second class with the same `select`. Left out: per-group
-learning rates or weight decay.
+(e.g. LoRA adapters with frozen base weights) is a second class with the same `select`; the engine runs the
+same model object, so whatever `select` attaches is sampled with too. Left out: per-group learning rates or
+weight decay; under FSDP2 the sharded trainer module still holds every weight as an fp32 shard (only the
+selected ones are updated and get AdamW state).
 """
 from __future__ import annotations
 

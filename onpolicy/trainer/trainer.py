@@ -25,6 +25,7 @@ from onpolicy.trainer.trainable import FullFineTuning, TrainableParams
 from onpolicy.trainer.update import UpdateParts, update_policy
 
 if TYPE_CHECKING:
+    from onpolicy.config import ExperimentConfig
     from onpolicy.trainer.parallel import ParallelStrategy
 
 
@@ -41,7 +42,7 @@ class Trainer:
     `prompts`, `logger`, `rewards`, `threads` and `eval_rows` are what a full run adds (None in a benchmark);
     `start_step`, `setup_time` and `sft_stats` describe how it was built."""
 
-    def __init__(self, cfg, *, device: torch.device, strategy: ParallelStrategy, model: torch.nn.Module,
+    def __init__(self, cfg: ExperimentConfig, *, device: torch.device, strategy: ParallelStrategy, model: torch.nn.Module,
                  optimizer, sampler, tokenizer=None, parts: TrainerParts | None = None,
                  ref_model: torch.nn.Module | None = None, prompts=None, rewards: list | None = None,
                  eval_rows: list | None = None, threads=None):

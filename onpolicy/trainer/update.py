@@ -27,7 +27,7 @@ are rounded to bf16 before the fp32 sum).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -42,7 +42,10 @@ from onpolicy.trainer.rollout import Rollout, sub_rollout
 from onpolicy.trainer.scoring import ScoredBatch
 
 if TYPE_CHECKING:
+    from onpolicy.config import ExperimentConfig
+    from onpolicy.trainer.fsdp import ShardedAdamW
     from onpolicy.trainer.parallel import ParallelStrategy
+    from onpolicy.trainer.precision import MasterWeightAdamW
 
 
 @dataclass(frozen=True)
@@ -50,11 +53,11 @@ class UpdateParts:
     """What the optimizer updates act on. `model`: the engine's model (its weights refreshed by the optimizer's
     step); `module`: the module the trainer's forward runs (`strategy.train_module(model)`); `loss_fn`: the
     per-micro-batch loss (`losses.slice_loss`'s signature); `ref_model`: the frozen reference of trainer.beta."""
-    cfg: Any                                  # onpolicy.config.ExperimentConfig
+    cfg: ExperimentConfig
     device: torch.device
     model: torch.nn.Module
     module: torch.nn.Module
-    optimizer: Any                            # precision.MasterWeightAdamW or fsdp.ShardedAdamW
+    optimizer: MasterWeightAdamW | ShardedAdamW
     strategy: ParallelStrategy
     loss_fn: Callable = slice_loss
     ref_model: torch.nn.Module | None = None

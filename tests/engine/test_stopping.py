@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from onpolicy.config import ConfigError, ExperimentConfig, SamplingArgs, check_context
+from onpolicy.build import check_context
+from onpolicy.config import ConfigError, ExperimentConfig, SamplingArgs
 from onpolicy.engine import LLM, EngineConfig, SamplingParams
 from onpolicy.model import load_pretrained, save_pretrained
 from onpolicy.model.tiny import CHARS, SPECIAL_TOKENS, build_tiny

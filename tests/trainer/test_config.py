@@ -175,7 +175,7 @@ def test_modules_import_without_optional_packages():
 
 def test_check_context_before_any_model_is_built(tmp_path, monkeypatch):
     """The context budget and the model path are checked from config.json alone (no weights read)."""
-    from onpolicy.config import check_context
+    from onpolicy.build import check_context
 
     check_context(parse_args(["--config", str(ROOT / "configs/tiny-cpu.yaml")]))
     model_dir = tmp_path / "m"

@@ -25,7 +25,7 @@ def test_zero_steps_refused():
 
 
 def test_empty_yaml_gives_the_built_in_defaults_and_they_are_valid(tmp_path):
-    from onpolicy.config import check_context
+    from onpolicy.build import check_context
 
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
