@@ -1,0 +1,130 @@
+"""LoRA adapters on onpolicy's projections, unmerged: y = x @ W.T + s * (x @ A.T) @ B.T.
+
+`attach_lora(model, args)` freezes every base weight and gives each targeted `Linear` a `LoraAdapter` (its
+`lora` submodule); `Linear.forward` then adds the adapter's output. The sampler and the trainer run this one
+forward, and both adapter GEMMs are `kernels.matmul` (the batch-invariant pointer GEMM: tiles from (dtype, K,
+N), never from the row count), so a token's logprob has the same bits in both, as for the base weights.
+A fused projection (qkv, gate_up) holds one A for its targeted row blocks, stacked ([S * r, in]: one pass over
+x), and one B per targeted block; an untargeted block (e.g. k when only q and v are targeted) adds exact
+zeros. Values start as PEFT's: A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))) from a seeded CPU
+generator, B zero. Adapters have the model's dtype (the one copy both modes read); the optimizer keeps their
+fp32 masters. Left out: merging into the base weights at run time (see docs/lora.md), dropout, adapters on
+families whose HF checkpoints store fused projections (Phi-3) and on q/k of partial-rotary models.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from onpolicy import kernels
+from onpolicy.lora.config import PEFT_TARGETS, LoraArgs
+
+WHOLE = "out"  # the B key of an unfused projection
+
+
+class LoraAdapter(nn.Module):
+    """Adapters of one projection: `lora_A` [S * r, in] (the targeted blocks' A stacked), `lora_B[block]`
+    [rows, r]; `layout` lists every row block of the projection in order as (block, rows, targeted)."""
+
+    def __init__(self, layout: list[tuple[str, int, bool]], in_features: int, r: int, scaling: float,
+                 dtype: torch.dtype, device: torch.device):
+        super().__init__()
+        self.layout, self.r, self.scaling = layout, r, scaling
+        targeted = [(name, rows) for name, rows, on in layout if on]
+        self.lora_A = nn.Parameter(torch.zeros(len(targeted) * r, in_features, dtype=dtype, device=device))
+        # a list of pairs keeps the row order (ParameterDict sorts the keys of a plain dict)
+        self.lora_B = nn.ParameterDict([(name, nn.Parameter(torch.zeros(rows, r, dtype=dtype, device=device)))
+                                        for name, rows in targeted])
+
+    def blocks(self) -> list[str]:
+        """The targeted row blocks, in the order of their A rows."""
+        return list(self.lora_B.keys())
+
+    def block_A(self, name: str) -> torch.Tensor:
+        j = self.blocks().index(name)
+        return self.lora_A[j * self.r : (j + 1) * self.r]
+
+    @torch.no_grad()
+    def reset(self, generator: torch.Generator) -> None:
+        """PEFT's init: each block's A ~ U(-1/sqrt(in), 1/sqrt(in)) (Kaiming-uniform, a = sqrt(5)), B = 0."""
+        for name in self.blocks():
+            a = torch.empty(self.r, self.lora_A.shape[1], dtype=torch.float32)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+            self.block_A(name).copy_(a)
+            self.lora_B[name].zero_()
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """y + s * (x @ A.T) @ B.T per targeted block (zeros for the others); x [..., in], y [..., out]."""
+        x2d = x.reshape(-1, x.shape[-1])
+        t = kernels.matmul(x2d, self.lora_A.t())
+        parts, j = [], 0
+        for name, rows, on in self.layout:
+            if on:
+                parts.append(kernels.matmul(t[:, j * self.r : (j + 1) * self.r], self.lora_B[name].t()))
+                j += 1
+            else:
+                parts.append(t.new_zeros(t.shape[0], rows))
+        delta = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        return y + (delta * self.scaling).reshape(y.shape)
+
+    @torch.no_grad()
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """s * B @ A of one block in fp32 [rows, in]: what merging adds to the base weight's rows."""
+        return (self.lora_B[name].float() @ self.block_A(name).float()) * self.scaling
+
+
+def check_supported(model, args: LoraArgs) -> None:
+    """Refuse, naming the field, a model these adapters cannot be saved or loaded for in PEFT's layout."""
+    cfg = model.config
+    if cfg.arch.fused_checkpoint:
+        raise ValueError(f"lora.r: adapters are not supported for {cfg.arch.hf_class} (its HF checkpoints store "
+                         "fused qkv/gate_up projections); allowed for it: 0")
+    if cfg.partial_rotary_factor != 1.0 and {"q_proj", "k_proj"} & set(args.target_modules):
+        raise ValueError("lora.target_modules: q_proj/k_proj are not supported on a partial-rotary model; allowed: "
+                         + ", ".join(t for t in PEFT_TARGETS if t not in ("q_proj", "k_proj")))
+
+
+def _layout(linear, blocks: list) -> list[tuple[str, int, bool]]:
+    if linear.shards is None:
+        return [(WHOLE, linear.weight.shape[0], True)]
+    return [(name, rows, name in blocks) for name, (_, rows) in linear.shards.items()]
+
+
+def attach_lora(model, args: LoraArgs, seed: int = 0) -> list[nn.Parameter]:
+    """Freeze `model`'s weights and attach adapters to the projections `args.target_modules` names, in every
+    layer; returns the adapter parameters (what the optimizer trains). Values from PEFT's init (seeded)."""
+    if not args.enabled:
+        raise ValueError("attach_lora: lora.r is 0 (no adapters); allowed: an int >= 1")
+    check_supported(model, args)
+    if any(True for _ in iter_adapters(model)):
+        raise ValueError("attach_lora: the model already has adapters")
+    model.requires_grad_(False)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    by_module: dict[str, list] = {}
+    for target in args.target_modules:
+        module, block = PEFT_TARGETS[target]
+        by_module.setdefault(module, []).append(block)
+    modules = [m for m in dict.fromkeys(m for m, _ in PEFT_TARGETS.values()) if m in by_module]
+    for layer in model.model.layers:
+        for module in modules:
+            linear = layer.get_submodule(module)
+            w = linear.weight
+            adapter = LoraAdapter(_layout(linear, by_module[module]), w.shape[1], args.r, args.scaling, w.dtype,
+                                  w.device)
+            adapter.reset(generator)
+            linear.lora = adapter
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def iter_adapters(model):
+    """(layer index, module name under the layer, LoraAdapter) for every adapter, in layer then name order."""
+    for i, layer in enumerate(model.model.layers):
+        for name, module in layer.named_modules():
+            if isinstance(module, LoraAdapter):
+                yield i, name.rpartition(".")[0], module
+
+
+def has_lora(model) -> bool:
+    return any(True for _ in iter_adapters(model))
