@@ -94,7 +94,8 @@ def _layout(linear, blocks: list) -> list[tuple[str, int, bool]]:
 
 def attach_lora(model, args: LoraArgs, seed: int = 0) -> list[nn.Parameter]:
     """Freeze `model`'s weights and attach adapters to the projections `args.target_modules` names, in every
-    layer; returns the adapter parameters (what the optimizer trains). Values from PEFT's init (seeded)."""
+    layer; returns the adapter parameters (what the optimizer trains). Values from PEFT's init (seeded).
+    `model.lora_config` keeps `args` (what saving writes into adapter_config.json)."""
     if not args.enabled:
         raise ValueError("attach_lora: lora.r is 0 (no adapters); allowed: an int >= 1")
     check_supported(model, args)
@@ -115,6 +116,7 @@ def attach_lora(model, args: LoraArgs, seed: int = 0) -> list[nn.Parameter]:
                                   w.device)
             adapter.reset(generator)
             linear.lora = adapter
+    model.lora_config = args
     return [p for p in model.parameters() if p.requires_grad]
 
 

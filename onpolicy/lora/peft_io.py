@@ -45,8 +45,9 @@ def adapter_config(args: LoraArgs, base_model: str | None = None) -> dict:
             "init_lora_weights": True, "modules_to_save": None, "inference_mode": True}
 
 
-def save_adapter(model, path: str, args: LoraArgs, base_model: str | None = None) -> None:
-    """Write `model`'s adapters into `path` (created if missing) in PEFT's format."""
+def save_adapter(model, path: str, base_model: str | None = None) -> None:
+    """Write `model`'s adapters (attached by `attach_lora`) into `path` (created if missing) in PEFT's format;
+    `base_model`: the base model's directory, for adapter_config.json."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -57,7 +58,7 @@ def save_adapter(model, path: str, args: LoraArgs, base_model: str | None = None
         raise ValueError("save_adapter: the model has no LoRA adapters")
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump(adapter_config(args, base_model), f, indent=2)
+        json.dump(adapter_config(model.lora_config, base_model), f, indent=2)
     save_file(tensors, os.path.join(path, WEIGHTS_FILE), metadata={"format": "pt"})
 
 
@@ -91,11 +92,12 @@ def check_adapter_config(path: str, args: LoraArgs, field: str = "lora.init_from
 
 
 @torch.no_grad()
-def load_adapter(model, path: str, args: LoraArgs, field: str = "lora.init_from") -> None:
-    """Fill `model`'s adapters (attached with `args`) from the PEFT adapter directory `path`."""
+def load_adapter(model, path: str, field: str = "lora.init_from") -> None:
+    """Fill `model`'s adapters (attached by `attach_lora`) from the PEFT adapter directory `path`; errors name
+    `field`."""
     from safetensors import safe_open
 
-    check_adapter_config(path, args, field)
+    check_adapter_config(path, model.lora_config, field)
     expected = {}
     for name, adapter, block in _named_blocks(model):
         expected[f"{_PREFIX}{name}.lora_A.weight"] = adapter.block_A(block)

@@ -151,6 +151,7 @@ def train(cfg, log=print, rewards=None) -> dict:
     The policy after the last step is always saved (`summary["final_policy"]`). `rewards`: resolved
     `onpolicy.rewards.sources.Reward`s (Python callables; `onpolicy.train`), default `cfg.rewards`."""
     from onpolicy import kernels
+    from onpolicy.lora.training import ADAPTER_DIR, save_final_merged
     from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root
     from onpolicy.trainer.distributed import Dist
     from onpolicy.trainer.run_dir import claim
@@ -175,10 +176,13 @@ def train(cfg, log=print, rewards=None) -> dict:
                 path = str(checkpoint_root(cfg) / f"step-{final_step}")
             else:
                 path = save_checkpoint(run, final_step)
+            if run.dist.is_main:
+                save_final_merged(cfg, run.model, log)  # lora.save_merged
             run.logger.close()
     finally:
         if run_dir is not None:
             run_dir.release()
-    summary = summarize(history, time.perf_counter() - wall0, run, f"{path}/{POLICY_DIR}")
+    policy = f"{path}/{ADAPTER_DIR if cfg.lora.enabled else POLICY_DIR}"  # LoRA: the PEFT adapter (base: policy/)
+    summary = summarize(history, time.perf_counter() - wall0, run, policy)
     log(format_summary(summary))
     return summary

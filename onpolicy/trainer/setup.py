@@ -7,7 +7,8 @@ before a resume so that a frozen reference model (beta > 0) is the same post-SFT
 Several processes (`accelerate launch`): `Run.dist` says which rank this is; rank 0 runs the SFT warm start
 first, writes checkpoints and logs. Under FSDP2 (`Run.dist.fsdp`) the trainer runs `Run.train_model` (the
 sharded fp32 masters, onpolicy.trainer.fsdp) and `Run.model` is the engine's full copy.
-Left out: LoRA, optimizer choices other than AdamW.
+With `lora.r > 0` the optimizer trains LoRA adapters only (onpolicy.lora.training).
+Left out: optimizer choices other than AdamW.
 """
 from __future__ import annotations
 
@@ -227,6 +228,7 @@ def check_before_compute(cfg, dist, log=print) -> None:
     """The run-level checks that need no model: context budget, resume path, world size, backend (the rewards are
     resolved just before, in `build_run`)."""
     from onpolicy.config import check_context
+    from onpolicy.lora.training import check_lora_run
     from onpolicy.trainer.distributed import check_world_size
     from onpolicy.trainer.resume import check_resume_config
 
@@ -239,6 +241,7 @@ def check_before_compute(cfg, dist, log=print) -> None:
     if isinstance(resume, str) and not os.path.exists(resume):
         raise ValueError(f"trainer.resume: checkpoint path {resume!r} does not exist; allowed: false, true, a path")
     check_world_size(cfg, dist.world_size)
+    check_lora_run(cfg, dist)
     check_resume_config(cfg, log, dist)
     if cfg.engine.backend == "vllm":
         from onpolicy.engine.vllm_backend import check_available
@@ -275,6 +278,7 @@ def build_run(cfg, log=print, rewards=None) -> Run:
     from onpolicy import determinism
     from onpolicy.data import PromptIterator, load_prompts
     from onpolicy.eval_run import load_eval_rows
+    from onpolicy.lora.training import trainable_params
     from onpolicy.logging import RunLogger
     from onpolicy.rewards.sources import resolve_rewards
     from onpolicy.trainer.cpu_threads import CpuThreads
@@ -309,7 +313,7 @@ def build_run(cfg, log=print, rewards=None) -> Run:
     ref_model = None
     if t.beta > 0:
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = trainable_params(cfg, model, log)  # every weight, or the LoRA adapters alone
     model.activation_checkpointing = t.activation_checkpointing
     optimizer, train_model = build_optimizer(t, model, params, device, dist)
     llm = build_sampler(cfg, model, tokenizer, device, dist.world_size, sharded=dist.fsdp)

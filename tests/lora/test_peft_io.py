@@ -55,7 +55,7 @@ def test_ours_to_peft(tmp_path, targets, rslora):
     base = _hf_base(tmp_path)
     args = LoraArgs(r=4, alpha=8.0, use_rslora=rslora, **({} if targets is None else {"target_modules": targets}))
     ours = _ours(base, args)
-    save_adapter(ours, str(tmp_path / "adapter"), args, base_model=base)
+    save_adapter(ours, str(tmp_path / "adapter"), base_model=base)
     saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert saved["r"] == 4 and saved["lora_alpha"] == 8 and saved["use_rslora"] == rslora
     hf = AutoModelForCausalLM.from_pretrained(base, attn_implementation="eager").float().eval()
@@ -82,7 +82,7 @@ def test_peft_to_ours(tmp_path):
     args = LoraArgs(r=4, alpha=16, target_modules=PARTIAL)
     ours, _ = load_pretrained(base)
     attach_lora(ours, args)
-    load_adapter(ours, str(tmp_path / "peft"), args)
+    load_adapter(ours, str(tmp_path / "peft"))
     torch.testing.assert_close(our_logits(ours.eval()), hf_logits(peft_model.eval()), atol=2e-4, rtol=1e-4)
 
 
@@ -94,10 +94,10 @@ def test_save_load_bitwise_and_merged_export(tmp_path):
     ours = _ours(base, args, seed=4)
     for dtype in (torch.float32, torch.bfloat16):
         ours = ours.to(dtype)
-        save_adapter(ours, str(tmp_path / "a"), args)
+        save_adapter(ours, str(tmp_path / "a"))
         again, _ = load_pretrained(base, dtype=dtype)
         attach_lora(again, args, seed=9)
-        load_adapter(again, str(tmp_path / "a"), args)
+        load_adapter(again, str(tmp_path / "a"))
         ref = our_logits(ours)
         assert torch.equal(our_logits(again.eval()), ref)
     ours = ours.float()
@@ -114,12 +114,12 @@ def test_save_load_bitwise_and_merged_export(tmp_path):
 def test_mismatched_adapter_refused(tmp_path, change, field):
     base = _hf_base(tmp_path, seed=5)
     args = LoraArgs(r=4, alpha=8.0, target_modules=PARTIAL)
-    save_adapter(_ours(base, args), str(tmp_path / "a"), args)
+    save_adapter(_ours(base, args), str(tmp_path / "a"))
     other = LoraArgs(**{**dict(r=4, alpha=8.0, target_modules=PARTIAL), **change})
     model, _ = load_pretrained(base)
     attach_lora(model, other)
     with pytest.raises(ValueError) as e:
-        load_adapter(model, str(tmp_path / "a"), other)
+        load_adapter(model, str(tmp_path / "a"))
     assert str(e.value).startswith("lora.init_from:") and field in str(e.value)
     with pytest.raises(ValueError, match="lora.init_from: .* has no adapter_config.json"):
-        load_adapter(model, str(tmp_path), other)
+        load_adapter(model, str(tmp_path))

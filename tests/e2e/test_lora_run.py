@@ -1,0 +1,110 @@
+"""LoRA runs of the embedded default end to end on CPU: KL exactly 0.0 every step (strict), the base weights
+bitwise unchanged and the adapters changed, micro/mini-batches with activation checkpointing, a bf16 model
+(base frozen in bf16, fp32 adapter masters), resume bitwise, and a run that starts from a saved adapter."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from onpolicy.lora.training import ADAPTER_DIR
+from onpolicy.model.layers import is_adapter
+
+PARITY = ("onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/mismatch_frac")
+TIMING = ("time/sample", "time/train", "time/step", "throughput/tokens_per_s")
+LORA = {"lora.r": 4, "lora.alpha": 8.0, "trainer.lr": 2e-3, "trainer.strict_onpolicy": True}
+
+
+def _rows(cfg):
+    with open(f"{cfg.logging.output_dir}/metrics.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def _train_capturing(cfg, monkeypatch):
+    """train(cfg); returns (summary, the run, weights before the first RL step: {name: clone})."""
+    from onpolicy.trainer import loop
+
+    seen = {}
+    build = loop.build_run
+
+    def spy(*a, **kw):
+        run = build(*a, **kw)
+        seen["run"] = run
+        seen["before"] = {n: p.detach().clone() for n, p in run.model.named_parameters()}
+        return run
+
+    monkeypatch.setattr(loop, "build_run", spy)
+    summary = loop.train(cfg, log=lambda *a: None)
+    return summary, seen["run"], seen["before"]
+
+
+@pytest.mark.parametrize("dtype,extra", [
+    ("float32", {}),
+    ("bfloat16", {"trainer.micro_batch_tokens": 40, "trainer.mini_batches": 2,
+                  "trainer.activation_checkpointing": True, "lora.target_modules": ["q_proj", "v_proj", "down_proj"]}),
+], ids=["fp32", "bf16-micro-mini-ckpt-partial"])
+def test_lora_run_on_policy_base_frozen(tiny_cfg, monkeypatch, dtype, extra):
+    cfg = tiny_cfg(**{**LORA, "model.dtype": dtype, **extra})
+    summary, run, before = _train_capturing(cfg, monkeypatch)
+    rows = _rows(cfg)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        for key in PARITY:
+            assert r[key] == 0.0, (r["step"], key, r[key])
+    assert any(r["grad_norm"] > 0 for r in rows)
+    after = dict(run.model.named_parameters())
+    adapters = [n for n in after if is_adapter(n)]
+    assert adapters and all(after[n].dtype == getattr(torch, dtype) for n in after)
+    for name, p in after.items():
+        if not is_adapter(name):
+            assert torch.equal(p, before[name]) and not p.requires_grad, name
+    assert any(not torch.equal(after[n], before[n]) for n in adapters), "the adapters did not train"
+    # the optimizer holds fp32 masters and AdamW state for the adapters only
+    opt = run.optimizer
+    assert len(opt.params) == len(adapters) and all(m.dtype == torch.float32 for m in opt.masters)
+    assert summary["final_policy"].endswith(ADAPTER_DIR)
+
+
+def _adapter(cfg, step):
+    from onpolicy.trainer import checkpoint
+
+    return load_file(str(checkpoint.checkpoint_root(cfg) / f"step-{step}" / ADAPTER_DIR / "adapter_model.safetensors"))
+
+
+def test_lora_resume_is_bitwise_identical(tiny_cfg, monkeypatch):
+    from onpolicy.trainer import train
+
+    common = {**LORA, "model.dtype": "bfloat16", "trainer.steps": 4, "trainer.save_every": 2}
+    straight = tiny_cfg("straight", **common)
+    train(straight, log=lambda *a: None)
+    train(tiny_cfg("resumed", **{**common, "trainer.steps": 2}), log=lambda *a: None)
+    second = tiny_cfg("resumed", **{**common, "trainer.resume": True})
+    assert train(second, log=lambda *a: None)["start_step"] == 2
+    a, b = _adapter(straight, 4), _adapter(second, 4)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    mid = _adapter(straight, 2)
+    assert any(not torch.equal(mid[k], a[k]) for k in a), "steps 3-4 did not change the adapters"
+    for x, y in zip(_rows(straight), _rows(second)):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {k: v for k, v in y.items() if k not in TIMING}
+
+    # a fresh run can start from that adapter (lora.init_from): its adapters begin with the saved values
+    from onpolicy.trainer import checkpoint
+
+    path = str(checkpoint.checkpoint_root(straight) / "step-4" / ADAPTER_DIR)
+    cfg = tiny_cfg("init-from", **{**LORA, "model.dtype": "bfloat16", "trainer.steps": 1, "lora.init_from": path})
+    _, run, before = _train_capturing(cfg, monkeypatch)
+    saved = _adapter(straight, 4)
+    key = "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"
+    assert torch.equal(before["model.layers.0.mlp.down_proj.lora.lora_B.out"], saved[key])
+
+
+def test_lora_refusals(tiny_cfg, tmp_path):
+    from onpolicy.config import ConfigError
+    from onpolicy.trainer import train
+
+    with pytest.raises(ConfigError, match=r"^lora\.r: LoRA adapters run on the native engine only"):
+        tiny_cfg(**{**LORA, "engine.backend": "vllm"})
+    with pytest.raises(ValueError, match=r"^lora\.init_from: .* has no adapter_config\.json"):
+        train(tiny_cfg(**{**LORA, "lora.init_from": str(tmp_path)}), log=lambda *a: None)
+    with pytest.raises(ValueError, match=r"^lora\.init_from: set, but lora\.r is 0"):
+        train(tiny_cfg(**{"lora.init_from": str(tmp_path)}), log=lambda *a: None)
