@@ -15,7 +15,10 @@ onpolicy/kl == 0.0 every step.
 Writes bench_rl.json (after every measurement) and bench_rl.png to --out; prints the table with ratios.
 `--workloads` / `--systems` pick a part (to split a long run); `--merge a.json b.json` joins parts into one
 table, JSON and PNG without measuring. `--quick`: the tiny model on CPU, 2x4x8, one timed step per system (a
-smoke run, not a measurement). Left out: real data and rewards, multi-GPU, sequence packing across steps,
+smoke run, not a measurement). LoRA: `--lora R` trains rank-R adapters (alpha 2R) on every linear layer with the
+base frozen (`--workloads 8b-16x8x512`: Qwen3-8B's shape); its baseline, `--frozen-base`, is the same step without
+adapters (base frozen, only the input embeddings train: the same sampling and the same activation backward
+through every layer, without the adapter GEMMs). Left out: real data and rewards, multi-GPU, sequence packing across steps,
 TRL's vLLM backend.
 """
 from __future__ import annotations
@@ -56,7 +59,8 @@ class Workload(NamedTuple):
 
 WORKLOADS = {"0.6b-16x8x256": Workload("0.6b", 16, 8, 256), "0.6b-32x8x512": Workload("0.6b", 32, 8, 512),
              "0.6b-gsm8k": Workload("0.6b", 32, 8, 512, 512, "qwen3-0.6b-gsm8k.yaml"),
-             "1.7b-32x8x1024": Workload("1.7b", 32, 8, 1024)}
+             "1.7b-32x8x1024": Workload("1.7b", 32, 8, 1024),
+             "8b-16x8x512": Workload("8b", 16, 8, 512), "8b-32x8x1024": Workload("8b", 32, 8, 1024)}
 QUICK_WORKLOADS = {"tiny-2x4x8": Workload("tiny", 2, 4, 8)}
 # TRL 1.16 GRPOTrainer (HF generate), measured on the H100 for issue 10: (s/step, peak GiB); used without trl.
 TRL_RECORDED = {"0.6b-16x8x256": (12.0, 8.5), "0.6b-32x8x512": (22.3, 22.4)}
@@ -69,6 +73,9 @@ def model_config(shape: str):
     if shape == "tiny":
         return tiny_config(dtype="bfloat16", head_dim=64, max_position_embeddings=64)
     cfg = qwen3_0_6b_config(max_position_embeddings=2048)
+    if shape == "8b":
+        return cfg.replace(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                           tie_word_embeddings=False)
     return cfg if shape == "0.6b" else cfg.replace(hidden_size=2048, intermediate_size=6144)
 
 
@@ -148,7 +155,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
         model = CausalLM(mc, init=False).to(device)
         model.load_state_dict(state)
         model.activation_checkpointing = cfg.trainer.activation_checkpointing
-        params = [p for p in model.parameters() if p.requires_grad]
+        params = trainable_params(model, args)
         opt = MasterWeightAdamW(params, lr=cfg.trainer.lr, betas=(0.9, 0.99), weight_decay=0.0)
         engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device))
         llm = LLM(model, None, engine, seed=0)
@@ -182,7 +189,20 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
             "train_peak_gib": max((r["train_peak_gib"] or 0.0) for r in rows) if peaks else None,
             "peak_gib": max(peaks) if peaks else None, "kl": [r["kl"] for r in rows], "kv_blocks": engine.num_blocks,
             "micro_batch_tokens": cfg.trainer.micro_batch_tokens, "resident_before_gib": resident,
-            "tokens_per_step": timed[0]["tokens"]}
+            "tokens_per_step": timed[0]["tokens"], "lora": args.lora, "frozen_base": args.frozen_base}
+
+
+def trainable_params(model, args) -> list:
+    """What the optimizer trains: every weight; `--lora R`: rank-R adapters on every linear layer (alpha 2R, base
+    frozen); `--frozen-base`: the input embeddings only (the LoRA step's baseline without adapters)."""
+    if args.lora:
+        from onpolicy.lora import LoraArgs, attach_lora
+
+        return attach_lora(model, LoraArgs(r=args.lora, alpha=2.0 * args.lora), seed=0)
+    if args.frozen_base:
+        model.requires_grad_(False)
+        model.model.embed_tokens.weight.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def trl_row(name, work: Workload, state, args):
@@ -218,10 +238,16 @@ def parse(argv):
     ap.add_argument("--micro-batch-tokens", type=int, default=None,
                     help="trainer.micro_batch_tokens (default: 16384, or the workload's shipped config's)")
     ap.add_argument("--no-checkpointing", action="store_true", help="trainer.activation_checkpointing: false")
+    ap.add_argument("--lora", type=int, default=0, metavar="R",
+                    help="train rank-R LoRA adapters on every linear layer (base frozen); 0 = off")
+    ap.add_argument("--frozen-base", action="store_true",
+                    help="the LoRA baseline without adapters: base frozen, only the input embeddings train")
     ap.add_argument("--time-budget", type=float, default=None, help="skip measurements that start after N s")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="join these bench_rl.json files into one table / JSON / PNG in --out (no measuring)")
     args = ap.parse_args(argv)
+    if args.lora < 0 or (args.lora and args.frozen_base):
+        raise SystemExit("--lora: an int >= 0, and not with --frozen-base (its baseline)")
     args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
     args.steps = args.steps if args.steps is not None else (1 if args.quick else 2)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
@@ -243,7 +269,8 @@ def meta(args, skipped) -> dict:
     return {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
             "steps": args.steps, "warmup": args.warmup, "default_steps": args.default_steps,
             "default_warmup": args.default_warmup, "micro_batch_tokens": args.micro_batch_tokens,
-            "checkpointing": not args.no_checkpointing, "trl_live": bench_rl_trl.available(), "skipped": skipped}
+            "checkpointing": not args.no_checkpointing, "lora": args.lora, "frozen_base": args.frozen_base,
+            "trl_live": bench_rl_trl.available(), "skipped": skipped}
 
 
 def measure(args) -> tuple[list, list]:
