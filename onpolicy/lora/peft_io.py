@@ -116,6 +116,30 @@ def load_adapter(model, path: str, field: str = "lora.init_from") -> None:
             param.copy_(tensor.to(param.dtype))
 
 
+def read_adapter_args(path: str, field: str = "adapter") -> LoraArgs:
+    """The `LoraArgs` an adapter directory was saved with (r, lora_alpha, use_rslora, target_modules)."""
+    file = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(file):
+        raise ValueError(f"{field}: {path!r} has no {CONFIG_FILE}; allowed: a PEFT LoRA adapter directory")
+    with open(file) as f:
+        saved = json.load(f)
+    targets = saved.get("target_modules")
+    if not isinstance(targets, list) or not set(targets) <= set(PEFT_TARGETS):
+        raise ValueError(f"{field}: {CONFIG_FILE} has target_modules = {targets!r}; allowed: a list of names from "
+                         f"{', '.join(PEFT_TARGETS)}")
+    return LoraArgs(r=int(saved.get("r", 0)), alpha=float(saved.get("lora_alpha", 0)), target_modules=targets,
+                    use_rslora=bool(saved.get("use_rslora", False)))
+
+
+def attach_peft_adapter(model, path: str, field: str = "adapter") -> None:
+    """Attach adapters shaped as the PEFT adapter directory `path` says and load its weights (e.g. to sample or
+    diagnose a LoRA run's final policy: base model + adapter/)."""
+    from onpolicy.lora.adapter import attach_lora
+
+    attach_lora(model, read_adapter_args(path, field))
+    load_adapter(model, path, field)
+
+
 @torch.no_grad()
 def merged_state(model) -> dict[str, torch.Tensor]:
     """`hf_state_dict(model)` with each adapted weight replaced by W + s * B @ A (fp32 sum, one rounding)."""

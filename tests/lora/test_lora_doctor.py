@@ -1,0 +1,50 @@
+"""scripts/doctor.py with LoRA adapters: bitwise equal on a tiny model with adapters (their GEMMs traced), a
+sampler-only bug in the adapter GEMM is named, and `--adapter` attaches a saved PEFT adapter."""
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+
+from lora_test_utils import lora_tiny
+from onpolicy import kernels
+from onpolicy.lora import save_adapter
+from onpolicy.model import save_pretrained
+
+_PATH = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "doctor.py"
+_spec = importlib.util.spec_from_file_location("doctor_lora", _PATH)
+doctor = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(doctor)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok, _ = lora_tiny("float32", targets=["v_proj", "down_proj"])
+    return model, tok
+
+
+def test_doctor_lora_bitwise_equal_and_names_the_adapter_gemm(tiny, monkeypatch):
+    model, tok = tiny
+    rep = doctor.diagnose(model, tok, tok.encode("12+7="), max_tokens=3, batch=2)
+    assert rep["equal"] and rep["logprob_equal"]
+    real = kernels.matmul
+
+    def sampler_only_bug(a, b):
+        out = real(a, b)
+        return out + 1e-3 if torch.is_inference_mode_enabled() else out
+
+    monkeypatch.setattr(kernels, "matmul", sampler_only_bug)
+    rep = doctor.diagnose(model, tok, tok.encode("12+7="), max_tokens=3, batch=2)
+    assert not rep["equal"] and rep["first_diff"][0].startswith("model.layers.0.self_attn.qkv_proj.lora:matmul")
+
+
+def test_doctor_cli_adapter(tiny, tmp_path, capsys):
+    model, tok = tiny
+    save_pretrained(model, str(tmp_path / "policy"))
+    save_adapter(model, str(tmp_path / "adapter"))
+    ids = ",".join(str(i) for i in tok.encode("12+7="))
+    argv = ["--model", str(tmp_path / "policy"), "--ids", "--prompt", ids, "--device", "cpu", "--max-tokens", "3"]
+    assert doctor.main(argv + ["--adapter", str(tmp_path / "adapter")]) == 0
+    with_adapter = capsys.readouterr().out
+    assert doctor.main(argv) == 0
+    assert int(with_adapter.split()[1]) > int(capsys.readouterr().out.split()[1])  # the adapter GEMMs were compared
