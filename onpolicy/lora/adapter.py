@@ -67,7 +67,8 @@ class LoraAdapter(nn.Module):
             else:
                 parts.append(t.new_zeros(t.shape[0], rows))
         delta = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-        return y + (delta * self.scaling).reshape(y.shape)
+        # one elementwise op: y + s * delta in the op's compute precision, rounded once to y's dtype
+        return torch.add(y, delta.reshape(y.shape), alpha=self.scaling)
 
     @torch.no_grad()
     def delta_weight(self, name: str) -> torch.Tensor:
