@@ -2,6 +2,7 @@
 bitwise unchanged and the adapters changed, micro/mini-batches with activation checkpointing, a bf16 model
 (base frozen in bf16, fp32 adapter masters), resume bitwise, and a run that starts from a saved adapter."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 from onpolicy.lora.training import ADAPTER_DIR
 from onpolicy.model.layers import is_adapter
 
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml"
 PARITY = ("onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/mismatch_frac")
 TIMING = ("time/sample", "time/train", "time/step", "throughput/tokens_per_s")
 LORA = {"lora.r": 4, "lora.alpha": 8.0, "trainer.lr": 2e-3, "trainer.strict_onpolicy": True}
@@ -96,6 +98,22 @@ def test_lora_resume_is_bitwise_identical(tiny_cfg, monkeypatch):
     saved = _adapter(straight, 4)
     key = "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"
     assert torch.equal(before["model.layers.0.mlp.down_proj.lora.lora_B.out"], saved[key])
+
+    # recipes/eval.py's work on the LoRA policy: the base (model.path) plus the adapter (lora.init_from)
+    from onpolicy.config import parse_args
+    from onpolicy.eval_run import run_evaluation
+
+    step = checkpoint.checkpoint_root(straight) / "step-4"
+    texts = {}
+    for name, extra in (("lora", ["--lora.r", "4", "--lora.alpha", "8", "--lora.init_from", path]), ("base", [])):
+        out = straight.logging.output_dir + f"-eval-{name}"
+        cfg = parse_args(["--config", str(DEFAULT_CONFIG), "--model.path", str(step / "policy"), "--model.tiny",
+                          "{}", "--model.dtype", "bfloat16", "--eval.num_examples", "8", "--logging.output_dir", out,
+                          *extra])
+        records, summary, _ = run_evaluation(cfg, log=lambda *a: None)
+        texts[name] = [r["completions"] for r in records]
+        assert 0.0 <= summary["accuracy"] <= 1.0
+    assert texts["lora"] != texts["base"]  # the adapter was attached and changes the greedy completions
 
 
 def test_lora_refusals(tiny_cfg, tmp_path):
