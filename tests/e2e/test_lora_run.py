@@ -41,7 +41,7 @@ def _train_capturing(cfg, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype,extra", [
-    ("float32", {}),
+    ("float32", {"lora.save_merged": True}),
     ("bfloat16", {"trainer.micro_batch_tokens": 40, "trainer.mini_batches": 2,
                   "trainer.activation_checkpointing": True, "lora.target_modules": ["q_proj", "v_proj", "down_proj"]}),
 ], ids=["fp32", "bf16-micro-mini-ckpt-partial"])
@@ -65,6 +65,15 @@ def test_lora_run_on_policy_base_frozen(tiny_cfg, monkeypatch, dtype, extra):
     opt = run.optimizer
     assert len(opt.params) == len(adapters) and all(m.dtype == torch.float32 for m in opt.masters)
     assert summary["final_policy"].endswith(ADAPTER_DIR)
+    if extra.get("lora.save_merged"):  # the merged export: a plain HF model with the adapted model's logits
+        from onpolicy.model import AttentionMetadata, load_pretrained
+
+        merged, _ = load_pretrained(f"{cfg.logging.output_dir}/merged")
+        ids = torch.tensor([5, 9, 12, 7, 30, 2], dtype=torch.int64)
+        pos, meta = torch.arange(6), AttentionMetadata.for_training(torch.tensor([0, 6], dtype=torch.int32))
+        with torch.no_grad():
+            want = run.model.logits(run.model(ids, pos, meta))
+            torch.testing.assert_close(merged.logits(merged(ids, pos, meta)), want, atol=1e-4, rtol=1e-4)
 
 
 def _adapter(cfg, step):
