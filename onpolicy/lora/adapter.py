@@ -2,8 +2,9 @@
 
 `attach_lora(model, args)` freezes every base weight and gives each targeted `Linear` a `LoraAdapter` (its
 `lora` submodule); `Linear.forward` then adds the adapter's output. The sampler and the trainer run this one
-forward, and both adapter GEMMs are `kernels.matmul` (the batch-invariant pointer GEMM: tiles from (dtype, K,
-N), never from the row count), so a token's logprob has the same bits in both, as for the base weights.
+forward, and both adapter GEMMs are batch-invariant `kernels` ops (`lora_shrink` for x @ A.T, `matmul` for
+t @ B.T: tiles from (dtype, K, N), never from the row count), so a token's logprob has the same bits in both,
+as for the base weights.
 A fused projection (qkv, gate_up) holds one A for its targeted row blocks, stacked ([S * r, in]: one pass over
 x), and one B per targeted block; an untargeted block (e.g. k when only q and v are targeted) adds exact
 zeros. Values start as PEFT's: A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))) from a seeded CPU
@@ -58,7 +59,7 @@ class LoraAdapter(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """y + s * (x @ A.T) @ B.T per targeted block (zeros for the others); x [..., in], y [..., out]."""
         x2d = x.reshape(-1, x.shape[-1])
-        t = kernels.matmul(x2d, self.lora_A.t())
+        t = kernels.lora_shrink(x2d, self.lora_A)
         parts, j = [], 0
         for name, rows, on in self.layout:
             if on:
