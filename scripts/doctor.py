@@ -30,7 +30,7 @@ from onpolicy.model import AttentionMetadata  # noqa: E402
 from onpolicy.model.logprobs import pack_sequences  # noqa: E402
 
 TRACED_OPS = ("rope", "attention", "attention_varlen", "silu_mul", "gelu_tanh_mul", "rms_norm", "linear", "add_rms_norm",
-              "qk_norm_rope", "lora_shrink", "matmul")  # LoRA adapters' GEMMs
+              "qk_norm_rope", "lora_shrink", "lora_expand_add")  # the last two: LoRA adapters
 
 
 class Recorder:

@@ -6,8 +6,8 @@ forward, and both adapter GEMMs are batch-invariant `kernels` ops (`lora_shrink`
 t @ B.T: tiles from (dtype, K, N), never from the row count), so a token's logprob has the same bits in both,
 as for the base weights.
 A fused projection (qkv, gate_up) holds one A for its targeted row blocks, stacked ([S * r, in]: one pass over
-x), and one B per targeted block; an untargeted block (e.g. k when only q and v are targeted) adds exact
-zeros. Values start as PEFT's: A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))) from a seeded CPU
+x), and their B stacked; `kernels.lora_expand_add` adds each block's product to its columns of y in one op and
+copies the columns of an untargeted block (e.g. k when only q and v are targeted). Values start as PEFT's: A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))) from a seeded CPU
 generator, B zero. Adapters have the model's dtype (the one copy both modes read); the optimizer keeps their
 fp32 masters. Left out: merging into the base weights at run time (see docs/lora.md), dropout, adapters on
 families whose HF checkpoints store fused projections (Phi-3) and on q/k of partial-rotary models.
@@ -22,59 +22,61 @@ from torch import nn
 from onpolicy import kernels
 from onpolicy.lora.config import PEFT_TARGETS, LoraArgs
 
-WHOLE = "out"  # the B key of an unfused projection
+WHOLE = "out"  # the block name of an unfused projection
 
 
 class LoraAdapter(nn.Module):
-    """Adapters of one projection: `lora_A` [S * r, in] (the targeted blocks' A stacked), `lora_B[block]`
-    [rows, r]; `layout` lists every row block of the projection in order as (block, rows, targeted)."""
+    """Adapters of one projection: `lora_A` [S * r, in] (the targeted blocks' A stacked) and `lora_B`
+    [targeted rows, r] (their B stacked); `layout` lists every row block of the projection in order as (block,
+    rows, targeted), `blocks` the same for `kernels.lora_expand_add` (y column, rows, t column or -1, B row)."""
 
     def __init__(self, layout: list[tuple[str, int, bool]], in_features: int, r: int, scaling: float,
                  dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.layout, self.r, self.scaling = layout, r, scaling
-        targeted = [(name, rows) for name, rows, on in layout if on]
-        self.lora_A = nn.Parameter(torch.zeros(len(targeted) * r, in_features, dtype=dtype, device=device))
-        # a list of pairs keeps the row order (ParameterDict sorts the keys of a plain dict)
-        self.lora_B = nn.ParameterDict([(name, nn.Parameter(torch.zeros(rows, r, dtype=dtype, device=device)))
-                                        for name, rows in targeted])
+        blocks, y_col, j, b_row = [], 0, 0, 0
+        self._rows = {}
+        for name, rows, on in layout:
+            blocks.append((y_col, rows, j * r if on else -1, b_row if on else 0))
+            if on:
+                self._rows[name] = (j, b_row, rows)
+                j, b_row = j + 1, b_row + rows
+            y_col += rows
+        self.blocks = tuple(blocks)
+        self.lora_A = nn.Parameter(torch.zeros(j * r, in_features, dtype=dtype, device=device))
+        self.lora_B = nn.Parameter(torch.zeros(b_row, r, dtype=dtype, device=device))
 
-    def blocks(self) -> list[str]:
-        """The targeted row blocks, in the order of their A rows."""
-        return list(self.lora_B.keys())
+    def block_names(self) -> list[str]:
+        """The targeted row blocks, in row order."""
+        return list(self._rows)
 
     def block_A(self, name: str) -> torch.Tensor:
-        j = self.blocks().index(name)
+        j, _, _ = self._rows[name]
         return self.lora_A[j * self.r : (j + 1) * self.r]
+
+    def block_B(self, name: str) -> torch.Tensor:
+        _, start, rows = self._rows[name]
+        return self.lora_B[start : start + rows]
 
     @torch.no_grad()
     def reset(self, generator: torch.Generator) -> None:
         """PEFT's init: each block's A ~ U(-1/sqrt(in), 1/sqrt(in)) (Kaiming-uniform, a = sqrt(5)), B = 0."""
-        for name in self.blocks():
+        for name in self.block_names():
             a = torch.empty(self.r, self.lora_A.shape[1], dtype=torch.float32)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
             self.block_A(name).copy_(a)
-            self.lora_B[name].zero_()
+        self.lora_B.zero_()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """y + s * (x @ A.T) @ B.T per targeted block (zeros for the others); x [..., in], y [..., out]."""
-        x2d = x.reshape(-1, x.shape[-1])
-        t = kernels.lora_shrink(x2d, self.lora_A)
-        parts, j = [], 0
-        for name, rows, on in self.layout:
-            if on:
-                parts.append(kernels.matmul(t[:, j * self.r : (j + 1) * self.r], self.lora_B[name].t()))
-                j += 1
-            else:
-                parts.append(t.new_zeros(t.shape[0], rows))
-        delta = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-        # one elementwise op: y + s * delta in the op's compute precision, rounded once to y's dtype
-        return torch.add(y, delta.reshape(y.shape), alpha=self.scaling)
+        """y + s * (x @ A_j.T) @ B_j.T on each targeted block j; x [..., in], y [..., out]."""
+        t = kernels.lora_shrink(x.reshape(-1, x.shape[-1]), self.lora_A)
+        out = kernels.lora_expand_add(y.reshape(-1, y.shape[-1]), t, self.lora_B, self.blocks, self.scaling)
+        return out.reshape(y.shape)
 
     @torch.no_grad()
     def delta_weight(self, name: str) -> torch.Tensor:
         """s * B @ A of one block in fp32 [rows, in]: what merging adds to the base weight's rows."""
-        return (self.lora_B[name].float() @ self.block_A(name).float()) * self.scaling
+        return (self.block_B(name).float() @ self.block_A(name).float()) * self.scaling
 
 
 def check_supported(model, args: LoraArgs) -> None:

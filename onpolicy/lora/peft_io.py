@@ -33,7 +33,7 @@ def _hf_module(module: str, block: str) -> str:
 def _named_blocks(model):
     """(HF module path from the model root, adapter, block) for every adapted block."""
     for i, module, adapter in iter_adapters(model):
-        for block in adapter.blocks():
+        for block in adapter.block_names():
             yield f"model.layers.{i}.{_hf_module(module, block)}", adapter, block
 
 
@@ -53,7 +53,7 @@ def save_adapter(model, path: str, base_model: str | None = None) -> None:
     tensors = {}
     for name, adapter, block in _named_blocks(model):
         tensors[f"{_PREFIX}{name}.lora_A.weight"] = adapter.block_A(block).detach().cpu().contiguous().clone()
-        tensors[f"{_PREFIX}{name}.lora_B.weight"] = adapter.lora_B[block].detach().cpu().contiguous().clone()
+        tensors[f"{_PREFIX}{name}.lora_B.weight"] = adapter.block_B(block).detach().cpu().contiguous().clone()
     if not tensors:
         raise ValueError("save_adapter: the model has no LoRA adapters")
     os.makedirs(path, exist_ok=True)
@@ -101,7 +101,7 @@ def load_adapter(model, path: str, field: str = "lora.init_from") -> None:
     expected = {}
     for name, adapter, block in _named_blocks(model):
         expected[f"{_PREFIX}{name}.lora_A.weight"] = adapter.block_A(block)
-        expected[f"{_PREFIX}{name}.lora_B.weight"] = adapter.lora_B[block]
+        expected[f"{_PREFIX}{name}.lora_B.weight"] = adapter.block_B(block)
     with safe_open(os.path.join(path, WEIGHTS_FILE), framework="pt", device="cpu") as f:
         keys = set(f.keys())
         missing, unexpected = sorted(set(expected) - keys), sorted(keys - set(expected))

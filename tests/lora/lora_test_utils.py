@@ -10,8 +10,7 @@ def randomize_adapters(model, seed: int = 0, std: float = 0.05) -> None:
     """B ~ N(0, std) (PEFT's init leaves B = 0: the adapters would add nothing)."""
     gen = torch.Generator().manual_seed(seed)
     for _, _, adapter in iter_adapters(model):
-        for b in adapter.lora_B.values():
-            b.copy_(torch.randn(b.shape, generator=gen) * std)
+        adapter.lora_B.copy_(torch.randn(adapter.lora_B.shape, generator=gen) * std)
 
 
 def lora_tiny(dtype="bfloat16", targets=None, r=4, seed=1, **tiny):

@@ -1,5 +1,5 @@
-"""scripts/doctor.py with LoRA adapters: bitwise equal on a tiny model with adapters (their GEMMs traced), a
-sampler-only bug in the adapter GEMM is named, and `--adapter` attaches a saved PEFT adapter."""
+"""scripts/doctor.py with LoRA adapters: bitwise equal on a tiny model with adapters (their ops traced), a
+sampler-only bug in an adapter op is named, and `--adapter` attaches a saved PEFT adapter."""
 import importlib.util
 import pathlib
 
@@ -27,15 +27,16 @@ def test_doctor_lora_bitwise_equal_and_names_the_adapter_gemm(tiny, monkeypatch)
     model, tok = tiny
     rep = doctor.diagnose(model, tok, tok.encode("12+7="), max_tokens=3, batch=2)
     assert rep["equal"] and rep["logprob_equal"]
-    real = kernels.matmul
+    real = kernels.lora_expand_add
 
-    def sampler_only_bug(a, b):
-        out = real(a, b)
+    def sampler_only_bug(*a):
+        out = real(*a)
         return out + 1e-3 if torch.is_inference_mode_enabled() else out
 
-    monkeypatch.setattr(kernels, "matmul", sampler_only_bug)
+    monkeypatch.setattr(kernels, "lora_expand_add", sampler_only_bug)
     rep = doctor.diagnose(model, tok, tok.encode("12+7="), max_tokens=3, batch=2)
-    assert not rep["equal"] and rep["first_diff"][0].startswith("model.layers.0.self_attn.qkv_proj.lora:matmul")
+    assert not rep["equal"]
+    assert rep["first_diff"][0].startswith("model.layers.0.self_attn.qkv_proj.lora:lora_expand_add")
 
 
 def test_doctor_cli_adapter(tiny, tmp_path, capsys):
