@@ -125,8 +125,8 @@ def run_evaluation(cfg, log=print) -> tuple[list[dict], dict, tuple]:
     from onpolicy.data import load_prompts
     from onpolicy.evaluation import check_eval_config, write_results
     from onpolicy.rewards import resolve_rewards
-    from onpolicy.trainer.setup import (attach_generation_settings, build_model, build_sampler, build_tokenizer,
-                                        check_stop_strings, load_reward_models, resolve_device)
+    from onpolicy.build import (attach_generation_settings, build_model, build_sampler, build_tokenizer,
+                                check_stop_strings, load_reward_models, resolve_device)
 
     rewards = resolve_rewards(cfg.rewards)
     check_eval_config(cfg)
@@ -141,9 +141,9 @@ def run_evaluation(cfg, log=print) -> tuple[list[dict], dict, tuple]:
     rows = load_eval_rows(cfg, tokenizer, train_rows)
     model = build_model(cfg, device, t.seed)
     if cfg.lora.enabled:  # a LoRA policy: the base in model.path, the adapter in lora.init_from
-        from onpolicy.lora.training import trainable_params
+        from onpolicy.lora.training import LoraAdapters
 
-        trainable_params(cfg, model, log=lambda *a: None)
+        LoraAdapters(cfg.lora, seed=t.seed, log=lambda *a: None).select(model)
     attach_generation_settings(model, tokenizer, log=lambda *a: None)
     llm = build_sampler(cfg, model, tokenizer, device)
     with kernels.invariant_mode(t.invariant), torch.no_grad():

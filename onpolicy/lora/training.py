@@ -1,9 +1,10 @@
 """What a LoRA run changes in the trainer: which parameters train, and what checkpoints hold.
 
-`trainable_params(cfg, model)`: every parameter without adapters (lora.r: 0); with them, the adapters alone
-(attached after the SFT warm-start and the frozen reference model, so both are the base model; `lora.init_from`
-loads a PEFT adapter). The optimizer then keeps fp32 masters and AdamW state for the adapters only; the frozen
-base weights stay in the model dtype with no gradient and no optimizer state.
+`LoraAdapters` is the trainer's `TrainableParams` (onpolicy.trainer.trainable) when lora.r > 0 (`for_config`
+picks it): its `select` attaches the adapters and returns them alone (the trainer calls it after the SFT
+warm-start and the frozen reference model, so both are the base model; `lora.init_from` loads a PEFT adapter).
+The optimizer then keeps fp32 masters and AdamW state for the adapters only; the frozen base weights stay in
+the model dtype with no gradient and no optimizer state.
 Checkpoints: `policy/` holds the base weights (HF format, as without adapters) and `adapter/` the adapters in
 PEFT's format (`peft.PeftModel.from_pretrained(base, adapter)`); resume restores both, and the optimizer state
 the fp32 masters, so a resumed run continues bit for bit. Left out: FSDP2 with adapters (refused), the vLLM
@@ -18,14 +19,15 @@ ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
 
 
-def check_lora_run(cfg, dist) -> None:
-    """Start-up checks that need no model: no FSDP2, and `lora.init_from` is an adapter this section can load."""
+def check_lora_run(cfg, strategy) -> None:
+    """Start-up checks that need no model: no FSDP2 (`strategy.shards_masters`), and `lora.init_from` is an
+    adapter this section can load."""
     lora = cfg.lora
     if not lora.enabled:
         if lora.init_from is not None:
             raise ValueError("lora.init_from: set, but lora.r is 0 (no adapters); allowed: null, or lora.r >= 1")
         return
-    if dist is not None and dist.fsdp:
+    if strategy is not None and strategy.shards_masters:
         raise ValueError("lora.r: LoRA adapters are not supported under FSDP2 (the adapters are small: use data "
                          "parallel, configs/accelerate/ddp.yaml); allowed under FSDP2: 0")
     if lora.init_from is not None:
@@ -34,21 +36,39 @@ def check_lora_run(cfg, dist) -> None:
         check_adapter_config(lora.init_from, lora)
 
 
-def trainable_params(cfg, model, log=print) -> list:
-    """The parameters the optimizer trains (see the module docstring); attaches the adapters when lora.r > 0."""
-    if not cfg.lora.enabled:
-        return [p for p in model.parameters() if p.requires_grad]
-    from onpolicy.lora.adapter import attach_lora
-    from onpolicy.lora.peft_io import load_adapter
+class LoraAdapters:
+    """`TrainableParams`: attach adapters (`args`, values seeded by `seed`, or loaded from `args.init_from`)
+    and select them alone; every base weight is frozen."""
 
-    params = attach_lora(model, cfg.lora, seed=cfg.trainer.seed)
-    if cfg.lora.init_from is not None:
-        load_adapter(model, cfg.lora.init_from)
-    total = sum(p.numel() for p in model.parameters())
-    n = sum(p.numel() for p in params)
-    log(f"lora: r={cfg.lora.r} on {', '.join(cfg.lora.target_modules)}: {n:,} trainable of {total:,} parameters "
-        f"({100 * n / total:.2f}%); base weights frozen in {next(model.parameters()).dtype}")
-    return params
+    def __init__(self, args, seed: int = 0, log=print):
+        self.args, self.seed, self.log = args, seed, log
+
+    def select(self, model) -> list[tuple[str, object]]:
+        from onpolicy.lora.adapter import attach_lora
+        from onpolicy.lora.peft_io import load_adapter
+
+        attach_lora(model, self.args, seed=self.seed)
+        if self.args.init_from is not None:
+            load_adapter(model, self.args.init_from)
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        total, n = sum(p.numel() for p in model.parameters()), sum(p.numel() for _, p in params)
+        self.log(f"lora: r={self.args.r} on {', '.join(self.args.target_modules)}: {n:,} trainable of {total:,} "
+                 f"parameters ({100 * n / total:.2f}%); base weights frozen in {next(model.parameters()).dtype}")
+        return params
+
+    @classmethod
+    def for_config(cls, cfg, parts, log=print):
+        """`parts` (trainer.TrainerParts) with LoRA adapters as what is trainable when lora.r > 0."""
+        import dataclasses
+
+        from onpolicy.trainer.trainable import FullFineTuning
+
+        if not cfg.lora.enabled:
+            return parts
+        if type(parts.trainable) is not FullFineTuning:
+            raise ValueError(f"lora.r: {cfg.lora.r} asks for LoRA adapters, but the caller's TrainerParts.trainable "
+                             f"is {type(parts.trainable).__name__}; allowed: lora.r 0 with a custom selection")
+        return dataclasses.replace(parts, trainable=cls(cfg.lora, seed=cfg.trainer.seed, log=log))
 
 
 def save_checkpoint_adapter(model, step_dir: Path, base_model: str | None = None) -> None:

@@ -1,15 +1,23 @@
 """One step's rollouts: G seeded samples per prompt from the engine, flattened prompt-major.
 
+Where rollouts come from is a `RolloutSource`: `collect(rows, step)` turns the step's prompt rows into the whole
+step's `Rollout` (every rank gets all of it). `SingleTurnRollouts` samples one completion per request from the
+engine, each rank its contiguous share of the prompts, gathered in rank order. A source whose completions hold
+tokens the policy did not sample (environment observations of a multi-turn episode) sets `Rollout.loss_mask`;
+scoring keeps those tokens out of the loss.
 Seeds: completion group i of step s gets `sampling_seed(run_seed, s, i)`, so a resumed run (or the same
 prompts in another batch) samples the same tokens. The engine numbers the G samples of a request 0..G-1 in
-its counter-based hash, so the G samples differ. Left out: multi-turn / tool rollouts, partial rollouts.
+its counter-based hash, so the G samples differ. Left out: partial rollouts.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
+
+FIELDS = ("prompt_ids", "completion_ids", "sampler_logprobs", "texts", "finish_reasons", "group_index", "loss_mask")
 
 
 def sampling_seed(run_seed: int, step: int, prompt_index: int) -> int:
@@ -29,6 +37,8 @@ class Rollout:
     texts: list[str] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
     group_index: list[int] = field(default_factory=list)
+    # per completion, bool over its tokens: False for tokens the policy did not sample; empty: all are the policy's
+    loss_mask: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def seq_lens(self) -> list[int]:
@@ -75,6 +85,42 @@ def merge_rollouts(parts: list[Rollout]) -> Rollout:
     """Concatenate rank shares (in rank order) into the step's rollout, as one process would have made it."""
     out = Rollout(group_size=parts[0].group_size)
     for p in parts:
-        for name in ("prompt_ids", "completion_ids", "sampler_logprobs", "texts", "finish_reasons", "group_index"):
+        for name in FIELDS:
             getattr(out, name).extend(getattr(p, name))
     return out
+
+
+def sub_rollout(ro: Rollout, seqs: range) -> Rollout:
+    """Sequences `seqs` (a contiguous range) of `ro`."""
+    s = slice(seqs.start, seqs.stop)
+    return Rollout(group_size=ro.group_size, **{name: getattr(ro, name)[s] for name in FIELDS})
+
+
+class RolloutSource(Protocol):
+    def collect(self, rows: list[dict], step: int) -> Rollout:
+        """The whole step's rollout for prompt `rows` (0-based `step`), the same on every rank."""
+        ...
+
+
+class SingleTurnRollouts:
+    """One engine completion per request: `sampling.num_generations` seeded samples of each prompt row; each rank
+    samples its contiguous share of the prompts (whole groups) and the shares are gathered in rank order, so
+    every rank gets the rollout world size 1 makes."""
+
+    def __init__(self, sampler, tokenizer, sampling, seed: int, dist):
+        self.sampler, self.tokenizer, self.sampling, self.seed, self.dist = sampler, tokenizer, sampling, seed, dist
+
+    @classmethod
+    def for_trainer(cls, trainer) -> "SingleTurnRollouts":
+        """The default source of a `Trainer`: its engine, tokenizer, sampling settings, seed and ranks."""
+        return cls(trainer.sampler, trainer.tokenizer, trainer.cfg.sampling, trainer.cfg.trainer.seed, trainer.dist)
+
+    def collect(self, rows: list[dict], step: int) -> Rollout:
+        from onpolicy.chat import encode_prompt
+
+        prompt_ids = [encode_prompt(self.tokenizer, r) for r in rows]
+        mine = self.dist.share(range(len(prompt_ids)))
+        with torch.no_grad():
+            ro = generate_rollouts(self.sampler, prompt_ids[mine.start:mine.stop], self.sampling, run_seed=self.seed,
+                                   step=step, first_index=mine.start)
+        return merge_rollouts(self.dist.gather(ro)) if self.dist.world_size > 1 else ro

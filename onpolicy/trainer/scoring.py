@@ -79,7 +79,8 @@ def score_rollouts(cfg, rows: list[dict], ro: Rollout, rewards=None, step: int =
     """Reward every completion (`rewards`: resolved `onpolicy.rewards.sources.Reward`s, default `cfg.rewards`;
     each gets the prompt row's other columns, `completion_ids` and `trainer_state`; prompts and completions as
     messages for chat-message data, as strings otherwise: `onpolicy.chat.reward_inputs`), compute advantages
-    (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`). `step`: 0-based."""
+    (`trainer.algo`) and the loss mask (`Rollout.loss_mask`, `trainer.dynamic_sampling`,
+    `trainer.overlong_filter`). `step`: 0-based."""
     from onpolicy.chat import RESERVED_ROW_KEYS, reward_inputs
     from onpolicy.rewards import combine_rewards, resolve_rewards
 
@@ -96,7 +97,7 @@ def score_rollouts(cfg, rows: list[dict], ro: Rollout, rewards=None, step: int =
     if not (torch.isfinite(rewards).all() and torch.isfinite(adv).all()):
         raise ValueError(_overflow_message(reward_fns, per_name))
     lens = torch.tensor(ro.seq_lens, dtype=torch.long)
-    mask = torch.ones(ro.num_tokens, dtype=torch.bool)
+    mask = torch.cat(ro.loss_mask).bool() if ro.loss_mask else torch.ones(ro.num_tokens, dtype=torch.bool)
     kept_groups = len(rows)
     if t.dynamic_sampling:
         dropped = zero_variance_groups(rewards, g)

@@ -1,19 +1,13 @@
 """scripts/bench_rl.py with LoRA on the CPU (--quick): `--lora R` trains adapters only with onpolicy/kl 0.0,
 `--frozen-base` (its baseline) trains the input embeddings only; the 8B workload has Qwen3-8B's shape."""
-import importlib.util
+import importlib
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_rl_lora", REPO / "scripts" / "bench_rl.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("scripts.bench_rl")
 
 
 @pytest.mark.parametrize("flags", [["--lora", "4"], ["--frozen-base"]])
@@ -24,7 +18,7 @@ def test_bench_rl_quick_lora(tmp_path, flags, monkeypatch):
 
     def spy(model, args):
         params = trainable(model, args)
-        counted["n"] = sum(p.numel() for p in params)
+        counted["n"] = sum(p.numel() for _, p in params)
         counted["names"] = [n for n, p in model.named_parameters() if p.requires_grad]
         return params
 

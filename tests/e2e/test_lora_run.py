@@ -23,19 +23,19 @@ def _rows(cfg):
 
 
 def _train_capturing(cfg, monkeypatch):
-    """train(cfg); returns (summary, the run, weights before the first RL step: {name: clone})."""
+    """train(cfg); returns (summary, the Trainer, weights before the first RL step: {name: clone})."""
     from onpolicy.trainer import loop
 
     seen = {}
-    build = loop.build_run
+    build = loop.build_trainer
 
     def spy(*a, **kw):
-        run = build(*a, **kw)
-        seen["run"] = run
-        seen["before"] = {n: p.detach().clone() for n, p in run.model.named_parameters()}
-        return run
+        trainer = build(*a, **kw)
+        seen["run"] = trainer
+        seen["before"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        return trainer
 
-    monkeypatch.setattr(loop, "build_run", spy)
+    monkeypatch.setattr(loop, "build_trainer", spy)
     summary = loop.train(cfg, log=lambda *a: None)
     return summary, seen["run"], seen["before"]
 

@@ -1,8 +1,5 @@
 """scripts/doctor.py with LoRA adapters: bitwise equal on a tiny model with adapters (their ops traced), a
 sampler-only bug in an adapter op is named, and `--adapter` attaches a saved PEFT adapter."""
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 
@@ -10,11 +7,7 @@ from lora_test_utils import lora_tiny
 from onpolicy import kernels
 from onpolicy.lora import save_adapter
 from onpolicy.model import save_pretrained
-
-_PATH = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "doctor.py"
-_spec = importlib.util.spec_from_file_location("doctor_lora", _PATH)
-doctor = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(doctor)
+from scripts import doctor
 
 
 @pytest.fixture(scope="module")
