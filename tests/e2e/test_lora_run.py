@@ -137,25 +137,26 @@ def test_lora_refusals(tiny_cfg, tmp_path):
         train(tiny_cfg(**{"lora.init_from": str(tmp_path)}), log=lambda *a: None)
 
 
-def test_lora_nan_loss_stops_before_the_update_and_keeps_the_last_good_adapters(tiny_cfg, monkeypatch):
-    from onpolicy.trainer import train, update
+def test_lora_nan_loss_stops_before_the_update_and_keeps_the_last_good_adapters(tiny_cfg):
+    from onpolicy.trainer import train
     from onpolicy.trainer.health import NonFiniteError
+    from onpolicy.trainer.losses import slice_loss
+    from onpolicy.trainer.trainer import TrainerParts
 
     good = tiny_cfg("good", **{**LORA, "trainer.steps": 1})
     train(good, log=lambda *a: None)
-    real, calls = update.slice_loss, {"n": 0}
+    calls = {"n": 0}
 
     def nan_in_step_2(*a, **k):  # one call per micro-batch: one micro-batch per step here
-        out = real(*a, **k)
+        out = slice_loss(*a, **k)
         calls["n"] += 1
         if calls["n"] == 2:
             out.loss = out.loss * float("nan")
         return out
 
-    monkeypatch.setattr(update, "slice_loss", nan_in_step_2)
     cfg = tiny_cfg("nan", **{**LORA, "trainer.steps": 3})
     with pytest.raises(NonFiniteError, match=r"step 2: loss non-finite"):
-        train(cfg, log=lambda *a: None)
+        train(cfg, log=lambda *a: None, parts=TrainerParts(loss_fn=nan_in_step_2))
     kept, want = _adapter(cfg, 1), _adapter(good, 1)
     assert kept.keys() == want.keys() and all(torch.equal(kept[k], want[k]) for k in want)
 
