@@ -15,10 +15,11 @@ invariant system also checks onpolicy/kl == 0.0 every step.
 Writes bench_rl.json (after every measurement) and bench_rl.png to --out; prints the table with ratios.
 `--workloads` / `--systems` pick a part (to split a long run); `--merge a.json b.json` joins parts into one
 table, JSON and PNG without measuring. `--quick`: the tiny model on CPU, 2x4x8, one timed step per system (a
-smoke run, not a measurement). LoRA: `--lora R` trains rank-R adapters (alpha 2R) on every linear layer with the
-base frozen (`--workloads 8b-16x8x512`: Qwen3-8B's shape); its baseline, `--frozen-base`, is the same step without
-adapters (base frozen, only the input embeddings train: the same sampling and the same activation backward
-through every layer, without the adapter GEMMs). Left out: real data and rewards, multi-GPU, sequence packing across steps,
+smoke run, not a measurement). LoRA: `--lora R` measures each onpolicy system twice on the same weights: its
+baseline without adapters (base frozen, only the input embeddings train: the same sampling and the same
+activation backward through every layer, without the adapter GEMMs; system `invariant`), then rank-R adapters
+(alpha 2R) on every linear layer with the base frozen (system `invariant+loraR`), so the table's "time vs
+invariant" is the adapters' cost (`--workloads 8b-16x8x512`: Qwen3-8B's shape). Left out: real data and rewards, multi-GPU, sequence packing across steps,
 TRL's vLLM backend.
 """
 from __future__ import annotations
@@ -177,7 +178,8 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
     timed = rows[warmup:]
     mean = lambda k: sum(r[k] for r in timed) / len(timed)  # noqa: E731
     peaks = [r[k] for r in rows for k in ("sample_peak_gib", "train_peak_gib") if r[k] is not None]
-    return {"workload": name, "system": "invariant" if invariant else "default", "sample_s": mean("sample_s"),
+    system = ("invariant" if invariant else "default") + (f"+lora{args.lora}" if args.lora else "")
+    return {"workload": name, "system": system, "sample_s": mean("sample_s"),
             "train_s": mean("train_s"), "step_s": mean("sample_s") + mean("train_s"),
             "sample_peak_gib": max((r["sample_peak_gib"] or 0.0) for r in rows) if peaks else None,
             "train_peak_gib": max((r["train_peak_gib"] or 0.0) for r in rows) if peaks else None,
@@ -187,9 +189,8 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
 
 
 def trainable_params(model, args) -> list:
-    """(name, parameter) pairs the optimizer trains: every weight; `--lora R`: rank-R adapters on every linear
-    layer (alpha 2R, base frozen); `--frozen-base`: the input embeddings only (the LoRA step's baseline without
-    adapters)."""
+    """(name, parameter) pairs the optimizer trains: every weight; `args.lora` R: rank-R adapters on every linear
+    layer (alpha 2R, base frozen); `args.frozen_base`: the input embeddings only (the LoRA step's baseline)."""
     from onpolicy.trainer import FullFineTuning
 
     if args.lora:
@@ -237,15 +238,15 @@ def parse(argv):
                     help="trainer.micro_batch_tokens (default: 16384, or the workload's shipped config's)")
     ap.add_argument("--no-checkpointing", action="store_true", help="trainer.activation_checkpointing: false")
     ap.add_argument("--lora", type=int, default=0, metavar="R",
-                    help="train rank-R LoRA adapters on every linear layer (base frozen); 0 = off")
-    ap.add_argument("--frozen-base", action="store_true",
-                    help="the LoRA baseline without adapters: base frozen, only the input embeddings train")
+                    help="rank-R LoRA adapters on every linear layer (base frozen), each system measured after its "
+                         "baseline without adapters (base frozen, input embeddings train); 0 = off")
     ap.add_argument("--time-budget", type=float, default=None, help="skip measurements that start after N s")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="join these bench_rl.json files into one table / JSON / PNG in --out (no measuring)")
     args = ap.parse_args(argv)
-    if args.lora < 0 or (args.lora and args.frozen_base):
-        raise SystemExit("--lora: an int >= 0, and not with --frozen-base (its baseline)")
+    if args.lora < 0:
+        raise SystemExit(f"--lora: got {args.lora}; allowed: an int >= 0 (0 = off)")
+    args.frozen_base = False
     args.device = default_device(args.quick)
     args.steps = args.steps if args.steps is not None else (1 if args.quick else 2)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
@@ -267,8 +268,16 @@ def meta(args, skipped) -> dict:
     return {"device": device_name(args.device), "torch": torch.__version__,
             "steps": args.steps, "warmup": args.warmup, "default_steps": args.default_steps,
             "default_warmup": args.default_warmup, "micro_batch_tokens": args.micro_batch_tokens,
-            "checkpointing": not args.no_checkpointing, "lora": args.lora, "frozen_base": args.frozen_base,
+            "checkpointing": not args.no_checkpointing, "lora": args.lora,
             "trl_live": bench_rl_trl.available(), "skipped": skipped}
+
+
+def lora_variants(args) -> list:
+    """The argument sets one onpolicy system runs under: `args`; with `--lora R`, first its baseline without
+    adapters (`frozen_base`), then `args`."""
+    if not args.lora:
+        return [args]
+    return [argparse.Namespace(**{**vars(args), "lora": 0, "frozen_base": True}), args]
 
 
 def measure(args) -> tuple[list, list]:
@@ -289,10 +298,12 @@ def measure(args) -> tuple[list, list]:
             work = args.pool[name]
             if (system != "trl" or live_trl) and name not in states:
                 states[name] = CausalLM(model_config(work.shape)).state_dict()
-            row = trl_row(name, work, states.get(name), args) if system == "trl" else \
-                bench_onpolicy(name, work, states[name], system == "invariant", args)
-            if row is not None:
-                results.append(row)
+            if system == "trl":
+                rows = [trl_row(name, work, states.get(name), args)]
+            else:
+                rows = [bench_onpolicy(name, work, states[name], system == "invariant", variant)
+                        for variant in lora_variants(args)]
+            results.extend(row for row in rows if row is not None)
             report.write_json(os.path.join(args.out, "bench_rl.json"), meta(args, skipped), results)
     results.sort(key=lambda r: args.names.index(r["workload"]))
     return results, skipped
@@ -312,7 +323,7 @@ def main(argv=None) -> int:
     if skipped:
         print(f"skipped (time budget): {', '.join(skipped)}")
     report.plot(results, os.path.join(args.out, "bench_rl.png"))
-    bad_kl = [r for r in results if r["system"] == "invariant" and any(k != 0.0 for k in r["kl"])]
+    bad_kl = [r for r in results if r["system"].startswith("invariant") and any(k != 0.0 for k in r["kl"])]
     if bad_kl:
         print(f"FAIL: invariant onpolicy/kl != 0.0 in {[r['workload'] for r in bad_kl]}")
         return 1
