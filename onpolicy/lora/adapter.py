@@ -2,15 +2,15 @@
 
 `attach_lora(model, args)` freezes every base weight and gives each targeted `Linear` a `LoraAdapter` (its
 `lora` submodule); `Linear.forward` then adds the adapter's output. The sampler and the trainer run this one
-forward, and both adapter GEMMs are batch-invariant `kernels` ops (`lora_shrink` for x @ A.T, `matmul` for
-t @ B.T: tiles from (dtype, K, N), never from the row count), so a token's logprob has the same bits in both,
-as for the base weights.
+forward through two batch-invariant `kernels` ops (`lora_shrink`: t = x @ A.T; `lora_expand_add`: y + s * t @ B.T
+on each adapted column block; tiles from the shapes, never from the row count), so a token's logprob has the
+same bits in both, as for the base weights.
 A fused projection (qkv, gate_up) holds one A for its targeted row blocks, stacked ([S * r, in]: one pass over
-x), and their B stacked; `kernels.lora_expand_add` adds each block's product to its columns of y in one op and
-copies the columns of an untargeted block (e.g. k when only q and v are targeted). Values start as PEFT's: A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))) from a seeded CPU
-generator, B zero. Adapters have the model's dtype (the one copy both modes read); the optimizer keeps their
-fp32 masters. Left out: merging into the base weights at run time (see docs/lora.md), dropout, adapters on
-families whose HF checkpoints store fused projections (Phi-3) and on q/k of partial-rotary models.
+x), and their B stacked ([targeted rows, r]); the columns of an untargeted block (e.g. k when only q and v are
+targeted) are copied. Values start as PEFT's: A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))) from
+a seeded CPU generator, B zero. Adapters have the model's dtype (the one copy both modes read); the optimizer
+keeps their fp32 masters. Left out: merging into the base weights at run time (see docs/lora.md), dropout,
+adapters on families whose HF checkpoints store fused projections (Phi-3) and on q/k of partial-rotary models.
 """
 from __future__ import annotations
 
