@@ -10,7 +10,8 @@ x), and their B stacked ([targeted rows, r]); the columns of an untargeted block
 targeted) are copied. Values start as PEFT's: A Kaiming-uniform (a = sqrt(5): U(-1/sqrt(in), 1/sqrt(in))) from
 a seeded CPU generator, B zero. Adapters have the model's dtype (the one copy both modes read); the optimizer
 keeps their fp32 masters. Left out: merging into the base weights at run time (see docs/lora.md), dropout,
-adapters on families whose HF checkpoints store fused projections (Phi-3) and on q/k of partial-rotary models.
+adapters on families whose HF checkpoints store fused projections (Phi-3), on q/k of partial-rotary models and
+on MoE experts.
 """
 from __future__ import annotations
 
@@ -85,6 +86,10 @@ def check_supported(model, args: LoraArgs) -> None:
     if cfg.arch.fused_checkpoint:
         raise ValueError(f"lora.r: adapters are not supported for {cfg.arch.hf_class} (its HF checkpoints store "
                          "fused qkv/gate_up projections); allowed for it: 0")
+    mlp = {"gate_proj", "up_proj", "down_proj"} & set(args.target_modules)
+    if mlp and any(cfg.layer_is_moe(i) for i in range(cfg.num_hidden_layers)):
+        raise ValueError(f"lora.target_modules: {sorted(mlp)} on a model with MoE layers are not supported (experts "
+                         "get no adapters); allowed: q_proj, k_proj, v_proj, o_proj")
     if cfg.partial_rotary_factor != 1.0 and {"q_proj", "k_proj"} & set(args.target_modules):
         raise ValueError("lora.target_modules: q_proj/k_proj are not supported on a partial-rotary model; allowed: "
                          + ", ".join(t for t in PEFT_TARGETS if t not in ("q_proj", "k_proj")))

@@ -158,3 +158,17 @@ def test_adapted_linear_cuda_bf16_invariant_and_close(blocks):
                 if i < m:
                     assert torch.equal(out[i:i + 1], row), (m, i)
         torch.testing.assert_close(out.float(), _reference(lin, x), atol=3e-2, rtol=3e-2)
+
+
+def test_moe_experts_refused_attention_allowed():
+    """MoE layers: adapters on the attention projections only (the experts get none)."""
+    from onpolicy.model import CausalLM
+    from onpolicy.model.tiny import tiny_config
+
+    cfg = tiny_config(architecture="qwen3_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      num_hidden_layers=1, head_dim=64)
+    with pytest.raises(ValueError, match=r"^lora\.target_modules: \['down_proj', 'gate_proj', 'up_proj'\] on a "
+                                         r"model with MoE layers"):
+        attach_lora(CausalLM(cfg), LoraArgs(r=2))
+    params = attach_lora(CausalLM(cfg), LoraArgs(r=2, target_modules=["q_proj", "o_proj"]))
+    assert len(params) == 4  # qkv: A, B; o: A, B
