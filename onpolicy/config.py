@@ -32,10 +32,11 @@ from onpolicy.config_fields import ConfigError, Section, coerce, config_field, r
 from onpolicy.engine.params import MIN_TEMPERATURE, EngineConfig
 from onpolicy.evaluation import EvalArgs
 from onpolicy.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
+from onpolicy.lora.config import LoraArgs
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
-           "RewardArgs", "EvalArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
-           "check_rewards"]
+           "RewardArgs", "EvalArgs", "LoggingArgs", "LoraArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS",
+           "parse_args", "check_rewards"]
 
 _f = config_field
 
@@ -241,7 +242,7 @@ REWARDS_HELP = ("rewards: --rewards '[{name: NAME, weight: W}, {model: DIR, weig
                 "(default [{name: embedded}]); NAME: a registered reward or 'package.module:function' "
                 "(docs/rewards.md)")
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineConfig,
-            "trainer": TrainerArgs, "eval": EvalArgs, "logging": LoggingArgs}
+            "trainer": TrainerArgs, "lora": LoraArgs, "eval": EvalArgs, "logging": LoggingArgs}
 
 
 @dataclass
@@ -253,6 +254,7 @@ class ExperimentConfig:
     sampling: SamplingArgs = field(default_factory=SamplingArgs, metadata={"help": "rollout sampling"})
     engine: EngineConfig = field(default_factory=EngineConfig, metadata={"help": "inference engine"})
     trainer: TrainerArgs = field(default_factory=TrainerArgs, metadata={"help": "RL algorithm and optimizer"})
+    lora: LoraArgs = field(default_factory=LoraArgs, metadata={"help": "LoRA adapters (r: 0 = full fine-tuning)"})
     rewards: list[RewardArgs] = field(default_factory=lambda: [RewardArgs(name="embedded")],
                                       metadata={"help": "weighted reward functions"})
     eval: EvalArgs = field(default_factory=EvalArgs, metadata={"help": "held-out evaluation"})
@@ -268,6 +270,9 @@ class ExperimentConfig:
         names = [r.key for r in self.rewards]
         if len(set(names)) != len(names):
             raise ConfigError(f"rewards: duplicate rewards {names}; allowed: each name once (and each model once)")
+        if self.lora.enabled and self.engine.backend != "native":
+            raise ConfigError(f"lora.r: LoRA adapters run on the native engine only, and engine.backend is "
+                              f"{self.engine.backend!r}; allowed with it: 0 (or engine.backend: native)")
         algo, g = self.trainer.algo, self.sampling.num_generations
         if g < MIN_GENERATIONS[algo]:
             raise ConfigError(f"sampling.num_generations: got {g}; allowed: an int >= {MIN_GENERATIONS[algo]} with "

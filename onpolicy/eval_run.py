@@ -140,6 +140,10 @@ def run_evaluation(cfg, log=print) -> tuple[list[dict], dict, tuple]:
     train_rows = load_prompts(cfg.data, tokenizer) if cfg.data.eval_dataset is None else None
     rows = load_eval_rows(cfg, tokenizer, train_rows)
     model = build_model(cfg, device, t.seed)
+    if cfg.lora.enabled:  # a LoRA policy: the base in model.path, the adapter in lora.init_from
+        from onpolicy.lora.training import LoraAdapters
+
+        LoraAdapters(cfg.lora, seed=t.seed, log=lambda *a: None).select(model)
     attach_generation_settings(model, tokenizer, log=lambda *a: None)
     llm = build_sampler(cfg, model, tokenizer, device)
     with kernels.invariant_mode(t.invariant), torch.no_grad():

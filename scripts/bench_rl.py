@@ -15,7 +15,11 @@ invariant system also checks onpolicy/kl == 0.0 every step.
 Writes bench_rl.json (after every measurement) and bench_rl.png to --out; prints the table with ratios.
 `--workloads` / `--systems` pick a part (to split a long run); `--merge a.json b.json` joins parts into one
 table, JSON and PNG without measuring. `--quick`: the tiny model on CPU, 2x4x8, one timed step per system (a
-smoke run, not a measurement). Left out: real data and rewards, multi-GPU, sequence packing across steps,
+smoke run, not a measurement). LoRA: `--lora R` measures each onpolicy system twice on the same weights: its
+baseline without adapters (base frozen, only the input embeddings train: the same sampling and the same
+activation backward through every layer, without the adapter GEMMs; system `invariant`), then rank-R adapters
+(alpha 2R) on every linear layer with the base frozen (system `invariant+loraR`), so the table's "time vs
+invariant" is the adapters' cost (`--workloads 8b-16x8x512`: Qwen3-8B's shape). Left out: real data and rewards, multi-GPU, sequence packing across steps,
 TRL's vLLM backend.
 """
 from __future__ import annotations
@@ -52,7 +56,8 @@ class Workload(NamedTuple):
 
 WORKLOADS = {"0.6b-16x8x256": Workload("0.6b", 16, 8, 256), "0.6b-32x8x512": Workload("0.6b", 32, 8, 512),
              "0.6b-gsm8k": Workload("0.6b", 32, 8, 512, 512, "qwen3-0.6b-gsm8k.yaml"),
-             "1.7b-32x8x1024": Workload("1.7b", 32, 8, 1024)}
+             "1.7b-32x8x1024": Workload("1.7b", 32, 8, 1024),
+             "8b-16x8x512": Workload("8b", 16, 8, 512), "8b-32x8x1024": Workload("8b", 32, 8, 1024)}
 QUICK_WORKLOADS = {"tiny-2x4x8": Workload("tiny", 2, 4, 8)}
 # TRL 1.16 GRPOTrainer (HF generate) on an H100 80GB, 2026-11-24: (s/step, peak GiB); used without trl.
 TRL_RECORDED = {"0.6b-16x8x256": (12.0, 8.5), "0.6b-32x8x512": (22.3, 22.4)}
@@ -65,6 +70,9 @@ def model_config(shape: str):
     if shape == "tiny":
         return tiny_config(dtype="bfloat16", head_dim=64, max_position_embeddings=64)
     cfg = qwen3_0_6b_config(max_position_embeddings=2048)
+    if shape == "8b":
+        return cfg.replace(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+                           tie_word_embeddings=False)
     return cfg if shape == "0.6b" else cfg.replace(hidden_size=2048, intermediate_size=6144)
 
 
@@ -131,7 +139,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
     from onpolicy.engine import LLM
     from onpolicy.model import CausalLM
     from onpolicy.trainer.memory import PhasePeak, kv_cache_blocks
-    from onpolicy.trainer import FullFineTuning, Replicated, Trainer
+    from onpolicy.trainer import Replicated, Trainer
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
@@ -144,7 +152,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
         model.load_state_dict(state)
         model.activation_checkpointing = cfg.trainer.activation_checkpointing
         strategy = Replicated()
-        opt = strategy.build_optimizer(model, FullFineTuning().select(model), cfg.trainer, device)
+        opt = strategy.build_optimizer(model, trainable_params(model, args), cfg.trainer, device)
         engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device))
         llm = LLM(model, None, engine, seed=0)
         trainer = Trainer(cfg, device=device, strategy=strategy, model=model, optimizer=opt, sampler=llm)
@@ -170,13 +178,30 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
     timed = rows[warmup:]
     mean = lambda k: sum(r[k] for r in timed) / len(timed)  # noqa: E731
     peaks = [r[k] for r in rows for k in ("sample_peak_gib", "train_peak_gib") if r[k] is not None]
-    return {"workload": name, "system": "invariant" if invariant else "default", "sample_s": mean("sample_s"),
+    system = ("invariant" if invariant else "default") + (f"+lora{args.lora}" if args.lora else "")
+    return {"workload": name, "system": system, "sample_s": mean("sample_s"),
             "train_s": mean("train_s"), "step_s": mean("sample_s") + mean("train_s"),
             "sample_peak_gib": max((r["sample_peak_gib"] or 0.0) for r in rows) if peaks else None,
             "train_peak_gib": max((r["train_peak_gib"] or 0.0) for r in rows) if peaks else None,
             "peak_gib": max(peaks) if peaks else None, "kl": [r["kl"] for r in rows], "kv_blocks": engine.num_blocks,
             "micro_batch_tokens": cfg.trainer.micro_batch_tokens, "resident_before_gib": resident,
-            "tokens_per_step": timed[0]["tokens"]}
+            "tokens_per_step": timed[0]["tokens"], "lora": args.lora, "frozen_base": args.frozen_base}
+
+
+def trainable_params(model, args) -> list:
+    """(name, parameter) pairs the optimizer trains: every weight; `args.lora` R: rank-R adapters on every linear
+    layer (alpha 2R, base frozen); `args.frozen_base`: the input embeddings only (the LoRA step's baseline)."""
+    from onpolicy.trainer import FullFineTuning
+
+    if args.lora:
+        from onpolicy.lora import LoraArgs
+        from onpolicy.lora.training import LoraAdapters
+
+        return LoraAdapters(LoraArgs(r=args.lora, alpha=2.0 * args.lora), seed=0).select(model)
+    if args.frozen_base:
+        model.requires_grad_(False)
+        model.model.embed_tokens.weight.requires_grad_(True)
+    return FullFineTuning().select(model)
 
 
 def trl_row(name, work: Workload, state, args):
@@ -212,10 +237,16 @@ def parse(argv):
     ap.add_argument("--micro-batch-tokens", type=int, default=None,
                     help="trainer.micro_batch_tokens (default: 16384, or the workload's shipped config's)")
     ap.add_argument("--no-checkpointing", action="store_true", help="trainer.activation_checkpointing: false")
+    ap.add_argument("--lora", type=int, default=0, metavar="R",
+                    help="rank-R LoRA adapters on every linear layer (base frozen), each system measured after its "
+                         "baseline without adapters (base frozen, input embeddings train); 0 = off")
     ap.add_argument("--time-budget", type=float, default=None, help="skip measurements that start after N s")
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="join these bench_rl.json files into one table / JSON / PNG in --out (no measuring)")
     args = ap.parse_args(argv)
+    if args.lora < 0:
+        raise SystemExit(f"--lora: got {args.lora}; allowed: an int >= 0 (0 = off)")
+    args.frozen_base = False
     args.device = default_device(args.quick)
     args.steps = args.steps if args.steps is not None else (1 if args.quick else 2)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
@@ -237,7 +268,16 @@ def meta(args, skipped) -> dict:
     return {"device": device_name(args.device), "torch": torch.__version__,
             "steps": args.steps, "warmup": args.warmup, "default_steps": args.default_steps,
             "default_warmup": args.default_warmup, "micro_batch_tokens": args.micro_batch_tokens,
-            "checkpointing": not args.no_checkpointing, "trl_live": bench_rl_trl.available(), "skipped": skipped}
+            "checkpointing": not args.no_checkpointing, "lora": args.lora,
+            "trl_live": bench_rl_trl.available(), "skipped": skipped}
+
+
+def lora_variants(args) -> list:
+    """The argument sets one onpolicy system runs under: `args`; with `--lora R`, first its baseline without
+    adapters (`frozen_base`), then `args`."""
+    if not args.lora:
+        return [args]
+    return [argparse.Namespace(**{**vars(args), "lora": 0, "frozen_base": True}), args]
 
 
 def measure(args) -> tuple[list, list]:
@@ -258,10 +298,12 @@ def measure(args) -> tuple[list, list]:
             work = args.pool[name]
             if (system != "trl" or live_trl) and name not in states:
                 states[name] = CausalLM(model_config(work.shape)).state_dict()
-            row = trl_row(name, work, states.get(name), args) if system == "trl" else \
-                bench_onpolicy(name, work, states[name], system == "invariant", args)
-            if row is not None:
-                results.append(row)
+            if system == "trl":
+                rows = [trl_row(name, work, states.get(name), args)]
+            else:
+                rows = [bench_onpolicy(name, work, states[name], system == "invariant", variant)
+                        for variant in lora_variants(args)]
+            results.extend(row for row in rows if row is not None)
             report.write_json(os.path.join(args.out, "bench_rl.json"), meta(args, skipped), results)
     results.sort(key=lambda r: args.names.index(r["workload"]))
     return results, skipped
@@ -281,7 +323,7 @@ def main(argv=None) -> int:
     if skipped:
         print(f"skipped (time budget): {', '.join(skipped)}")
     report.plot(results, os.path.join(args.out, "bench_rl.png"))
-    bad_kl = [r for r in results if r["system"] == "invariant" and any(k != 0.0 for k in r["kl"])]
+    bad_kl = [r for r in results if r["system"].startswith("invariant") and any(k != 0.0 for k in r["kl"])]
     if bad_kl:
         print(f"FAIL: invariant onpolicy/kl != 0.0 in {[r['workload'] for r in bad_kl]}")
         return 1

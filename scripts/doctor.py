@@ -7,6 +7,7 @@ filler completions packed beside it) with the same recording. Rows are aligned b
 compared in execution order. Prints the first differing module/op (with max |diff|), or "bitwise equal".
 
     python -m scripts.doctor --model tiny --prompt "12+7=" [--device cuda --dtype bfloat16 --invariant 0]
+    python -m scripts.doctor --model <run>/checkpoints/step-N/policy --adapter <run>/checkpoints/step-N/adapter
 
 Left out: CUDA graphs (hooks do not fire on replay, so the engine runs eagerly here), backward passes, and
 ops called outside the model's forward other than the final logprob.
@@ -27,7 +28,7 @@ from onpolicy.model.logprobs import pack_sequences
 from scripts.common import build_model, default_device
 
 TRACED_OPS = ("rope", "attention", "attention_varlen", "silu_mul", "gelu_tanh_mul", "rms_norm", "linear", "add_rms_norm",
-              "qk_norm_rope")
+              "qk_norm_rope", "lora_shrink", "lora_expand_add")  # the last two: LoRA adapters
 
 
 class Recorder:
@@ -211,11 +212,16 @@ def main(argv=None) -> int:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--batch", type=int, default=4, help="concurrent requests in the engine (probe included)")
     ap.add_argument("--invariant", type=int, default=1, choices=[0, 1])
+    ap.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory to attach (a LoRA run's adapter/)")
     args = ap.parse_args(argv)
     from onpolicy import determinism
 
     determinism.enable(seed=0)
     model, tok = build_model(args.model, args.device, args.dtype)
+    if args.adapter:
+        from onpolicy.lora import attach_peft_adapter
+
+        attach_peft_adapter(model, args.adapter, field="--adapter")
     if args.ids:
         ids = [int(x) for x in args.prompt.split(",") if x.strip()]
     else:

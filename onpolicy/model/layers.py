@@ -54,8 +54,14 @@ def _param(shape, dtype, loader=_default_loader, fill=None) -> nn.Parameter:
     return p
 
 
+def is_adapter(name: str) -> bool:
+    """Whether a parameter name belongs to a LoRA adapter (`Linear.lora`, onpolicy.lora): not a checkpoint weight."""
+    return ".lora." in f".{name}"
+
+
 class Linear(nn.Module):
-    """y = kernels.linear(x, weight, bias); `shards` names the row blocks of a fused projection."""
+    """y = kernels.linear(x, weight, bias); `shards` names the row blocks of a fused projection. `lora` (set by
+    `onpolicy.lora.attach_lora`, else None) adds its adapters' output to y."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype,
                  shards: dict[str, tuple[int, int]] | None = None):
@@ -64,9 +70,11 @@ class Linear(nn.Module):
         self.shards = shards
         self.weight = _param((out_features, in_features), dtype, loader)
         self.bias = _param((out_features,), dtype, loader, fill=0.0) if bias else None
+        self.lora = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.linear(x, self.weight, self.bias)
+        y = kernels.linear(x, self.weight, self.bias)
+        return y if self.lora is None else self.lora(x, y)
 
 
 class RMSNorm(nn.Module):

@@ -18,6 +18,7 @@ import os
 import torch
 
 from onpolicy.model.config import DTYPES, ModelConfig
+from onpolicy.model.layers import is_adapter
 from onpolicy.model.moe import expert_hf_tensors, expert_key
 from onpolicy.model.generation_config import read_generation_settings, write_generation_settings
 from onpolicy.model.rotary_layout import qkv_row_index, to_our_order
@@ -93,7 +94,7 @@ def load_weights(model: CausalLM, path: str, keep: tuple[str, ...] = ()) -> dict
 
     config = model.config
     params = dict(model.named_parameters())
-    pending = {name: set(_shard_ids(model, name)) for name in params}
+    pending = {name: set(_shard_ids(model, name)) for name in params if not is_adapter(name)}
     unexpected, kept = [], {}
     for file in _safetensor_files(path):
         with safe_open(file, framework="pt", device="cpu") as f:
@@ -136,10 +137,13 @@ def _shard_ids(model: CausalLM, param_name: str) -> list:
 
 def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
     """Our parameters under HF names (CPU copies), fused projections split back into q/k/v and gate/up (unless
-    the family's checkpoints are fused), q/k head dims back in HF's order (partial rotary)."""
+    the family's checkpoints are fused), q/k head dims back in HF's order (partial rotary); LoRA adapters left
+    out."""
     out = {}
     back = qkv_row_index(model.config, inverse=True) if model.config.partial_rotary_factor != 1.0 else None
     for name, p in model.named_parameters():
+        if is_adapter(name):  # LoRA adapters are saved in PEFT's format (onpolicy.lora.peft_io)
+            continue
         if back is not None and ".self_attn.qkv_proj." in name:
             p = p.detach()[back.to(p.device)]
         experts = expert_hf_tensors(name, p)
@@ -158,9 +162,10 @@ def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
     return {k: v.contiguous().cpu().clone() for k, v in out.items()}
 
 
-def save_pretrained(model: CausalLM, path: str) -> None:
+def save_pretrained(model: CausalLM, path: str, state: dict[str, torch.Tensor] | None = None) -> None:
     """Write config.json + model.safetensors (HF names) into `path` (created if missing), and the model's
-    `generation_settings` (generation_config.json; bos/eos/pad ids in config.json) when it has them."""
+    `generation_settings` (generation_config.json; bos/eos/pad ids in config.json) when it has them. `state`:
+    the HF-named tensors to write instead of `hf_state_dict(model)` (e.g. with LoRA adapters merged)."""
     if not isinstance(model, CausalLM):
         raise ValueError(f"save_pretrained: model must be a CausalLM, got {type(model).__name__}")
     from safetensors.torch import save_file
@@ -172,7 +177,8 @@ def save_pretrained(model: CausalLM, path: str) -> None:
     write_generation_settings(getattr(model, "generation_settings", None), path, hf_config)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(hf_config, f, indent=2)
-    save_file(hf_state_dict(model), os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    state = hf_state_dict(model) if state is None else state
+    save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
 
 
 def load_tokenizer(path: str):

@@ -107,6 +107,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, sche
     if extra is not None and not isinstance(extra, dict):
         raise ValueError(f"save_checkpoint: extra must be a dict or None, got {type(extra).__name__}")
     from onpolicy import determinism
+    from onpolicy.lora.training import save_checkpoint_adapter
     from onpolicy.model import save_pretrained
 
     root = Path(ckpt_dir)
@@ -118,6 +119,7 @@ def save_checkpoint(ckpt_dir: str | Path, step: int, model, optimizer=None, sche
         raise ValueError(f"save_checkpoint: prepared=True but {str(tmp)!r} does not exist (call prepare_tmp)")
     try:
         save_pretrained(model, str(tmp / POLICY_DIR))
+        save_checkpoint_adapter(model, tmp)  # LoRA adapters (PEFT format) in adapter/, when the model has them
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / POLICY_DIR))
         state = {
@@ -230,7 +232,9 @@ def load_checkpoint(path: str | Path, model=None, optimizer=None, scheduler=None
 
         loaded, _ = load_pretrained(str(ck.policy_path), device=device)
         if model is not None:
-            model.load_state_dict(loaded.state_dict())
+            from onpolicy.lora.training import restore_policy
+
+            restore_policy(model, loaded, step_dir)  # with LoRA: base from policy/, adapters from adapter/
             loaded = model
         ck.model = loaded
     if optimizer is not None:

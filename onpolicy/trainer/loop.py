@@ -123,6 +123,7 @@ def train(cfg, log=print, rewards=None, parts=None) -> dict:
     `onpolicy.rewards.sources.Reward`s (Python callables; `onpolicy.train`), default `cfg.rewards`; `parts`:
     `trainer.TrainerParts` (what is trainable, where rollouts come from, the loss), default the standard ones."""
     from onpolicy import kernels
+    from onpolicy.lora.training import ADAPTER_DIR, save_final_merged
     from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root
     from onpolicy.trainer.distributed import Dist
     from onpolicy.trainer.run_dir import claim
@@ -147,10 +148,13 @@ def train(cfg, log=print, rewards=None, parts=None) -> dict:
                 path = str(checkpoint_root(cfg) / f"step-{final_step}")
             else:
                 path = trainer.save(final_step)
+            if trainer.dist.is_main:
+                save_final_merged(cfg, trainer.model, log)  # lora.save_merged
             trainer.logger.close()
     finally:
         if run_dir is not None:
             run_dir.release()
-    summary = summarize(history, time.perf_counter() - wall0, trainer, f"{path}/{POLICY_DIR}")
+    policy = f"{path}/{ADAPTER_DIR if cfg.lora.enabled else POLICY_DIR}"  # LoRA: the PEFT adapter (base: policy/)
+    summary = summarize(history, time.perf_counter() - wall0, trainer, policy)
     log(format_summary(summary))
     return summary

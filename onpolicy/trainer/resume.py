@@ -19,7 +19,7 @@ import os
 MAY_CHANGE = ("trainer.steps", "trainer.save_every", "trainer.resume", "trainer.strict_onpolicy",
               "trainer.keep_checkpoints", "trainer.save_only_model", "model.device", "logging.", "engine.",
               "trainer.micro_batch_tokens", "trainer.activation_checkpointing",  # memory knobs (e.g. after an OOM)
-              "trainer.num_threads", "trainer.sft_cache_dir")
+              "trainer.num_threads", "trainer.sft_cache_dir", "lora.save_merged")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -30,7 +30,7 @@ from pathlib import Path
 from onpolicy.trainer.health import RunStopped
 
 LOCK = "run.lock"
-RESULTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "plots", "wandb")  # what logging.overwrite deletes
+RESULTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "plots", "wandb", "merged")  # what logging.overwrite deletes
 _FULL_MARKERS = ("No space left", "unexpected pos", "StorageFull", "os error 28", "Disk quota exceeded")
 
 

@@ -67,6 +67,7 @@ def check_before_compute(cfg, strategy, log=print) -> None:
     (the rewards are resolved just before, in `build_trainer`; the launch and world size were checked by
     onpolicy.trainer.launch)."""
     from onpolicy.build import check_context
+    from onpolicy.lora.training import check_lora_run
     from onpolicy.trainer.resume import check_resume_config
 
     check_context(cfg)
@@ -77,6 +78,7 @@ def check_before_compute(cfg, strategy, log=print) -> None:
     resume = cfg.trainer.resume
     if isinstance(resume, str) and not os.path.exists(resume):
         raise ValueError(f"trainer.resume: checkpoint path {resume!r} does not exist; allowed: false, true, a path")
+    check_lora_run(cfg, strategy)
     check_resume_config(cfg, strategy, log)
     if cfg.engine.backend == "vllm":
         from onpolicy.engine.vllm_backend import check_available
@@ -92,6 +94,7 @@ def build_trainer(cfg, log=print, rewards=None, parts=None):
                                 check_stop_strings, load_reward_models, resolve_device, warn_unknown_chars)
     from onpolicy.data import PromptIterator, load_prompts
     from onpolicy.eval_run import load_eval_rows
+    from onpolicy.lora.training import LoraAdapters
     from onpolicy.rewards.sources import resolve_rewards
     from onpolicy.trainer.cpu_threads import CpuThreads
     from onpolicy.trainer.distributed import Dist
@@ -99,7 +102,8 @@ def build_trainer(cfg, log=print, rewards=None, parts=None):
     from onpolicy.trainer.trainer import Trainer, TrainerParts
 
     t0 = time.perf_counter()
-    t, parts = cfg.trainer, parts or TrainerParts()
+    t = cfg.trainer
+    parts = LoraAdapters.for_config(cfg, parts or TrainerParts(), log)  # lora.r > 0: the adapters train
     strategy = choose_strategy(Dist.current())
     rewards = resolve_rewards(cfg.rewards if rewards is None else rewards)
     check_before_compute(cfg, strategy, log)
