@@ -72,9 +72,9 @@ def build_tokenizer(cfg):
     """The tokenizer alone (cheap), so data can be checked before any model is built."""
     check_model_path(cfg)
     if cfg.model.path == "tiny":
-        from onpolicy.model.tiny import CharTokenizer, tiny_chars
+        from onpolicy.model.tiny import TINY_CHAT_TEMPLATE, CharTokenizer, tiny_chars
 
-        return CharTokenizer(tiny_chars(cfg.model.tiny.get("vocab_size")))
+        return CharTokenizer(tiny_chars(cfg.model.tiny.get("vocab_size")), chat_template=TINY_CHAT_TEMPLATE)
     from onpolicy.model import load_tokenizer
 
     return load_tokenizer(cfg.model.path)

@@ -1,0 +1,126 @@
+"""One trajectory while it runs, and `EnvRollout`, the step's trajectories in the trainer's `Rollout` form.
+
+A trajectory's tokens after the prompt are the model's turns and the environment's observations, back to back;
+`score_masks` marks the model's (True) and the environment's (False) tokens. `sampler_logprobs` covers the
+model's tokens only, in order, so `seq_lens` (what the loss, the parity metrics and the advantages count) are the
+model's tokens of each trajectory. How a trajectory ended (`finish_reasons`):
+    done        the environment said done
+    max_turns   env.max_turns assistant turns were taken
+    length      env.max_total_tokens (or the model's context) left no room for the next observation or turn
+    env_error   reset/step raised, timed out or returned something malformed (`errors` says what)
+Left out: per-turn advantages (every model token of a trajectory gets its trajectory's advantage).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from onpolicy.envs.render import placeholder_turn
+from onpolicy.trainer.rollout import Rollout
+
+FINISH_REASONS = ("done", "max_turns", "length", "env_error")
+TRUNCATED = ("max_turns", "length")
+
+
+class Trajectory:
+    """Mutable state of one trajectory during the rollout loop."""
+
+    def __init__(self, group: int, sample: int):
+        self.group, self.sample = group, sample
+        self.env = None
+        self.delta = None                          # onpolicy.envs.render.ChatDelta
+        self.prompt_ids: list[int] = []
+        self.prompt_messages: list[dict] = []
+        self.ids: list[int] = []                   # every token after the prompt
+        self.mask: list[bool] = []                 # True: a model token
+        self.logprobs: list[torch.Tensor] = []     # per turn, the sampler's
+        self.history: list[dict] = []              # for rendering: assistant turns as placeholders
+        self.messages: list[dict] = []             # the real turns and observations after the prompt
+        self.turn_rewards: list[float] = []
+        self.turns = 0
+        self.finish: str | None = None
+        self.error: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.finish is None
+
+    def end(self, finish: str, error: str | None = None) -> None:
+        self.finish, self.error = finish, error
+
+    def add_turn(self, ids: list[int], logprobs: torch.Tensor, text: str) -> None:
+        self.ids += ids
+        self.mask += [True] * len(ids)
+        self.logprobs.append(logprobs)
+        self.messages.append({"role": "assistant", "content": text})
+        self.turns += 1
+
+    def add_observation(self, ids: list[int], messages: list[dict]) -> None:
+        self.ids += ids
+        self.mask += [False] * len(ids)
+        self.history += [placeholder_turn(), *messages]
+        self.messages += messages
+
+    @property
+    def last_text(self) -> str:
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
+
+
+@dataclass
+class EnvRollout(Rollout):
+    """A step's trajectories (prompt-major, as `Rollout`): `completion_ids` hold every token after the prompt,
+    `texts` the last assistant turn of each."""
+
+    score_masks: list[list[bool]] = field(default_factory=list)
+    turn_rewards: list[list[float]] = field(default_factory=list)
+    num_turns: list[int] = field(default_factory=list)
+    errors: list[str | None] = field(default_factory=list)
+    prompt_messages: list[list[dict]] = field(default_factory=list)
+    messages: list[list[dict]] = field(default_factory=list)
+    environments: list = field(default_factory=list)
+    env_seconds: float = 0.0
+
+    @property
+    def seq_lens(self) -> list[int]:
+        return [sum(m) for m in self.score_masks]
+
+    @property
+    def truncated(self) -> list[bool]:
+        return [f in TRUNCATED for f in self.finish_reasons]
+
+    @property
+    def env_rewards(self) -> list[float]:
+        return [sum(r) for r in self.turn_rewards]
+
+    def metrics(self) -> dict:
+        """env/*: turns, how trajectories ended, token counts and the environment's reward."""
+        n = max(len(self.finish_reasons), 1)
+        out = {f"env/{f}_frac": sum(r == f for r in self.finish_reasons) / n for f in FINISH_REASONS}
+        all_turns = [r for rs in self.turn_rewards for r in rs]
+        out.update({"env/turns_mean": sum(self.num_turns) / n,
+                    "env/reward_mean": sum(self.env_rewards) / n,
+                    "env/turn_reward_mean": sum(all_turns) / max(len(all_turns), 1),
+                    "env/model_tokens_mean": sum(self.seq_lens) / n,
+                    "env/observation_tokens_mean": sum(len(m) - sum(m) for m in self.score_masks) / n,
+                    "time/env": self.env_seconds})
+        return out
+
+
+def to_rollout(trajs: list[Trajectory], group_size: int, env_seconds: float) -> EnvRollout:
+    ro = EnvRollout(group_size=group_size, env_seconds=env_seconds)
+    for t in trajs:
+        ro.prompt_ids.append(list(t.prompt_ids))
+        ro.completion_ids.append(list(t.ids))
+        ro.sampler_logprobs.append(torch.cat(t.logprobs) if t.logprobs else torch.zeros(0))
+        ro.texts.append(t.last_text)
+        ro.finish_reasons.append(t.finish)
+        ro.group_index.append(t.group)
+        ro.score_masks.append(list(t.mask))
+        ro.turn_rewards.append(list(t.turn_rewards))
+        ro.num_turns.append(t.turns)
+        ro.errors.append(t.error)
+        ro.prompt_messages.append(t.prompt_messages)
+        ro.messages.append(t.messages)
+        ro.environments.append(t.env)
+    return ro
