@@ -33,3 +33,21 @@ class EnvArgs(Section):
         self._check(all(self.stop), "stop", "a list of non-empty strings")
         self._check(self.name is not None or not self.kwargs, "kwargs",
                     "empty when env.name is null (there is no environment to construct)")
+
+
+def check_env_fields(cfg) -> None:
+    """Cross-section checks of a run with an environment: what single-turn-only features it cannot use."""
+    from onpolicy.config_fields import ConfigError
+
+    if cfg.env.name is None:
+        return
+    t = cfg.trainer
+    if t.eval_every:
+        raise ConfigError("trainer.eval_every: got {}; allowed: 0 with env.name set (the held-out evaluation "
+                          "samples single-turn answers)".format(t.eval_every))
+    if t.sft_warmup_steps:
+        raise ConfigError("trainer.sft_warmup_steps: got {}; allowed: 0 with env.name set (the warm-start trains "
+                          "single-turn answers)".format(t.sft_warmup_steps))
+    if t.loss_agg == "constant":
+        raise ConfigError("trainer.loss_agg: 'constant' normalises by sampling.max_tokens, one turn's limit; "
+                          "allowed with env.name set: sequence or token")

@@ -1,14 +1,18 @@
 """The built-in `guess` environment: guess the secret number with "higher" / "lower" feedback.
 
-The embedded task `embedded:guess` gives the rows (prompt `guess 0-9`, the secret as `answer`). Each assistant
-turn is read as one number (spaces and the turn's newline stripped); the right number ends the trajectory with
-reward 1.0; otherwise the user answers "higher", "lower" or, for a turn that is not a number, "number?".
+The embedded task `embedded:guess` gives the rows (prompt `guess 0-9`, the secret as `answer`). A turn's guess
+is the number it starts with (after spaces); the right number ends the trajectory with reward 1.0; otherwise
+the user answers "higher", "lower" or, for a turn that starts with no number, "number?".
 With `env.stop: ["\\n"]` and a few tokens per turn the tiny CPU model learns it in a couple of minutes
 (configs/tiny-cpu-multiturn.yaml). Left out: rewards for fewer turns (use a reward function on `turn_rewards`).
 """
 from __future__ import annotations
 
+import re
+
 from onpolicy.envs.base import row_messages
+
+NUMBER = re.compile(r"\s*(\d+)")
 
 
 class Guess:
@@ -17,10 +21,10 @@ class Guess:
         return row_messages(row)
 
     def step(self, turn):
-        text = turn.strip()
-        if not text.isdigit():
+        number = NUMBER.match(turn)
+        if number is None:
             return [{"role": "user", "content": "number?"}], 0.0, False
-        guess = int(text)
+        guess = int(number.group(1))
         if guess == self.secret:
             return [], 1.0, True
         return [{"role": "user", "content": "higher" if guess < self.secret else "lower"}], 0.0, False

@@ -1,9 +1,9 @@
 """The reward `env`: the environment's own reward of a trajectory (the sum of its step rewards).
 
 Registered with the built-in rewards (`rewards: [{name: env}]`); it reads the column `env_reward` that
-multi-turn scoring passes to every reward function (beside `turn_rewards`, `env_finish` and `environments`,
-the trajectory's environment instances, as TRL passes them). Left out: discounting (write a reward function
-over `turn_rewards` for that).
+multi-turn scoring passes to every reward function (beside `turn_rewards` and `env_finish`). Left out:
+discounting (write a reward function over `turn_rewards` for that), the environment instances themselves
+(they may not cross processes; keep what a reward needs in the step rewards).
 """
 from __future__ import annotations
 

@@ -78,12 +78,7 @@ class EnvRollout(Rollout):
     errors: list[str | None] = field(default_factory=list)
     prompt_messages: list[list[dict]] = field(default_factory=list)
     messages: list[list[dict]] = field(default_factory=list)
-    environments: list = field(default_factory=list)
     env_seconds: float = 0.0
-
-    @property
-    def seq_lens(self) -> list[int]:
-        return [sum(m) for m in self.score_masks]
 
     @property
     def truncated(self) -> list[bool]:
@@ -122,5 +117,4 @@ def to_rollout(trajs: list[Trajectory], group_size: int, env_seconds: float) -> 
         ro.errors.append(t.error)
         ro.prompt_messages.append(t.prompt_messages)
         ro.messages.append(t.messages)
-        ro.environments.append(t.env)
     return ro

@@ -56,11 +56,17 @@ def rl_step(run: Run, step: int) -> dict:
     from onpolicy.chat import encode_prompt
 
     rows = next(run.prompts)
-    prompt_ids = [encode_prompt(run.tokenizer, r) for r in rows]
-    ro = _sample_share(run, prompt_ids, step)
+    env_metrics = {}
+    if run.env is None:
+        ro = _sample_share(run, [encode_prompt(run.tokenizer, r) for r in rows], step)
+    else:  # multi-turn: trajectories with an environment (onpolicy.envs)
+        ro = run.env.rollouts(run, rows, step)
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()
-    scored = score_rollouts(cfg, rows, ro, rewards=run.rewards, step=step)
+    if run.env is None:
+        scored = score_rollouts(cfg, rows, ro, rewards=run.rewards, step=step)
+    else:
+        scored, env_metrics = run.env.score(rows, ro, run.rewards, step), run.env.metrics(ro, step)
     run.logger.log_samples(step + 1, [r["prompt"] for r in rows], scored)
     peak.start()
     t1 = time.perf_counter()
@@ -75,7 +81,7 @@ def rl_step(run: Run, step: int) -> dict:
                                              "memory/train_peak_gib": peak.gib()}
     return {
         "step": step + 1, "world_size": run.dist.world_size, **update, **scored.metrics(),
-        **scored.completion_metrics(),
+        **scored.completion_metrics(), **env_metrics,
         "throughput/tokens_per_s": (ro.num_tokens + sum(len(p) for p in ro.prompt_ids)) / max(t_step, 1e-9),
         "time/sample": t_sample,
         "time/train": t_train,

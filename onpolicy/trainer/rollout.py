@@ -2,10 +2,12 @@
 
 Seeds: completion group i of step s gets `sampling_seed(run_seed, s, i)`, so a resumed run (or the same
 prompts in another batch) samples the same tokens. The engine numbers the G samples of a request 0..G-1 in
-its counter-based hash, so the G samples differ. Left out: multi-turn / tool rollouts, partial rollouts.
+its counter-based hash, so the G samples differ. Multi-turn and tool rollouts: `onpolicy.envs` (their
+`EnvRollout` is a Rollout). Left out: partial rollouts.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -29,10 +31,16 @@ class Rollout:
     texts: list[str] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
     group_index: list[int] = field(default_factory=list)
+    # which completion tokens are the model's (scored, in the loss); None: all. Multi-turn rollouts
+    # (onpolicy.envs) mark the environment's observation tokens False; seq_lens then count the model's.
+    score_masks: list[list[bool]] | None = None
 
     @property
     def seq_lens(self) -> list[int]:
-        return [len(c) for c in self.completion_ids]
+        """Scored tokens per sequence: every completion token, or the model's (`score_masks`)."""
+        if self.score_masks is None:
+            return [len(c) for c in self.completion_ids]
+        return [sum(m) for m in self.score_masks]
 
     @property
     def num_tokens(self) -> int:
@@ -71,10 +79,19 @@ def generate_rollouts(llm, prompt_ids: list[list[int]], sampling, *, run_seed: i
     return ro
 
 
+def _per_sequence_fields(ro: Rollout) -> list[str]:
+    """The fields holding one entry per sequence (every list field; subclasses such as the multi-turn
+    `onpolicy.envs.trajectory.EnvRollout` add their own)."""
+    return [f.name for f in dataclasses.fields(ro) if isinstance(getattr(ro, f.name), list)]
+
+
 def merge_rollouts(parts: list[Rollout]) -> Rollout:
     """Concatenate rank shares (in rank order) into the step's rollout, as one process would have made it."""
-    out = Rollout(group_size=parts[0].group_size)
-    for p in parts:
-        for name in ("prompt_ids", "completion_ids", "sampler_logprobs", "texts", "finish_reasons", "group_index"):
-            getattr(out, name).extend(getattr(p, name))
-    return out
+    names = _per_sequence_fields(parts[0])
+    return dataclasses.replace(parts[0], **{n: [x for p in parts for x in getattr(p, n)] for n in names})
+
+
+def sub_rollout(ro: Rollout, seqs: range) -> Rollout:
+    """Sequences `seqs` (a contiguous range) of `ro`, of its own type."""
+    s = slice(seqs.start, seqs.stop)
+    return dataclasses.replace(ro, **{n: getattr(ro, n)[s] for n in _per_sequence_fields(ro)})

@@ -44,6 +44,7 @@ class Run:
     train_model: Any = None           # the module the trainer's forward runs under FSDP2; None: `model`
     rewards: list | None = None       # resolved rewards (onpolicy.rewards.sources.Reward); None: cfg.rewards
     eval_rows: list | None = None     # held-out problems of trainer.eval_every (onpolicy.eval_run); None: off
+    env: Any = None                   # onpolicy.envs.source.EnvSource when env.name is set: multi-turn rollouts
 
 
 def trainer_module(run) -> torch.nn.Module:
@@ -292,6 +293,11 @@ def build_run(cfg, log=print, rewards=None) -> Run:
     load_reward_models(rewards, device, log)
     tokenizer = build_tokenizer(cfg)
     check_stop_strings(cfg, tokenizer)
+    env = None
+    if cfg.env.name is not None:
+        from onpolicy.envs.source import EnvSource
+
+        env = EnvSource(cfg, tokenizer, log)
     rows = load_prompts(cfg.data, tokenizer)
     warn_unknown_chars(cfg, rows, log)
     eval_rows = load_eval_rows(cfg, tokenizer, rows) if t.eval_every else None
@@ -317,7 +323,7 @@ def build_run(cfg, log=print, rewards=None) -> Run:
     run = Run(cfg=cfg, device=device, model=model, tokenizer=tokenizer, llm=llm, optimizer=optimizer,
               params=params, ref_model=ref_model, prompts=prompts, encode=encode, logger=None, start_step=0,
               setup_time=0.0, sft_stats=sft_stats, dist=dist, train_model=train_model,
-              threads=threads, rewards=rewards, eval_rows=eval_rows)
+              threads=threads, rewards=rewards, eval_rows=eval_rows, env=env)
     if t.resume is not False:
         run.start_step = resume_run(run)
         if run.start_step:

@@ -35,7 +35,7 @@ from onpolicy.trainer.health import NonFiniteError, check_finite
 from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss, truncated_is_weights
 from onpolicy.trainer.microbatch import plan_micro_batches, token_spans, update_schedule
 from onpolicy.trainer.parity import OnPolicyViolation, first_mismatch, mismatch_report, parity_metrics
-from onpolicy.trainer.rollout import Rollout
+from onpolicy.trainer.rollout import Rollout, sub_rollout
 from onpolicy.trainer.scoring import ScoredBatch
 from onpolicy.trainer.setup import trainer_module
 
@@ -46,19 +46,12 @@ def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
 
 
 def trainer_logprobs(model, ro, temperature: float, grad: bool) -> list[torch.Tensor]:
-    """Per-completion logprobs of `ro`'s tokens under `model` (same kernels as the sampler)."""
+    """Per-completion logprobs of `ro`'s model tokens under `model` (same kernels as the sampler)."""
     from onpolicy.model import sequence_logprobs
 
     with torch.set_grad_enabled(grad):
-        return sequence_logprobs(model, ro.prompt_ids, ro.completion_ids, temperature=temperature)
-
-
-def sub_rollout(ro: Rollout, seqs: range) -> Rollout:
-    """Sequences `seqs` (a contiguous range) of `ro`."""
-    s = slice(seqs.start, seqs.stop)
-    return Rollout(group_size=ro.group_size, prompt_ids=ro.prompt_ids[s], completion_ids=ro.completion_ids[s],
-                   sampler_logprobs=ro.sampler_logprobs[s], texts=ro.texts[s], finish_reasons=ro.finish_reasons[s],
-                   group_index=ro.group_index[s])
+        return sequence_logprobs(model, ro.prompt_ids, ro.completion_ids, temperature=temperature,
+                                 score_masks=ro.score_masks)
 
 
 class _FirstUpdate:
