@@ -1,0 +1,75 @@
+"""The embedded multi-turn task (configs/tiny-cpu-multiturn.yaml, the `guess` environment) through `train()`:
+onpolicy/kl exactly 0.0 over every model token of every turn, each step; env/* metrics; an exact resume; and
+(slow) the environment's reward rising from random weights."""
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO
+
+CONFIG = REPO / "configs" / "tiny-cpu-multiturn.yaml"
+
+
+def _cfg(out, **overrides):
+    from onpolicy.config import parse_args
+
+    argv = ["--config", str(CONFIG), "--logging.output_dir", str(out), "--logging.plot", "false"]
+    for key, value in overrides.items():
+        argv += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
+    return parse_args(argv)
+
+
+def _train(cfg):
+    from onpolicy.trainer import train
+
+    return train(cfg, log=lambda *_: None)
+
+
+def _rows(cfg):
+    return [json.loads(line) for line in (Path(cfg.logging.output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+SMALL = {"trainer.prompts_per_step": 2, "sampling.num_generations": 4}
+
+
+def test_multiturn_steps_are_exactly_on_policy_and_resume_exactly(tmp_path):
+    straight = _cfg(tmp_path / "a", **SMALL, **{"trainer.steps": 3})
+    history = _train(straight)["history"]
+    for m in history:
+        assert m["onpolicy/kl"] == 0.0 and m["onpolicy/mismatch_frac"] == 0.0 and m["onpolicy/logprob_diff/max"] == 0.0
+        assert m["env/turns_mean"] >= 1 and m["env/observation_tokens_mean"] > 0 and m["env/env_error_frac"] == 0.0
+        assert m["completion/mean_length"] == m["env/model_tokens_mean"]  # the loss counts the model's tokens only
+    assert max(m["env/turns_mean"] for m in history) > 1
+    _train(_cfg(tmp_path / "b", **SMALL, **{"trainer.steps": 2}))
+    resumed = _cfg(tmp_path / "b", **SMALL, **{"trainer.steps": 3, "trainer.resume": True})
+    assert _train(resumed)["start_step"] == 2
+    last, again = _rows(straight)[-1], _rows(resumed)[-1]
+    for key in ("reward/mean", "loss", "grad_norm", "env/turns_mean", "env/reward_mean", "onpolicy/kl"):
+        assert last[key] == again[key], key
+
+
+def test_single_turn_only_settings_are_refused_with_an_environment(tmp_path):
+    from onpolicy.config_fields import ConfigError
+
+    for key, value, field in [("trainer.eval_every", 1, "trainer.eval_every"),
+                              ("trainer.sft_warmup_steps", 5, "trainer.sft_warmup_steps"),
+                              ("trainer.algo", "dr_grpo", "trainer.loss_agg"),
+                              ("env.max_total_tokens", 90, "env.max_total_tokens")]:
+        with pytest.raises(ConfigError, match=field):
+            cfg = _cfg(tmp_path, **{key: value})
+            from onpolicy.config import check_context
+
+            check_context(cfg)
+
+
+@pytest.mark.slow
+def test_multiturn_reward_rises_with_kl_exactly_zero(tmp_path):
+    """From random weights: the share of trajectories that find the number and the reward rise (about a
+    minute on two CPU cores)."""
+    history = _train(_cfg(tmp_path, **{"trainer.steps": 30}))["history"]
+    assert all(m["onpolicy/kl"] == 0.0 and m["onpolicy/mismatch_frac"] == 0.0 for m in history)
+    first = sum(m["reward/mean"] for m in history[:5]) / 5
+    last = sum(m["reward/mean"] for m in history[-5:]) / 5
+    assert last > first + 0.25, (first, last)
+    assert sum(m["env/done_frac"] for m in history[-5:]) / 5 > 2 * sum(m["env/done_frac"] for m in history[:5]) / 5
