@@ -4,7 +4,8 @@ The model calls the tool by writing `<tool_call>{"name": "calculator", "argument
 </tool_call>` (the format Qwen2.5 / Qwen3 chat templates teach when given `tools=`); the environment answers
 each call with a `tool` message holding the value or `error: ...`. A turn without a tool call is the final
 answer: the trajectory ends there (reward 0 from the environment; score the answer with a reward function,
-e.g. `math_answer`). Set `env.stop: ["</tool_call>"]` so a turn ends right after its call.
+e.g. `math_answer`) -- unless `nudge` is set: then the user answers with that text and the trajectory goes on
+(until env.max_turns). Set `env.stop: ["</tool_call>"]` so a turn ends right after its call.
 Expressions are evaluated with `ast` (never `eval`): numbers, + - * / // % **, unary signs and parentheses;
 exponents up to 64, results up to 1e15 in magnitude, expressions up to 200 characters.
 Left out: variables, functions (sqrt, ...), several tools.
@@ -104,12 +105,13 @@ def run_call(call: str | dict) -> str:
 
 
 class Calculator:
-    """One trajectory's calculator (see the module doc). `system_prompt`: put first when the row has none."""
+    """One trajectory's calculator (see the module doc). `system_prompt`: put first when the row has none;
+    `nudge`: the user's reply to a turn without a tool call (None: such a turn ends the trajectory)."""
 
     tools = [CALCULATOR_TOOL]
 
-    def __init__(self, system_prompt: str | None = None):
-        self.system_prompt = system_prompt
+    def __init__(self, system_prompt: str | None = None, nudge: str | None = None):
+        self.system_prompt, self.nudge = system_prompt, nudge
         self.calls = 0
 
     def reset(self, row: dict) -> list[dict]:
@@ -121,6 +123,6 @@ class Calculator:
     def step(self, turn):
         calls = tool_calls(turn)
         if not calls:
-            return [], 0.0, True
+            return ([], 0.0, True) if self.nudge is None else ([{"role": "user", "content": self.nudge}], 0.0, False)
         self.calls += len(calls)
         return [{"role": "tool", "content": run_call(c)} for c in calls], 0.0, False
