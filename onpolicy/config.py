@@ -36,7 +36,8 @@ from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GEN
 from onpolicy.trainer.distributed import GRAD_REDUCTIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
-           "RewardArgs", "EvalArgs", "EnvArgs", "LoggingArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
+           "RewardArgs", "EvalArgs", "EnvArgs", "LoggingArgs",
+           "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS", "parse_args",
            "check_context", "check_rewards"]
 
 _f = config_field

@@ -98,7 +98,8 @@ def one_round(model, llm, tok, rows, args, device, step: int) -> dict:
     _, f_st = timed(lambda: trainer_forward(model, ro.prompt_ids, [c.token_ids for c in comps], None,
                                             [c.logprobs for c in comps]), device)
     return {"multi_rollout_s": t_mt, "multi_forward_s": f_mt, "multi_tokens": model_tokens,
-            "multi_all_tokens": sum(len(c) for c in ro.completion_ids), "turns_mean": sum(ro.num_turns) / len(ro.num_turns),
+            "multi_all_tokens": sum(len(c) for c in ro.completion_ids),
+            "turns_mean": sum(ro.num_turns) / len(ro.num_turns),
             "single_rollout_s": t_st, "single_forward_s": f_st, "single_tokens": sum(len(c.token_ids) for c in comps)}
 
 

@@ -22,7 +22,6 @@ import hashlib
 import time
 from functools import partial
 
-import torch
 
 from onpolicy.envs.base import EnvError, Turn, checked_messages, checked_step, close_quietly
 from onpolicy.envs.render import ChatDelta, TemplateError

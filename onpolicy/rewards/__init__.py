@@ -7,8 +7,8 @@ A reward function has TRL's signature `fn(prompts, completions, **kwargs) -> lis
 None means "does not apply". Shipped: `math_answer`, `math_answer_lenient` (last-number fallback on), `format`
 (this package), `embedded` (`onpolicy.tasks.embedded_reward`) and `env` (an environment's own reward of a
 trajectory, `onpolicy.envs.reward`), registered below from one table: the reward
-modules define plain functions and the imports run one way (rewards -> tasks, envs.reward). Left out: async/batched remote
-rewards.
+modules define plain functions and the imports run one way (rewards -> tasks, envs.reward). Left out:
+async/batched remote rewards.
 """
 from __future__ import annotations
 

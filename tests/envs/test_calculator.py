@@ -36,4 +36,5 @@ def test_tool_calls_and_steps():
     assert env.step("The answer is 84.") == ([], 0.0, True)
     assert env.calls == 5
     assert tool_calls("no call") == []
-    assert Calculator(nudge="Use the tool.").step("84") == ([{"role": "user", "content": "Use the tool."}], 0.0, False)
+    nudged = Calculator(nudge="Use the tool.").step("84")
+    assert nudged == ([{"role": "user", "content": "Use the tool."}], 0.0, False)

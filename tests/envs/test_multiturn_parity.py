@@ -51,7 +51,8 @@ def _assert_sampler_ids(rec: Recording, ro):
         pos, turns = 0, 0
         while pos < len(ids):
             comp = asked[(tuple(prompt + ids[:pos]), turn_seed(7, 3, ro.group_index[i], i % ro.group_size, turns))]
-            assert ids[pos:pos + len(comp.token_ids)] == list(comp.token_ids) and all(mask[pos:pos + len(comp.token_ids)])
+            n = len(comp.token_ids)
+            assert ids[pos:pos + n] == list(comp.token_ids) and all(mask[pos:pos + n])
             assert torch.equal(ro.sampler_logprobs[i][sum(mask[:pos]):sum(mask[:pos]) + len(comp.token_ids)],
                                comp.logprobs)
             pos += len(comp.token_ids)
