@@ -49,6 +49,28 @@ def test_multiturn_steps_are_exactly_on_policy_and_resume_exactly(tmp_path):
         assert last[key] == again[key], key
 
 
+def test_environments_that_all_fail_never_stop_the_run(tmp_path):
+    """Every reset raises: each step logs the reason, masks every trajectory out of the loss and goes on."""
+    from onpolicy.envs import register_env
+    from onpolicy.trainer import train
+
+    @register_env("test_e2e_down")
+    class Down:
+        def reset(self, row):
+            raise RuntimeError("sandbox down")
+
+        def step(self, turn):
+            raise AssertionError("never stepped")
+
+    lines = []
+    cfg = _cfg(tmp_path, **SMALL, **{"trainer.steps": 2, "env.name": "test_e2e_down"})
+    history = train(cfg, log=lines.append)["history"]
+    assert [m["env/env_error_frac"] for m in history] == [1.0, 1.0]
+    assert all(m["loss"] == 0.0 and m["grad_norm"] == 0.0 and m["onpolicy/kl"] == 0.0 for m in history)
+    assert sum("8/8 trajectories ended by an environment error (masked out of the loss); the first: reset: "
+               "RuntimeError: sandbox down" in line for line in lines) == 2
+
+
 def test_single_turn_only_settings_are_refused_with_an_environment(tmp_path):
     from onpolicy.config_fields import ConfigError
 
