@@ -162,4 +162,4 @@ def generate_trajectories(llm, tokenizer, rows: list[dict], make_env, sampling, 
             if why and t.error is None:
                 t.error = why
         env_seconds += time.perf_counter() - t0
-    return to_rollout(trajs, g, env_seconds)
+    return to_rollout(trajs, g, env_seconds, tokenizer)

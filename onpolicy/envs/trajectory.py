@@ -62,15 +62,11 @@ class Trajectory:
         self.history += [placeholder_turn(), *messages]
         self.messages += messages
 
-    @property
-    def last_text(self) -> str:
-        return next((m["content"] for m in reversed(self.messages) if m["role"] == "assistant"), "")
-
 
 @dataclass
 class EnvRollout(Rollout):
     """A step's trajectories (prompt-major, as `Rollout`): `completion_ids` hold every token after the prompt,
-    `texts` the last assistant turn of each."""
+    `texts` the same decoded with special tokens kept (what the samples log shows)."""
 
     score_masks: list[list[bool]] = field(default_factory=list)
     turn_rewards: list[list[float]] = field(default_factory=list)
@@ -102,13 +98,13 @@ class EnvRollout(Rollout):
         return out
 
 
-def to_rollout(trajs: list[Trajectory], group_size: int, env_seconds: float) -> EnvRollout:
+def to_rollout(trajs: list[Trajectory], group_size: int, env_seconds: float, tokenizer) -> EnvRollout:
     ro = EnvRollout(group_size=group_size, env_seconds=env_seconds)
     for t in trajs:
         ro.prompt_ids.append(list(t.prompt_ids))
         ro.completion_ids.append(list(t.ids))
         ro.sampler_logprobs.append(torch.cat(t.logprobs) if t.logprobs else torch.zeros(0))
-        ro.texts.append(t.last_text)
+        ro.texts.append(tokenizer.decode(t.ids, skip_special_tokens=False))
         ro.finish_reasons.append(t.finish)
         ro.group_index.append(t.group)
         ro.score_masks.append(list(t.mask))

@@ -20,7 +20,7 @@ def test_builtins_and_import_paths(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    ({"name": "nope"}, "env.name: unknown environment 'nope'; allowed: a registered name (calculator, guess"),
+    ({"name": "nope"}, "env.name: unknown environment 'nope'; allowed: a registered name (calculator, "),
     ({"name": "no_such_module:Env"}, "env.name: cannot import module 'no_such_module'"),
     ({"name": "os:path"}, "env.name: 'os:path' is not an environment; allowed: a class with reset(row) and step"),
     ({"name": "a:b:c"}, "env.name: 'a:b:c' is not an import path; allowed: 'package.module:Class'"),
