@@ -27,6 +27,7 @@ from onpolicy.kernels.matmul import linear, linear_reference, matmul, matmul_ref
 from onpolicy.kernels.qk_norm_rope import qk_norm_rope
 from onpolicy.kernels.rmsnorm import add_rms_norm, rms_norm, rms_norm_reference
 from onpolicy.kernels.rope import rope, rope_cache, rope_reference, rope_table
+from onpolicy.kernels.sampling import sample_plain, sample_plain_reference
 
 __all__ = [
     "add_rms_norm", "attention", "gelu_tanh_mul", "gelu_tanh_mul_reference", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",
@@ -34,4 +35,5 @@ __all__ = [
     "log_softmax_reference", "matmul", "matmul_reference", "qk_norm_rope", "rms_norm", "rms_norm_reference", "rope",
     "rope_cache", "rope_reference", "rope_table", "silu_mul", "silu_mul_reference", "token_logprobs",
     "token_logprobs_reference", "write_kv_cache",
+    "sample_plain", "sample_plain_reference",
 ]

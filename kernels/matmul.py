@@ -51,7 +51,7 @@ def tile_config(dtype: torch.dtype, K: int, N: int) -> dict:
 
 
 def _narrow_piece_k(K: int) -> int:
-    """K piece of the narrow-output config (H100 probe, scripts/sweep_linear.py --part probe, GPU time vs
+    """K piece of the narrow-output config (H100 probe, `python -m scripts.sweep_linear --part probe`, GPU time vs
     cuBLAS at M = 1..4096): 512 for K <= 4096 (3072 x 1024: 0.93-0.95x at M <= 64 vs 0.75 with 1024, about
     0.03x slower at M >= 1024), 1024 up to 8192 (6144 x 2048: 512 lost at every M), 4096 above (12288 x 4096:
     at least as fast as 1024 at every M)."""

@@ -83,35 +83,15 @@ def as_config(config: Any, rewards: list[dict] | None = None):
     return ExperimentConfig.from_dict(data), config_dir
 
 
-def start_processes(cfg) -> bool:
-    """On a multi-process launch (or any FSDP launch: fully_shard needs a process group), the process group
-    (through accelerate) and this rank's GPU; True on rank 0. `cfg.model.device` is left as validated
-    ("cuda" then means this rank's GPU)."""
-    from onpolicy.trainer.distributed import launched_world_size
-    from onpolicy.trainer.fsdp import fsdp_requested, pin_nccl
-
-    if fsdp_requested():
-        pin_nccl()
-    elif launched_world_size() == 1:
-        return True
-    import torch
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=cfg.model.device == "cpu")
-    if accelerator.device.type == "cuda":
-        torch.cuda.set_device(accelerator.device)
-    return accelerator.is_main_process
-
-
 def train(config: Any, reward_funcs: Sequence | Callable | str | None = None,
           reward_weights: Sequence[float] | None = None, log: Callable = print) -> dict:
     """Check the rewards and the launch, start the processes of a multi-process launch, run `config`'s RL steps;
     returns the run summary (`final_policy`, rewards, KL, ...). Errors in the config, the rewards or the launch
     raise ValueError (one line) before any compute."""
-    from onpolicy.config import ConfigError
-    from onpolicy.config_cli import check_launch
+    from onpolicy.config import ConfigError, check_env
     from onpolicy.rewards.sources import resolve_rewards
     from onpolicy.trainer import train as run_steps
+    from onpolicy.trainer.launch import check_launch, start_processes
 
     entries, callables = (None, {}) if reward_funcs is None else reward_entries(reward_funcs, reward_weights)
     if reward_funcs is None and reward_weights is not None:
@@ -121,6 +101,7 @@ def train(config: Any, reward_funcs: Sequence | Callable | str | None = None,
         rewards = resolve_rewards(cfg.rewards, config_dir, callables)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_env(cfg, config_dir)  # an import-path environment next to the config file resolves from there
     check_launch(cfg)
     is_main = start_processes(cfg)
     return run_steps(cfg, log=log if is_main else (lambda *a, **k: None), rewards=rewards)

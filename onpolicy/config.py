@@ -28,12 +28,11 @@ from typing import Any, ClassVar
 import yaml
 
 from onpolicy.config_cli import apply_override, help_text, load_yaml, split_cli
-from onpolicy.config_fields import ConfigError, Section, coerce, config_field
+from onpolicy.config_fields import ConfigError, Section, coerce, config_field, run_dir_problem
 from onpolicy.engine.params import MIN_TEMPERATURE, EngineConfig
 from onpolicy.envs.config import EnvArgs, check_env_fields
 from onpolicy.evaluation import EvalArgs
-from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
-from onpolicy.trainer.distributed import GRAD_REDUCTIONS
+from onpolicy.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
            "RewardArgs", "EvalArgs", "EnvArgs", "LoggingArgs",
@@ -52,6 +51,10 @@ class ModelArgs(Section):
     device: str = _f("auto", "'auto' = cuda when available, else cpu", choices=("auto", "cpu", "cuda"))
     tiny: dict = _f(help="overrides for the tiny model config (hidden_size, num_hidden_layers, ...); "
                          "only with path: tiny", factory=dict)
+
+    def _validate(self):
+        if "dtype" in self.tiny:
+            raise ConfigError("model.tiny.dtype: set the dtype with model.dtype (float32 | bfloat16) instead")
 
 
 @dataclass
@@ -159,7 +162,7 @@ class TrainerArgs(Section):
                                       "dividing it", ge=1)
     grad_reduction: str = _f("tree", "cross-rank gradient sum (data parallel): 'tree' = fixed order, the same bits "
                              "run after run and on any world size; 'all_reduce' = the backend's all_reduce "
-                             "(faster, order not fixed; for comparison)", choices=GRAD_REDUCTIONS)
+                             "(faster, order not fixed; for comparison)", choices=("tree", "all_reduce"))
     resume: bool | str = _f(False, "true = resume from <output_dir>/checkpoints/latest; a string = checkpoint path")
 
     def _validate(self):
@@ -229,9 +232,7 @@ class LoggingArgs(Section):
                          "output_dir; false = such a directory is an error (resume it or pick another)")
 
     def _validate(self):
-        from onpolicy.trainer.run_dir import check_path
-
-        why = check_path(self.output_dir)
+        why = run_dir_problem(self.output_dir)
         self._check(why is None, "output_dir", why or "")
 
 
@@ -368,7 +369,7 @@ def check_context(cfg: ExperimentConfig) -> None:
     if m.path == "tiny":
         from onpolicy.model.tiny import tiny_config
 
-        model_config = tiny_config(**{k: v for k, v in m.tiny.items() if k != "dtype"})
+        model_config = tiny_config(**m.tiny)
     else:
         if not os.path.isdir(m.path):
             raise ConfigError(f"model.path: {m.path!r} is not a directory; allowed: 'tiny' or a local HF model dir")

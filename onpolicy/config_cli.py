@@ -1,5 +1,5 @@
 """Command line -> config dict: YAML `--config FILE`, `--section.field VALUE` overrides, `--print-config`,
-`--help`; and `run_cli`, which turns a user error into one `error: <message>` line and exit status 2.
+`--help` (what a user error then does: onpolicy.cli).
 
 Generic over a `{section name: dataclass}` table (onpolicy.config.SECTIONS); the schema and its validation
 live in onpolicy.config / onpolicy.config_fields. CLI values are parsed as YAML scalars or flow lists
@@ -17,7 +17,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -172,58 +172,3 @@ def help_text(sections: dict[str, type], extra: list[str] = (), prog: str | None
     lines.extend(extra)
     lines.append(f"--debug (or {DEBUG_ENV}=1): show the traceback of a config/data error instead of one line")
     return "\n".join(lines)
-
-
-def check_launch(cfg, env: dict | None = None) -> None:
-    """Launch errors before any process group or model, on every rank: the launched world size against the
-    config and the accelerate config (`onpolicy.trainer.distributed`), and accelerate's simple launcher
-    (distributed_type: 'NO', as configs/accelerate/cpu.yaml), which runs ONE process whatever --num_processes
-    says: it sets MASTER_ADDR (only for num_processes > 1) beside ACCELERATE_USE_CPU but no WORLD_SIZE."""
-    from onpolicy.trainer.distributed import check_launch_env, check_world_size
-
-    env = os.environ if env is None else env
-    if "WORLD_SIZE" not in env and "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env:
-        raise ConfigError("launch: accelerate was asked for num_processes > 1 (it set MASTER_ADDR) but its simple "
-                          "launcher (distributed_type: 'NO') starts one process; allowed: --num_processes 1, or "
-                          "configs/accelerate/cpu_ddp.yaml for several CPU processes")
-    check_launch_env(cfg, env)
-    check_world_size(cfg, int(env.get("WORLD_SIZE", "1")))
-
-
-def _record_for_torchrun(message: str) -> None:
-    """Under torchrun, put the message in the agent's failure summary ("Root Cause") instead of 'N/A'."""
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if not path or os.path.exists(path):
-        return
-    import json
-    import time
-
-    with open(path, "w") as f:
-        json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message,
-                                                                 "timestamp": str(int(time.time()))}}}, f)
-
-
-def run_cli(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> Any:
-    """Run `main(argv)`; a ValueError (ConfigError included: bad config, data or launch) becomes one line
-    `error: <message>` on stderr and exit status 2, a stopped run (NaN, strict on-policy violation) one such
-    line and exit status 1, Ctrl-C (or SIGTERM during the step loop) one line and exit status 130 (143);
-    `--debug` in argv or ONPOLICY_DEBUG=1 keeps the traceback."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
-    from onpolicy.trainer.health import RunStopped
-
-    try:
-        return main(argv)
-    except (ValueError, RunStopped) as e:
-        if debug:
-            raise
-        message = "error: " + (" ".join(str(e).split("\n")) or type(e).__name__)
-        print(message, file=sys.stderr, flush=True)
-        _record_for_torchrun(message)
-        raise SystemExit(1 if isinstance(e, RunStopped) else 2) from None
-    except KeyboardInterrupt as e:
-        if debug:
-            raise
-        print(f"interrupted: {' '.join(str(e).split()) or 'stopped by Ctrl-C'}", file=sys.stderr, flush=True)
-        raise SystemExit(getattr(e, "exit_code", 130)) from None

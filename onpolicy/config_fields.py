@@ -212,3 +212,16 @@ class Section:
     def _check(self, ok: bool, name: str, allowed: str) -> None:
         if not ok:
             raise ConfigError(f"{self._where(name)}: got {getattr(self, name)!r}; allowed: {allowed}")
+
+
+def run_dir_problem(path: str) -> str | None:
+    """Why `path` cannot be a run directory (logging.output_dir), as an allowed-values phrase; None when it can."""
+    import os
+    from pathlib import Path
+
+    if ".." in Path(path).parts:
+        return "a path without '..' components"
+    real = Path(os.path.realpath(path))
+    if real == Path(real.anchor):
+        return f"a directory below the filesystem root (resolves to {str(real)!r})"
+    return None

@@ -125,8 +125,8 @@ def run_evaluation(cfg, log=print) -> tuple[list[dict], dict, tuple]:
     from onpolicy.data import load_prompts
     from onpolicy.evaluation import check_eval_config, write_results
     from onpolicy.rewards import resolve_rewards
-    from onpolicy.trainer.setup import (attach_generation_settings, build_model, build_sampler, build_tokenizer,
-                                        check_stop_strings, load_reward_models, resolve_device)
+    from onpolicy.build import (attach_generation_settings, build_model, build_sampler, build_tokenizer,
+                                check_stop_strings, load_reward_models, resolve_device)
 
     rewards = resolve_rewards(cfg.rewards)
     check_eval_config(cfg)

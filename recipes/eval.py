@@ -20,9 +20,9 @@ sys.path.append(str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 
 def main(argv: list[str] | None = None):
-    from onpolicy.config_cli import run_cli
+    from onpolicy.cli import command
 
-    return run_cli(_run, argv)
+    return command(_run, argv)
 
 
 def split_compare(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -16,11 +16,10 @@ import json
 import os
 import sys
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from scripts.bench_engine import bench_ours  # noqa: E402
+from scripts.bench_engine import bench_ours
+from scripts.common import default_device, device_name
 
 _LLAMA3 = {"rope_type": "llama3", "factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
            "original_max_position_embeddings": 8192}
@@ -91,7 +90,7 @@ def main(argv=None) -> int:
     from onpolicy import determinism
 
     determinism.enable(seed=0)
-    device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    device = default_device(args.quick)
     batch, new_tokens = (2, 4) if args.quick else (args.batch, args.max_tokens)
     os.makedirs(args.out, exist_ok=True)
     results = []
@@ -110,8 +109,7 @@ def main(argv=None) -> int:
         if device == "cuda":
             torch.cuda.empty_cache()
         with open(os.path.join(args.out, "bench_arch.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "results": results}, f,
-                      indent=2)
+            json.dump({"device": device_name(device), "results": results}, f, indent=2)
     base = next((r["tok_s"] for r in results if r["arch"] == "qwen3-0.6b"), None)
     if base:
         for r in results:

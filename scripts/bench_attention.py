@@ -17,9 +17,9 @@ backward are SDPA with an explicit band mask (the backends that take one) and, w
 varlen with `window_size` (`invariant_mode(False)`'s training path); decode's baseline is SDPA over each
 sequence's last N keys laid out densely. Work (FLOPs, bytes) counts only the keys inside the window.
 
-    python scripts/bench_attention.py                             # CUDA: Qwen3 heads (H100)
-    python scripts/bench_attention.py --head-dim 256 --window 1024  # Gemma-3-4B heads, its sliding window
-    python scripts/bench_attention.py --quick                     # tiny shapes; also runs on CPU
+    python -m scripts.bench_attention                             # CUDA: Qwen3 heads (H100)
+    python -m scripts.bench_attention --head-dim 256 --window 1024  # Gemma-3-4B heads, its sliding window
+    python -m scripts.bench_attention --quick                     # tiny shapes; also runs on CPU
 
 Left out: fp32, flex_attention (compile time), a non-invariant split-KV baseline of our own.
 """
@@ -29,30 +29,24 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 
 import torch
 import torch.nn.functional as F
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+from onpolicy import kernels
+from scripts.common import (HBM_BYTES_PER_S, QWEN3_HEAD_DIM, QWEN3_SHAPES, bench, default_device, device_name,
+                            graph_ms)
 
-from bench_kernels import HBM_BYTES_PER_S, HEAD_DIM, QWEN3  # noqa: E402
-from bench_timing import bench, graph_ms  # noqa: E402
-from onpolicy import kernels  # noqa: E402
-
+HEADS = {64: (16, 8), 96: (32, 32), 128: QWEN3_SHAPES["0.6B"][2:], 256: (8, 4)}  # head_dim -> (Hq, Hkv) of a model
 
 
-HEADS = {64: (16, 8), 96: (32, 32), 128: QWEN3["0.6B"][2:], 256: (8, 4)}  # head_dim -> (Hq, Hkv) of a model
-
-
-def shapes(quick: bool, head_dim: int = HEAD_DIM) -> dict:
+def shapes(quick: bool, head_dim: int = QWEN3_HEAD_DIM) -> dict:
     """(batch, length, Hq, Hkv, head_dim) cases: the model's heads (`HEADS`); at 128 also Qwen3-8B's (32 q heads)
     for one forward."""
     if quick:
         return dict(train=[(2, 64, 4, 2, head_dim)], decode=[(b, 128, 4, 2, head_dim) for b in (1, 4)])
     small = HEADS[head_dim]
-    large = QWEN3["8B"][2:] if head_dim == HEAD_DIM else small
+    large = QWEN3_SHAPES["8B"][2:] if head_dim == QWEN3_HEAD_DIM else small
     train = [(1, 512, *small), (16, 512, *small), (4, 1024, *large), (8, 2048, *small)]
     return dict(train=[(*c, head_dim) for c in train],
                 decode=[(b, n, *small, head_dim) for b in (1, 16, 64, 256) for n in (512, 2048, 8192)])
@@ -204,11 +198,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--out", default="bench_out", help="directory for attention.json and attention.png")
     p.add_argument("--reps", type=int, default=3, help="timed repetitions per case on CPU (CUDA uses do_bench)")
-    p.add_argument("--head-dim", type=int, default=HEAD_DIM, choices=sorted(HEADS),
+    p.add_argument("--head-dim", type=int, default=QWEN3_HEAD_DIM, choices=sorted(HEADS),
                    help="head_dim; the heads of a model with it (see HEADS)")
     p.add_argument("--window", type=int, default=None, help="sliding window in keys for every case (default: none)")
     args = p.parse_args(argv)
-    dev = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    dev = default_device() if args.device == "auto" else args.device
     if dev == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available")
     torch.manual_seed(0)  # torch's deterministic mode stays off: it slows SDPA's backward and disables cuDNN's
@@ -227,7 +221,7 @@ def main(argv=None) -> list[dict]:
                 print(f"{r['op']:<9} {r['shape']:<38} {r['ours_ms']:>9.4f} {r['base_ms']:>9.4f} {r['ours_rate']:>8.1f} "
                       f"{r['base_rate']:>8.1f} {r['unit']:<8} {r['ratio']:>6.2f} {r['base']:<10} {hbm}", flush=True)
     os.makedirs(args.out, exist_ok=True)
-    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    name = device_name(dev)
     with open(os.path.join(args.out, "attention.json"), "w") as f:
         json.dump(dict(meta=dict(device=name, torch=torch.__version__, quick=args.quick, head_dim=args.head_dim,
                                  window=args.window), results=rows), f, indent=1)

@@ -24,32 +24,13 @@ import sys
 import tempfile
 import time
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from onpolicy import kernels  # noqa: E402
-from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
+from onpolicy import kernels
+from onpolicy.engine import LLM, EngineConfig, SamplingParams
+from scripts.common import build_model, default_device, device_name, sync
 
 SYSTEMS = ("invariant", "sync", "default", "hf")
-
-
-def _sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def build_model(quick: bool, device: str, dtype: str):
-    if quick:
-        from onpolicy.model.tiny import build_tiny
-
-        model, _ = build_tiny(dtype=dtype, head_dim=64)
-    else:
-        from onpolicy.model import CausalLM
-        from onpolicy.model.tiny import qwen3_0_6b_config
-
-        model = CausalLM(qwen3_0_6b_config(dtype=dtype, max_position_embeddings=4096))
-    return model.to(device).eval()
 
 
 def prompts_for(batch: int, prompt_len: int, vocab: int, seed: int) -> list[list[int]]:
@@ -74,11 +55,11 @@ def bench_ours(model, invariant: bool, batches, prompt_len, new_tokens, graphs: 
         prompts = prompts_for(b, prompt_len, model.config.vocab_size, seed)
         params = SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
         llm.reset_prefix_cache()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         with kernels.invariant_mode(invariant):
             outs = llm.generate(prompts, params)
-        _sync(device)
+        sync(device)
         secs = time.perf_counter() - t0
         toks = sum(len(o.outputs[0].token_ids) for o in outs)
         yield b, toks, secs
@@ -100,11 +81,11 @@ def bench_hf(model, batches, prompt_len, new_tokens, seed: int):
         hf.generate(warm, max_new_tokens=4, min_new_tokens=4, **kw)
         for b in batches:
             ids = torch.tensor(prompts_for(b, prompt_len, model.config.vocab_size, seed), device=device)
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                               min_new_tokens=new_tokens, **kw)
-            _sync(device)
+            sync(device)
             secs = time.perf_counter() - t0
             yield b, int(out.shape[0] * (out.shape[1] - prompt_len)), secs
     del hf
@@ -155,7 +136,7 @@ def main(argv=None) -> int:
     from onpolicy import determinism
 
     determinism.enable(seed=args.seed)
-    device = args.device or ("cpu" if args.quick or not torch.cuda.is_available() else "cuda")
+    device = args.device or default_device(args.quick)
     dtype = args.dtype or ("float32" if args.quick else "bfloat16")
     batches = [int(x) for x in (args.batch_sizes or ("1,4" if args.quick else "1,16,64,256")).split(",")]
     default_batches = [int(x) for x in (args.default_batch_sizes or ",".join(map(str, batches))).split(",")]
@@ -166,8 +147,8 @@ def main(argv=None) -> int:
     if bad:
         raise ValueError(f"--systems: unknown {bad}; allowed: {', '.join(SYSTEMS)}")
     os.makedirs(args.out, exist_ok=True)
-    model = build_model(args.quick, device, dtype)
-    meta = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu", "dtype": dtype,
+    model, _ = build_model("tiny" if args.quick else "qwen3-0.6b", device, dtype)
+    meta = {"device": device_name(device), "dtype": dtype,
             "prompt_len": args.prompt_len, "new_tokens": new_tokens, "hf_new_tokens": hf_tokens,
             "cuda_graphs_invariant": not args.no_cuda_graphs, "cuda_graphs_default": not args.no_cuda_graphs,
             "default_batches": default_batches, "torch": torch.__version__}

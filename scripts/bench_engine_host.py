@@ -4,7 +4,7 @@
 (and `runner.launch`, the async path) by a stand-in that returns a fixed token (and logprob) for every sampling
 chunk without any forward, so the time measured is the host Python the engine spends per step (with async
 scheduling, the default, that is the work the GPU step hides; `--sync` for the synchronous engine). With `--stage` the stand-in also writes the
-decode step's inputs into the CUDA-graph staging buffers (`DecodeGraphs._stage`, CPU tensors here), timed
+decode step's inputs into the CUDA-graph staging buffers (`DecodeGraphs.stage`, CPU tensors here), timed
 apart. Prints host ms per decode step at each batch size. Left out: the GPU, the model, the runner's own
 per-step Python (`ModelRunner.step`, `sample`), tokenizer decoding (token-id prompts, no stop strings).
 These are CPU figures on the machine that runs it, not the H100's.
@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
-import sys
 import time
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
-from onpolicy.model.tiny import build_tiny  # noqa: E402
+from onpolicy.engine import LLM, EngineConfig, SamplingParams
+from onpolicy.model.tiny import build_tiny
 
 PROMPT_LEN = 32
 TOKEN = 7  # what the stand-in samples every step (never eos: eos is ignored anyway)
@@ -60,7 +56,7 @@ def make_llm(batch: int, new_tokens: int, block_size: int, stage: bool, sync: bo
             spent["decode_steps"] += 1
             if graphs is not None:
                 t = time.perf_counter()
-                graphs._stage(seqs, next(x for x in buckets if x >= len(seqs)))
+                graphs.stage(seqs, next(x for x in buckets if x >= len(seqs)))
                 spent["stage"] += time.perf_counter() - t
         n = len(seqs)
         return [TOKEN] * n, [-1.0] * n

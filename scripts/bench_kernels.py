@@ -8,9 +8,9 @@ alone (`graph`: CUDA-graph replays over enough weight copies that each call read
 ratio, and `hbm`: the fraction of 3.0 TB/s (measured device copy rate) that ours reaches on the bytes it must
 move. Writes a table to stdout and `results.json` + `ratios.png` to `--out`.
 
-    python scripts/bench_kernels.py                # CUDA: Qwen3-0.6B/1.7B/8B shapes (H100)
-    python scripts/bench_kernels.py --quick        # tiny shapes; also runs on CPU
-    python scripts/bench_kernels.py --ops linear,token_logprobs
+    python -m scripts.bench_kernels                # CUDA: Qwen3-0.6B/1.7B/8B shapes (H100)
+    python -m scripts.bench_kernels --quick        # tiny shapes; also runs on CPU
+    python -m scripts.bench_kernels --ops linear,token_logprobs
 
 Baselines: linear -> F.linear (cuBLAS/MKL), rms_norm / silu_mul -> the torch reference ops, log_softmax ->
 torch.log_softmax of fp32 logits, token_logprobs -> F.linear + log_softmax + gather. Attention has its own
@@ -28,15 +28,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from onpolicy import determinism, kernels
+from scripts.common import (HBM_BYTES_PER_S, QWEN3_SHAPES, QWEN3_VOCAB, bench, default_device, device_name,
+                            graph_ms, rows_invariant)
 
-from bench_timing import bench, graph_ms, rows_invariant  # noqa: E402  (scripts/ is sys.path[0])
-from onpolicy import kernels  # noqa: E402
-from onpolicy import determinism  # noqa: E402
-
-QWEN3 = {"0.6B": (1024, 3072, 16, 8), "1.7B": (2048, 6144, 16, 8), "8B": (4096, 12288, 32, 8)}  # H, I, Hq, Hkv
-HEAD_DIM, VOCAB, EPS = 128, 151936, 1e-6
-HBM_BYTES_PER_S = 3.0e12  # device-to-device copy rate measured on the H100 (bytes read + written)
+EPS = 1e-6
 GRAPH_WEIGHT_BYTES = 2e8  # graph timing rotates weight copies until this many bytes: every call misses L2
 OPS = ("linear", "rms_norm", "silu_mul", "log_softmax", "token_logprobs")
 
@@ -52,16 +48,16 @@ def shapes(quick: bool) -> dict:
             "log_softmax": [(m, 5000, f32) for m in (1, 16)],
             "token_logprobs": [(m, 64, 5000, bf) for m in (1, 16)],
         }
-    kn = [(h, i) for h, i, _, _ in QWEN3.values()] + [(i, h) for h, i, _, _ in QWEN3.values()] + [(6144, 2048)]
+    kn = [(h, i) for h, i, _, _ in QWEN3_SHAPES.values()] + [(i, h) for h, i, _, _ in QWEN3_SHAPES.values()] + [(6144, 2048)]
     return {
         "linear": [(m, k, n, bf) for k, n in kn for m in (1, 16, 64, 256, 1024, 4096)]
-        + [(m, h, VOCAB, bf) for h in (1024, 2048, 4096) for m in (1, 16, 64, 256, 1024, 4096)]
+        + [(m, h, QWEN3_VOCAB, bf) for h in (1024, 2048, 4096) for m in (1, 16, 64, 256, 1024, 4096)]
         + [(m, 1024, 3072, f32) for m in (16, 1024)],
         "rms_norm": [(m, h, bf) for h in (1024, 2048, 4096) for m in (1, 64, 1024, 4096)] + [(1024, 1024, f32)],
         "silu_mul": [(m, i, bf) for i in (3072, 6144, 12288) for m in (1, 64, 1024, 4096)] + [(1024, 3072, f32)],
-        "log_softmax": [(m, VOCAB, f32) for m in (1, 64, 1024)],
-        "token_logprobs": [(m, h, VOCAB, bf) for h in (1024, 4096) for m in (1, 64, 1024, 4096)]
-        + [(64, 1024, VOCAB, f32)],
+        "log_softmax": [(m, QWEN3_VOCAB, f32) for m in (1, 64, 1024)],
+        "token_logprobs": [(m, h, QWEN3_VOCAB, bf) for h in (1024, 4096) for m in (1, 64, 1024, 4096)]
+        + [(64, 1024, QWEN3_VOCAB, f32)],
     }
 
 
@@ -182,7 +178,7 @@ def plot(records: list[dict], path: str) -> None:
         ax.plot(*zip(*graph), "k.", ms=4, label="GPU time only (CUDA graph)")
         ax.legend(fontsize=7)
     ax.axhline(1.0, color="black", lw=0.8)
-    for target in (0.8, 0.9):  # issue 12's linear targets (M < 256 and M >= 256)
+    for target in (0.8, 0.9):  # the linear kernel's targets vs cuBLAS (M < 256 and M >= 256)
         ax.axhline(target, color="gray", lw=0.6, ls="--")
     ax.set_xticks(range(len(ok)))
     ax.set_xticklabels([f"{r['op']} {r['dtype']} {r['shape']}" for r in ok], rotation=90, fontsize=6)
@@ -210,7 +206,7 @@ def parse_args(argv=None):
         p.error("--reps must be >= 1")
     args.ops = ops
     if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        args.device = default_device()
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available")
     if args.device == "cpu" and not args.quick:
@@ -222,7 +218,7 @@ def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     determinism.enable(seed=0)
     dev = args.device
-    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    name = device_name(dev)
     print(f"device: {name}  torch {torch.__version__}  ratio = baseline_ms / ours_ms  "
           f"(ours= / base=: row 0 alone == row 0 in batch)")
     print(HEADER)

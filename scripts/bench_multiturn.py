@@ -8,7 +8,7 @@ tokens per trajectory. Both phases are timed: the rollout (engine; the multi-tur
 calls, the chat-template deltas and each turn's prefill of the newest observation, mostly served from the prefix
 cache) and the trainer's packed forward over the whole batch (no backward), which checks parity: every model
 token's logprob torch.equal to the sampler's. Prints tok/s of each and the ratios (multi / single); writes
-bench_multiturn.json to --out. `--quick`: the tiny model on CPU, 4 x 2 trajectories of 3 turns of 6 tokens
+bench_multiturn.json to --out. Run as `python -m scripts.bench_multiturn`. `--quick`: the tiny model on CPU, 4 x 2 trajectories of 3 turns of 6 tokens
 (a smoke run, not a measurement). Left out: the backward and optimizer step (the same work per token in both).
 """
 from __future__ import annotations
@@ -17,20 +17,13 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from onpolicy import kernels  # noqa: E402
-from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from onpolicy import kernels
+from onpolicy.engine import LLM, EngineConfig, SamplingParams
+from scripts.common import device_name, sync
 
 
 def build(quick: bool):
@@ -78,10 +71,10 @@ def trainer_forward(model, prompts, completions, masks, sampler) -> None:
 
 
 def timed(fn, device):
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     out = fn()
-    _sync(device)
+    sync(device)
     return out, time.perf_counter() - t0
 
 
@@ -136,7 +129,7 @@ def main(argv=None) -> dict:
     with kernels.invariant_mode(True), torch.no_grad():
         one_round(model, llm, tok, rows, args, device, step=0)  # warm-up: Triton compile, CUDA-graph capture
         rounds = [one_round(model, llm, tok, rows, args, device, step=1 + r) for r in range(args.repeats)]
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", **vars(args),
+    result = {"device": device_name(device.type), **vars(args),
               **summarize(rounds)}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_multiturn.json"), "w") as f:

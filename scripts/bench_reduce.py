@@ -1,8 +1,8 @@
 """bench_reduce: the fixed-order gradient sum (`Dist.tree_sum_`, recursive doubling) against the backend's
 all_reduce on flat fp32 gradients, one process per device, and whether each gives the same bits run after run.
 
-    python scripts/bench_reduce.py --device cuda --world 2       # NCCL, one process per GPU
-    python scripts/bench_reduce.py --device cpu --world 2        # gloo
+    python -m scripts.bench_reduce --device cuda --world 2       # NCCL, one process per GPU
+    python -m scripts.bench_reduce --device cpu --world 2        # gloo
 
 Sizes default to 64 MiB, 1 GiB and the fp32 gradient of Qwen3-0.6B (2.4 GiB) and 1.7B (6.4 GiB). Each
 figure is the minimum over --repeats timed calls after one warm-up (CUDA: synchronised wall time), with the
@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_scale, however we are loaded
+import torch
+import torch.distributed as td
+import torch.multiprocessing as mp
 
-import torch  # noqa: E402
-import torch.distributed as td  # noqa: E402
-import torch.multiprocessing as mp  # noqa: E402
-
-from bench_scale import free_port  # noqa: E402
-from onpolicy.trainer.distributed import Dist  # noqa: E402
+from onpolicy.trainer.distributed import Dist
+from scripts.common import free_port
 
 GIB = float(1 << 30)
 SIZES = {"64MiB": 16 << 20, "1GiB": 1 << 28, "0.6B": 596_049_920, "1.7B": 1_720_574_976}  # fp32 elements

@@ -8,10 +8,10 @@ engine generate -> ScoredBatch -> `update_policy` (micro-batches of `trainer.mic
 checkpointing, fp32 masters; the KV cache sized by `trainer.memory.kv_cache_blocks`). Systems: onpolicy
 invariant (Triton batch-invariant kernels, CUDA graphs), onpolicy `invariant: false` (torch's default ops:
 cuBLAS, flash varlen training attention, chunked-vocab logprobs; the engine eager), and TRL's `GRPOTrainer` (HF
-generate) run live on the same weights, prompts and sampling (scripts/bench_rl_trl.py says how); without trl the
-figures recorded in issue 10 stand in (marked "recorded") and a note is printed. Each system gets `--warmup`
-untimed steps (Triton compile, graph capture) then `--steps` timed ones; the invariant system also checks
-onpolicy/kl == 0.0 every step.
+generate) run live on the same weights, prompts and sampling (scripts/bench_rl_trl.py says how); without trl
+the figures recorded on an H100 80GB (TRL 1.16, 2026-11-24) stand in (marked "recorded") and a note is printed.
+Each system gets `--warmup` untimed steps (Triton compile, graph capture) then `--steps` timed ones; the
+invariant system also checks onpolicy/kl == 0.0 every step.
 Writes bench_rl.json (after every measurement) and bench_rl.png to --out; prints the table with ratios.
 `--workloads` / `--systems` pick a part (to split a long run); `--merge a.json b.json` joins parts into one
 table, JSON and PNG without measuring. `--quick`: the tiny model on CPU, 2x4x8, one timed step per system (a
@@ -25,18 +25,14 @@ import dataclasses
 import gc
 import json
 import os
-import sys
 import time
-from types import SimpleNamespace
 from typing import NamedTuple
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the bench_rl_* siblings, however we are loaded
+import torch
 
-import torch  # noqa: E402
-
-import bench_rl_report as report  # noqa: E402
-import bench_rl_trl  # noqa: E402
+from scripts import bench_rl_report as report
+from scripts import bench_rl_trl
+from scripts.common import default_device, device_name
 
 GIB = float(1 << 30)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,7 +54,7 @@ WORKLOADS = {"0.6b-16x8x256": Workload("0.6b", 16, 8, 256), "0.6b-32x8x512": Wor
              "0.6b-gsm8k": Workload("0.6b", 32, 8, 512, 512, "qwen3-0.6b-gsm8k.yaml"),
              "1.7b-32x8x1024": Workload("1.7b", 32, 8, 1024)}
 QUICK_WORKLOADS = {"tiny-2x4x8": Workload("tiny", 2, 4, 8)}
-# TRL 1.16 GRPOTrainer (HF generate), measured on the H100 for issue 10: (s/step, peak GiB); used without trl.
+# TRL 1.16 GRPOTrainer (HF generate) on an H100 80GB, 2026-11-24: (s/step, peak GiB); used without trl.
 TRL_RECORDED = {"0.6b-16x8x256": (12.0, 8.5), "0.6b-32x8x512": (22.3, 22.4)}
 SYSTEMS = report.SYSTEMS
 
@@ -135,8 +131,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
     from onpolicy.engine import LLM
     from onpolicy.model import CausalLM
     from onpolicy.trainer.memory import PhasePeak, kv_cache_blocks
-    from onpolicy.trainer.precision import MasterWeightAdamW
-    from onpolicy.trainer.update import update_policy
+    from onpolicy.trainer import FullFineTuning, Replicated, Trainer
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
@@ -148,12 +143,11 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
         model = CausalLM(mc, init=False).to(device)
         model.load_state_dict(state)
         model.activation_checkpointing = cfg.trainer.activation_checkpointing
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = MasterWeightAdamW(params, lr=cfg.trainer.lr, betas=(0.9, 0.99), weight_decay=0.0)
+        strategy = Replicated()
+        opt = strategy.build_optimizer(model, FullFineTuning().select(model), cfg.trainer, device)
         engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device))
         llm = LLM(model, None, engine, seed=0)
-        run = SimpleNamespace(cfg=cfg, device=device, model=model, optimizer=opt, llm=llm, ref_model=None,
-                              params=params)
+        trainer = Trainer(cfg, device=device, strategy=strategy, model=model, optimizer=opt, sampler=llm)
         peak, rows = PhasePeak(device), []
         for step in range(warmup + steps):
             peak.start()
@@ -164,12 +158,12 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
             t_sample, sample_peak = time.perf_counter() - t0, peak.gib()
             peak.start()
             t1 = time.perf_counter()
-            m = update_policy(run, _scored(ro, step), step)
+            m = trainer.update(_scored(ro, step), step)
             sync(device)
             rows.append({"sample_s": t_sample, "train_s": time.perf_counter() - t1, "sample_peak_gib": sample_peak,
                          "train_peak_gib": peak.gib(), "kl": m["onpolicy/kl"], "tokens": ro.num_tokens})
             print(f"  {name} {'invariant' if invariant else 'default'} step {step}: {rows[-1]}", flush=True)
-    del run, llm, opt, model
+    del trainer, llm, opt, model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -186,8 +180,8 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
 
 
 def trl_row(name, work: Workload, state, args):
-    """TRL's GRPOTrainer live on the same weights and prompts when trl imports; else the figures recorded in
-    issue 10 (None for a workload without them), with a note."""
+    """TRL's GRPOTrainer live on the same weights and prompts when trl imports; else `TRL_RECORDED` (None for a
+    workload without them), with a note."""
     if bench_rl_trl.available():
         from onpolicy.model import CausalLM
 
@@ -197,7 +191,7 @@ def trl_row(name, work: Workload, state, args):
                  "checkpointing": not args.no_checkpointing}
         return bench_rl_trl.bench_trl(name, work, model, lambda step: prompt_ids(work, step, model.config.vocab_size),
                                       bench, args)
-    print(f"  {name} trl: trl is not importable here; using the TRL figures recorded in issue 10"
+    print(f"  {name} trl: trl is not importable here; using the TRL figures recorded on an H100 (TRL_RECORDED)"
           + ("" if name in TRL_RECORDED else " (none for this workload)"), flush=True)
     if name not in TRL_RECORDED:
         return None
@@ -222,7 +216,7 @@ def parse(argv):
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSON",
                     help="join these bench_rl.json files into one table / JSON / PNG in --out (no measuring)")
     args = ap.parse_args(argv)
-    args.device = "cpu" if args.quick or not torch.cuda.is_available() else "cuda"
+    args.device = default_device(args.quick)
     args.steps = args.steps if args.steps is not None else (1 if args.quick else 2)
     args.warmup = args.warmup if args.warmup is not None else (0 if args.quick else 1)
     args.default_steps = args.steps if args.default_steps is None else args.default_steps
@@ -240,7 +234,7 @@ def parse(argv):
 
 
 def meta(args, skipped) -> dict:
-    return {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "torch": torch.__version__,
+    return {"device": device_name(args.device), "torch": torch.__version__,
             "steps": args.steps, "warmup": args.warmup, "default_steps": args.default_steps,
             "default_warmup": args.default_warmup, "micro_batch_tokens": args.micro_batch_tokens,
             "checkpointing": not args.no_checkpointing, "trl_live": bench_rl_trl.available(), "skipped": skipped}

@@ -1,9 +1,9 @@
 """bench_scale: seconds per RL step, peak memory per device, final-weight hashes, and the cost of the fixed-order
 gradient reduction, for `accelerate launch` of recipes/grpo.py at world size N with DDP and FSDP2.
 
-    python scripts/bench_scale.py                                        # CPU (gloo): world sizes 1 and 2
-    python scripts/bench_scale.py --device cuda --world-sizes 1 --size medium   # one GPU (NCCL)
-    python scripts/bench_scale.py --device cuda --size 1.7b --world-sizes 1 2 --chunks 2 --variants ddp/tree
+    python -m scripts.bench_scale                                        # CPU (gloo): world sizes 1 and 2
+    python -m scripts.bench_scale --device cuda --world-sizes 1 --size medium   # one GPU (NCCL)
+    python -m scripts.bench_scale --device cuda --size 1.7b --world-sizes 1 2 --chunks 2 --variants ddp/tree
 
 Variants: `ddp/tree` (replicated masters, the fixed-order chunk tree: the default), `ddp/all_reduce` (the
 backend's all_reduce instead, `trainer.grad_reduction`; only for world size > 1, where it differs), `fsdp2`
@@ -24,11 +24,12 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+
+from scripts.common import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {"ddp/tree": ("ddp", "tree"), "ddp/all_reduce": ("ddp", "all_reduce"), "fsdp2": ("fsdp2", "tree")}
@@ -49,18 +50,12 @@ _PEAK_RSS = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[
              "print('PEAK_RSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_cmd(args, variant: str, world: int, out: str) -> list[str]:
     layout, reduction = VARIANTS[variant]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            os.path.join(REPO, "configs/accelerate", ACCELERATE_CONFIGS[layout, args.device]),
            "--num_processes", str(world), "--main_process_port", str(free_port()),
-           os.path.join(REPO, "scripts/bench_scale_recipe.py"), "--config", os.path.join(REPO, "configs/tiny-cpu.yaml"),
+           "--module", "scripts.bench_scale_recipe", "--config", os.path.join(REPO, "configs/tiny-cpu.yaml"),
            "--model.device", args.device, "--model.dtype", "bfloat16", "--trainer.steps", str(args.steps),
            "--trainer.sft_warmup_steps", "0", "--trainer.prompts_per_step", str(args.prompts),
            "--trainer.grad_reduction", reduction, "--trainer.save_only_model", "true",

@@ -1,4 +1,5 @@
-"""The recipe scripts/bench_scale.py launches: recipes/grpo.py plus the reward `bench_text_hash`.
+"""The recipe scripts/bench_scale.py launches (`accelerate launch --module scripts.bench_scale_recipe`):
+recipes/grpo.py plus the reward `bench_text_hash`.
 
 `bench_text_hash` maps each completion's text to [0, 1) by CRC-32, so random-weight models of any size get
 varied rewards, hence non-zero advantages and real updates, and the reward is a fixed function of the
@@ -7,14 +8,12 @@ completion, so run-to-run and world-size comparisons stay exact. Left out: any m
 from __future__ import annotations
 
 import runpy
-import sys
 import zlib
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from onpolicy.rewards.registry import register_reward
 
-from onpolicy.rewards.registry import register_reward  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 @register_reward("bench_text_hash")

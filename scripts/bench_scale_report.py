@@ -2,9 +2,9 @@
 a PNG: seconds per step (sample + train) with peak memory per run, and the fixed-order tree's collective time
 against all_reduce per gradient size.
 
-    python scripts/bench_scale_report.py --out docs/bench/scale_h200x2 a/bench_scale.json b/bench_reduce.json
+    python -m scripts.bench_scale_report --out docs/bench/scale_h200x2 a/bench_scale.json b/bench_reduce.json
 
-Left out: measuring anything (run scripts/bench_scale.py and scripts/bench_reduce.py for that).
+Left out: measuring anything (scripts/bench_scale.py and scripts/bench_reduce.py measure).
 """
 from __future__ import annotations
 

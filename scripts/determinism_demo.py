@@ -5,8 +5,8 @@ per-step token budget, staggered admission), so with torch's default ops its gre
 with the batch. Prints the number of unique probe completions with the batch-invariant kernels (must be 1)
 and with invariant=False, plus the first position where copies diverge.
 
-    python scripts/determinism_demo.py                       # tiny model, CPU, small
-    python scripts/determinism_demo.py --n 1000 --device cuda --dtype bfloat16   # random Qwen3-0.6B shape
+    python -m scripts.determinism_demo                       # tiny model, CPU, small
+    python -m scripts.determinism_demo --n 1000 --device cuda --dtype bfloat16   # random Qwen3-0.6B shape
 
 The invariant=False run uses the torch reference attention (one padded SDPA call, a host sync per layer,
 no CUDA graphs): slower on GPU.
@@ -17,33 +17,14 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import sys
 import time
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from onpolicy import kernels  # noqa: E402
-from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
-
-
-def build_model(name: str, device: str, dtype: str):
-    if name == "tiny":
-        from onpolicy.model.tiny import build_tiny
-
-        model, _ = build_tiny(dtype=dtype, head_dim=64)
-    elif name == "qwen3-0.6b":
-        from onpolicy.model import CausalLM
-        from onpolicy.model.tiny import qwen3_0_6b_config
-
-        model = CausalLM(qwen3_0_6b_config(dtype=dtype, max_position_embeddings=4096))
-    else:
-        from onpolicy.model import load_pretrained
-
-        model, _ = load_pretrained(name, dtype=dtype, device=device)
-    return model.to(device).eval()
+from onpolicy import kernels
+from onpolicy.engine import LLM, EngineConfig, SamplingParams
+from scripts.common import build_model
 
 
 def first_divergence(completions: list[list[int]]) -> int | None:
@@ -104,7 +85,7 @@ def main(argv=None) -> int:
 
     determinism.enable(seed=args.seed)
     cuda = args.device.startswith("cuda")
-    model = build_model(args.model or ("qwen3-0.6b" if cuda else "tiny"), args.device, args.dtype)
+    model, _ = build_model(args.model or ("qwen3-0.6b" if cuda else "tiny"), args.device, args.dtype)
     max_tokens = args.max_tokens or (128 if cuda else 16)
     budget = args.budget or (2048 if cuda else 64)
     seqs = args.max_num_seqs or (256 if cuda else 16)

@@ -6,7 +6,7 @@ sequence's rows, step by step; then runs the trainer's packed forward (`sequence
 filler completions packed beside it) with the same recording. Rows are aligned by token position and
 compared in execution order. Prints the first differing module/op (with max |diff|), or "bitwise equal".
 
-    python scripts/doctor.py --model tiny --prompt "12+7=" [--device cuda --dtype bfloat16 --invariant 0]
+    python -m scripts.doctor --model tiny --prompt "12+7=" [--device cuda --dtype bfloat16 --invariant 0]
 
 Left out: CUDA graphs (hooks do not fire on replay, so the engine runs eagerly here), backward passes, and
 ops called outside the model's forward other than the final logprob.
@@ -16,17 +16,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import os
 import sys
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
 
-import torch  # noqa: E402
-
-from onpolicy import kernels  # noqa: E402
-from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
-from onpolicy.model import AttentionMetadata  # noqa: E402
-from onpolicy.model.logprobs import pack_sequences  # noqa: E402
+from onpolicy import kernels
+from onpolicy.engine import LLM, EngineConfig, SamplingParams
+from onpolicy.model import AttentionMetadata
+from onpolicy.model.logprobs import pack_sequences
+from scripts.common import build_model, default_device
 
 TRACED_OPS = ("rope", "attention", "attention_varlen", "silu_mul", "gelu_tanh_mul", "rms_norm", "linear", "add_rms_norm",
               "qk_norm_rope")
@@ -202,28 +200,12 @@ def _first_difference(sampler: "Recorder", trainer: "Recorder", n_ctx: int):
     return first, n_diff, n_cmp
 
 
-def build_model(path: str, device: str, dtype: str):
-    if path == "tiny":
-        from onpolicy.model.tiny import build_tiny
-
-        model, tok = build_tiny(dtype=dtype, head_dim=64)
-        return model.to(device).eval(), tok
-    from onpolicy.model import load_pretrained, load_tokenizer
-
-    model, _ = load_pretrained(path, dtype=dtype, device=device)
-    try:
-        tok = load_tokenizer(path)
-    except Exception:  # a weights-only dir: token-id prompts still work
-        tok = None
-    return model.eval(), tok
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="tiny", help='"tiny" or a local HF model directory')
     ap.add_argument("--prompt", default="12+7=", help="prompt text (or comma-separated token ids with --ids)")
     ap.add_argument("--ids", action="store_true", help="--prompt is comma-separated token ids")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=default_device())
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--temperature", type=float, default=1.0)

@@ -1,6 +1,6 @@
 """True on-policy vs truncated importance sampling vs neither, on the embedded task in bf16 (CPU, minutes).
 
-    python scripts/onpolicy_vs_is.py [--steps 100] [--out outputs/onpolicy-vs-is] [--plot-only] [-- EXTRA...]
+    python -m scripts.onpolicy_vs_is [--steps 100] [--out outputs/onpolicy-vs-is] [--plot-only] [-- EXTRA...]
 
 Three GRPO runs of configs/tiny-cpu.yaml with the same seed, data and SFT warm start (one cache,
 `<out>/sft-cache`), model.dtype bfloat16:
@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT))
 
 ARMS = {
     "a_invariant": ("(a) invariant: true", ["--trainer.invariant", "true"]),

@@ -1,4 +1,4 @@
-"""Plot a run: `python scripts/plot_run.py outputs/run/metrics.jsonl [--out DIR]` -> reward/parity/training PNGs.
+"""Plot a run: `python -m scripts.plot_run outputs/run/metrics.jsonl [--out DIR]` -> reward/parity/training PNGs.
 
 The plotting code lives in `onpolicy.plots.plot_metrics` (so `RunLogger.close()` can use it without
 importing scripts/); this file re-exports it and adds the command line. Left out: comparing several runs.
@@ -6,12 +6,9 @@ importing scripts/); this file re-exports it and adds the command line. Left out
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from onpolicy.logging import plot_metrics  # noqa: E402
+from onpolicy.logging import plot_metrics
 
 __all__ = ["plot_metrics", "main"]
 

@@ -8,19 +8,15 @@ section (`--modes invariant,default`). Left out: prefill profiling, long context
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from onpolicy import determinism, kernels  # noqa: E402
-from onpolicy.engine import LLM, EngineConfig, SamplingParams  # noqa: E402
-from onpolicy.model import CausalLM  # noqa: E402
-from onpolicy.model.tiny import qwen3_0_6b_config  # noqa: E402
+from onpolicy import determinism, kernels
+from onpolicy.engine import LLM, EngineConfig, SamplingParams
+from scripts.common import build_model
 
 
 def timed_generate(llm, prompts, sp) -> float:
@@ -31,7 +27,7 @@ def timed_generate(llm, prompts, sp) -> float:
 
     spent = {"step": 0.0, "launch": 0.0, "wait": 0.0, "stage": 0.0}
     runner, graphs = llm.runner, llm.runner.graphs
-    plain = {"step": runner.step, "launch": runner.launch, "stage": graphs._stage if graphs is not None else None,
+    plain = {"step": runner.step, "launch": runner.launch, "stage": graphs.stage if graphs is not None else None,
              "wait": InFlight.result}
 
     def timed(name, fn):
@@ -45,7 +41,7 @@ def timed_generate(llm, prompts, sp) -> float:
     runner.step, runner.launch = timed("step", plain["step"]), timed("launch", plain["launch"])
     InFlight.result = timed("wait", plain["wait"])
     if graphs is not None:
-        graphs._stage = timed("stage", plain["stage"])
+        graphs.stage = timed("stage", plain["stage"])
     steps0 = llm.stats["steps"]
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -55,7 +51,7 @@ def timed_generate(llm, prompts, sp) -> float:
     finally:
         runner.step, runner.launch, InFlight.result = plain["step"], plain["launch"], plain["wait"]
         if graphs is not None:
-            graphs._stage = plain["stage"]
+            del graphs.stage  # back to the class's method
     dt = time.perf_counter() - t0
     n = llm.stats["steps"] - steps0
     if graphs is not None:
@@ -103,7 +99,7 @@ def main() -> int:
     ap.add_argument("--sync", type=int, default=0, help="1: the synchronous engine (async_scheduling=false)")
     args = ap.parse_args()
     determinism.enable(seed=0)
-    model = CausalLM(qwen3_0_6b_config(dtype="bfloat16", max_position_embeddings=4096)).cuda().eval()
+    model, _ = build_model("qwen3-0.6b", "cuda", "bfloat16")
     batches = [int(b) for b in args.batches.split(",")]
     for mode in args.modes.split(","):
         cfg = EngineConfig(num_blocks=max(batches) * 40 + 16, block_size=16, max_num_seqs=max(batches),

@@ -14,7 +14,6 @@ import argparse
 import importlib
 import json
 import os
-import sys
 import time
 
 import torch
@@ -22,8 +21,7 @@ import torch.nn.functional as F
 import triton
 import triton.testing
 
-sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from onpolicy import determinism, kernels  # noqa: E402
+from onpolicy import determinism, kernels
 
 mm = importlib.import_module("onpolicy.kernels.matmul")
 KN = [(1024, 3072), (2048, 6144), (4096, 12288), (3072, 1024), (6144, 2048), (12288, 4096), (1024, 151936)]

@@ -2,7 +2,7 @@
 
 A graph is captured lazily per (padded batch-size bucket, temperature, kernel mode); buckets are 1, 2, 4, 8,
 then multiples of 16 up to max_num_seqs. With a temperature the graph holds the whole step: forward, LM head
-(`model.logits`, once), the sampling kernel (`sampling.sample_plain`) and the reported logprob
+(`model.logits`, once), the sampling kernel (`kernels.sample_plain`) and the reported logprob
 (`kernels.logits_token_logprobs`, the same bits as the trainer's `token_logprobs`); a step whose rows share
 one temperature and use no top-k / top-p replays it and reads back tokens and logprobs in one copy. Other
 decode steps replay a forward-only graph (temperature None) and sample eagerly.
@@ -10,15 +10,16 @@ Inputs travel in two staging buffers (int64: ids, positions, slots, seeds, sampl
 source rows; int32: seqlens then the block table), each one host-to-device copy per step into static device
 buffers that the graphs read through views. The host buffers come in two sets used in turn, so with async
 scheduling step n+1 is staged while step n's copies may still be in flight. A row whose `src` is >= 0 takes
-its input id on the device from `runner.last_tokens[src]` (the previous step's sampled tokens, which every
-full-step graph writes there) -- the async engine's token that the host has not read yet. Pad rows compute a dummy greedy token: they write k/v to a private scratch slot
-past the paged cache (one per row) and read block 0; their outputs are dropped. Every op is row-wise batch
-invariant in invariant mode, so a real row's result equals eager (tested on GPU: graphs on vs off,
-torch.equal). A capture that fails disables graphs (eager from then on, with a warning). Python's cyclic GC
-is paused during a capture (after one collection): a dead cycle holding CUDA resources (an old engine's graphs
-or pinned buffers) freed mid-capture invalidates it -- seen once on the H100 as `cudaErrorStreamCaptureInvalidated`.
-Graphs hold the parameters' and caches' addresses: weights must be updated in place (optimizer steps,
-`load_state_dict` copy), not replaced. Left out: graphs for prefill / mixed steps, piecewise graphs.
+its input id on the device from `prev_tokens[src]` -- the runner's `last_tokens`, where the runner stores each
+launched step's tokens (read from this class's output) -- the async engine's token that the host has not read
+yet. The graphs write nothing outside their own buffers: a replay's results are its returned output. Pad rows
+compute a dummy greedy token: they write k/v to a private scratch slot past the paged cache (one per row) and
+read block 0; their outputs are dropped. Every op is row-wise batch invariant in invariant mode, so a real
+row's result equals eager (tested on GPU: graphs on vs off, torch.equal). A capture that fails disables
+graphs (eager from then on, with a warning). Python's cyclic GC is paused during a capture (after one
+collection): a dead cycle holding CUDA resources (an old engine's graphs or pinned buffers) freed mid-capture
+invalidates it (`cudaErrorStreamCaptureInvalidated`). Graphs hold the parameters' and caches' addresses:
+weights must be updated in place (optimizer steps, `load_state_dict` copy), not replaced. Left out: graphs for prefill / mixed steps, piecewise graphs.
 """
 from __future__ import annotations
 
@@ -43,9 +44,12 @@ def bucket_sizes(max_num_seqs: int) -> list[int]:
 
 
 class DecodeGraphs:
+    """The decode graphs of one ModelRunner: reads its model, caches, geometry and `last_tokens` (an input) once,
+    at construction; owns the staging buffers and the captured graphs."""
+
     def __init__(self, runner):
-        self.runner = runner
-        self.model = runner.model
+        self.model, self.kv_caches, self.prev_tokens = runner.model, runner.kv_caches, runner.last_tokens
+        self.device, self.block_size = runner.device, runner.block_size
         self.buckets = bucket_sizes(runner.config.max_num_seqs)
         n, dev = self.buckets[-1], runner.device
         self.max_bs, self.width = n, runner.max_blocks_per_seq
@@ -73,21 +77,18 @@ class DecodeGraphs:
         table = self.dev_i32[n : n + bs * self.width].view(bs, self.width)
         return AttentionMetadata(
             cu_seqlens_q=self.cu_seqlens_q[: bs + 1], seqlens_k=self.dev_i32[:bs], block_table=table,
-            kv_offsets=self.kv_offsets[:bs], block_size=self.runner.block_size, slot_mapping=self._row("slot_mapping", bs))
+            kv_offsets=self.kv_offsets[:bs], block_size=self.block_size, slot_mapping=self._row("slot_mapping", bs))
 
     def _step(self, bs: int, temperature: float | None):
         """The captured work: hidden [bs, H], or fp64 [2, bs] (token ids; logprobs) with a temperature."""
-        from onpolicy.engine.sampling import sample_plain
-
-        src, last = self._row("src", bs), self.runner.last_tokens
-        ids = torch.where(src >= 0, last[src.clamp(min=0)], self._row("input_ids", bs))
-        hidden = self.model(ids, self._row("positions", bs), self._meta(bs), self.runner.kv_caches)
+        src = self._row("src", bs)
+        ids = torch.where(src >= 0, self.prev_tokens[src.clamp(min=0)], self._row("input_ids", bs))
+        hidden = self.model(ids, self._row("positions", bs), self._meta(bs), self.kv_caches)
         if temperature is None:
             return hidden
         logits = self.model.logits(hidden, temperature)
-        tok = sample_plain(logits, self.dev_greedy[:bs], self._row("seeds", bs), self._row("sample_index", bs),
-                           self._row("out_positions", bs))
-        last[:bs].copy_(tok)  # the next step's device-side input ids (async scheduling)
+        tok = kernels.sample_plain(logits, self.dev_greedy[:bs], self._row("seeds", bs),
+                                   self._row("sample_index", bs), self._row("out_positions", bs))
         # one fp64 [2, bs] output: ids < 2**53 and fp32 logprobs are exact in it, so one copy reads both back
         return torch.stack([tok.double(), self.model.logits_logprobs(logits, tok, temperature).double()])
 
@@ -119,12 +120,12 @@ class DecodeGraphs:
         self.dev_i32[: n + bs * self.width].copy_(self.host_i32[: n + bs * self.width], non_blocking=True)
         self.dev_greedy.copy_(self.host_greedy, non_blocking=True)
 
-    def _stage(self, seqs, bs: int) -> None:
+    def stage(self, seqs, bs: int) -> None:
         """Write the step's inputs for sequences `seqs` (one new token each) into the next set of host staging
         buffers. `src` is each sequence's `pending_row` (-1: the host has its last token)."""
         self.host_sets.reverse()
         self.host_i64, self.host_i32, self.host_greedy = self.host_sets[0]
-        b, bsz, n, w = len(seqs), self.runner.block_size, self.max_bs, self.width
+        b, bsz, n, w = len(seqs), self.block_size, self.max_bs, self.width
         pos = np.fromiter((s.num_tokens - 1 for s in seqs), np.int64, b)
         i64 = self.host_i64.numpy()
         i64[0, :b] = np.fromiter((s.token_ids[-1] for s in seqs), np.int64, b)
@@ -163,9 +164,8 @@ class DecodeGraphs:
         key = (bs, temperature, kernels.is_invariant())
         entry = self.graphs.get(key)
         if entry is None:
-            if self.runner.device.type == "cuda":
+            if self.device.type == "cuda":
                 torch.cuda.synchronize()  # a step in flight may still read the staging buffers
-            last = self.runner.last_tokens.clone()  # the warm-up overwrites them; this step may read them
             try:
                 with self._gc_paused():
                     entry = self.graphs[key] = self._capture(bs, temperature)
@@ -173,8 +173,6 @@ class DecodeGraphs:
                 self.disabled = True
                 warnings.warn(f"CUDA graph capture failed ({type(exc).__name__}: {exc}); decoding eagerly")
                 return None
-            finally:
-                self.runner.last_tokens.copy_(last)
         return entry
 
     def launch(self, seqs, temperature: float | None):
@@ -189,7 +187,7 @@ class DecodeGraphs:
         if entry is None:
             return None
         graph, out = entry
-        self._stage(seqs, bs)
+        self.stage(seqs, bs)
         self._upload(bs)
         graph.replay()
         self.replays += 1

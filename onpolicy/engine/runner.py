@@ -2,18 +2,17 @@
 
 Per step: `input_ids`/`positions` [T] of every chunk back to back, `AttentionMetadata` (cu_seqlens_q,
 seqlens_k = computed + new, block tables padded with block 0, kv_offsets = 0, slot_mapping of each new token),
-one `model(...)` call, then for the sequences that sample, per effective temperature: the LM head once
-(`model.logits`), tokens from those logits (`sampling.sample`: one Triton kernel on CUDA, `sample_tokens`'
-bits), and the reported logprob from the same logits with the trainer's reduction
-(`model.logits_logprobs` == `model.token_logprobs` bitwise), read back in one copy.
-Temperature 0 samples argmax of the temperature-1 logits and reports temperature-1 logprobs.
+one `model(...)` call, then `sampling.sample_hidden` for the sequences that sample: per effective temperature
+the LM head once, tokens from those logits (one Triton kernel on CUDA, `sample_tokens`' bits), and the
+reported logprob from the same logits with the trainer's reduction (`model.logits_logprobs` ==
+`model.token_logprobs` bitwise), read back in one copy.
 Batch-invariant or default ops follow the caller's `kernels.is_invariant()` (the trainer enters
 `kernels.invariant_mode(cfg.trainer.invariant)` once per run). Pure-decode steps on CUDA replay captured CUDA
 graphs in either mode (graphs.py; one set per mode).
 Async scheduling: `launch` runs a plain pure-decode step (one token per row, one effective temperature, no
 top-k / top-p) without waiting -- input ids of rows whose token is still a placeholder are read on the device
-from `last_tokens` (the previous launch's tokens), and the outputs are copied to a pinned host buffer behind
-an event; `InFlight.result()` waits for them. Left out: tensor/pipeline parallelism.
+from `last_tokens` (the previous launch's tokens, which `launch` stores there), and the outputs are copied to
+a pinned host buffer behind an event; `InFlight.result()` waits for them. Left out: tensor/pipeline parallelism.
 """
 from __future__ import annotations
 
@@ -106,25 +105,26 @@ class ModelRunner:
                 rows.append(end - 1)
         # pure decode: every row samples, in order (no gather, no host-to-device copy)
         h_last = hidden if len(rows) == hidden.shape[0] else hidden[torch.tensor(rows, device=self.device)]
-        return self.sample(h_last, seqs)
+        return sampling.sample_hidden(self.model, h_last, seqs)
 
     def can_launch(self, chunks: list[ScheduledChunk], seqs) -> bool:
         """Whether `launch` takes the step: pure decode, every row sampling, one effective temperature and no
         top-k / top-p (`seqs`: the chunks' sequences that sample)."""
         if len(seqs) != len(chunks) or len(seqs) > len(self.last_tokens):
             return False
-        temp = _effective_temperature(seqs[0].params.temperature)
+        temp = sampling.effective_temperature(seqs[0].params.temperature)
         return all(c.num_tokens == 1 for c in chunks) and not any(
-            _filtered(s.params) or _effective_temperature(s.params.temperature) != temp for s in seqs)
+            sampling.is_filtered(s.params) or sampling.effective_temperature(s.params.temperature) != temp
+            for s in seqs)
 
     @torch.inference_mode()
     def launch(self, chunks: list[ScheduledChunk], seqs) -> "InFlight":
         """Start a step `can_launch` accepted; don't wait for it."""
-        temp = _effective_temperature(seqs[0].params.temperature)
+        temp = sampling.effective_temperature(seqs[0].params.temperature)
         out = None if self.graphs is None else self.graphs.launch(seqs, temp)
-        if out is None:
-            out, _ = self._sample_rows(self.forward(chunks), seqs)  # one temperature group: rows in order
-            self.last_tokens[: len(seqs)].copy_(out[0].long())
+        if out is None:  # one temperature group: rows in order
+            out, _ = sampling.sample_hidden_on_device(self.model, self.forward(chunks), seqs)
+        self.last_tokens[: len(seqs)].copy_(out[0])  # the next launch's device-side input ids (exact: ids < 2**53)
         self._host_out.reverse()
         host = self._host_out[0][: 2 * len(seqs)].view(2, len(seqs))  # contiguous: a true async copy
         host.copy_(out.contiguous(), non_blocking=True)
@@ -137,57 +137,12 @@ class ModelRunner:
     def _graph_step(self, seqs):
         """Pure decode by graph replay: the whole step when every row shares one effective temperature and none
         uses top-k / top-p, else the forward alone and eager sampling. None: run eagerly."""
-        temps = {_effective_temperature(s.params.temperature) for s in seqs}
-        plain = len(temps) == 1 and not any(_filtered(s.params) for s in seqs)
+        temps = {sampling.effective_temperature(s.params.temperature) for s in seqs}
+        plain = len(temps) == 1 and not any(sampling.is_filtered(s.params) for s in seqs)
         if plain:
             return self.graphs.run(seqs, temps.pop())
         hidden = self.graphs.run(seqs, None)
-        return None if hidden is None else self.sample(hidden, seqs)
-
-    def sample(self, h_last: torch.Tensor, seqs) -> tuple[list[int], list[float | None]]:
-        """(token, logprob or None) per row of h_last [len(seqs), H]: the LM head once per temperature group,
-        the tokens from those logits (`sampling.sample`), the logprob from the same logits with the trainer's
-        reduction (`model.logits_logprobs`), then one device-to-host copy. Uses only self.model and
-        self.device (the vLLM backend calls it with a stand-in runner)."""
-        both, order = ModelRunner._sample_rows(self, h_last, seqs)  # the vLLM stand-in has no methods
-        both = both.cpu()  # one device-to-host copy
-        tokens: list[int] = [0] * len(seqs)
-        logprobs: list[float | None] = [None] * len(seqs)
-        for i, t, lp in zip(order, both[0].long().tolist(), both[1].float().tolist()):
-            tokens[i] = t
-            if seqs[i].params.logprobs:
-                logprobs[i] = lp
-        return tokens, logprobs
-
-    def _sample_rows(self, h_last: torch.Tensor, seqs) -> tuple[torch.Tensor, list[int]]:
-        """fp64 [2, b] on the device (token ids; logprobs) grouped by temperature, and the row of seqs each
-        column belongs to (in order when there is one group)."""
-        groups: dict[float, list[int]] = {}
-        for i, s in enumerate(seqs):
-            groups.setdefault(_effective_temperature(s.params.temperature), []).append(i)
-        dev = self.device
-        order, parts = [], []
-        for t_eff, idx in groups.items():
-            # one group (the usual case) is every row in order: no gather needed
-            h = h_last if len(idx) == len(seqs) else h_last[torch.tensor(idx, device=dev)]
-            group = [seqs[i] for i in idx]
-            logits = self.model.logits(h, t_eff)
-            # the int64 per-row parameters travel in one host-to-device copy
-            top_k, seeds, sample_index, positions = torch.tensor(
-                [[s.params.top_k for s in group], [s.seed for s in group], [s.index for s in group],
-                 [s.num_output for s in group]], dtype=torch.int64, device=dev)
-            tok = sampling.sample(
-                logits,
-                greedy=torch.tensor([s.params.temperature == 0 for s in group], dtype=torch.bool, device=dev),
-                top_k=top_k,
-                top_p=torch.tensor([float(s.params.top_p) for s in group], dtype=torch.float64, device=dev),
-                seeds=seeds, sample_index=sample_index, positions=positions,
-                filtered=[j for j, s in enumerate(group) if _filtered(s.params)],
-            )
-            lp = self.model.logits_logprobs(logits, tok, t_eff)
-            order.extend(idx)
-            parts.append(torch.stack([tok.double(), lp.double()]))  # ids < 2**53 and fp32 are exact in fp64
-        return (parts[0] if len(parts) == 1 else torch.cat(parts, 1)), order
+        return None if hidden is None else sampling.sample_hidden(self.model, hidden, seqs)
 
 
 class InFlight:
@@ -201,13 +156,3 @@ class InFlight:
         if self.event is not None:
             self.event.synchronize()
         return self.host[0].long().tolist(), self.host[1].float().tolist()
-
-
-def _effective_temperature(temperature: float) -> float:
-    """Temperature 0 (greedy) samples argmax of, and reports logprobs at, the temperature-1 logits."""
-    return float(temperature) if temperature > 0 else 1.0
-
-
-def _filtered(params) -> bool:
-    """A stochastic row that uses top-k or top-p (sampled by the torch path)."""
-    return params.temperature > 0 and (params.top_k > 0 or params.top_p < 1.0)

@@ -1,10 +1,13 @@
-"""Batch-invariant sampling: greedy, or Gumbel-max over top-k / top-p filtered log-probabilities.
+"""The engine's sampling: a step's tokens and reported logprobs from its hidden rows and each row's parameters.
 
-The randomness of vocab id v for a sampled token is a counter-based hash (splitmix64 rounds in int64 torch
-ops) of (request seed, sample index, output position, v): a seeded request draws the same noise alone or in
-any batch, on any device, and after preemption. Every step is row-wise with the vocab size as the only
-shape that matters: sorts are stable, the top-p cumulative sum runs on integer-quantised probabilities
-(exact, so its order cannot matter), argmax takes the lowest id on ties.
+`sample_hidden` (the native runner and the vLLM backend both call it): per effective temperature the LM head
+once (`model.logits`), the tokens from those logits (`sample`), the reported logprob from the same logits with
+the trainer's reduction (`model.logits_logprobs`), one device-to-host copy. Tokens: greedy, or Gumbel-max with
+counter-based noise (`kernels.sampling`: a seeded request draws the same noise alone or in any batch, on any
+device, after preemption) over the log-probabilities, top-k / top-p filtered here. Every step is row-wise with
+the vocab size as the only shape that matters: sorts are stable, the top-p cumulative sum runs on
+integer-quantised probabilities (exact, so its order cannot matter), argmax takes the lowest id on ties.
+Temperature 0 samples argmax of the temperature-1 logits and reports temperature-1 logprobs.
 Left out: min_p, repetition/presence penalties, logit bias.
 """
 from __future__ import annotations
@@ -12,52 +15,10 @@ from __future__ import annotations
 import torch
 
 from onpolicy import kernels
+from onpolicy.kernels.sampling import gumbel_max_torch
 
 
-def _signed(c: int) -> int:
-    return c - (1 << 64) if c >= (1 << 63) else c
-
-
-_GOLDEN = _signed(0x9E3779B97F4A7C15)
-_MIX1 = _signed(0xBF58476D1CE4E5B9)
-_MIX2 = _signed(0x94D049BB133111EB)
 _PROB_SCALE = float(2**40)  # top-p works on probabilities quantised to multiples of 2**-40
-
-
-def _shr(z: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 (torch's >> is arithmetic)."""
-    return (z >> s) & ((1 << (64 - s)) - 1)
-
-
-def splitmix64(z: torch.Tensor) -> torch.Tensor:
-    """One splitmix64 step on int64 (wrapping arithmetic), elementwise."""
-    z = z + _GOLDEN
-    z = (z ^ _shr(z, 30)) * _MIX1
-    z = (z ^ _shr(z, 27)) * _MIX2
-    return z ^ _shr(z, 31)
-
-
-def row_keys(seeds: torch.Tensor, sample_index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """int64 [M] key per sampled token from (seed, sample index, output position)."""
-    h = splitmix64(seeds.long())
-    h = splitmix64(h ^ sample_index.long())
-    return splitmix64(h ^ positions.long())
-
-
-def uniform_noise(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """float64 [M, V] uniforms in (0, 1): entry (m, v) depends only on keys[m] and v."""
-    v = torch.arange(vocab_size, device=keys.device, dtype=torch.int64)
-    z = splitmix64(splitmix64(keys[:, None] ^ v[None, :]))
-    return (_shr(z, 11).double() + 0.5) * 2.0**-53
-
-
-def gumbel_noise(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """float64 [M, V] standard Gumbel noise. On CPU one row at a time (fixed shape [V]) so vectorised vs
-    scalar-tail code paths of log cannot depend on the row's place in the batch."""
-    if keys.device.type == "cpu":
-        rows = [-torch.log(-torch.log(uniform_noise(keys[i : i + 1], vocab_size))) for i in range(keys.numel())]
-        return torch.cat(rows, 0) if rows else torch.empty(0, vocab_size, dtype=torch.float64)
-    return -torch.log(-torch.log(uniform_noise(keys, vocab_size)))
 
 
 def filter_top_k_top_p(logp: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -92,44 +53,76 @@ def sample_tokens(logits: torch.Tensor, greedy: torch.Tensor, top_k: torch.Tenso
     greedy=True: temperature-1 logits, argmax). All other args are [M] tensors on logits' device."""
     if logits.dim() != 2 or logits.dtype != torch.float32:
         raise ValueError(f"sample_tokens: logits must be fp32 [M, V], got {logits.dtype} {tuple(logits.shape)}")
-    m, vocab = logits.shape
-    tokens = torch.argmax(logits, dim=-1)
-    stochastic = ~greedy
-    if not bool(stochastic.any()):
-        return tokens
-    idx = stochastic.nonzero()[:, 0]
-    logp = kernels.log_softmax(logits[idx].contiguous())
-    logp = filter_top_k_top_p(logp, top_k[idx], top_p[idx])
-    keys = row_keys(seeds[idx], sample_index[idx], positions[idx])
-    scores = logp.double() + gumbel_noise(keys, vocab)
-    tokens[idx] = torch.argmax(scores, dim=-1)
-    return tokens
-
-
-def sample_plain(logits: torch.Tensor, greedy: torch.Tensor, seeds: torch.Tensor, sample_index: torch.Tensor,
-                 positions: torch.Tensor) -> torch.Tensor:
-    """`sample_tokens` for rows with no top-k / top-p, the same bits: on CUDA one Triton launch with no host
-    sync (sampling_triton.py; graph-capturable), on CPU `sample_tokens` itself."""
-    if logits.is_cuda:
-        from onpolicy.engine.sampling_triton import sample_plain_triton
-
-        return sample_plain_triton(logits, greedy, seeds.long(), sample_index.long(), positions.long())
-    m = logits.shape[0]
-    no_k = torch.zeros(m, dtype=torch.int64)
-    no_p = torch.ones(m, dtype=torch.float64)
-    return sample_tokens(logits, greedy, no_k, no_p, seeds, sample_index, positions)
+    return gumbel_max_torch(logits, greedy, seeds, sample_index, positions,
+                            filter_logp=lambda logp, rows: filter_top_k_top_p(logp, top_k[rows], top_p[rows]))
 
 
 def sample(logits: torch.Tensor, greedy: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, seeds: torch.Tensor,
            sample_index: torch.Tensor, positions: torch.Tensor, filtered: list[int]) -> torch.Tensor:
     """`sample_tokens` (same arguments), with the rows listed in `filtered` (host ints: the rows that use top-k
     or top-p) sampled by `sample_tokens` and every other row by `sample_plain` -- the same bits as
-    `sample_tokens` on all rows, since every step is row-wise."""
+    `sample_tokens` on all rows, since every step is row-wise (`kernels.sample_plain` is `sample_tokens` without
+    top-k / top-p, in one Triton launch)."""
     if not logits.is_cuda:
         return sample_tokens(logits, greedy, top_k, top_p, seeds, sample_index, positions)
-    tokens = sample_plain(logits, greedy, seeds, sample_index, positions)
+    tokens = kernels.sample_plain(logits, greedy, seeds, sample_index, positions)
     if filtered:
         idx = torch.tensor(filtered, device=logits.device)
         tokens[idx] = sample_tokens(logits[idx], greedy[idx], top_k[idx], top_p[idx], seeds[idx], sample_index[idx],
                                     positions[idx])
     return tokens
+
+
+def effective_temperature(temperature: float) -> float:
+    """Temperature 0 (greedy) samples argmax of, and reports logprobs at, the temperature-1 logits."""
+    return float(temperature) if temperature > 0 else 1.0
+
+
+def is_filtered(params) -> bool:
+    """A stochastic row that uses top-k or top-p (sampled by the torch path)."""
+    return params.temperature > 0 and (params.top_k > 0 or params.top_p < 1.0)
+
+
+def sample_hidden(model, hidden: torch.Tensor, seqs) -> tuple[list[int], list[float | None]]:
+    """(token, logprob or None) per row of hidden [len(seqs), H]: `sample_hidden_on_device`, then one
+    device-to-host copy. `seqs` need `params`, `seed`, `index` and `num_output` (a Sequence or a stand-in)."""
+    both, order = sample_hidden_on_device(model, hidden, seqs)
+    both = both.cpu()  # one device-to-host copy
+    tokens: list[int] = [0] * len(seqs)
+    logprobs: list[float | None] = [None] * len(seqs)
+    for i, t, lp in zip(order, both[0].long().tolist(), both[1].float().tolist()):
+        tokens[i] = t
+        if seqs[i].params.logprobs:
+            logprobs[i] = lp
+    return tokens, logprobs
+
+
+def sample_hidden_on_device(model, hidden: torch.Tensor, seqs) -> tuple[torch.Tensor, list[int]]:
+    """fp64 [2, b] on the device (token ids; logprobs) grouped by effective temperature, and the row of seqs
+    each column belongs to (in order when there is one group)."""
+    groups: dict[float, list[int]] = {}
+    for i, s in enumerate(seqs):
+        groups.setdefault(effective_temperature(s.params.temperature), []).append(i)
+    dev = hidden.device
+    order, parts = [], []
+    for t_eff, idx in groups.items():
+        # one group (the usual case) is every row in order: no gather needed
+        h = hidden if len(idx) == len(seqs) else hidden[torch.tensor(idx, device=dev)]
+        group = [seqs[i] for i in idx]
+        logits = model.logits(h, t_eff)
+        # the int64 per-row parameters travel in one host-to-device copy
+        top_k, seeds, sample_index, positions = torch.tensor(
+            [[s.params.top_k for s in group], [s.seed for s in group], [s.index for s in group],
+             [s.num_output for s in group]], dtype=torch.int64, device=dev)
+        tok = sample(
+            logits,
+            greedy=torch.tensor([s.params.temperature == 0 for s in group], dtype=torch.bool, device=dev),
+            top_k=top_k,
+            top_p=torch.tensor([float(s.params.top_p) for s in group], dtype=torch.float64, device=dev),
+            seeds=seeds, sample_index=sample_index, positions=positions,
+            filtered=[j for j, s in enumerate(group) if is_filtered(s.params)],
+        )
+        lp = model.logits_logprobs(logits, tok, t_eff)
+        order.extend(idx)
+        parts.append(torch.stack([tok.double(), lp.double()]))  # ids < 2**53 and fp32 are exact in fp64
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, 1)), order

@@ -1,9 +1,14 @@
 """One trajectory while it runs, and `EnvRollout`, the step's trajectories in the trainer's `Rollout` form.
 
 A trajectory's tokens after the prompt are the model's turns and the environment's observations, back to back;
-`score_masks` marks the model's (True) and the environment's (False) tokens. `sampler_logprobs` covers the
+`loss_mask` marks the model's (True) and the environment's (False) tokens. `sampler_logprobs` covers the
 model's tokens only, in order, so `seq_lens` (what the loss, the parity metrics and the advantages count) are the
-model's tokens of each trajectory. How a trajectory ended (`finish_reasons`):
+model's tokens of each trajectory. Rewards see what TRL's multi-turn rollouts give them (`reward_inputs`):
+`prompts` = the opening messages, each completion = the messages after them (assistant turns and
+observations, the last assistant turn last), plus the columns `env_reward` (the sum of the trajectory's step
+rewards; the reward `env` returns it), `turn_rewards` and `env_finish`. A trajectory an environment error ended
+keeps its group's reward statistics and is masked out of the loss (`excluded`); `trainer.overlong_filter`
+masks those cut by max_turns or max_total_tokens (`truncated`). How a trajectory ended (`finish_reasons`):
     done        the environment said done
     max_turns   env.max_turns assistant turns were taken
     length      env.max_total_tokens (or the model's context) left no room for the next observation or turn
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from onpolicy.envs.base import row_messages
 from onpolicy.envs.render import placeholder_turn
 from onpolicy.trainer.rollout import Rollout
 
@@ -68,7 +74,6 @@ class EnvRollout(Rollout):
     """A step's trajectories (prompt-major, as `Rollout`): `completion_ids` hold every token after the prompt,
     `texts` the same decoded with special tokens kept (what the samples log shows)."""
 
-    score_masks: list[list[bool]] = field(default_factory=list)
     turn_rewards: list[list[float]] = field(default_factory=list)
     num_turns: list[int] = field(default_factory=list)
     errors: list[str | None] = field(default_factory=list)
@@ -79,6 +84,18 @@ class EnvRollout(Rollout):
     @property
     def truncated(self) -> list[bool]:
         return [f in TRUNCATED for f in self.finish_reasons]
+
+    @property
+    def excluded(self) -> list[bool]:
+        return [f == "env_error" for f in self.finish_reasons]
+
+    def reward_inputs(self, rows: list[dict]) -> tuple[list, list, dict]:
+        """(opening messages, messages after them, env columns) per trajectory (see the module doc)."""
+        prompts = [opening or row_messages(rows[g]) for g, opening in zip(self.group_index, self.prompt_messages)]
+        completions = [m or [{"role": "assistant", "content": ""}] for m in self.messages]
+        extra = {"env_reward": self.env_rewards, "turn_rewards": [list(r) for r in self.turn_rewards],
+                 "env_finish": list(self.finish_reasons)}
+        return prompts, completions, extra
 
     @property
     def env_rewards(self) -> list[float]:
@@ -93,7 +110,8 @@ class EnvRollout(Rollout):
                     "env/reward_mean": sum(self.env_rewards) / n,
                     "env/turn_reward_mean": sum(all_turns) / max(len(all_turns), 1),
                     "env/model_tokens_mean": sum(self.seq_lens) / n,
-                    "env/observation_tokens_mean": sum(len(m) - sum(m) for m in self.score_masks) / n,
+                    "env/observation_tokens_mean": sum(len(c) for c in self.completion_ids) / n
+                    - sum(self.seq_lens) / n,
                     "time/env": self.env_seconds})
         return out
 
@@ -107,7 +125,7 @@ def to_rollout(trajs: list[Trajectory], group_size: int, env_seconds: float, tok
         ro.texts.append(tokenizer.decode(t.ids, skip_special_tokens=False))
         ro.finish_reasons.append(t.finish)
         ro.group_index.append(t.group)
-        ro.score_masks.append(list(t.mask))
+        ro.loss_mask.append(torch.tensor(t.mask, dtype=torch.bool))
         ro.turn_rewards.append(list(t.turn_rewards))
         ro.num_turns.append(t.turns)
         ro.errors.append(t.error)

@@ -16,7 +16,7 @@ from onpolicy.model.metadata import AttentionMetadata
 def pack_sequences(prompts: list[list[int]], completions: list[list[int]], device, score_masks=None) -> tuple:
     """-> (input_ids int64 [T], positions int64 [T], cu_seqlens int32 [B+1], score_rows int64 [N],
     targets int64 [N], counts list[int]) where row score_rows[j] predicts targets[j]; with `score_masks`
-    (one list of bools per completion) only the marked completion tokens are scored."""
+    (one bool list or tensor per completion) only the marked completion tokens are scored."""
     if not isinstance(prompts, (list, tuple)) or not isinstance(completions, (list, tuple)):
         raise ValueError("sequence_logprobs: prompts and completions must be lists of token-id lists")
     if len(prompts) != len(completions) or not prompts:
@@ -39,9 +39,10 @@ def pack_sequences(prompts: list[list[int]], completions: list[list[int]], devic
             targets += c
             counts.append(len(c))
         else:
-            keep = [j for j, m in enumerate(score_masks[i]) if m]
-            if len(score_masks[i]) != len(c):
-                raise ValueError(f"sequence_logprobs: score_masks[{i}] has {len(score_masks[i])} entries for "
+            mask = torch.as_tensor(score_masks[i], dtype=torch.bool)
+            keep = mask.nonzero().flatten().tolist()
+            if mask.numel() != len(c):
+                raise ValueError(f"sequence_logprobs: score_masks[{i}] has {mask.numel()} entries for "
                                  f"{len(c)} completion tokens")
             rows += [start + len(p) - 1 + j for j in keep]
             targets += [c[j] for j in keep]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from onpolicy.trainer.algorithms import ALGOS
+from onpolicy.algorithms import ALGOS
 
 
 def _as_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

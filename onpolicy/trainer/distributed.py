@@ -11,74 +11,43 @@ over micro-batches planned within the chunk, then the chunks are summed in one b
 the rank's own (aligned) subtree (`ChunkTree`), then across ranks by recursive doubling (`tree_sum_`, partner
 rank ^ 2^k at level k). fp32 addition is commutative bitwise (a+b == b+a), so every rank ends with the same
 ((g0+g1)+(g2+g3)) and the result does not depend on how the C chunks are spread over 1, 2, 4, ... ranks.
-C and W must be powers of two with W | C. Cost of the fixed order vs NCCL's all_reduce: each rank sends
+C and W must be powers of two with W | C (onpolicy.trainer.launch checks it before compute). Cost of the fixed order vs NCCL's all_reduce: each rank sends
 log2(W) full fp32 gradients (a ring all_reduce sends 2(W-1)/W of one), no overlap with the backward, and
 up to log2(C/W)+2 flat fp32 gradient buffers (the tree's partial sums and the receive buffer).
 Metrics: every rank gets the whole step's rollout (gathered in rank order) and scores it, so rewards and
 advantages are world size 1's; loss and parity gather per-token values and reduce them in global order.
 `trainer.grad_reduction: all_reduce` replaces the cross-rank tree by the backend's all_reduce (for measuring
-the tree's cost: scripts/bench_scale.py). FSDP2 (`Dist.fsdp`, onpolicy.trainer.fsdp): FSDP reduce-scatters
-the gradients itself and this module's chunk reduction stands aside (one chunk per rank).
+the tree's cost: scripts/bench_scale.py). Under FSDP2 (onpolicy.trainer.parallel) FSDP reduce-scatters the
+gradients itself and this module's chunk reduction stands aside (one chunk per rank).
 Left out: NCCL algorithm pinning for DDP (we order the sums ourselves), bucketed overlap with the backward,
 non-power-of-two world sizes.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
-GRAD_REDUCTIONS = ("tree", "all_reduce")  # trainer.grad_reduction: fixed-order tree, or the backend's all_reduce
-
-def _power_of_two(n: int) -> bool:
-    return n >= 1 and n & (n - 1) == 0
-
-
-def launched_world_size() -> int:
-    """WORLD_SIZE as set by `accelerate launch` / torchrun (1 when not launched), before any process group."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def check_world_size(cfg, world_size: int) -> None:
-    """Clear errors before compute: the world size must be a power of two dividing prompts_per_step, and
-    the reduction chunks (a power of two) a multiple of it dividing the prompts of one mini-batch."""
-    t = cfg.trainer
-    if not _power_of_two(world_size):
-        raise ValueError(f"world size {world_size}: the fixed-order gradient reduction needs a power of two "
-                         "number of processes; allowed: 1, 2, 4, 8, ...")
-    if t.prompts_per_step % world_size:
-        raise ValueError(f"trainer.prompts_per_step: {t.prompts_per_step} is not divisible by the world size "
-                         f"{world_size} (whole prompt groups per rank); allowed: a multiple of {world_size}")
-    chunks = reduction_chunks(cfg, world_size)
-    per_mini = t.prompts_per_step // t.mini_batches
-    if not _power_of_two(chunks) or chunks % world_size or per_mini % chunks:
-        raise ValueError(f"trainer.reduction_chunks: {chunks} must be a power of two, a multiple of the world size "
-                         f"{world_size} and divide the prompts of one mini-batch ({per_mini}); allowed: null "
-                         f"(= world size) or such a power of two")
-
 
 def reduction_chunks(cfg, world_size: int) -> int:
-    chunks = getattr(cfg.trainer, "reduction_chunks", None)
-    return world_size if chunks is None else int(chunks)
+    """trainer.reduction_chunks, null meaning the world size."""
+    chunks = cfg.trainer.reduction_chunks
+    return world_size if chunks is None else chunks
 
 
 @dataclass(frozen=True)
 class Dist:
-    """This process's place in the job; world_size 1 without an initialised process group; `fsdp`: the
-    accelerate config asked for FSDP2 (sharded masters, onpolicy.trainer.fsdp)."""
+    """This process's place in the job; world_size 1 without an initialised process group. How the trainer is
+    spread over the ranks (replicated, FSDP2) is onpolicy.trainer.parallel's choice."""
     rank: int = 0
     world_size: int = 1
-    fsdp: bool = False
 
     @staticmethod
     def current() -> "Dist":
         import torch.distributed as td
 
-        from onpolicy.trainer.fsdp import fsdp_requested
-
         if td.is_available() and td.is_initialized():
-            return Dist(td.get_rank(), td.get_world_size(), fsdp_requested())
+            return Dist(td.get_rank(), td.get_world_size())
         return Dist()
 
     @property
@@ -123,11 +92,6 @@ class Dist:
         return flat
 
 
-def run_dist(run) -> Dist:
-    """`run.dist`, or world size 1 for run-like objects without one (benchmarks, tests)."""
-    return getattr(run, "dist", None) or Dist()
-
-
 class ChunkTree:
     """Sums chunk gradients (flat fp32) pushed in chunk order as a binary tree: ((g0+g1)+(g2+g3))...;
     holds at most log2(n)+1 buffers. `push` count must be a power of two for the tree to be the full one."""
@@ -170,19 +134,18 @@ def put_master_grads(optimizer, flat: torch.Tensor) -> None:
 
 
 class GradReduction:
-    """One optimizer update's chunked gradient reduction (see the module docstring); with one chunk on one
-    rank every method is a no-op and the update is exactly the single-process one."""
+    """One optimizer update's chunked gradient reduction (see the module docstring) of `optimizer`'s fp32 master
+    gradients over `chunks` chunks; inactive (`active` False: one chunk on one rank, or FSDP2, which
+    reduce-scatters in the backward) every method but the planning ones is a no-op. `all_reduce`: the backend's
+    all_reduce instead of the fixed-order tree across ranks (trainer.grad_reduction)."""
 
-    def __init__(self, run, num_seqs: int, group_size: int):
-        self.run, self.dist = run, run_dist(run)
-        self.chunks = reduction_chunks(run.cfg, self.dist.world_size)
-        if num_seqs % (self.chunks * group_size):
-            raise ValueError(f"trainer.reduction_chunks: {self.chunks} chunks of whole groups do not divide a "
-                             f"mini-batch of {num_seqs} sequences (groups of {group_size})")
-        self.size = num_seqs // self.chunks
+    def __init__(self, dist: Dist, optimizer, device: torch.device, chunks: int, num_seqs: int, *,
+                 active: bool, all_reduce: bool):
+        self.dist, self.optimizer, self.device, self.chunks = dist, optimizer, device, chunks
+        self.size = num_seqs // self.chunks  # whole groups: the config and the launch checked reduction_chunks
         self.tree = ChunkTree()
-        self.active = self.chunks > 1 and not self.dist.fsdp  # FSDP2 reduce-scatters in the backward
-        self.all_reduce = getattr(run.cfg.trainer, "grad_reduction", "tree") == "all_reduce"
+        self.active = active
+        self.all_reduce = all_reduce
 
     def my_chunks(self, rank: int | None = None) -> list[range]:
         """This rank's chunks (or `rank`'s): sequence ranges relative to the mini-batch, in order."""
@@ -193,7 +156,7 @@ class GradReduction:
     def chunk_done(self) -> None:
         """Move the finished chunk's gradient (accumulated from zero) into the tree."""
         if self.active:
-            self.tree.push(take_master_grads(self.run.optimizer))
+            self.tree.push(take_master_grads(self.optimizer))
 
     def finish(self) -> None:
         """Local tree, then recursive doubling across ranks; the masters hold the global gradient."""
@@ -206,13 +169,13 @@ class GradReduction:
             td.all_reduce(flat)  # the backend's order (bench_scale's comparison), not run-to-run bitwise
         elif self.dist.world_size > 1:
             self.dist.tree_sum_(flat)
-        put_master_grads(self.run.optimizer, flat)
+        put_master_grads(self.optimizer, flat)
 
     def loss_parts(self, parts: list) -> list:
         """Every rank's micro-batch loss parts (detached), in global order, on this rank's device."""
         if self.dist.world_size == 1:
             return parts
-        device = self.run.device
+        device = self.device
         mine = [_detached(p, "cpu") for p in parts]
         return [_detached(p, device) for rank_parts in self.dist.gather(mine) for p in rank_parts]
 
@@ -237,20 +200,3 @@ def _detached(part, device):
     moved = {f.name: getattr(part, f.name).detach().to(device) for f in fields(part)
              if isinstance(getattr(part, f.name), torch.Tensor)}
     return replace(part, **moved)
-
-
-def check_launch_env(cfg, env=None) -> None:
-    """Errors before compute for an accelerate config this trainer cannot honour (read from the launcher's
-    environment): FSDP other than FSDP2 as onpolicy.trainer.fsdp builds it (`check_fsdp_env`), mixed
-    precision (autocast; precision comes from model.dtype), use_cpu with model.device: cuda."""
-    from onpolicy.trainer.fsdp import check_fsdp_env, fsdp_requested
-
-    env = os.environ if env is None else env
-    if fsdp_requested(env):
-        check_fsdp_env(cfg, env, int(env.get("WORLD_SIZE", "1")))
-    mp = env.get("ACCELERATE_MIXED_PRECISION", "no").lower()
-    if mp not in ("no", "none"):
-        raise ValueError(f"accelerate config: mixed_precision {mp!r} is not supported (the kernels run "
-                         f"model.dtype themselves, fp32 masters); allowed: 'no' (set model.dtype: bfloat16)")
-    if env.get("ACCELERATE_USE_CPU", "false").lower() == "true" and cfg.model.device == "cuda":
-        raise ValueError("model.device: 'cuda' but the accelerate config has use_cpu: true; allowed: cpu, auto")

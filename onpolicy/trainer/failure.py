@@ -28,50 +28,50 @@ RECIPES = ("grpo.py", "dapo.py", "rloo.py", "dr_grpo.py")
 class StepMark:
     """The state that makes "after `completed` steps" a checkpoint, besides weights and optimizer state."""
 
-    def __init__(self, run):
-        self.set(run, run.start_step)
+    def __init__(self, trainer):
+        self.set(trainer, trainer.start_step)
 
-    def set(self, run, completed: int) -> None:
+    def set(self, trainer, completed: int) -> None:
         from onpolicy import determinism
 
         self.completed = completed
-        self.prompts = run.prompts.state_dict()
+        self.prompts = trainer.prompts.state_dict()
         self.rng = determinism.rng_state()
-        self.started = getattr(run.optimizer, "steps_started", None)
+        self.started = trainer.optimizer.steps_started
 
-    def consistent(self, run) -> bool:
+    def consistent(self, trainer) -> bool:
         """No optimizer update started since the mark (the weights in memory are the mark's)."""
-        return getattr(run.optimizer, "steps_started", None) == self.started
+        return trainer.optimizer.steps_started == self.started
 
 
-def _on_disk(run) -> list[tuple[int, Path]]:
+def _on_disk(cfg) -> list[tuple[int, Path]]:
     from onpolicy.trainer.checkpoint import checkpoint_root, is_complete, list_checkpoints
 
-    return [(s, p) for s, p in list_checkpoints(checkpoint_root(run.cfg)) if is_complete(p)]
+    return [(s, p) for s, p in list_checkpoints(checkpoint_root(cfg)) if is_complete(p)]
 
 
-def keep_progress(run, mark: StepMark, error: BaseException, log) -> str | None:
+def keep_progress(trainer, mark: StepMark, error: BaseException, log) -> str | None:
     """Save the mark's checkpoint when that is safe (module doc); returns the policy directory that holds the
     last good state on disk (None when there is none)."""
     from onpolicy import determinism
     from onpolicy.trainer.checkpoint import POLICY_DIR
-    from onpolicy.trainer.setup import save_checkpoint
 
     k = mark.completed
     wanted = k > 0 or isinstance(error, NonFiniteError)
-    if wanted and run.dist.world_size == 1 and mark.consistent(run) and k not in [s for s, _ in _on_disk(run)]:
+    saved = [s for s, _ in _on_disk(trainer.cfg)]
+    if wanted and trainer.dist.world_size == 1 and mark.consistent(trainer) and k not in saved:
         try:
-            run.prompts.load_state_dict(mark.prompts)
+            trainer.prompts.load_state_dict(mark.prompts)
             determinism.set_rng_state(mark.rng)
-            path = save_checkpoint(run, k)
+            path = trainer.save(k)
             log(f"saved the state after step {k} in {path}")
             return f"{path}/{POLICY_DIR}"
         except Exception as e:  # noqa: BLE001 -- the run's own error is the one to report
             log(f"could not save the state after step {k}: {' '.join(str(e).split())}")
-    elif wanted and not mark.consistent(run):
+    elif wanted and not mark.consistent(trainer):
         log(f"not saved: the failure came inside an optimizer update of step {k + 1} (the weights in memory are "
             "mixed)")
-    done = _on_disk(run)
+    done = _on_disk(trainer.cfg)
     return f"{done[-1][1]}/{POLICY_DIR}" if done else None
 
 

@@ -41,7 +41,9 @@ def fsdp_requested(env=None) -> bool:
 
 
 def check_fsdp_env(cfg, env, world_size: int) -> None:
-    """Errors before compute for FSDP settings this trainer cannot honour (one owner per setting)."""
+    """Errors before compute for FSDP settings this trainer cannot honour (one owner per setting): the
+    accelerate config's FSDP fields, and the trainer settings FSDP2 replaces (its reduce-scatter sums the
+    gradients: reduction_chunks and grad_reduction), engine.backend."""
     version = env.get("FSDP_VERSION", "1")
     if version != "2":
         raise ValueError(f"accelerate config: fsdp_version {version} is not supported; allowed: 2 "
@@ -120,11 +122,13 @@ def idle_micro_batch(model) -> None:
 
 class ShardedAdamW:
     """AdamW over the FSDP2-sharded fp32 masters of `train_model`; `step` refreshes `engine_model`'s full
-    copy. Same interface as precision.MasterWeightAdamW (which see); `params` are the engine's tensors."""
+    copy. Same interface as precision.MasterWeightAdamW (which see); `params` are the engine's tensors; `names`:
+    the trainable parameters (onpolicy.trainer.trainable; None: every one with requires_grad)."""
 
-    def __init__(self, train_model, engine_model, **adamw_kwargs):
+    def __init__(self, train_model, engine_model, names: set[str] | None = None, **adamw_kwargs):
         self.train_model = train_model
-        named = [(n, p) for n, p in train_model.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in train_model.named_parameters()
+                 if p.requires_grad and (names is None or n in names)]
         engine = dict(engine_model.named_parameters())
         self.masters = [p for _, p in named]
         self.params = [engine[n] for n, _ in named]
@@ -187,37 +191,25 @@ class ShardedAdamW:
         self.gather_()
 
 
-def save_fsdp_checkpoint(run, root, step: int) -> str:
+def save_fsdp_checkpoint(dist, root, step: int, state) -> None:
     """Every rank writes its shard of the masters and AdamW state (DCP) into the step's temporary directory;
     rank 0 adds the full policy (the engine's copy as HF safetensors), the trainer state, meta.json and the
-    manifest, and commits the directory atomically (onpolicy.trainer.checkpoint)."""
+    manifest, and commits the directory atomically (onpolicy.trainer.checkpoint). `state`:
+    parallel.CheckpointState."""
     from onpolicy.trainer import checkpoint
 
-    dist = run.dist
     if dist.is_main:
         checkpoint.prepare_tmp(root, step)
     dist.barrier()
-    only = run.cfg.trainer.save_only_model
+    cfg = state.cfg
+    only = cfg.trainer.save_only_model
     if not only:
-        run.optimizer.save_sharded(root / f"tmp-step-{step}" / SHARDS_DIR)
+        state.optimizer.save_sharded(root / f"tmp-step-{step}" / SHARDS_DIR)
         dist.barrier()
     if dist.is_main:
-        checkpoint.save_checkpoint(root, step=step, model=run.model, tokenizer=run.tokenizer,
-                                   extra={"prompts": run.prompts.state_dict()}, keep=run.cfg.trainer.keep_checkpoints,
-                                   meta={"config": run.cfg.to_dict(), "world_size": dist.world_size, "fsdp": True,
+        checkpoint.save_checkpoint(root, step=step, model=state.model, tokenizer=state.tokenizer,
+                                   extra=state.extra, keep=cfg.trainer.keep_checkpoints,
+                                   meta={"config": cfg.to_dict(), "world_size": dist.world_size, "fsdp": True,
                                          **({"model_only": True} if only else {})},
                                    prepared=True)
     dist.barrier()
-    return str(root / f"step-{step}")
-
-
-def check_resume_layout(meta: dict, dist, path) -> None:
-    """A checkpoint with a sharded optimizer resumes only under FSDP2 on its world size, and vice versa."""
-    saved_fsdp, fsdp = bool(meta.get("fsdp")), bool(dist is not None and dist.fsdp)
-    world = dist.world_size if dist is not None else 1
-    if saved_fsdp != fsdp:
-        raise ValueError(f"trainer.resume: {path} was written {'with' if saved_fsdp else 'without'} FSDP2; allowed: "
-                         f"resume it with the accelerate config it was written with")
-    if fsdp and meta.get("world_size") != world:
-        raise ValueError(f"trainer.resume: {path} holds optimizer shards of world size {meta.get('world_size')}; "
-                         f"allowed: --num_processes {meta.get('world_size')}")

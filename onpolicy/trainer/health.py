@@ -1,8 +1,8 @@
 """Run health: non-finite values stop the run, a run with no learning signal for several steps gets a warning.
 
 `NonFiniteError` is raised by `update_policy` before the optimizer step when the sampler or trainer logprobs,
-the loss or the gradient norm is NaN/inf: the bad update is never applied, so the weights in memory are the
-last good ones (`train()` saves them before re-raising). A NaN is not a parity violation and is reported
+the loss or the gradient norm is NaN/inf, built there once with the step's metrics: the bad update is never
+applied, so the weights in memory are the last good ones (`train()` saves them and records where). A NaN is not a parity violation and is reported
 before the strict on-policy check runs. `CollapseWatch` flags `COLLAPSE_STEPS` consecutive steps with
 reward/std == 0 and grad_norm == 0 (e.g. `trainer.lr: 1e3`). Left out: loss-spike detection, automatic
 rollback and retry with a lower learning rate.
@@ -29,20 +29,32 @@ class RunInterrupted(KeyboardInterrupt):
 
 
 class NonFiniteError(RunStopped):
-    """A non-finite value in one RL step; `metrics` holds what the step computed before it stopped."""
+    """A non-finite value (`what`) in RL step `step` (1-based); `metrics`: the step's row as far as it was
+    computed; `update`: (k, n) when update k of the step's n failed after updates 1..k-1 were applied; `saved`:
+    where the last good policy is (set by train() once it knows). The message is made from these fields."""
 
-    def __init__(self, step: int, what: str, metrics: dict | None = None, saved: str | None = None):
-        self.step, self.what, self.metrics, self.saved = step, what, dict(metrics or {}), saved
-        where = f"; the last good policy (before step {step}) is saved in {saved}" if saved else ""
-        super().__init__(f"step {step}: {what} non-finite (NaN or inf); the update was not applied{where}. "
-                         "Lower trainer.lr or trainer.max_grad_norm, or check the rewards and data")
+    def __init__(self, step: int, what: str, metrics: dict | None = None, update: tuple[int, int] | None = None,
+                 saved: str | None = None):
+        self.step, self.what, self.metrics, self.update, self.saved = step, what, dict(metrics or {}), update, saved
+        super().__init__(what)
+
+    @property
+    def subject(self) -> str:
+        """`what`, with the failing update when earlier updates of the step were applied."""
+        if self.update is None or self.update[0] == 1:
+            return self.what
+        k, n = self.update
+        return f"{self.what} (update {k} of {n}; updates 1-{k - 1} were applied)"
+
+    def __str__(self) -> str:
+        where = f"; the last good policy (before step {self.step}) is saved in {self.saved}" if self.saved else ""
+        return (f"step {self.step}: {self.subject} non-finite (NaN or inf); the update was not applied{where}. "
+                "Lower trainer.lr or trainer.max_grad_norm, or check the rewards and data")
 
 
-def check_finite(step: int, what: str, value: torch.Tensor | float, metrics: dict) -> None:
-    """Raise `NonFiniteError(step, what)` unless every element of `value` is finite."""
-    ok = math.isfinite(value) if isinstance(value, float) else bool(torch.isfinite(value).all())
-    if not ok:
-        raise NonFiniteError(step, what, metrics)
+def is_finite(value: torch.Tensor | float) -> bool:
+    """Every element of `value` is finite."""
+    return math.isfinite(value) if isinstance(value, float) else bool(torch.isfinite(value).all())
 
 
 class CollapseWatch:

@@ -25,7 +25,7 @@ import torch
 
 from onpolicy.trainer.reductions import fixed_sum
 
-from onpolicy.trainer.algorithms import ALGO_DEFAULTS, LOSS_AGGS
+from onpolicy.algorithms import ALGO_DEFAULTS, LOSS_AGGS
 from onpolicy.trainer.parity import OnPolicyViolation
 
 DEFAULT_AGG = {algo: d["loss_agg"] for algo, d in ALGO_DEFAULTS.items()}
@@ -132,7 +132,7 @@ def _verify_on_policy(ratio: torch.Tensor, logprobs: torch.Tensor, old_logprobs:
         raise OnPolicyViolation(
             f"first update of a rollout batch: ratio exp(trainer - sampler logprob) must be exactly 1.0 on every "
             f"token, but {int(off.sum())}/{off.numel()} tokens differ (max |logprob diff| {diff:.3e}); sampler and "
-            f"trainer logprobs are not bitwise equal (run `python scripts/doctor.py`)")
+            f"trainer logprobs are not bitwise equal (run `python -m scripts.doctor`)")
 
 
 def slice_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, w: LossWeights, *, epsilon_low: float = 0.2,

@@ -78,4 +78,4 @@ def mismatch_report(m: Mismatch, step: int, context: str = "") -> str:
         f"strict_onpolicy: sampler and trainer logprobs differ at step {step}: sequence {m.sequence}, "
         f"completion token {m.token}: sampler {m.sampler_logprob!r} vs trainer {m.trainer_logprob!r} "
         f"(diff {m.sampler_logprob - m.trainer_logprob:.3e}); {m.num_mismatched}/{m.num_tokens} tokens differ. "
-        f"{context}Run `python scripts/doctor.py` to find which op breaks batch invariance on this machine.")
+        f"{context}Run `python -m scripts.doctor` to find which op breaks batch invariance on this machine.")

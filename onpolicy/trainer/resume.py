@@ -1,4 +1,5 @@
-"""Resuming a run: refuse a checkpoint whose config means a different run, load it, trim metrics.jsonl.
+"""Resuming a run: refuse a checkpoint whose config means a different run, trim metrics.jsonl (loading it:
+`Trainer.load`).
 
 `check_resume_config(cfg)` runs before any compute: it compares the config saved with the checkpoint
 (`meta.json`) field by field with the current one; any difference outside `MAY_CHANGE` (run length, checkpoint
@@ -38,9 +39,10 @@ def config_differences(saved: dict, current: dict) -> list[str]:
             if a[k] != b[k] and not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MAY_CHANGE)]
 
 
-def check_resume_config(cfg, log=print, dist=None) -> None:
+def check_resume_config(cfg, strategy=None, log=print) -> None:
     """Raise ValueError when `trainer.resume` names a checkpoint written with a config of different meaning,
-    or (`dist`: this launch) with another optimizer layout (FSDP2 shards vs replicated)."""
+    or with another optimizer layout than `strategy` (onpolicy.trainer.parallel; default: replicated, one rank)
+    keeps (FSDP2 shards vs replicated)."""
     from onpolicy.trainer import checkpoint
 
     path = checkpoint.resume_path(cfg)
@@ -53,34 +55,14 @@ def check_resume_config(cfg, log=print, dist=None) -> None:
     if meta.get("model_only"):
         raise ValueError(f"trainer.resume: {path} was saved with trainer.save_only_model (no optimizer state); "
                          "allowed: a checkpoint saved without it, or a fresh run from its policy/ (model.path)")
-    from onpolicy.trainer.fsdp import check_resume_layout
+    from onpolicy.trainer.parallel import Replicated
 
-    check_resume_layout(meta, dist, path)
+    (strategy or Replicated()).check_resume_layout(meta, path)
     diffs = config_differences(meta["config"], cfg.to_dict())
     if diffs:
         raise ValueError(f"trainer.resume: {path} was written by a run with a different config ({'; '.join(diffs)}); "
                          "these fields change what the run means. Resume with the checkpoint's values, or start "
                          "a fresh run (trainer.resume: false, or another logging.output_dir)")
-
-
-def resume_run(run) -> int:
-    """Load `trainer.resume` into the run; returns the completed step count (0 when nothing to resume)."""
-    from onpolicy.trainer import checkpoint
-
-    path = checkpoint.resume_path(run.cfg)
-    if path is None:
-        return 0
-    fsdp = run.dist is not None and run.dist.fsdp
-    ck = checkpoint.load_checkpoint(path, model=run.model, optimizer=None if fsdp else run.optimizer,
-                                    device=run.device)
-    if fsdp:  # every rank reads its shard of the masters and AdamW state, then gathers the engine copy
-        from onpolicy.trainer.fsdp import SHARDS_DIR
-
-        run.optimizer.load_sharded(ck.path / SHARDS_DIR)
-    if "prompts" not in ck.extra:
-        raise ValueError(f"trainer.resume: {str(path)!r} has no prompt-iterator state (not written by train())")
-    run.prompts.load_state_dict(ck.extra["prompts"])
-    return int(ck.step)
 
 
 def _parse(line: str) -> dict | None:

@@ -1,6 +1,6 @@
 """The run directory (`logging.output_dir`): path checks, one run at a time, no silent loss of an earlier run.
 
-`check_path(path)` (config validation) refuses the filesystem root and `..` components. `claim(cfg, log)` runs
+The config refuses the filesystem root and `..` components (`config_fields.run_dir_problem`). `claim(cfg, log)` runs
 on rank 0 before any compute: it prints where the run writes (absolute path), creates the directory, proves it
 writable (a probe file written, fsynced and removed), takes the lock `run.lock` and applies the overwrite rule:
 
@@ -32,16 +32,6 @@ from onpolicy.trainer.health import RunStopped
 LOCK = "run.lock"
 RESULTS = ("metrics.jsonl", "samples.jsonl", "checkpoints", "plots", "wandb")  # what logging.overwrite deletes
 _FULL_MARKERS = ("No space left", "unexpected pos", "StorageFull", "os error 28", "Disk quota exceeded")
-
-
-def check_path(path: str) -> str | None:
-    """Why `path` cannot be a run directory (None when it can)."""
-    if ".." in Path(path).parts:
-        return "a path without '..' components"
-    real = Path(os.path.realpath(path))
-    if real == Path(real.anchor):
-        return f"a directory below the filesystem root (resolves to {str(real)!r})"
-    return None
 
 
 class DiskFull(RunStopped):

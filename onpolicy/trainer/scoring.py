@@ -79,20 +79,8 @@ def score_rollouts(cfg, rows: list[dict], ro: Rollout, rewards=None, step: int =
     """Reward every completion (`rewards`: resolved `onpolicy.rewards.sources.Reward`s, default `cfg.rewards`;
     each gets the prompt row's other columns, `completion_ids` and `trainer_state`; prompts and completions as
     messages for chat-message data, as strings otherwise: `onpolicy.chat.reward_inputs`), compute advantages
-    (`trainer.algo`) and the loss mask (`trainer.dynamic_sampling`, `trainer.overlong_filter`). `step`: 0-based."""
-    from onpolicy.chat import reward_inputs
-
-    prompts, completions = reward_inputs([rows[i] for i in ro.group_index], ro.texts)
-    return score_completions(cfg, rows, ro, prompts, completions, rewards=rewards, step=step,
-                             truncated=[fr == "length" for fr in ro.finish_reasons])
-
-
-def score_completions(cfg, rows: list[dict], ro: Rollout, prompts: list, completions: list, *, truncated: list,
-                      extra_columns: dict | None = None, excluded: list | None = None, rewards=None,
-                      step: int = 0) -> ScoredBatch:
-    """`score_rollouts` with the reward inputs given: `extra_columns` (name -> one value per completion) go to
-    the reward functions beside the rows' columns; `excluded` completions are masked out of the loss
-    (multi-turn: trajectories an environment error ended); `truncated` feeds `trainer.overlong_filter`."""
+    (`trainer.algo`) and the loss mask (`Rollout.loss_mask`, `trainer.dynamic_sampling`,
+    `trainer.overlong_filter`). `step`: 0-based."""
     from onpolicy.chat import RESERVED_ROW_KEYS
     from onpolicy.rewards import combine_rewards, resolve_rewards
 
@@ -100,7 +88,8 @@ def score_completions(cfg, rows: list[dict], ro: Rollout, prompts: list, complet
     reward_fns = resolve_rewards(cfg.rewards if rewards is None else rewards)
     expanded = [rows[i] for i in ro.group_index]
     columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in RESERVED_ROW_KEYS + _NOT_COLUMNS}
-    columns.update(extra_columns or {})
+    prompts, completions, extra = ro.reward_inputs(rows)  # a multi-turn rollout: messages, env_reward, ...
+    columns.update(extra)
     total, per_name = combine_rewards(reward_fns, prompts, completions,
                                       completion_ids=[list(c) for c in ro.completion_ids],
                                       trainer_state=RewardState(global_step=step, max_steps=t.steps), **columns)
@@ -109,17 +98,17 @@ def score_completions(cfg, rows: list[dict], ro: Rollout, prompts: list, complet
     if not (torch.isfinite(rewards).all() and torch.isfinite(adv).all()):
         raise ValueError(_overflow_message(reward_fns, per_name))
     lens = torch.tensor(ro.seq_lens, dtype=torch.long)
-    mask = torch.ones(ro.num_tokens, dtype=torch.bool)
+    mask = torch.ones(ro.num_tokens, dtype=torch.bool)  # scored tokens are the policy's (Rollout.loss_mask)
+    if ro.excluded is not None:  # e.g. trajectories an environment error ended
+        mask &= ~torch.repeat_interleave(torch.tensor(ro.excluded, dtype=torch.bool), lens)
     kept_groups = len(rows)
     if t.dynamic_sampling:
         dropped = zero_variance_groups(rewards, g)
         token_group = torch.repeat_interleave(torch.tensor(ro.group_index, dtype=torch.long), lens)
         mask &= ~dropped[token_group]
         kept_groups -= int(dropped.sum())
-    truncated = torch.tensor(truncated, dtype=torch.bool)
+    truncated = torch.tensor(ro.truncated, dtype=torch.bool)
     if t.overlong_filter:
         mask &= ~torch.repeat_interleave(truncated, lens)
-    if excluded is not None:
-        mask &= ~torch.repeat_interleave(torch.tensor(excluded, dtype=torch.bool), lens)
     return ScoredBatch(rollout=ro, rewards=rewards, advantages=adv, loss_mask=mask, truncated=truncated,
                        kept_groups=kept_groups, reward_by_name=per_name)

@@ -1,13 +1,13 @@
-"""`update_policy(run, scored, step)`: the trainer half of one RL step -- the optimizer updates of a ScoredBatch.
+"""`update_policy(parts, scored, step)`: the trainer half of one RL step -- the optimizer updates of a ScoredBatch.
 
     for upd in update_schedule(...):          # trainer.num_iterations passes x trainer.mini_batches (whole groups)
         w = loss_weights(mini-batch)          # normalisers of the whole mini-batch, never of a micro-batch
         for each micro-batch (trainer.micro_batch_tokens of prompt + completion; null = the whole mini-batch):
             trainer forward (packed varlen; trainer.activation_checkpointing) -> logprobs
             update 1 only: parity vs the sampler (strict_onpolicy: bitwise, and the loss checks ratio == 1.0)
-            slice_loss -> backward -> optimizer.accumulate_grads()    (fp32 master grads)
-        (micro-batches planned within this rank's reduction chunks; distributed.GradReduction sums the chunks;
-         under FSDP2 FSDP reduce-scatters each backward and ranks with fewer micro-batches run idle ones)
+            loss_fn (slice_loss) -> backward -> optimizer.accumulate_grads()    (fp32 master grads)
+        (micro-batches planned within this rank's reduction chunks; the parallel strategy's GradReduction sums
+         the chunks; under FSDP2 FSDP reduce-scatters each backward and ranks with fewer micro-batches run idle ones)
         clip -> MasterWeightAdamW step (fp32 masters; the model's bf16 copy, shared with the engine, refreshed)
     engine prefix cache reset (its cached KV came from the old weights)
 
@@ -26,18 +26,36 @@ are rounded to bf16 before the fp32 sum).
 """
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from onpolicy.trainer.distributed import GradReduction, gather_parity, run_dist
-from onpolicy.trainer.health import NonFiniteError, check_finite
+from onpolicy.trainer.distributed import GradReduction, gather_parity
+from onpolicy.trainer.health import NonFiniteError, is_finite
 from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss, truncated_is_weights
 from onpolicy.trainer.microbatch import plan_micro_batches, token_spans, update_schedule
 from onpolicy.trainer.parity import OnPolicyViolation, first_mismatch, mismatch_report, parity_metrics
 from onpolicy.trainer.rollout import Rollout, sub_rollout
 from onpolicy.trainer.scoring import ScoredBatch
-from onpolicy.trainer.setup import trainer_module
+
+if TYPE_CHECKING:
+    from onpolicy.trainer.parallel import ParallelStrategy
+
+
+@dataclass(frozen=True)
+class UpdateParts:
+    """What the optimizer updates act on. `model`: the engine's model (its weights refreshed by the optimizer's
+    step); `module`: the module the trainer's forward runs (`strategy.train_module(model)`); `loss_fn`: the
+    per-micro-batch loss (`losses.slice_loss`'s signature); `ref_model`: the frozen reference of trainer.beta."""
+    cfg: Any                                  # onpolicy.config.ExperimentConfig
+    device: torch.device
+    model: torch.nn.Module
+    module: torch.nn.Module
+    optimizer: Any                            # precision.MasterWeightAdamW or fsdp.ShardedAdamW
+    strategy: ParallelStrategy
+    loss_fn: Callable = slice_loss
+    ref_model: torch.nn.Module | None = None
 
 
 def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
@@ -46,7 +64,8 @@ def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
 
 
 def trainer_logprobs(model, ro, temperature: float, grad: bool) -> list[torch.Tensor]:
-    """Per-completion logprobs of `ro`'s model tokens under `model` (same kernels as the sampler)."""
+    """Per-completion logprobs of `ro`'s policy tokens (`Rollout.loss_mask`) under `model` (same kernels as the
+    sampler)."""
     from onpolicy.model import sequence_logprobs
 
     with torch.set_grad_enabled(grad):
@@ -54,20 +73,33 @@ def trainer_logprobs(model, ro, temperature: float, grad: bool) -> list[torch.Te
                                  score_masks=ro.score_masks)
 
 
+class _FiniteChecks:
+    """The step's non-finite checks: the NonFiniteError is built here, once, with the step's metrics so far
+    (`metrics`, then the rewards and completion metrics of `scored`) and the failing update."""
+
+    def __init__(self, step: int, scored: ScoredBatch, n_updates: int):
+        self.step, self.scored, self.n_updates = step, scored, n_updates
+
+    def check(self, what: str, value, metrics: dict, update_index: int) -> None:
+        if not is_finite(value):
+            row = {"step": self.step + 1, **metrics, **self.scored.metrics(), **self.scored.completion_metrics()}
+            raise NonFiniteError(self.step + 1, what, row, update=(update_index + 1, self.n_updates))
+
+
 class _FirstUpdate:
     """Update 1's trainer logprobs (detached) for the parity metrics, and its per-micro-batch checks."""
 
-    def __init__(self, run, step: int):
-        self.run, self.step, self.sampler, self.trainer = run, step, [], []
+    def __init__(self, step: int, strict: bool, finite: _FiniteChecks):
+        self.step, self.strict, self.finite, self.sampler, self.trainer = step, strict, finite, [], []
 
     def check(self, mb: Rollout, offset: int, sampler_lp, lps: list[torch.Tensor]) -> None:
         """Non-finite logprobs first (NonFiniteError, with the parity metrics so far), then strict_onpolicy."""
         self.sampler += mb.sampler_logprobs
         self.trainer += [x.detach() for x in lps]
         for what, v in (("sampler logprobs", sampler_lp), ("trainer logprobs", torch.cat(lps).detach())):
-            if not bool(torch.isfinite(v).all()):
-                raise NonFiniteError(self.step + 1, what, self.metrics())
-        if self.run.cfg.trainer.strict_onpolicy:
+            if not is_finite(v):
+                self.finite.check(what, v, self.metrics(), 0)
+        if self.strict:
             mm = first_mismatch(mb.sampler_logprobs, lps)
             if mm is not None:
                 prompt = mb.prompt_ids[mm.sequence]
@@ -78,66 +110,65 @@ class _FirstUpdate:
         return parity_metrics(self.sampler, self.trainer)
 
 
-def _micro_loss(run, mb: Rollout, lps, w, *, old_is_sampler: bool, on_policy: bool):
-    """slice_loss of one micro-batch (old policy, reference KL and truncated IS per the config)."""
-    t, device = run.cfg.trainer, run.device
+def _micro_loss(parts: UpdateParts, mb: Rollout, lps, w, *, old_is_sampler: bool, on_policy: bool):
+    """The loss of one micro-batch (old policy, reference KL and truncated IS per the config)."""
+    t = parts.cfg.trainer
     lp = torch.cat(lps)
-    sampler_lp = torch.cat(mb.sampler_logprobs).to(device)
+    sampler_lp = torch.cat(mb.sampler_logprobs).to(parts.device)
     old = sampler_lp if old_is_sampler else lp.detach()
     ref_lp = None
     if t.beta > 0:
-        ref_lp = torch.cat(trainer_logprobs(run.ref_model, mb, run.cfg.sampling.temperature, grad=False))
+        ref_lp = torch.cat(trainer_logprobs(parts.ref_model, mb, parts.cfg.sampling.temperature, grad=False))
     is_w = truncated_is_weights(lp, sampler_lp, t.tis_cap) if t.tis_cap is not None else None
-    return slice_loss(lp, old, w, epsilon_low=t.epsilon_low, epsilon_high=t.epsilon_high, beta=t.beta,
-                      ref_logprobs=ref_lp, is_weights=is_w,
-                      check_on_policy=on_policy and t.invariant and t.strict_onpolicy)
+    return parts.loss_fn(lp, old, w, epsilon_low=t.epsilon_low, epsilon_high=t.epsilon_high, beta=t.beta,
+                         ref_logprobs=ref_lp, is_weights=is_w,
+                         check_on_policy=on_policy and t.invariant and t.strict_onpolicy)
 
 
-def _mini_batch_weights(run, scored: ScoredBatch, seqs: range, span: range):
-    t, s = run.cfg.trainer, run.cfg.sampling
+def _mini_batch_weights(parts: UpdateParts, scored: ScoredBatch, seqs: range, span: range):
+    t, s, device = parts.cfg.trainer, parts.cfg.sampling, parts.device
     lens = scored.rollout.seq_lens[seqs.start:seqs.stop]
-    return loss_weights(scored.advantages[seqs.start:seqs.stop].to(run.device), lens, agg=t.loss_agg,
-                        max_tokens=s.max_tokens, loss_mask=scored.loss_mask[span.start:span.stop].to(run.device))
+    return loss_weights(scored.advantages[seqs.start:seqs.stop].to(device), lens, agg=t.loss_agg,
+                        max_tokens=s.max_tokens, loss_mask=scored.loss_mask[span.start:span.stop].to(device))
 
 
-def _one_update(run, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpdate, metrics: dict) -> dict:
+def _one_update(parts: UpdateParts, scored: ScoredBatch, upd, n_updates: int, first: _FirstUpdate,
+                metrics: dict) -> dict:
     """Forward/backward of every micro-batch of update `upd`, clip and optimizer step; -> its loss stats."""
-    t, ro, step = run.cfg.trainer, scored.rollout, first.step
+    t, ro, optimizer = parts.cfg.trainer, scored.rollout, parts.optimizer
     mini = sub_rollout(ro, upd.seqs)
-    w = _mini_batch_weights(run, scored, upd.seqs, token_spans(ro.seq_lens, [upd.seqs])[0])
+    w = _mini_batch_weights(parts, scored, upd.seqs, token_spans(ro.seq_lens, [upd.seqs])[0])
     seq_tokens = [len(p) + len(c) for p, c in zip(mini.prompt_ids, mini.completion_ids)]
-    reduction = GradReduction(run, len(seq_tokens), ro.group_size)  # this rank's chunks; cross-rank grad sum
+    # this rank's chunks; cross-rank grad sum
+    reduction = parts.strategy.grad_reduction(parts.cfg, optimizer, parts.device, len(seq_tokens))
     acc = LossAccumulator()
-    model = trainer_module(run)
     plan = list(_chunk_micro_batches(reduction.my_chunks(), seq_tokens, mini.seq_lens, t.micro_batch_tokens))
     for seqs, span, chunk_end in plan:
         mb = sub_rollout(mini, seqs)
-        lps = trainer_logprobs(model, mb, run.cfg.sampling.temperature, grad=True)
+        lps = trainer_logprobs(parts.module, mb, parts.cfg.sampling.temperature, grad=True)
         if upd.on_policy:
             first.check(mb, upd.seqs.start + seqs.start, torch.cat(mb.sampler_logprobs), lps)
         else:
-            check_finite(step + 1, "trainer logprobs", torch.cat(lps).detach(), metrics)
-        part = _micro_loss(run, mb, lps, w.slice(span), on_policy=upd.on_policy,
+            first.finite.check("trainer logprobs", torch.cat(lps).detach(), metrics, upd.index)
+        part = _micro_loss(parts, mb, lps, w.slice(span), on_policy=upd.on_policy,
                            old_is_sampler=t.invariant or n_updates > 1)
-        check_finite(step + 1, "loss", part.loss.detach(), {**metrics, **_parity(first, upd)})
+        first.finite.check("loss", part.loss.detach(), {**metrics, **_parity(first, upd)}, upd.index)
         part.loss.backward()
-        run.optimizer.accumulate_grads()
+        optimizer.accumulate_grads()
         acc.add(part)
         del lps, part
         if chunk_end:
             reduction.chunk_done()
-    if reduction.dist.fsdp:  # FSDP2: every rank runs the same number of forward/backward collectives
-        from onpolicy.trainer.fsdp import idle_micro_batch
-
-        for _ in range(_most_micro_batches(reduction, seq_tokens, mini.seq_lens, t.micro_batch_tokens) - len(plan)):
-            idle_micro_batch(model)
+    parts.strategy.pad_micro_batches(parts.module, len(plan), lambda: _most_micro_batches(
+        reduction, seq_tokens, mini.seq_lens, t.micro_batch_tokens))
     reduction.finish()
     acc.parts = reduction.loss_parts(acc.parts)
     stats = acc.result()
-    grad_norm = run.optimizer.clip_grad_norm_(t.max_grad_norm)
-    check_finite(step + 1, "gradient norm", grad_norm, {**metrics, **_parity(first, upd), "grad_norm": grad_norm})
-    run.optimizer.step()
-    run.optimizer.zero_grad()
+    grad_norm = optimizer.clip_grad_norm_(t.max_grad_norm)
+    first.finite.check("gradient norm", grad_norm, {**metrics, **_parity(first, upd), "grad_norm": grad_norm},
+                       upd.index)
+    optimizer.step()
+    optimizer.zero_grad()
     return {"loss": stats.loss, "loss/clip_frac": stats.clip_frac, "loss/ratio_mean": stats.ratio_mean,
             "loss/kl_ref": stats.kl_ref, "grad_norm": grad_norm}
 
@@ -166,32 +197,27 @@ def _mean(values: list[float]) -> float:
     return values[0] if len(values) == 1 else sum(values) / len(values)
 
 
-def update_policy(run, scored: ScoredBatch, step: int) -> dict:
-    """Every optimizer update of `run.model` on `scored` (0-based `step`); returns parity, loss and optimizer
-    metrics. Raises OnPolicyViolation (strict mode) or NonFiniteError before the failing update's step."""
-    t = run.cfg.trainer
+def update_policy(parts: UpdateParts, scored: ScoredBatch, step: int) -> dict:
+    """Every optimizer update of `parts.model` on `scored` (0-based `step`); returns parity, loss and optimizer
+    metrics. Raises OnPolicyViolation (strict mode) or NonFiniteError before the failing update's step. The
+    caller resets the engine's prefix cache afterwards (its cached KV came from the old weights)."""
+    t = parts.cfg.trainer
     ro = scored.rollout
-    run.model.train()
-    trainer_module(run).train()
+    parts.model.train()
+    parts.module.train()
     lr = learning_rate(step, t.lr, t.warmup_steps)
-    for group in run.optimizer.param_groups:
+    for group in parts.optimizer.param_groups:
         group["lr"] = lr
     schedule = update_schedule(len(ro.seq_lens), t.mini_batches, t.num_iterations)
-    first = _FirstUpdate(run, step)
+    first = _FirstUpdate(step, t.strict_onpolicy, _FiniteChecks(step, scored, len(schedule)))
     per_update, metrics = [], {}
     try:
         for upd in schedule:
-            per_update.append(_one_update(run, scored, upd, len(schedule), first, metrics))
+            per_update.append(_one_update(parts, scored, upd, len(schedule), first, metrics))
             if upd.on_policy:
-                metrics.update(gather_parity(run_dist(run), first.sampler, first.trainer))
-    except NonFiniteError as e:
-        e.partial = bool(per_update)  # earlier updates of this step are applied: the weights are not the last good
-        if e.partial:
-            e.what += f" (update {len(per_update) + 1} of {len(schedule)}; updates 1-{len(per_update)} were applied)"
-        raise
+                metrics.update(gather_parity(parts.strategy.dist, first.sampler, first.trainer))
     finally:
-        run.optimizer.zero_grad()
-        run.llm.reset_prefix_cache()
+        parts.optimizer.zero_grad()
     metrics.update({"loss": _mean([u["loss"] for u in per_update]), "lr": lr})
     for key in ("loss/clip_frac", "loss/ratio_mean", "loss/kl_ref", "grad_norm"):
         metrics[key] = _mean([u[key] for u in per_update])

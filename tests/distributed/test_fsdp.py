@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from onpolicy.config import ExperimentConfig
-from onpolicy.trainer.distributed import check_launch_env
+from onpolicy.trainer.launch import check_launch_env
 
 from tests.distributed.test_launch import (ARGS, ROOT, _accelerate, _one_gpu_launch_and_plain, _rows, _run,
                                           _weights_hash)

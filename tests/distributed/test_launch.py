@@ -179,18 +179,25 @@ def test_world_size_refused_before_compute(tmp_path, world, extra, message):
 NAN_ON_RANK1 = '''
 import os, sys
 from dataclasses import replace
-sys.path[:0] = [{root!r}, {recipes!r}]
-from onpolicy.trainer import loop, update
-real_loss, real_update, state = update.slice_loss, update.update_policy, {{}}
-def update_policy(run, scored, step):
-    state["step"] = step
-    return real_update(run, scored, step)
-def slice_loss(*a, **k):
-    out = real_loss(*a, **k)
+sys.path[:0] = [{root!r}]
+from onpolicy.trainer.launch import start_processes
+from onpolicy.config import parse_args
+from onpolicy.cli import command
+from onpolicy.trainer import SingleTurnRollouts, TrainerParts, train
+from onpolicy.trainer.losses import slice_loss
+state = {{}}
+class StepSeen(SingleTurnRollouts):
+    def collect(self, rows, step):
+        state["step"] = step
+        return super().collect(rows, step)
+def nan_on_rank1(*a, **k):
+    out = slice_loss(*a, **k)
     return replace(out, loss=out.loss * float("nan")) if os.environ["RANK"] == "1" and state["step"] == 1 else out
-loop.update_policy, update.slice_loss = update_policy, slice_loss
-import grpo
-grpo.main()
+def main(argv):
+    cfg = parse_args(argv)
+    start_processes(cfg)
+    return train(cfg, parts=TrainerParts(rollouts=StepSeen.for_trainer, loss_fn=nan_on_rank1))
+command(main)
 '''
 
 
@@ -198,7 +205,7 @@ def test_non_finite_loss_on_one_rank_stops_the_job_without_hanging(tmp_path):
     """Rank 1's loss turns NaN in step 2 while rank 0 waits in the gradient reduction: rank 1 reports it and
     saves nothing collectively, the launcher stops rank 0; step 1's checkpoint is the last good policy."""
     script = tmp_path / "nan_rank1.py"
-    script.write_text(NAN_ON_RANK1.format(root=str(ROOT), recipes=str(ROOT / "recipes")))
+    script.write_text(NAN_ON_RANK1.format(root=str(ROOT)))
     cmd = _launch_cmd(tmp_path / "out")
     cmd[cmd.index(str(ROOT / "recipes/grpo.py"))] = str(script)
     res = _run(cmd)

@@ -10,7 +10,8 @@ import torch.distributed as td
 import torch.multiprocessing as mp
 
 from onpolicy.config import ExperimentConfig
-from onpolicy.trainer.distributed import ChunkTree, Dist, check_launch_env, check_world_size
+from onpolicy.trainer.distributed import ChunkTree, Dist
+from onpolicy.trainer.launch import check_launch_env, check_world_size
 
 N_CHUNKS, NUMEL = 4, 4096
 

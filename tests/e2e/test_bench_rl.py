@@ -1,6 +1,6 @@
 """scripts/bench_rl.py: a CPU smoke run (--quick; TRL live when trl imports, skipped with a note when not), the
 workload table, the TRL system's checks and the merge of several runs; on the H100, the Qwen3-0.6B shape at
-32x8x512 for 3 steps with onpolicy/kl exactly 0.0 every step (issue 10)."""
+32x8x512 for 3 steps with onpolicy/kl exactly 0.0 every step."""
 import importlib.util
 import json
 import sys
@@ -15,10 +15,7 @@ HAS_TRL = importlib.util.find_spec("trl") is not None and importlib.util.find_sp
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_rl", REPO / "scripts" / "bench_rl.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("scripts.bench_rl")
 
 
 def test_bench_rl_quick_writes_json_and_png(tmp_path, capsys, monkeypatch):
@@ -66,8 +63,8 @@ def test_bad_selection_is_one_line_error():
 
 
 def test_trl_side_checks_prompts_lengths_and_weights():
-    _bench()  # puts scripts/ on sys.path
-    trl_side = sys.modules["bench_rl_trl"]
+    from scripts import bench_rl_trl as trl_side
+
     assert trl_side.micro_batch_seqs(256, 522, 16384) == 16 and trl_side.micro_batch_seqs(8, 18, 16384) == 8
     assert trl_side.micro_batch_seqs(256, 20000, 16384) == 1
     tok = trl_side.id_tokenizer(1000)

@@ -28,11 +28,11 @@ def _flaky_length(prompts, completions, **kw):
     return [len(c) / 8 for c in completions]
 
 
-def _train(cfg, lines=None):
+def _train(cfg, lines=None, parts=None):
     from onpolicy.trainer import train
 
     FLAKY["calls"] = 0
-    return train(cfg, log=(lines.append if lines is not None else lambda *a: None))
+    return train(cfg, log=(lines.append if lines is not None else lambda *a: None), parts=parts)
 
 
 def _steps_saved(cfg):
@@ -79,23 +79,29 @@ def test_reward_error_saves_the_last_step_and_resume_is_bitwise(tiny_cfg):
     assert any(not torch.equal(first[k], a[k]) for k in a), "step 3 did not change the weights"
 
 
-def test_ctrl_c_between_updates_saves_the_last_step(tiny_cfg, monkeypatch):
-    from onpolicy.trainer import loop
+class _CtrlCAtSecondStep:
+    """A rollout source: the engine's rollouts, with Ctrl-C while sampling the second step."""
+
+    def __init__(self, trainer):
+        from onpolicy.trainer import SingleTurnRollouts
+
+        self.real, self.calls = SingleTurnRollouts.for_trainer(trainer), 0
+
+    def collect(self, rows, step):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return self.real.collect(rows, step)
+
+
+def test_ctrl_c_between_updates_saves_the_last_step(tiny_cfg):
+    from onpolicy.trainer import TrainerParts
     from onpolicy.trainer.health import RunInterrupted
 
-    real, calls = loop.generate_rollouts, {"n": 0}
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(loop, "generate_rollouts", interrupted)
     cfg = tiny_cfg(**FAST, **{"trainer.steps": 3})
     with pytest.raises(RunInterrupted, match=r"stopped by Ctrl-C during step 2; the last good state is in "
                                              r".*step-1/policy; resume with: python .*--trainer\.resume true"):
-        _train(cfg)
+        _train(cfg, parts=TrainerParts(rollouts=_CtrlCAtSecondStep))
     assert _steps_saved(cfg) == [1]
     assert not (Path(cfg.logging.output_dir) / "run.lock").exists()
 

@@ -1,5 +1,5 @@
-"""A real-size step on the tiny default (issue 10): micro-batches, activation checkpointing, mini-batches x
-iterations and fp32 master weights wired into `update_policy`, through `build_run` + `rl_step` / `train`."""
+"""A real-size step on the tiny default: micro-batches, activation checkpointing, mini-batches x
+iterations and fp32 master weights wired into `update_policy`, through `build_trainer` + `rl_step` / `train`."""
 import hashlib
 import math
 
@@ -11,15 +11,16 @@ from onpolicy import kernels
 TIMING = ("time/", "throughput/")
 
 
-def _one_step(tiny_cfg, name, **over):
-    """One RL step from the warm start; -> (metrics without timings, master grads before clipping, run)."""
+def _one_step(tiny_cfg, name, parts=None, **over):
+    """One RL step from the warm start (`parts`: trainer.TrainerParts); -> (metrics without timings, master
+    grads before clipping, trainer)."""
     from onpolicy.trainer.loop import rl_step
-    from onpolicy.trainer.setup import build_run
+    from onpolicy.trainer.setup import build_trainer
 
     cfg = tiny_cfg(name, **{"trainer.steps": 1, **over})
     grads = []
     with kernels.invariant_mode(True):
-        run = build_run(cfg, log=lambda *a: None)
+        run = build_trainer(cfg, log=lambda *a: None, parts=parts)
         real = run.optimizer.clip_grad_norm_
 
         def spy(max_norm):
@@ -65,19 +66,18 @@ def test_micro_batch_budget_splits_the_step(tiny_cfg, monkeypatch):
     assert sum(calls) == 16 and 3 < len(calls) < 16 and max(calls) >= 2
 
 
-def test_mini_batches_first_ratio_exactly_one_later_updates_clip(tiny_cfg, monkeypatch):
-    from onpolicy.trainer import update
+def test_mini_batches_first_ratio_exactly_one_later_updates_clip(tiny_cfg):
+    from onpolicy.trainer import TrainerParts
+    from onpolicy.trainer.losses import slice_loss
 
     ratios = []
-    real = update.slice_loss
 
     def spy(*a, **k):
-        out = real(*a, **k)
+        out = slice_loss(*a, **k)
         ratios.append((k["check_on_policy"], out.ratio))
         return out
 
-    monkeypatch.setattr(update, "slice_loss", spy)
-    m, _, _ = _one_step(tiny_cfg, "mini", **{"trainer.mini_batches": 2, "trainer.num_iterations": 2,
+    m, _, _ = _one_step(tiny_cfg, "mini", TrainerParts(loss_fn=spy), **{"trainer.mini_batches": 2, "trainer.num_iterations": 2,
                                              "trainer.micro_batch_tokens": 64, "trainer.lr": 3e-2})
     assert m["train/updates"] == 4 and m["onpolicy/kl"] == 0.0 and m["onpolicy/mismatch_frac"] == 0.0
     first = [r for on, r in ratios if on]
@@ -139,12 +139,12 @@ def test_same_seed_same_weights_and_resume_continues_bitwise(tiny_cfg):
 def test_bf16_lr_1e6_moves_every_master_weight(tiny_cfg):
     """bf16 model at lr 1e-6: the fp32 masters change (nearly) everywhere; parity stays exactly 0.0."""
     from onpolicy.trainer.loop import rl_step
-    from onpolicy.trainer.setup import build_run
+    from onpolicy.trainer.setup import build_trainer
 
     cfg = tiny_cfg("bf16", **{"model.dtype": "bfloat16", "trainer.lr": 1e-6, "trainer.warmup_steps": 0,
                               "trainer.steps": 3})
     with kernels.invariant_mode(True):
-        run = build_run(cfg, log=lambda *a: None)
+        run = build_trainer(cfg, log=lambda *a: None)
         assert all(p.dtype == torch.bfloat16 for p in run.model.parameters())
         before = [m.detach().clone() for m in run.optimizer.masters]
         rows = [rl_step(run, s) for s in range(3)]
@@ -191,13 +191,13 @@ def test_default_ops_with_mini_batches_and_truncated_is(tiny_cfg):
     """invariant: false with 2 updates (the sampler's logprobs as the old policy), truncated IS, micro-batches
     and checkpointing: the step runs with finite metrics."""
     from onpolicy.trainer.loop import rl_step
-    from onpolicy.trainer.setup import build_run
+    from onpolicy.trainer.setup import build_trainer
 
     cfg = tiny_cfg("fast", **{"trainer.invariant": False, "trainer.strict_onpolicy": False, "trainer.tis_cap": 2.0,
                               "trainer.mini_batches": 2, "trainer.micro_batch_tokens": 64,
                               "trainer.activation_checkpointing": True})
     with kernels.invariant_mode(False):
-        run = build_run(cfg, log=lambda *a: None)
+        run = build_trainer(cfg, log=lambda *a: None)
         m = rl_step(run, 0)
         run.logger.close()
     assert m["train/updates"] == 2 and math.isfinite(m["loss"]) and m["grad_norm"] > 0

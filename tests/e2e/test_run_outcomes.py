@@ -1,4 +1,4 @@
-"""What a run leaves behind and how it ends (issue 8): the final policy is always saved (transformers-loadable),
+"""What a run leaves behind and how it ends: the final policy is always saved (transformers-loadable),
 non-finite values stop the run with the last good policy saved, a collapsed run warns, resume survives a
 truncated metrics line and refuses a checkpoint of a different run, keep-last-N checkpoints."""
 import json
@@ -13,10 +13,10 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _train(cfg, lines=None):
+def _train(cfg, lines=None, parts=None):
     from onpolicy.trainer import train
 
-    return train(cfg, log=(lines.append if lines is not None else lambda *a: None))
+    return train(cfg, log=(lines.append if lines is not None else lambda *a: None), parts=parts)
 
 
 def _rows(cfg):
@@ -40,7 +40,8 @@ def _warm_start(cfg):
     """The weights a run of `cfg` starts RL from (its model after the SFT warm start, from the shared cache)."""
     from onpolicy import determinism
     from onpolicy.data import load_prompts
-    from onpolicy.trainer.setup import build_model, build_tokenizer, run_sft
+    from onpolicy.build import build_model, build_tokenizer
+    from onpolicy.trainer.setup import run_sft
 
     determinism.enable(seed=cfg.trainer.seed)
     tok = build_tokenizer(cfg)
@@ -88,8 +89,10 @@ def test_last_steps_are_saved_and_keep_last_n(tiny_cfg):
 
 
 def _nan_at(step_index, monkeypatch, target):
-    """Make `target` ('trainer logprobs' | 'loss' | 'gradient norm') NaN at the 0-based RL step `step_index`."""
-    from onpolicy.trainer import update
+    """Make `target` ('trainer logprobs' | 'loss' | 'gradient norm') NaN at the 0-based RL step `step_index`;
+    -> the trainer parts to run with (the loss: a loss function that returns NaN)."""
+    from onpolicy.trainer import TrainerParts, update
+    from onpolicy.trainer.losses import slice_loss
 
     calls = {"n": 0}
     if target == "trainer logprobs":
@@ -105,16 +108,14 @@ def _nan_at(step_index, monkeypatch, target):
 
         monkeypatch.setattr(update, "trainer_logprobs", patched)
     elif target == "loss":
-        real = update.slice_loss  # one call per micro-batch: the default has one
-
-        def patched(*a, **k):
-            out = real(*a, **k)
+        def nan_loss(*a, **k):  # one call per micro-batch: the default has one
+            out = slice_loss(*a, **k)
             calls["n"] += 1
             if calls["n"] == step_index + 1:
                 out.loss = out.loss * float("nan")
             return out
 
-        monkeypatch.setattr(update, "slice_loss", patched)
+        return TrainerParts(loss_fn=nan_loss)
     else:
         real = torch.nn.utils.clip_grad_norm_
 
@@ -153,9 +154,9 @@ def test_nan_loss_or_gradient_stops_before_the_update(tiny_cfg, monkeypatch, tar
     from onpolicy.trainer.health import NonFiniteError
 
     cfg = tiny_cfg("nan", **{"trainer.steps": 2, "trainer.invariant": False, "trainer.strict_onpolicy": False})
-    _nan_at(0, monkeypatch, target)
+    parts = _nan_at(0, monkeypatch, target)
     with pytest.raises(NonFiniteError, match=rf"step 1: {target} non-finite") as e:
-        _train(cfg)
+        _train(cfg, parts=parts)
     assert _steps_saved(cfg) == [0]
     _assert_same_weights(_weights(Path(e.value.saved)), _warm_start(cfg))  # the policy before any RL step
 

@@ -11,10 +11,10 @@ PARITY = ("onpolicy/kl", "onpolicy/logprob_diff/max", "onpolicy/logprob_diff/mea
 TIMING = ("time/sample", "time/train", "time/step", "throughput/tokens_per_s")
 
 
-def _train(cfg):
+def _train(cfg, parts=None):
     from onpolicy.trainer import train
 
-    return train(cfg, log=lambda *a: None)
+    return train(cfg, log=lambda *a: None, parts=parts)
 
 
 def _rows(cfg):
@@ -133,23 +133,23 @@ def test_default_config_raises_reward(e2e_root, default_config_path):
 
 
 @pytest.mark.parametrize("micro_batch_tokens", [None, 1])
-def test_strict_onpolicy_stops_on_a_one_ulp_mismatch(tiny_cfg, monkeypatch, micro_batch_tokens):
+def test_strict_onpolicy_stops_on_a_one_ulp_mismatch(tiny_cfg, micro_batch_tokens):
     """Nudge one sampler logprob by one ulp: strict mode must stop with the sequence/token and a pointer
     (the sequence's index in the step, also when it is checked in a micro-batch of its own)."""
-    from onpolicy.trainer import loop
+    from onpolicy.trainer import SingleTurnRollouts, TrainerParts
     from onpolicy.trainer.parity import OnPolicyViolation
 
-    real = loop.generate_rollouts
+    class Nudged(SingleTurnRollouts):
+        def collect(self, rows, step):
+            ro = super().collect(rows, step)
+            lp = ro.sampler_logprobs[1]
+            lp[0] = torch.nextafter(lp[0], torch.tensor(0.0))
+            return ro
 
-    def nudged(*args, **kwargs):
-        ro = real(*args, **kwargs)
-        lp = ro.sampler_logprobs[1]
-        lp[0] = torch.nextafter(lp[0], torch.tensor(0.0))
-        return ro
-
-    monkeypatch.setattr(loop, "generate_rollouts", nudged)
+    parts = TrainerParts(rollouts=Nudged.for_trainer)
     with pytest.raises(OnPolicyViolation, match=r"step 1: sequence 1, completion token 0.*doctor\.py"):
-        _train(tiny_cfg(**{"trainer.strict_onpolicy": True, "trainer.micro_batch_tokens": micro_batch_tokens}))
+        _train(tiny_cfg(**{"trainer.strict_onpolicy": True, "trainer.micro_batch_tokens": micro_batch_tokens}),
+               parts)
 
 
 def test_sft_warm_start_is_cached(tiny_cfg):
@@ -159,7 +159,7 @@ def test_sft_warm_start_is_cached(tiny_cfg):
     stats = []
     for name in ("a", "b"):
         cfg = tiny_cfg(name, **{"trainer.steps": 1, "trainer.sft_warmup_steps": 3})
-        run = setup.build_run(cfg, log=lambda *a: None)
+        run = setup.build_trainer(cfg, log=lambda *a: None)
         run.logger.close()
         stats.append(run.sft_stats)
     assert stats[0]["sft/cached"] is False and stats[1]["sft/cached"] is True

@@ -1,17 +1,10 @@
 """scripts/doctor.py: reports "bitwise equal" on the tiny model, and names the op when one is perturbed."""
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 
 from onpolicy import kernels
 from onpolicy.model.tiny import build_tiny
-
-_PATH = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "doctor.py"
-_spec = importlib.util.spec_from_file_location("doctor", _PATH)
-doctor = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(doctor)
+from scripts import doctor
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ import torch
 
 from onpolicy import kernels
 from onpolicy.engine import LLM, EngineConfig, SamplingParams
-from onpolicy.engine.sampling import sample, sample_plain, sample_tokens
+from onpolicy.engine.sampling import sample, sample_tokens
+from onpolicy.kernels import sample_plain
 from onpolicy.model import CausalLM, ModelConfig
 
 pytestmark = pytest.mark.gpu

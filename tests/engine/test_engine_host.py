@@ -1,8 +1,6 @@
 """The engine's host fast paths change no result: the scheduler's inlined decode path (no BlockManager call
 inside a block) against the plain rule (blocks_needed + allocate for every running chunk), and LLM.step's
 stop checks against the stop rules written out, with a stand-in runner (no model forward)."""
-import importlib.util
-import pathlib
 
 import pytest
 
@@ -150,10 +148,8 @@ def test_stop_checks_match_the_rules(async_scheduling):
 
 
 def test_bench_engine_host_counts_steps():
-    path = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_engine_host.py"
-    spec = importlib.util.spec_from_file_location("bench_engine_host", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    from scripts import bench_engine_host as bench
+
     rows = bench.main(["--batches", "1,4", "--new-tokens", "8", "--repeats", "1", "--stage"])
     # one prefill step that samples the first token, then 7 decode steps (staged for the graphs)
     assert [(r["batch"], r["steps"], r["decode_steps"]) for r in rows] == [(1, 8, 7), (4, 8, 7)]

@@ -110,3 +110,34 @@ def test_capture_runs_with_gc_paused(monkeypatch):
     params = SamplingParams(temperature=1.0, max_tokens=3, seed=0, ignore_eos=True)
     _plain_and_graphed(model, tok, [[5, 6, 7]], params, max_num_seqs=4)
     assert seen and not any(seen) and gc.isenabled()
+
+
+def test_replay_returns_its_tokens_and_writes_nothing_of_the_runner(monkeypatch):
+    """A replay leaves the runner's `last_tokens` alone and returns what it produced; the runner stores those
+    tokens there, where the next asynchronously launched step reads its input ids."""
+    model, tok = build_tiny(seed=4, head_dim=64, num_hidden_layers=1)
+    monkeypatch.setattr(DecodeGraphs, "_capture", _eager_capture)
+    llm = LLM(model, tok, EngineConfig(num_blocks=64, block_size=4, max_num_seqs=4, async_scheduling=True))
+    r = llm.runner
+    r.kv_caches = allocate_kv_caches(model.config, r.num_blocks, r.block_size, r.dtype, r.device, 4)
+    r.graphs = DecodeGraphs(r)
+    seen, plain_launch, plain_runner_launch = [], r.graphs.launch, r.launch
+
+    def launch(seqs, temperature):
+        before = r.last_tokens.clone()
+        out = plain_launch(seqs, temperature)
+        assert torch.equal(r.last_tokens, before)
+        seen.append(out[0].long().clone())
+        return out
+
+    def runner_launch(chunks, seqs):
+        inflight = plain_runner_launch(chunks, seqs)
+        assert torch.equal(r.last_tokens[: len(seqs)], seen[-1])
+        return inflight
+
+    monkeypatch.setattr(r.graphs, "launch", launch)
+    monkeypatch.setattr(r, "launch", runner_launch)
+    params = SamplingParams(temperature=1.0, max_tokens=6, seed=0, ignore_eos=True)
+    outs = llm.generate([[5, 6, 7], [8, 9]], params)
+    assert len(seen) > 2 and llm.stats["async_steps"] == len(seen)
+    assert all(len(o.outputs[0].token_ids) == 6 for o in outs)

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from onpolicy.engine.sampling import filter_top_k_top_p, row_keys, sample_tokens, splitmix64, uniform_noise
+from onpolicy.engine.sampling import filter_top_k_top_p, sample_tokens
+from onpolicy.kernels.sampling import row_keys, splitmix64, uniform_noise
 
 MASK = (1 << 64) - 1
 

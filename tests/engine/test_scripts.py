@@ -1,18 +1,12 @@
 """Smoke tests of the engine scripts on the tiny CPU model (each asserts a real property, not just exit 0)."""
-import importlib.util
+import importlib
 import json
-import pathlib
 
 from onpolicy.model.tiny import build_tiny
 
-_SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / "scripts"
-
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(name, _SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"scripts.{name}")
 
 
 def test_determinism_demo_invariant_mode_gives_one_completion():

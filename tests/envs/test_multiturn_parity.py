@@ -37,7 +37,7 @@ def _assert_parity(model, ro, temperature=1.0):
     with torch.no_grad():
         trainer = sequence_logprobs(model, ro.prompt_ids, ro.completion_ids, temperature, score_masks=ro.score_masks)
     for i, (s, t) in enumerate(zip(ro.sampler_logprobs, trainer)):
-        assert s.shape == t.shape == (sum(ro.score_masks[i]),)
+        assert s.shape == t.shape == (int(ro.loss_mask[i].sum()),)
         assert torch.equal(s, t), f"trajectory {i}: max |diff| {float((s - t).abs().max())}"
 
 
@@ -47,7 +47,7 @@ def _assert_sampler_ids(rec: Recording, ro):
     from onpolicy.envs.rollout import turn_seed
 
     asked = {(tuple(p), seed): c for p, seed, c in rec.completions}
-    for i, (prompt, ids, mask) in enumerate(zip(ro.prompt_ids, ro.completion_ids, ro.score_masks)):
+    for i, (prompt, ids, mask) in enumerate(zip(ro.prompt_ids, ro.completion_ids, [m.tolist() for m in ro.loss_mask])):
         pos, turns = 0, 0
         while pos < len(ids):
             comp = asked[(tuple(prompt + ids[:pos]), turn_seed(7, 3, ro.group_index[i], i % ro.group_size, turns))]
@@ -84,7 +84,7 @@ def test_chatml_special_tokens_chunked_prefill_and_preemption(chatml):
     assert rec.llm.block_manager.num_hits > 0 and rec.llm.scheduler.num_preemptions > 0
     assert len(set(ro.num_turns)) >= 3
     im_end, newline = tok.convert_tokens_to_ids("<|im_end|>"), tok.encode("\n")[0]
-    for ids, mask in zip(ro.completion_ids, ro.score_masks):
+    for ids, mask in zip(ro.completion_ids, [m.tolist() for m in ro.loss_mask]):
         for j in range(1, len(ids)):
             if mask[j - 1] and not mask[j]:  # an observation starts: the template's turn closer, less what was sampled
                 assert (ids[j] == newline) if ids[j - 1] == im_end else (ids[j] == im_end)

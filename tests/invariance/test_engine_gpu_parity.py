@@ -118,13 +118,8 @@ def test_gpu_sampler_batch_invariant_large_vocab():
 
 def test_gpu_doctor_reports_bitwise_equal(gpu_model):
     """scripts/doctor.py on the GPU model: on failure the message names the first differing module/op."""
-    import importlib.util
-    import pathlib
+    from scripts import doctor
 
-    path = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "doctor.py"
-    spec = importlib.util.spec_from_file_location("doctor", path)
-    doctor = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(doctor)
     rep = doctor.diagnose(gpu_model, None, _prompts(1, 90, 90, seed=8)[0], max_tokens=12, batch=6)
     assert rep["equal"], (rep["first_diff"], rep["num_diff"], rep["logprob_max_diff"])
     assert rep["num_compared"] > 4 * 10

@@ -39,4 +39,5 @@ def test_engine_equals_trainer_real_shape(name):
         with torch.no_grad():
             trainer = sequence_logprobs(model, prompts, completions, t)
         for i, (a, b) in enumerate(zip(engine, trainer)):
+            b = b.to(a.device)
             assert torch.equal(a, b), (name, t, i, float((a - b).abs().max()))

@@ -61,7 +61,7 @@ def test_the_trainer_warns_once_about_unknown_characters(tmp_path):
     from onpolicy.config import parse_args
     from onpolicy.data import load_prompts
     from onpolicy.model.tiny import CharTokenizer
-    from onpolicy.trainer.setup import warn_unknown_chars
+    from onpolicy.build import warn_unknown_chars
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"{a}×{b}=", "answer": str(a * b)}) + "\n"

@@ -53,7 +53,7 @@ def test_checkpoint_without_files_gets_the_tokenizers_ids(tmp_path):
     from transformers import AutoModelForCausalLM, GenerationConfig
 
     from onpolicy.trainer.checkpoint import POLICY_DIR, save_checkpoint
-    from onpolicy.trainer.setup import attach_generation_settings
+    from onpolicy.build import attach_generation_settings
 
     model, tok = build_tiny(seed=1, num_hidden_layers=1)
     lines = []

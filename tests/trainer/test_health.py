@@ -4,17 +4,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from onpolicy.trainer.health import CollapseWatch, NonFiniteError, check_finite, no_signal_since
+from onpolicy.trainer.health import CollapseWatch, NonFiniteError, is_finite, no_signal_since
 from onpolicy.trainer.summary import format_summary, max_abs, summarize
 
 
-def test_check_finite():
-    check_finite(3, "loss", 1.5, {})
-    check_finite(3, "trainer logprobs", torch.tensor([-1.0, 0.0]), {})
+def test_is_finite_and_the_message():
+    assert is_finite(1.5) and is_finite(torch.tensor([-1.0, 0.0]))
     for bad in (float("nan"), float("inf"), torch.tensor([0.0, float("-inf")]), torch.tensor([float("nan")])):
-        with pytest.raises(NonFiniteError, match=r"^step 3: x non-finite \(NaN or inf\); the update was not applied"):
-            check_finite(3, "x", bad, {"loss": 1.0})
-    err = NonFiniteError(4, "loss", {"a": 1.0}, saved="/ckpt/step-3/policy")
+        assert not is_finite(bad)
+    with pytest.raises(NonFiniteError, match=r"^step 3: x non-finite \(NaN or inf\); the update was not applied"):
+        raise NonFiniteError(3, "x", {"loss": 1.0}, update=(1, 2))
+    err = NonFiniteError(4, "loss", {"a": 1.0}, update=(2, 2))
+    err.saved = "/ckpt/step-3/policy"
+    assert str(err).startswith("step 4: loss (update 2 of 2; updates 1-1 were applied) non-finite")
     assert "last good policy (before step 4) is saved in /ckpt/step-3/policy" in str(err) and err.metrics == {"a": 1.0}
 
 

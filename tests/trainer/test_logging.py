@@ -1,5 +1,4 @@
 """RunLogger (console, metrics.jsonl, offline W&B, plots), scripts/plot_run.py, and what a real run logs."""
-import importlib.util
 import io
 import json
 import math
@@ -177,9 +176,8 @@ def test_parity_titles_say_exactly_zero_only_when_true():
 
 
 def test_plot_run_script(tmp_path):
-    spec = importlib.util.spec_from_file_location("plot_run", ROOT / "scripts/plot_run.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from scripts import plot_run as mod
+
     jsonl = tmp_path / "metrics.jsonl"
     jsonl.write_text("".join(json.dumps({"step": s, **{k: float(v) for k, v in _metrics(s).items()}}) + "\n"
                              for s in (1, 2)))

@@ -149,7 +149,7 @@ def test_bad_input():
 # ---- whole-batch normalisers: micro-batched loss == unsplit loss -------------------------------------------
 
 from onpolicy.trainer.advantages import group_advantages  # noqa: E402
-from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS  # noqa: E402
+from onpolicy.algorithms import ALGO_DEFAULTS, ALGOS  # noqa: E402
 from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss  # noqa: E402
 from onpolicy.trainer.microbatch import token_spans  # noqa: E402
 from onpolicy.trainer.parity import OnPolicyViolation  # noqa: E402

@@ -8,7 +8,7 @@ import torch
 from onpolicy.model import sequence_logprobs
 from onpolicy.model.tiny import build_tiny
 from onpolicy.trainer.advantages import group_advantages
-from onpolicy.trainer.algorithms import ALGO_DEFAULTS, ALGOS
+from onpolicy.algorithms import ALGO_DEFAULTS, ALGOS
 from onpolicy.trainer.losses import LossAccumulator, default_loss_agg, loss_weights, slice_loss
 from onpolicy.trainer.microbatch import plan_micro_batches, token_spans
 from onpolicy.trainer.precision import MasterWeightAdamW

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from onpolicy.config import ConfigError, ExperimentConfig
 from onpolicy.trainer import run_dir
@@ -131,11 +132,11 @@ def test_only_rank_0_takes_the_lock(tmp_path, monkeypatch):
         (out / run_dir.LOCK).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
 
         def built(*a, **k):
-            raise RuntimeError("build_run reached")
+            raise RuntimeError("build_trainer reached")
 
-        monkeypatch.setattr(loop, "build_run", built)
+        monkeypatch.setattr(loop, "build_trainer", built)
         monkeypatch.setattr(Dist, "current", staticmethod(lambda: Dist(rank=1, world_size=2)))
-        with pytest.raises(RuntimeError, match="build_run reached"):
+        with pytest.raises(RuntimeError, match="build_trainer reached"):
             loop.train(_cfg(out), log=lambda *a: None)
         monkeypatch.setattr(Dist, "current", staticmethod(lambda: Dist(rank=0, world_size=2)))
         with pytest.raises(ValueError, match="is in use by another run"):
@@ -147,21 +148,19 @@ def test_only_rank_0_takes_the_lock(tmp_path, monkeypatch):
 
 
 def test_checkpoint_save_on_a_full_disk_says_disk_full(tmp_path, monkeypatch):
-    from types import SimpleNamespace
-
     from onpolicy.data import PromptIterator
     from onpolicy.model.tiny import build_tiny
-    from onpolicy.trainer import checkpoint, setup
+    from onpolicy.trainer import Replicated, Trainer, checkpoint
     from onpolicy.trainer.health import RunStopped
 
     model, tok = build_tiny(seed=0, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                             num_key_value_heads=1, head_dim=16)
-    run = SimpleNamespace(cfg=_cfg(tmp_path / "run"), dist=None, model=model, optimizer=None, tokenizer=tok,
-                          prompts=PromptIterator([1, 2], 1))
+    trainer = Trainer(_cfg(tmp_path / "run"), device=torch.device("cpu"), strategy=Replicated(), model=model,
+                      optimizer=None, sampler=None, tokenizer=tok, prompts=PromptIterator([1, 2], 1))
 
     def full(*a, **k):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 448 vs 342")
 
     monkeypatch.setattr(checkpoint, "save_tree", full)
     with pytest.raises(RunStopped, match=r"disk full while writing '.*run/checkpoints/step-3'"):
-        setup.save_checkpoint(run, 3)
+        trainer.save(3)

@@ -2,8 +2,8 @@
 
 A vLLM V1 logits processor sees each batch row's request (its SamplingParams, whose `extra_args["onpolicy"]`
 carries our sampling fields, seed, sample index and request key) and its live output-token list (so the
-output position is its length). `apply` runs `ModelRunner.sample` -- the native engine's own code: our fp32
-logits from `model.logits`, `sampling.sample_tokens`, `model.token_logprobs` -- on the hidden rows that
+output position is its length). `apply` runs `sampling.sample_hidden` -- the native engine's own code: our fp32
+logits from `model.logits`, `sampling.sample`, `model.logits_logprobs` -- on the hidden rows that
 `compute_logits` stashed in the channel, records (token, logprob) under (request key, position), and masks
 every other token to -inf, so vLLM's greedy argmax (each request is sent with temperature 0) can only return
 our token. Rows of a partially prefilled prompt are sampled too; vLLM discards them, and the final chunk's
@@ -12,13 +12,12 @@ record overwrites theirs. Left out: rows without our extra_args are left untouch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 from vllm.v1.sample.logits_processor import LogitsProcessor
 
 from onpolicy.engine.params import SamplingParams
-from onpolicy.engine.runner import ModelRunner
+from onpolicy.engine.sampling import sample_hidden
 from onpolicy.engine.vllm_backend.channel import channel_id, get_channel
 
 EXTRA_KEY = "onpolicy"
@@ -26,7 +25,7 @@ EXTRA_KEY = "onpolicy"
 
 @dataclass
 class _Row:
-    """What ModelRunner.sample reads from a native Sequence."""
+    """What `sample_hidden` reads from a native Sequence."""
 
     key: str
     params: SamplingParams
@@ -77,8 +76,7 @@ class OnpolicyLogitsProcessor(LogitsProcessor):
                                f"{None if hidden is None else hidden.shape[0]} hidden rows")
         idx = sorted(i for i in self.rows if i < logits.shape[0])
         rows = [self.rows[i] for i in idx]
-        runner = SimpleNamespace(model=self.channel.model, device=hidden.device)
-        tokens, logprobs = ModelRunner.sample(runner, hidden[torch.tensor(idx, device=hidden.device)], rows)
+        tokens, logprobs = sample_hidden(self.channel.model, hidden[torch.tensor(idx, device=hidden.device)], rows)
         mask = torch.full((len(idx), logits.shape[1]), float("-inf"), dtype=logits.dtype, device=logits.device)
         mask[torch.arange(len(idx), device=logits.device), torch.tensor(tokens, device=logits.device)] = 0.0
         logits[torch.tensor(idx, device=logits.device)] = mask

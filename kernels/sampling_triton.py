@@ -1,5 +1,6 @@
-"""One Triton kernel for the sampler's usual rows (greedy, or Gumbel-max with no top-k / top-p): the same bits as
-`sampling.sample_tokens` in invariant mode, in one launch and with no host sync.
+"""Triton side of `kernels.sampling`: one kernel for the sampler's usual rows (greedy, or Gumbel-max with no
+top-k / top-p), the same bits as `sampling.sample_plain`'s torch path in invariant mode, in one launch and with
+no host sync.
 
 One program per row. Greedy rows: argmax of the logits (lowest id on ties, as torch.argmax). Other rows: pass 1
 is `kernels.log_softmax`'s own loop (LOG_SOFTMAX_BLOCK-wide chunks from column 0, the same expressions, the
@@ -7,25 +8,36 @@ same 8 warps, so the same running max / sum of exp and `lse = m + log(s)`); pass
 noise in-kernel -- the request key from (seed, sample index, output position) and splitmix64 exactly as
 `sampling.row_keys` / `uniform_noise` do in int64 (wrapping multiplies, masked shifts), `-log(-log(u))` in
 float64 (libdevice, as torch's CUDA log) -- and keeps the argmax of `float64(x - lse) + gumbel`, lowest id on
-ties. Equality with `sample_tokens` is a GPU test (tests/engine/test_sampling_gpu.py). Left out: top-k /
-top-p rows (the caller samples those with `sample_tokens`), CPU (the torch path runs there).
+ties. The hash constants live here (sampling.py imports them). Left out: top-k / top-p rows (the engine samples
+those in torch), CPU (the torch path runs there; under TRITON_INTERPRET=1 numpy's log stands in for libdevice).
 """
 from __future__ import annotations
 
 import torch
 
-from onpolicy.engine.sampling import _GOLDEN, _MIX1, _MIX2
-from onpolicy.kernels._common import tl, triton
-from onpolicy.kernels.logprobs_triton import LOG_SOFTMAX_BLOCK, row_fold_lse
+from onpolicy.kernels._common import require_triton, tl, triton
+from onpolicy.kernels.logprobs_triton import LOG_SOFTMAX_BLOCK
 
+
+def _signed(c: int) -> int:
+    """The int64 with the bits of the unsigned 64-bit constant c."""
+    return c - (1 << 64) if c >= (1 << 63) else c
+
+
+# splitmix64's constants as int64 (wrapping arithmetic)
+SPLITMIX_GOLDEN = _signed(0x9E3779B97F4A7C15)
+SPLITMIX_MIX1 = _signed(0xBF58476D1CE4E5B9)
+SPLITMIX_MIX2 = _signed(0x94D049BB133111EB)
 ARGMAX_BLOCK = 1024  # columns per step of pass 2 (any width gives the same argmax: max is exact, ties -> lowest id)
 
 if triton is not None:
     from triton.language.extra import libdevice
 
-    _G = tl.constexpr(_GOLDEN)
-    _M1 = tl.constexpr(_MIX1)
-    _M2 = tl.constexpr(_MIX2)
+    from onpolicy.kernels.logprobs_triton import row_fold_lse
+
+    _G = tl.constexpr(SPLITMIX_GOLDEN)
+    _M1 = tl.constexpr(SPLITMIX_MIX1)
+    _M2 = tl.constexpr(SPLITMIX_MIX2)
 
     @triton.jit
     def _shr(z, s: tl.constexpr):
@@ -94,10 +106,11 @@ if triton is not None:
             tl.store(out_ptr + row, tok)
 
 
-def sample_plain_triton(logits: torch.Tensor, greedy: torch.Tensor, seeds: torch.Tensor, sample_index: torch.Tensor,
-                        positions: torch.Tensor) -> torch.Tensor:
-    """Token ids int64 [M] for rows without top-k / top-p: fp32 CUDA logits [M, V] (unit column stride), bool
+def _sample_plain_triton(logits: torch.Tensor, greedy: torch.Tensor, seeds: torch.Tensor, sample_index: torch.Tensor,
+                         positions: torch.Tensor) -> torch.Tensor:
+    """Token ids int64 [M] for rows without top-k / top-p: fp32 logits [M, V] (unit column stride), bool
     greedy [M], int64 seeds / sample_index / positions [M]. No host sync (graph-capturable)."""
+    require_triton("sample_plain")
     m, vocab = logits.shape
     out = torch.empty(m, dtype=torch.int64, device=logits.device)
     if m:

@@ -1,5 +1,5 @@
-"""What each RL algorithm is: its advantage estimator and loss defaults. The trainer owns this table; the config
-imports it (for `trainer.algo` choices and algorithm-dependent defaults).
+"""What each RL algorithm is: its advantage estimator and loss defaults. One table that the config (for
+`trainer.algo` choices and algorithm-dependent defaults) and the trainer (advantages, losses) both import.
 
     grpo     group advantage (r - mean) / (std + eps), sequence-mean loss, clip 0.2 / 0.2
     dr_grpo  group advantage r - mean (no std), constant normaliser (completions * max_tokens), clip 0.2 / 0.2
