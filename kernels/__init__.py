@@ -24,6 +24,9 @@ from onpolicy.kernels.logprobs import (
     token_logprobs_reference,
 )
 from onpolicy.kernels.matmul import linear, linear_reference, matmul, matmul_reference
+from onpolicy.kernels.moe_combine import moe_combine
+from onpolicy.kernels.moe_gemm import grouped_linear, grouped_linear_reference, moe_block_m
+from onpolicy.kernels.moe_routing import MoeLayout, moe_layout, moe_route, moe_route_reference
 from onpolicy.kernels.qk_norm_rope import qk_norm_rope
 from onpolicy.kernels.rmsnorm import add_rms_norm, rms_norm, rms_norm_reference
 from onpolicy.kernels.rope import rope, rope_cache, rope_reference, rope_table
@@ -32,7 +35,9 @@ from onpolicy.kernels.sampling import sample_plain, sample_plain_reference
 __all__ = [
     "add_rms_norm", "attention", "gelu_tanh_mul", "gelu_tanh_mul_reference", "attention_reference", "attention_varlen", "invariant_mode", "is_invariant",
     "linear", "linear_reference", "lm_logits", "lm_logits_reference", "log_softmax", "logits_token_logprobs",
-    "log_softmax_reference", "matmul", "matmul_reference", "qk_norm_rope", "rms_norm", "rms_norm_reference", "rope",
+    "log_softmax_reference", "matmul", "matmul_reference", "MoeLayout", "grouped_linear", "grouped_linear_reference",
+    "moe_block_m", "moe_combine", "moe_layout", "moe_route", "moe_route_reference", "qk_norm_rope", "rms_norm",
+    "rms_norm_reference", "rope",
     "rope_cache", "rope_reference", "rope_table", "silu_mul", "silu_mul_reference", "token_logprobs",
     "token_logprobs_reference", "write_kv_cache",
     "sample_plain", "sample_plain_reference",

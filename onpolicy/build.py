@@ -70,11 +70,17 @@ def build_model(cfg, device: torch.device, seed: int):
     if cfg.model.path == "tiny":
         from onpolicy.model.tiny import build_tiny
 
-        model, _ = build_tiny(seed=seed, dtype=cfg.model.dtype, **cfg.model.tiny)
-        return model.to(device)
-    from onpolicy.model import load_pretrained
+        model = build_tiny(seed=seed, dtype=cfg.model.dtype, **cfg.model.tiny)[0].to(device)
+    else:
+        from onpolicy.model import load_pretrained
 
-    model, _ = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, device=device)
+        model, _ = load_pretrained(cfg.model.path, dtype=cfg.model.dtype, device=device)
+    from onpolicy.model.moe import freeze_router, moe_layers
+
+    if cfg.model.router_aux_loss_coef > 0 and not moe_layers(model):
+        raise ValueError("model.router_aux_loss_coef: > 0 needs a model with MoE layers; allowed: 0.0")
+    if cfg.model.freeze_router:
+        freeze_router(model)
     return model
 
 

@@ -51,6 +51,9 @@ class ModelArgs(Section):
     device: str = _f("auto", "'auto' = cuda when available, else cpu", choices=("auto", "cpu", "cuda"))
     tiny: dict = _f(help="overrides for the tiny model config (hidden_size, num_hidden_layers, ...); "
                          "only with path: tiny", factory=dict)
+    freeze_router: bool = _f(False, "MoE models: keep every sparse layer's router (gate) weights fixed in training")
+    router_aux_loss_coef: float = _f(0.0, "MoE models: weight of transformers' load-balancing loss added to the "
+                                     "training loss (0 = off; config.json's value is not used)", ge=0)
 
     def _validate(self):
         if "dtype" in self.tiny:

@@ -4,8 +4,8 @@ An `Architecture` is a description, not code: biases, q/k norm, norm placement, 
 activation, and the config.json fields the family must have (or must not set) to be computed exactly. A new
 family is one entry in `ARCHITECTURES` plus one test row (tests/model/test_architectures.py).
 Left out: sliding windows of Qwen2 / SmolLM3 (`use_sliding_window`; a window at least the context long is
-accepted: it masks nothing), MoE MLPs, MLP biases, logit soft-capping (Gemma-2) -- a config that needs one of them is refused at
-load, naming the field.
+accepted: it masks nothing), MoE MLPs other than Qwen3-MoE's, MLP biases, logit soft-capping (Gemma-2) -- a
+config that needs one of them is refused at load, naming the field.
 """
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ class Architecture:
     the checkpoint stores q/k/v as one `qkv_proj` and gate/up as one `gate_up_proj`, in our fused layout
     (Phi-3). must_be: config.json fields whose value other than the given one cannot be computed exactly;
     hf_absent: the value transformers assumes for such a field when config.json omits it (else: the allowed
-    one). hf_defaults: family fields written on save.
+    one). hf_defaults: family fields written on save. moe: the config's `num_experts` / `num_experts_per_tok` /
+    `moe_intermediate_size` / `norm_topk_prob` / `decoder_sparse_step` / `mlp_only_layers` give sparse MoE MLP
+    layers (Qwen3-MoE; `model/moe.py`).
     """
 
     model_type: str
@@ -48,6 +50,7 @@ class Architecture:
     windows: bool = False
     uniform_window: bool = False
     act_field: str = "hidden_act"
+    moe: bool = False
     must_be: dict = field(default_factory=dict)
     hf_absent: dict = field(default_factory=dict)
     hf_defaults: dict = field(default_factory=dict)
@@ -75,6 +78,7 @@ ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
                  embed_scale=True, windows=True, act_field="hidden_activation",
                  must_be={"final_logit_softcapping": None, "attn_logit_softcapping": None,
                           "use_bidirectional_attention": False}),
+    Architecture("qwen3_moe", "Qwen3MoeForCausalLM", qk_norm="head", moe=True),
 )}
 _BY_CLASS = {a.hf_class: a for a in ARCHITECTURES.values()}
 

@@ -1,5 +1,5 @@
 """ModelConfig: the decoder's hyper-parameters, validated, with HF config.json conversion for every family in
-`architectures.ARCHITECTURES` (Qwen3, Llama, Qwen2, Mistral, OLMo-2, SmolLM3, Phi-3, Gemma-3 text).
+`architectures.ARCHITECTURES` (Qwen3, Qwen3-MoE, Llama, Qwen2, Mistral, OLMo-2, SmolLM3, Phi-3, Gemma-3 text).
 
 Left out: sliding windows of Qwen2 / SmolLM3 (Gemma-3, Mistral, Phi-3 need the kernels' window), MLP bias, activations other
 than SiLU / GELU-tanh, rope types other than `rope_scaling.ROPE_TYPES` (longrope: its short-factor context only),
@@ -34,7 +34,9 @@ class ModelConfig:
     partial_rotary_factor: the fraction of each head RoPE rotates (Phi-4-mini 0.75; the loader reorders q/k head
     dims so rotated pairs sit at (i, i + head_dim / 2)). Gemma-3: layer_types (full_attention /
     sliding_attention), sliding_window, rope_local_theta (sliding layers' RoPE), query_pre_attn_scalar
-    (attention scale its ** -0.5; None: head_dim ** -0.5).
+    (attention scale its ** -0.5; None: head_dim ** -0.5). MoE (Qwen3-MoE; 0 experts = dense): num_experts,
+    num_experts_per_tok (top-k), moe_intermediate_size (each expert's), norm_topk_prob (renormalise the top-k
+    weights), decoder_sparse_step / mlp_only_layers (which layers are sparse: `layer_is_moe`).
     """
 
     architecture: str = "qwen3"
@@ -59,9 +61,15 @@ class ModelConfig:
     layer_types: tuple[str, ...] | None = None
     rope_local_theta: float | None = None
     query_pre_attn_scalar: int | float | None = None
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    decoder_sparse_step: int = 1
+    mlp_only_layers: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        for name in ("no_rope_layers", "layer_types"):
+        for name in ("no_rope_layers", "layer_types", "mlp_only_layers"):
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(getattr(self, name)))
         self.validate()
@@ -81,6 +89,11 @@ class ModelConfig:
     @property
     def o_bias(self) -> bool:
         return self.attention_bias if self.arch.o_bias is None else self.arch.o_bias
+
+    def layer_is_moe(self, layer: int) -> bool:
+        """Whether layer `layer` has the sparse MoE MLP (transformers' rule for Qwen3-MoE)."""
+        return (self.num_experts > 0 and layer not in self.mlp_only_layers
+                and (layer + 1) % self.decoder_sparse_step == 0)
 
     def layer_uses_rope(self, layer: int) -> bool:
         return self.no_rope_layers is None or bool(self.no_rope_layers[layer])
@@ -122,6 +135,7 @@ class ModelConfig:
         if self.rope_scaling is not None:
             check_scaling(self.rope_scaling)
         self._validate_family_fields()
+        self._validate_moe()
         if self.partial_rotary_factor != 1.0 and self.arch.qk_norm == "head":
             _fail("partial_rotary_factor", f"{self.partial_rotary_factor!r} with per-head q/k norm is not supported; "
                   "allowed: 1.0")
@@ -153,6 +167,21 @@ class ModelConfig:
             if not attention_has_window():
                 _fail("sliding_window", f"{self.sliding_window} needs the attention kernels' window argument, which "
                       "this build lacks; allowed: a window >= max_position_embeddings")
+
+    def _validate_moe(self) -> None:
+        if not self.arch.moe:
+            if self.num_experts:
+                _fail("num_experts", f"must be 0 for {self.architecture} (dense), got {self.num_experts!r}")
+            return
+        for name in ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "decoder_sparse_step"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                _fail(name, f"must be a positive int for {self.architecture}, got {value!r}")
+        if self.num_experts_per_tok > self.num_experts:
+            _fail("num_experts_per_tok", f"must be <= num_experts ({self.num_experts}), got {self.num_experts_per_tok}")
+        if any(not isinstance(i, int) or not 0 <= i < self.num_hidden_layers for i in self.mlp_only_layers):
+            _fail("mlp_only_layers",
+                  f"must be layer indices in [0, {self.num_hidden_layers}), got {self.mlp_only_layers!r}")
 
     def replace(self, **overrides) -> "ModelConfig":
         """A copy with `overrides` applied; unknown names raise ValueError listing the fields."""
@@ -202,6 +231,7 @@ class ModelConfig:
             partial_rotary_factor=float(partial),
             hidden_act=act,
             **windows,
+            **_moe_fields(arch, hf),
         )
 
     def to_hf(self) -> dict:
@@ -233,6 +263,11 @@ class ModelConfig:
         }
         if self.arch.qkv_bias is None:
             out["attention_bias"] = self.attention_bias
+        if self.arch.moe:
+            out.update(num_experts=self.num_experts, num_experts_per_tok=self.num_experts_per_tok,
+                       moe_intermediate_size=self.moe_intermediate_size, norm_topk_prob=self.norm_topk_prob,
+                       decoder_sparse_step=self.decoder_sparse_step, mlp_only_layers=list(self.mlp_only_layers),
+                       use_sliding_window=False, sliding_window=None)
         if self.no_rope_layers is not None:
             out["no_rope_layers"] = list(self.no_rope_layers)
         if self.partial_rotary_factor != 1.0:
@@ -258,3 +293,15 @@ def _no_rope_layers(arch: Architecture, hf: dict) -> tuple[int, ...] | None:
         interval = hf.get("no_rope_layer_interval", 4)
         layers = [int((i + 1) % interval != 0) for i in range(hf["num_hidden_layers"])]
     return tuple(int(x) for x in layers)
+
+
+def _moe_fields(arch: Architecture, hf: dict) -> dict:
+    """Qwen3-MoE's sparse-MLP fields from config.json (defaults: transformers' Qwen3MoeConfig); {} if dense."""
+    if not arch.moe:
+        return {}
+    experts = hf.get("num_experts", hf.get("num_local_experts", 128))
+    return {"num_experts": experts, "num_experts_per_tok": hf.get("num_experts_per_tok", 8),
+            "moe_intermediate_size": hf.get("moe_intermediate_size", 768),
+            "norm_topk_prob": bool(hf.get("norm_topk_prob", False)),
+            "decoder_sparse_step": hf.get("decoder_sparse_step", 1),
+            "mlp_only_layers": tuple(hf.get("mlp_only_layers") or ())}

@@ -4,7 +4,8 @@ Parameters mirror HF names except the fused `qkv_proj` and `gate_up_proj`; each 
 `weight_loader(param, tensor, shard_id=None)` used by `loading.py`. What a family changes (biases, q/k norm,
 norm placement and offset, layers without RoPE, windows, activation) comes from its `ModelConfig` /
 `Architecture`.
-Left out: MoE, dropout, MLP bias, logit soft-capping, tensor parallelism.
+A layer's MLP is `MLP` or, where `cfg.layer_is_moe(index)`, the sparse `moe.MoEMLP` (`mlp_for`).
+Left out: dropout, MLP bias, logit soft-capping, tensor parallelism.
 """
 from __future__ import annotations
 
@@ -170,6 +171,15 @@ class MLP(nn.Module):
         return self.down_proj(getattr(kernels, self.act_mul)(gate, up))
 
 
+def mlp_for(cfg: ModelConfig, index: int) -> nn.Module:
+    """Layer `index`'s MLP: the sparse MoE MLP where the config says, else the dense one."""
+    if cfg.layer_is_moe(index):
+        from onpolicy.model.moe import MoEMLP
+
+        return MoEMLP(cfg)
+    return MLP(cfg)
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm layer (Llama, Qwen, Mistral, SmolLM3): h + attn(norm(h)), then + mlp(norm(.))."""
 
@@ -178,7 +188,7 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
         self.self_attn = Attention(cfg, index)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
-        self.mlp = MLP(cfg)
+        self.mlp = mlp_for(cfg, index)
 
     def forward(self, h, delta, positions, rope_tables, meta, kv_cache=None):
         """Residual stream h plus the previous layer's un-added MLP output `delta` (None: h is complete) ->
@@ -198,7 +208,7 @@ class PostNormDecoderLayer(nn.Module):
         super().__init__()
         self.self_attn = Attention(cfg, index)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
-        self.mlp = MLP(cfg)
+        self.mlp = mlp_for(cfg, index)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg.torch_dtype)
 
     def forward(self, h, delta, positions, rope_tables, meta, kv_cache=None):
@@ -218,7 +228,7 @@ class SandwichDecoderLayer(nn.Module):
         self.input_layernorm, self.post_attention_layernorm = norm(), norm()
         self.pre_feedforward_layernorm, self.post_feedforward_layernorm = norm(), norm()
         self.self_attn = Attention(cfg, index)
-        self.mlp = MLP(cfg)
+        self.mlp = mlp_for(cfg, index)
 
     def forward(self, h, delta, positions, rope_tables, meta, kv_cache=None):
         """Same protocol as `DecoderLayer`; returns (complete h, None)."""

@@ -1,9 +1,11 @@
 """Load / save HF-format checkpoints (config.json + safetensors) for CausalLM, and the tokenizer.
 
 Reads single-file and sharded (`model.safetensors.index.json`) checkpoints of every family in
-`architectures.ARCHITECTURES`; HF's separate q/k/v and gate/up projections are copied into our fused parameters
-through each parameter's `weight_loader` (families whose checkpoint is fused, Phi-3, load them whole). Writes one
-`model.safetensors` with the family's HF names so `transformers.AutoModelForCausalLM.from_pretrained` loads it.
+`architectures.ARCHITECTURES`; MoE experts load from per-expert tensors or transformers 5's fused 3-D ones and
+save per expert (as transformers' save_pretrained writes them). HF's separate q/k/v and gate/up projections are
+copied into our fused parameters through each parameter's `weight_loader` (families whose checkpoint is fused,
+Phi-3, load them whole). Writes one `model.safetensors` with the family's HF names so
+`transformers.AutoModelForCausalLM.from_pretrained` loads it.
 Partial rotary models get their q/k head dims reordered after loading and back before saving (rotary_layout).
 Left out: `.bin` (pickle) checkpoints, hub downloads (pass a local directory), quantised weights, writing sharded
 checkpoints.
@@ -16,6 +18,7 @@ import os
 import torch
 
 from onpolicy.model.config import DTYPES, ModelConfig
+from onpolicy.model.moe import expert_hf_tensors, expert_key
 from onpolicy.model.generation_config import read_generation_settings, write_generation_settings
 from onpolicy.model.rotary_layout import qkv_row_index, to_our_order
 from onpolicy.model.transformer import CausalLM
@@ -30,8 +33,11 @@ _FUSED = {  # HF projection name -> (our fused name, shard id)
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-def hf_to_ours(name: str) -> tuple[str, str | None]:
+def hf_to_ours(name: str) -> tuple[str, object]:
     """Map a HF parameter name to (our parameter name, shard id or None)."""
+    expert = expert_key(name)
+    if expert is not None:
+        return expert
     for hf, (ours, shard) in _FUSED.items():
         token = f".{hf}."
         if token in name:
@@ -103,6 +109,8 @@ def load_weights(model: CausalLM, path: str, keep: tuple[str, ...] = ()) -> dict
                     continue
                 param = params[name]
                 param.weight_loader(param, f.get_tensor(key).to(param.dtype), shard)
+                if shard is None:  # a whole tensor (fused in the checkpoint too): every shard is loaded
+                    pending[name].clear()
                 pending[name].discard(shard)
     missing = sorted(f"{n}[{s}]" if s else n for n, shards in pending.items() for s in shards)
     missing += sorted(set(keep) - set(kept))
@@ -115,7 +123,11 @@ def load_weights(model: CausalLM, path: str, keep: tuple[str, ...] = ()) -> dict
 
 
 def _shard_ids(model: CausalLM, param_name: str) -> list:
-    """Shard ids a parameter is loaded from ([None] for an unfused one, or a fused checkpoint's)."""
+    """Shard ids a parameter is loaded from ([None] for an unfused one, or a fused checkpoint's; MoE experts:
+    (kind, expert) pairs, which a fused 3-D checkpoint tensor covers at once)."""
+    own = getattr(model.get_parameter(param_name), "shard_ids", None)
+    if own is not None:
+        return list(own)
     shards = getattr(model.get_submodule(param_name.rpartition(".")[0]), "shards", None)
     if model.config.arch.fused_checkpoint:
         return [None]
@@ -130,6 +142,10 @@ def hf_state_dict(model: CausalLM) -> dict[str, torch.Tensor]:
     for name, p in model.named_parameters():
         if back is not None and ".self_attn.qkv_proj." in name:
             p = p.detach()[back.to(p.device)]
+        experts = expert_hf_tensors(name, p)
+        if experts is not None:
+            out.update(experts)
+            continue
         module_name, _, leaf = name.rpartition(".")
         shards = getattr(model.get_submodule(module_name), "shards", None)
         if not shards or model.config.arch.fused_checkpoint:

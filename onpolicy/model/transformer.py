@@ -8,8 +8,8 @@ and attention is a `kernels` op; each residual add runs inside the norm after it
 with activation checkpointing the add closing a layer is a torch add; post-norm families add plainly), q/k
 norm + RoPE in `kernels.qk_norm_rope`. The fp32 rope tables (any supported rope scaling; Gemma's local and
 global) are indexed by position, and a layer's sliding window is a kernel argument, so nothing a token computes
-depends on its batch.
-Left out: MoE, dropout, MLP bias, logit soft-capping, tensor parallelism.
+depends on its batch. Sparse MoE MLPs (Qwen3-MoE) route and combine with batch-invariant ops (`moe.py`).
+Left out: dropout, MLP bias, logit soft-capping, tensor parallelism.
 """
 from __future__ import annotations
 

@@ -36,7 +36,9 @@ def activation_bytes(mc, tokens: int, checkpointing: bool, elem: int) -> int:
     """Upper estimate of the autograd activations of a `tokens`-token forward (per-layer saved tensors: norms,
     q/k/v, attention out, MLP gate/up/act; checkpointing keeps each layer's input plus the layer being recomputed)."""
     qkv = (mc.num_attention_heads + 2 * mc.num_key_value_heads) * mc.head_dim
-    per_layer = tokens * elem * (6 * mc.hidden_size + 2 * qkv + 4 * mc.intermediate_size)
+    # MoE layers save each token's k expert rows: gate/up, activation and down output
+    mlp = max(4 * mc.intermediate_size, mc.num_experts_per_tok * (3 * mc.moe_intermediate_size + mc.hidden_size))
+    per_layer = tokens * elem * (6 * mc.hidden_size + 2 * qkv + mlp)
     if checkpointing:
         return mc.num_hidden_layers * tokens * mc.hidden_size * elem + per_layer
     return mc.num_hidden_layers * per_layer

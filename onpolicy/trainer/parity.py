@@ -5,7 +5,9 @@ For every completion token, diff = sampler_lp - trainer_lp (the trainer recomput
     onpolicy/logprob_diff/max   max |diff|
     onpolicy/logprob_diff/mean  mean |diff|
     onpolicy/mismatch_frac      fraction of tokens whose two logprobs are not bitwise equal
-All four are exactly 0.0 in invariant mode. Left out: per-position histograms (see scripts/doctor.py).
+All four are exactly 0.0 in invariant mode. MoE models add `onpolicy/routing_mismatch` (the fraction of tokens
+whose experts differ between the sampler's and the trainer's mode; `onpolicy.model.routing`), also 0.0.
+Left out: per-position histograms (see scripts/doctor.py).
 """
 from __future__ import annotations
 

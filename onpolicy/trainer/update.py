@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from onpolicy.model.moe import router_aux_loss
+from onpolicy.model.routing import routing_parity
 from onpolicy.trainer.distributed import GradReduction, gather_parity
 from onpolicy.trainer.health import NonFiniteError, is_finite
 from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss, truncated_is_weights
@@ -145,7 +147,8 @@ def _one_update(parts: UpdateParts, scored: ScoredBatch, upd, n_updates: int, fi
     plan = list(_chunk_micro_batches(reduction.my_chunks(), seq_tokens, mini.seq_lens, t.micro_batch_tokens))
     for seqs, span, chunk_end in plan:
         mb = sub_rollout(mini, seqs)
-        lps = trainer_logprobs(parts.module, mb, parts.cfg.sampling.temperature, grad=True)
+        with router_aux_loss(parts.module, enabled=parts.cfg.model.router_aux_loss_coef > 0) as aux:  # MoE only
+            lps = trainer_logprobs(parts.module, mb, parts.cfg.sampling.temperature, grad=True)
         if upd.on_policy:
             first.check(mb, upd.seqs.start + seqs.start, torch.cat(mb.sampler_logprobs), lps)
         else:
@@ -153,7 +156,9 @@ def _one_update(parts: UpdateParts, scored: ScoredBatch, upd, n_updates: int, fi
         part = _micro_loss(parts, mb, lps, w.slice(span), on_policy=upd.on_policy,
                            old_is_sampler=t.invariant or n_updates > 1)
         first.finite.check("loss", part.loss.detach(), {**metrics, **_parity(first, upd)}, upd.index)
-        part.loss.backward()
+        share = sum(seq_tokens[seqs.start:seqs.stop]) / sum(seq_tokens)  # this micro-batch's part of the mean
+        coef = parts.cfg.model.router_aux_loss_coef
+        (part.loss if aux is None else part.loss + coef * share * aux.loss()).backward()
         optimizer.accumulate_grads()
         acc.add(part)
         del lps, part
@@ -210,7 +215,8 @@ def update_policy(parts: UpdateParts, scored: ScoredBatch, step: int) -> dict:
         group["lr"] = lr
     schedule = update_schedule(len(ro.seq_lens), t.mini_batches, t.num_iterations)
     first = _FirstUpdate(step, t.strict_onpolicy, _FiniteChecks(step, scored, len(schedule)))
-    per_update, metrics = [], {}
+    # MoE models: onpolicy/routing_mismatch under the rollout's weights ({} for dense models)
+    per_update, metrics = [], routing_parity(parts.module, ro.prompt_ids, ro.completion_ids)
     try:
         for upd in schedule:
             per_update.append(_one_update(parts, scored, upd, len(schedule), first, metrics))

@@ -1,6 +1,7 @@
 """`accelerate launch --num_processes 2` (gloo, CPU) of the tiny default with mini-batches and micro-batches:
 KL exactly 0.0 on every rank, run-to-run identical weights, world size 1 == world size 2 bitwise (same
-reduction chunks), kill -9 of one rank reported and resumed bitwise, and world sizes the config cannot take
+reduction chunks; the held-out evaluation every 2 steps, its 5 problems shared 3 + 2 across the ranks, included),
+kill -9 of one rank reported and resumed bitwise, and world sizes the config cannot take
 refused with one `error:` line (exit 2) before compute."""
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
 ARGS = ["--config", str(ROOT / "configs/tiny-cpu.yaml"), "--trainer.steps", str(STEPS), "--trainer.save_every", "1",
         "--trainer.mini_batches", "2", "--trainer.micro_batch_tokens", "48", "--trainer.sft_warmup_steps", "40",
-        "--model.dtype", "bfloat16", "--logging.plot", "false"]
+        "--model.dtype", "bfloat16", "--logging.plot", "false", "--trainer.eval_every", "2", "--eval.num_examples", "5"]
 TIMING = ("time/", "throughput/")
 
 
@@ -99,6 +100,7 @@ def test_two_ranks_on_policy_and_run_to_run_identical(runs):
                     "rank0/onpolicy/mismatch_frac", "rank1/onpolicy/mismatch_frac"):
             assert r[key] == 0.0, (key, r)
     assert any(r["grad_norm"] > 0 for r in rows)  # the updates did move the weights
+    assert [r["step"] for r in rows if "eval/accuracy" in r] == [2, 4]  # both ranks' shares gathered on rank 0
     assert res_a.stdout.count("step 1 |") == 1  # console from rank 0 only
     assert _weights_hash(a) == _weights_hash(b)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rs]  # noqa: E731

@@ -147,7 +147,7 @@ def test_strict_onpolicy_stops_on_a_one_ulp_mismatch(tiny_cfg, micro_batch_token
             return ro
 
     parts = TrainerParts(rollouts=Nudged.for_trainer)
-    with pytest.raises(OnPolicyViolation, match=r"step 1: sequence 1, completion token 0.*doctor\.py"):
+    with pytest.raises(OnPolicyViolation, match=r"step 1: sequence 1, completion token 0.*scripts\.doctor"):
         _train(tiny_cfg(**{"trainer.strict_onpolicy": True, "trainer.micro_batch_tokens": micro_batch_tokens}),
                parts)
 

@@ -68,6 +68,18 @@ REAL = {
                    num_key_value_heads=1, head_dim=256, rms_norm_eps=1e-6, rope_theta=1e6, rope_local_base_freq=1e4,
                    query_pre_attn_scalar=256, sliding_window=512, sliding_window_pattern=6, tie_word_embeddings=True,
                    hidden_activation="gelu_pytorch_tanh", final_logit_softcapping=None, attn_logit_softcapping=None),
+    # Qwen/Qwen3-30B-A3B (Qwen3MoeForCausalLM): 128 experts, top-8, renormalised top-k weights, every layer sparse
+    "qwen3-moe": dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144, moe_intermediate_size=768,
+                      num_attention_heads=32, num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6, rope_theta=1e6,
+                      tie_word_embeddings=False, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
+                      decoder_sparse_step=1, mlp_only_layers=[], use_sliding_window=False, sliding_window=None,
+                      attention_bias=False, hidden_act="silu"),
+    # the same layer shape with raw top-k weights (norm_topk_prob false) and a dense first layer (mlp_only_layers)
+    "qwen3-moe-mixed": dict(model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144,
+                            moe_intermediate_size=768, num_attention_heads=32, num_key_value_heads=4, head_dim=128,
+                            rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=False, num_experts=128,
+                            num_experts_per_tok=8, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[0],
+                            use_sliding_window=False, sliding_window=None, attention_bias=False, hidden_act="silu"),
 }
 NEEDS_WINDOWS = ("gemma3", "mistral-window", "phi3-mini")  # sliding windows (and head_dim 96 / 256) in the kernels
 # Tiny-shape changes beyond layers/hidden/vocab: longrope is exact up to original_max_position_embeddings, so the
@@ -75,7 +87,10 @@ NEEDS_WINDOWS = ("gemma3", "mistral-window", "phi3-mini")  # sliding windows (an
 # Gemma-3's two tiny layers are one sliding and one full; tiny windows are 64 keys, so they mask at the tests' positions.
 TINY_EXTRA = {"phi4-mini": dict(original_max_position_embeddings=512, max_position_embeddings=8192),
               "gemma3": dict(sliding_window=64, layer_types=["sliding_attention", "full_attention"]),
-              "mistral-window": dict(sliding_window=64), "phi3-mini": dict(sliding_window=64)}
+              "mistral-window": dict(sliding_window=64), "phi3-mini": dict(sliding_window=64),
+              # MoE: 16 experts of 32 rows (top-8 as published), so a CPU forward stays small
+              "qwen3-moe": dict(num_experts=16, moe_intermediate_size=32),
+              "qwen3-moe-mixed": dict(num_experts=16, moe_intermediate_size=32)}
 MUST = ("qwen2", "qwen2-yarn", "llama3", "llama-linear", "mistral")
 TINY_LAYERS = {"smollm3": 4}
 

@@ -31,7 +31,7 @@ def test_one_ulp_is_caught():
     mm = first_mismatch(s, t)
     assert (mm.sequence, mm.token, mm.num_mismatched, mm.num_tokens) == (2, 4, 1, total)
     report = mismatch_report(mm, step=7)
-    assert "step 7" in report and "sequence 2" in report and "doctor.py" in report
+    assert "step 7" in report and "sequence 2" in report and "scripts.doctor" in report
 
 
 def test_metric_values():
