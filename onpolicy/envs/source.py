@@ -4,7 +4,8 @@
 `collect(rows, step)`: this rank's share of the rows runs its trajectories on the trainer's engine
 (`generate_trajectories`), and every rank gets the whole step's `EnvRollout`, gathered in rank order (as world
 size 1 orders it); a step where environments failed logs one line with the first reason. Checked before any
-model is built: the environment resolves and the tokenizer has a chat template.
+model is built (`with_env_rollouts`): the environment resolves, the tokenizer has a chat template, the stop
+strings can be matched.
 """
 from __future__ import annotations
 
@@ -45,11 +46,15 @@ class EnvRollouts:
 
 
 def with_env_rollouts(cfg, tokenizer, parts, log=print):
-    """`parts` with rollouts from the environment (unless the caller chose another source)."""
+    """`parts` with rollouts from the environment (unless the caller chose another source). Checks first: the
+    environment resolves, the tokenizer has a chat template, the engine can match every `env.stop` string."""
+    from onpolicy.engine import SamplingParams
+    from onpolicy.engine.stopping import special_tokens, stop_rule
     from onpolicy.trainer.rollout import SingleTurnRollouts
 
     resolve_env(cfg.env)
-    ChatDelta(tokenizer)  # the one-line error for a tokenizer without a chat template, now
+    ChatDelta(tokenizer)
+    stop_rule(SamplingParams(stop=list(cfg.env.stop) or None), [], special_tokens(tokenizer), "env")
     if parts.rollouts != SingleTurnRollouts.for_trainer:  # a bound classmethod: equal, not identical
         return parts
     return dataclasses.replace(parts, rollouts=partial(EnvRollouts.for_trainer, log=log))

@@ -64,3 +64,20 @@ def test_turn_is_its_text_with_the_token_ids():
     turn = Turn("12\n", [5, 6, 7], "stop", 2)
     assert turn == "12\n" and turn.strip() == "12" and turn.token_ids == (5, 6, 7)
     assert (turn.finish_reason, turn.index) == ("stop", 2)
+
+
+def test_run_start_checks_template_and_stop_strings(chat_tokenizer):
+    from onpolicy.config import ExperimentConfig
+    from onpolicy.envs.source import with_env_rollouts
+    from onpolicy.trainer import TrainerParts
+    from tests.envs.conftest import IM_SPECIALS
+
+    cfg = ExperimentConfig.from_dict({"env": {"name": "guess", "stop": ["x<|im_end|>"]}, "rewards": [{"name": "env"}]})
+    tok = chat_tokenizer(110, IM_SPECIALS, eos="<|im_end|>")
+    with pytest.raises(ValueError, match=r"env.stop: 'x<\|im_end\|>' contains the special token"):
+        with_env_rollouts(cfg, tok, TrainerParts())
+    cfg.env.stop = ["</tool_call>"]
+    assert with_env_rollouts(cfg, tok, TrainerParts()).rollouts != TrainerParts().rollouts
+    tok.chat_template = None
+    with pytest.raises(ValueError, match="env: multi-turn rollouts need a tokenizer with a chat template"):
+        with_env_rollouts(cfg, tok, TrainerParts())
