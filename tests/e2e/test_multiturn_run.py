@@ -95,3 +95,44 @@ def test_multiturn_reward_rises_with_kl_exactly_zero(tmp_path):
     last = sum(m["reward/mean"] for m in history[-5:]) / 5
     assert last > first + 0.25, (first, last)
     assert sum(m["env/done_frac"] for m in history[-5:]) / 5 > 2 * sum(m["env/done_frac"] for m in history[:5]) / 5
+
+
+def test_calculator_run_on_a_chatml_checkpoint(tmp_path, chat_tokenizer):
+    """A local HF directory with a ChatML template: chat-message data, the calculator (nudged, so trajectories
+    go on), `</tool_call>` ending turns, rewards seeing the trajectory's messages; KL 0.0 each step."""
+    from onpolicy.config import ExperimentConfig
+    from onpolicy.model import save_pretrained
+    from onpolicy.model.tiny import build_tiny
+    from onpolicy.rewards import register_reward
+    from onpolicy.trainer import train
+
+    seen = []
+
+    @register_reward("test_mt_messages")
+    def messages_reward(prompts, completions, env_reward=None, turn_rewards=None, env_finish=None, **_):
+        seen.append((prompts, completions, env_finish))
+        return [float(len(c)) for c in completions]
+
+    model_dir, data = tmp_path / "model", tmp_path / "math.jsonl"
+    model, _ = build_tiny(seed=3, vocab_size=110, num_hidden_layers=1, head_dim=64, max_position_embeddings=256)
+    save_pretrained(model, str(model_dir))
+    chat_tokenizer(110, {"<|im_start|>": 100, "<|im_end|>": 101}, eos="<|im_end|>").save_pretrained(model_dir)
+    data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"{i}*7=?"}], "answer": str(7 * i)})
+                            + "\n" for i in range(4)))
+    cfg = ExperimentConfig.from_dict({
+        "model": {"path": str(model_dir), "device": "cpu"},
+        "data": {"dataset": str(data), "max_prompt_tokens": 40},
+        "sampling": {"num_generations": 2, "max_tokens": 6},
+        "engine": {"use_cuda_graphs": False},
+        "trainer": {"steps": 2, "prompts_per_step": 2, "lr": 1e-3},
+        "env": {"name": "calculator", "kwargs": {"nudge": "Use the tool."}, "max_turns": 3,
+                "max_total_tokens": 120, "stop": ["</tool_call>"]},
+        "rewards": [{"name": "math_answer"}, {"name": "test_mt_messages", "weight": 0.1}],
+        "logging": {"output_dir": str(tmp_path / "out"), "plot": False},
+    })
+    history = train(cfg, log=lambda *_: None)["history"]
+    assert [m["onpolicy/kl"] for m in history] == [0.0, 0.0] and history[0]["env/turns_mean"] == 3.0
+    prompts, completions, finish = seen[0]
+    assert prompts[0][0]["role"] == "user" and finish[0] == "max_turns"
+    assert [m["role"] for m in completions[0]] == ["assistant", "user", "assistant", "user", "assistant"]
+    assert completions[0][1]["content"] == "Use the tool."
