@@ -24,7 +24,7 @@ def test_vllm_multiturn_matches_native_and_trainer():
     sampling = SamplingArgs(num_generations=4, max_tokens=3)
     runs = []
     with kernels.invariant_mode(True), torch.no_grad():
-        for llm in (VllmLLM(model, tok, EngineConfig(max_num_batched_tokens=64), seed=0),
+        for llm in (VllmLLM(model, tok, EngineConfig(max_num_batched_tokens=64, max_num_seqs=32), seed=0),
                     LLM(model, tok, EngineConfig(block_size=16))):
             runs.append(generate_trajectories(llm, tok, rows, Guess, sampling, env_args, run_seed=3, step=1))
         ours, native = runs
