@@ -8,8 +8,8 @@ tokens per trajectory. Both phases are timed: the rollout (engine; the multi-tur
 calls, the chat-template deltas and each turn's prefill of the newest observation, mostly served from the prefix
 cache) and the trainer's packed forward over the whole batch (no backward), which checks parity: every model
 token's logprob torch.equal to the sampler's. Prints tok/s of each and the ratios (multi / single); writes
-bench_multiturn.json to --out. Run as `python -m scripts.bench_multiturn`. `--quick`: the tiny model on CPU, 4 x 2 trajectories of 3 turns of 6 tokens
-(a smoke run, not a measurement). Left out: the backward and optimizer step (the same work per token in both).
+bench_multiturn.json to --out. Run as `python -m scripts.bench_multiturn`. `--quick`: the tiny model on CPU,
+4 x 2 trajectories of 3 turns of 6 tokens (a smoke run, not a measurement). Left out: the backward and optimizer step (the same work per token in both).
 """
 from __future__ import annotations
 

@@ -29,7 +29,8 @@ def test_tool_calls_and_steps():
     call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "12*7"}}\n</tool_call>'
     assert env.step("Let me compute. " + call) == ([{"role": "tool", "content": "84"}], 0.0, False)
     two = call + '<tool_call>{"name": "calculator", "arguments": "{\\"expression\\": \\"1/0\\"}"}</tool_call>'
-    assert env.step(two)[0] == [{"role": "tool", "content": "84"}, {"role": "tool", "content": "error: division by zero"}]
+    assert env.step(two)[0] == [{"role": "tool", "content": "84"},
+                                {"role": "tool", "content": "error: division by zero"}]
     assert env.step("<tool_call>{oops</tool_call>")[0][0]["content"] == "error: the tool call is not valid JSON"
     assert env.step('<tool_call>{"name": "python", "arguments": {}}</tool_call>')[0][0]["content"].startswith(
         "error: unknown tool 'python'")
