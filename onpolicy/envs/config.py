@@ -15,7 +15,7 @@ from onpolicy.config_fields import Section, config_field as _f
 @dataclass
 class EnvArgs(Section):
     _name: ClassVar[str] = "env"
-    name: str | None = _f(None, "environment: a registered name (calculator, guess) or an import path "
+    name: str | None = _f(None, "environment: a registered name (calculator, guess, tool_methods) or an import path "
                                 "'package.module:Class' (on PYTHONPATH or next to the config file); null = "
                                 "single-turn rollouts", nonblank=True,
                           allowed="null, a registered environment or 'package.module:Class'")

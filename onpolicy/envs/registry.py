@@ -1,6 +1,7 @@
 """Environments by name: `register_env(name)`, and `resolve_env(env_args)` -> a zero-argument factory.
 
-`env.name` is a registered name (the built-ins `calculator` and `guess`, or one added with `register_env`) or an
+`env.name` is a registered name (the built-ins `calculator`, `guess`, `tool_methods`, or one added with
+`register_env`) or an
 import path `package.module:Class`, imported as reward import paths are (`onpolicy.rewards.sources`): from
 sys.path or, for this lookup only, the config's directory; nothing read from checkpoints or data is imported.
 `env.kwargs` are checked against the constructor's signature here, before any compute. Errors are one line
