@@ -1,7 +1,8 @@
 """Environments for multi-turn and tool-using rollouts: the interface (`base`), names (`registry`), the
-built-ins (`calculator`, `guess`, `tool_methods`: a TRL-style class of tool methods), the `env` config section (`config`), the chat-template delta (`render`), the
-rollout loop over the engine (`rollout`) and concurrent environment calls (`workers`). docs/environments.md is
-the user's guide.
+built-ins (`calculator`, `guess`, `tool_methods`: a TRL-style class of tool methods), the `env` config section
+(`config`), the chat-template delta (`render`), the rollout loop over the engine (`rollout`), the trainer's
+rollout source (`source`) and concurrent environment calls (`workers`). docs/environments.md is the user's
+guide.
 """
 from __future__ import annotations
 
