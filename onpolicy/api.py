@@ -88,7 +88,7 @@ def train(config: Any, reward_funcs: Sequence | Callable | str | None = None,
     """Check the rewards and the launch, start the processes of a multi-process launch, run `config`'s RL steps;
     returns the run summary (`final_policy`, rewards, KL, ...). Errors in the config, the rewards or the launch
     raise ValueError (one line) before any compute."""
-    from onpolicy.config import ConfigError
+    from onpolicy.config import ConfigError, check_env
     from onpolicy.rewards.sources import resolve_rewards
     from onpolicy.trainer import train as run_steps
     from onpolicy.trainer.launch import check_launch, start_processes
@@ -101,6 +101,7 @@ def train(config: Any, reward_funcs: Sequence | Callable | str | None = None,
         rewards = resolve_rewards(cfg.rewards, config_dir, callables)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    check_env(cfg, config_dir)  # an import-path environment next to the config file resolves from there
     check_launch(cfg)
     is_main = start_processes(cfg)
     return run_steps(cfg, log=log if is_main else (lambda *a, **k: None), rewards=rewards)

@@ -17,8 +17,8 @@ from onpolicy.config_fields import ConfigError
 
 def check_context(cfg) -> None:
     """Start-up check, before any model is built: `model.path` is usable (checked before `model.tiny`, so a
-    leftover tiny block cannot hide a wrong path) and `data.max_prompt_tokens + sampling.max_tokens` fits the
-    model's context (max_position_embeddings of config.json, or of the tiny config), and every
+    leftover tiny block cannot hide a wrong path) and `data.max_prompt_tokens + sampling.max_tokens` (with an
+    environment: `env.max_total_tokens`) fits the model's context (max_position_embeddings of config.json, or of the tiny config), and every
     `sampling.stop_token_ids` is below its vocab_size. Reads config.json only."""
     m = cfg.model
     if m.path == "tiny":
@@ -41,9 +41,11 @@ def check_context(cfg) -> None:
     if bad:
         raise ConfigError(f"sampling.stop_token_ids: got {bad}; allowed: token ids in [0, {vocab}) (the model's "
                           "vocab_size)")
-    prompt, new = cfg.data.max_prompt_tokens, cfg.sampling.max_tokens
+    prompt, new, what = cfg.data.max_prompt_tokens, cfg.sampling.max_tokens, "sampling.max_tokens"
+    if cfg.env.name is not None:  # a multi-turn trajectory: every turn and observation after the prompt
+        new, what = cfg.env.max_total_tokens, "env.max_total_tokens"
     if prompt + new > limit:
-        raise ConfigError(f"data.max_prompt_tokens ({prompt}) + sampling.max_tokens ({new}) = {prompt + new} exceeds "
+        raise ConfigError(f"data.max_prompt_tokens ({prompt}) + {what} ({new}) = {prompt + new} exceeds "
                           f"the model's context max_position_embeddings={limit}; allowed: a sum <= {limit}")
 
 
@@ -59,9 +61,9 @@ def build_tokenizer(cfg):
     """The tokenizer alone (cheap), so data can be checked before any model is built (`model.path` was checked
     by `check_context`)."""
     if cfg.model.path == "tiny":
-        from onpolicy.model.tiny import CharTokenizer, tiny_chars
+        from onpolicy.model.tiny import TINY_CHAT_TEMPLATE, CharTokenizer, tiny_chars
 
-        return CharTokenizer(tiny_chars(cfg.model.tiny.get("vocab_size")))
+        return CharTokenizer(tiny_chars(cfg.model.tiny.get("vocab_size")), chat_template=TINY_CHAT_TEMPLATE)
     from onpolicy.model import load_tokenizer
 
     return load_tokenizer(cfg.model.path)

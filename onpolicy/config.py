@@ -30,13 +30,14 @@ import yaml
 from onpolicy.config_cli import apply_override, help_text, load_yaml, split_cli
 from onpolicy.config_fields import ConfigError, Section, coerce, config_field, run_dir_problem
 from onpolicy.engine.params import MIN_TEMPERATURE, EngineConfig
+from onpolicy.envs.config import EnvArgs, check_env_fields
 from onpolicy.evaluation import EvalArgs
 from onpolicy.algorithms import ALGO_DEFAULTS, ALGOS, LOSS_AGGS, MIN_GENERATIONS
 from onpolicy.lora.config import LoraArgs
 
 __all__ = ["ConfigError", "ExperimentConfig", "ModelArgs", "DataArgs", "SamplingArgs", "EngineConfig", "TrainerArgs",
-           "RewardArgs", "EvalArgs", "LoggingArgs", "LoraArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS", "LOSS_AGGS",
-           "parse_args", "check_rewards"]
+           "RewardArgs", "EvalArgs", "EnvArgs", "LoggingArgs", "LoraArgs", "SECTIONS", "ALGOS", "ALGO_DEFAULTS",
+           "LOSS_AGGS", "parse_args", "check_rewards"]
 
 _f = config_field
 
@@ -242,7 +243,7 @@ REWARDS_HELP = ("rewards: --rewards '[{name: NAME, weight: W}, {model: DIR, weig
                 "(default [{name: embedded}]); NAME: a registered reward or 'package.module:function' "
                 "(docs/rewards.md)")
 SECTIONS = {"model": ModelArgs, "data": DataArgs, "sampling": SamplingArgs, "engine": EngineConfig,
-            "trainer": TrainerArgs, "lora": LoraArgs, "eval": EvalArgs, "logging": LoggingArgs}
+            "trainer": TrainerArgs, "lora": LoraArgs, "eval": EvalArgs, "env": EnvArgs, "logging": LoggingArgs}
 
 
 @dataclass
@@ -258,6 +259,7 @@ class ExperimentConfig:
     rewards: list[RewardArgs] = field(default_factory=lambda: [RewardArgs(name="embedded")],
                                       metadata={"help": "weighted reward functions"})
     eval: EvalArgs = field(default_factory=EvalArgs, metadata={"help": "held-out evaluation"})
+    env: EnvArgs = field(default_factory=EnvArgs, metadata={"help": "multi-turn environment (null name: single-turn)"})
     logging: LoggingArgs = field(default_factory=LoggingArgs, metadata={"help": "metrics sinks"})
 
     def __post_init__(self):
@@ -278,6 +280,7 @@ class ExperimentConfig:
             raise ConfigError(f"sampling.num_generations: got {g}; allowed: an int >= {MIN_GENERATIONS[algo]} with "
                               f"trainer.algo {algo!r} (its advantages compare the completions of one prompt: a group "
                               "of one has advantage 0 and learns nothing)")
+        check_env_fields(self)
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "ExperimentConfig":
@@ -323,6 +326,7 @@ def parse_args(argv: list[str] | None = None, forced: dict[str, Any] | None = No
         apply_override(SECTIONS, data, key, value)
     cfg = ExperimentConfig.from_dict(data)
     check_rewards(cfg, os.path.dirname(os.path.abspath(config_path)) if config_path else None)
+    check_env(cfg, os.path.dirname(os.path.abspath(config_path)) if config_path else None)
     if print_config:
         check_names_and_paths(cfg)
         print(cfg.to_yaml())
@@ -337,6 +341,18 @@ def check_rewards(cfg: ExperimentConfig, config_dir: str | None = None) -> None:
 
     try:
         resolve_all(cfg.rewards, config_dir)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_env(cfg: ExperimentConfig, config_dir: str | None = None) -> None:
+    """`env.name` resolves (a registered environment or an importable class) and takes `env.kwargs`."""
+    if cfg.env.name is None:
+        return
+    from onpolicy.envs import resolve_env
+
+    try:
+        resolve_env(cfg.env, config_dir)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

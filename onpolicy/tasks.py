@@ -3,6 +3,8 @@
     arith    "37+5="  -> "42"      addition of two numbers in [0, ARITH_MAX)
     reverse  "R4071=" -> "1704"    reverse 3 or 4 digits (DIGITS_RANGE); the tiny CPU default
     sort     "S4071=" -> "0147"    sort 3 or 4 digits ascending
+    guess    "guess 0-9" -> "7"    a secret number in [0, GUESS_MAX), found over several turns with the
+                                   `guess` environment (onpolicy.envs.guess); single-turn, a one-in-ten shot
 
 `make_examples(task, num, seed)` returns `[{"prompt": str, "answer": str}, ...]`, deterministic in `seed`.
 `score(completion, answer)` is the reward: 1.0 when the completion, cut at the first newline (or EOS, which
@@ -17,9 +19,10 @@ import random
 
 ARITH_MAX = 50
 DIGITS_RANGE = (3, 4)  # digit-string lengths of reverse / sort
-TASKS = ("arith", "reverse", "sort")
+GUESS_MAX = 10
+TASKS = ("arith", "reverse", "sort", "guess")
 # Characters any embedded prompt or answer may use (the tiny CharTokenizer must cover them).
-CHARSET = "0123456789+=RS\n"
+CHARSET = "0123456789+=RS\ngues -"
 
 
 def _arith(rng: random.Random) -> dict:
@@ -41,7 +44,11 @@ def _sort(rng: random.Random) -> dict:
     return {"prompt": f"S{d}=", "answer": "".join(sorted(d))}
 
 
-_GENERATORS = {"arith": _arith, "reverse": _reverse, "sort": _sort}
+def _guess(rng: random.Random) -> dict:
+    return {"prompt": f"guess 0-{GUESS_MAX - 1}", "answer": str(rng.randrange(GUESS_MAX))}
+
+
+_GENERATORS = {"arith": _arith, "reverse": _reverse, "sort": _sort, "guess": _guess}
 
 
 def check_task(task: str) -> str:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks in one call, from the repository root: `bash scripts/gpu_suite.sh STAGE...`
-# Stages: env, tests (pytest -m gpu), bench_kernels, bench_attention, bench_engine, demo. Logs go to $OUT (or ./gpu_out).
+# Stages: env, tests (pytest -m gpu), bench_kernels, bench_attention, bench_engine, bench_multiturn, demo. Logs go to $OUT (or ./gpu_out).
 set -u
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -14,6 +14,7 @@ for stage in "$@"; do
     bench_kernels) timeout 300 python3 -m scripts.bench_kernels --out "$OUT" 2>&1 | tail -n 70 ;;
     bench_attention) timeout 300 python3 -m scripts.bench_attention --out "$OUT" 2>&1 | tail -n 30 ;;
     bench_engine) timeout 400 python3 -m scripts.bench_engine --out "$OUT" 2>&1 | tail -n 40 ;;
+    bench_multiturn) timeout 300 python3 -m scripts.bench_multiturn --out "$OUT" 2>&1 | tail -n 10 ;;
     demo) timeout 300 python3 -m scripts.determinism_demo --n 1000 --device cuda --dtype bfloat16 2>&1 | tail -n 20 ;;
     *) echo "unknown stage $stage" ;;
   esac

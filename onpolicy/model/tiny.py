@@ -3,7 +3,9 @@
 `CharTokenizer()` is a `transformers.PreTrainedTokenizerFast` built offline: one token per character of a
 fixed set (`tiny_chars` widens it to a model's vocab), specials `<pad>` `<bos>` `<eos>` `<unk>` first (ids 0..3).
 Characters outside the set map to `<unk>`; `unknown_chars_warning` measures how many of a data set's do (the
-trainer warns once, at load). Left out: any subword merging, chat templates.
+trainer warns once, at load). `TINY_CHAT_TEMPLATE` is a minimal chat template over that alphabet (each message
+`<role initial>:<content>` and a newline; the generation prompt `a:`), which runs of the tiny model use for
+chat data and environments. Left out: any subword merging, tool schemas in the template.
 """
 from __future__ import annotations
 
@@ -13,11 +15,14 @@ from onpolicy.model.config import ModelConfig
 from onpolicy.model.transformer import CausalLM, init_weights
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")
+TINY_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}"
+                      "{% if add_generation_prompt %}a:{% endif %}")
 CHARS = string.digits + string.ascii_lowercase + string.ascii_uppercase + " " + "+-*/=()<>.,:;?!#'\"\n"
 
 
-def CharTokenizer(chars: str = CHARS):  # noqa: N802 -- a factory named like the class it stands for
-    """A PreTrainedTokenizerFast with one id per character of `chars` (no specials added on encode)."""
+def CharTokenizer(chars: str = CHARS, chat_template: str | None = None):  # noqa: N802 -- named like its class
+    """A PreTrainedTokenizerFast with one id per character of `chars` (no specials added on encode);
+    `chat_template`: its template (e.g. TINY_CHAT_TEMPLATE), None = none."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -29,10 +34,12 @@ def CharTokenizer(chars: str = CHARS):  # noqa: N802 -- a factory named like the
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
         clean_up_tokenization_spaces=False, model_max_length=1 << 30,
     )
+    fast.chat_template = chat_template
+    return fast
 
 
 _PUNCTUATION = "".join(c for c in CHARS if not c.isalnum() and c != " ")

@@ -40,11 +40,13 @@ def _attribute_path_ok(attr: str) -> bool:
     return bool(attr) and all(part.isidentifier() for part in attr.split("."))
 
 
-def import_reward(path: str, config_dir: str | None = None) -> Callable:
-    """The callable at `module:attr`, imported from sys.path or (for this lookup only) `config_dir`."""
+def import_object(path: str, config_dir: str | None = None, kind: str = "function"):
+    """The object at `module:attr` (`module:Class.method` too), imported from sys.path or (for this lookup only)
+    `config_dir`. Used for rewards and environments (onpolicy.envs, `kind="Class"`); errors are one line naming
+    `path`."""
     module_name, _, attr = path.partition(":")
     if not all(p.isidentifier() for p in module_name.split(".")) or not _attribute_path_ok(attr):
-        raise ValueError(f"{path!r} is not an import path; allowed: 'package.module:function'")
+        raise ValueError(f"{path!r} is not an import path; allowed: 'package.module:{kind}'")
     if path in _IMPORTED:
         return _IMPORTED[path]
     added = bool(config_dir) and os.path.abspath(config_dir) not in sys.path
@@ -69,10 +71,16 @@ def import_reward(path: str, config_dir: str | None = None) -> Callable:
             raise ValueError(f"module {module_name!r} ({getattr(module, '__file__', '?')}) has no attribute "
                              f"{attr!r}")
         obj = getattr(obj, part)
+    _IMPORTED[path] = obj
+    return obj
+
+
+def import_reward(path: str, config_dir: str | None = None) -> Callable:
+    """The callable at `module:attr` (`import_object`), checked to be callable."""
+    obj = import_object(path, config_dir)
     if not callable(obj):
         raise ValueError(f"{path!r} is a {type(obj).__name__}, not a callable; allowed: a function "
                          "f(prompts, completions, **kwargs) -> list[float | None]")
-    _IMPORTED[path] = obj
     return obj
 
 

@@ -57,7 +57,7 @@ def rl_step(trainer: Trainer, step: int) -> dict:
                                              "memory/train_peak_gib": peak.gib()}
     return {
         "step": step + 1, "world_size": trainer.dist.world_size, **update, **scored.metrics(),
-        **scored.completion_metrics(),
+        **scored.completion_metrics(), **ro.metrics(),
         "throughput/tokens_per_s": (ro.num_tokens + sum(len(p) for p in ro.prompt_ids)) / max(t_step, 1e-9),
         "time/sample": t_sample,
         "time/train": t_train,

@@ -3,22 +3,23 @@
 Where rollouts come from is a `RolloutSource`: `collect(rows, step)` turns the step's prompt rows into the whole
 step's `Rollout` (every rank gets all of it). `SingleTurnRollouts` samples one completion per request from the
 engine, each rank its contiguous share of the prompts, gathered in rank order. A source whose completions hold
-tokens the policy did not sample (environment observations of a multi-turn episode) sets `Rollout.loss_mask`;
-scoring keeps those tokens out of the loss.
+tokens the policy did not sample (environment observations of a multi-turn episode, `onpolicy.envs`) sets
+`Rollout.loss_mask`: only the policy's tokens are scored -- the trainer computes logprobs at them alone, and
+`sampler_logprobs`, `seq_lens`, the loss and the parity metrics count them alone; the others are context.
+A subclass of `Rollout` may add per-sequence list fields (sliced and merged with the rest), reward inputs
+(`reward_inputs`) and metrics of its own (`metrics`).
 Seeds: completion group i of step s gets `sampling_seed(run_seed, s, i)`, so a resumed run (or the same
 prompts in another batch) samples the same tokens. The engine numbers the G samples of a request 0..G-1 in
 its counter-based hash, so the G samples differ. Left out: partial rollouts.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-
-FIELDS = ("prompt_ids", "completion_ids", "sampler_logprobs", "texts", "finish_reasons", "group_index", "loss_mask")
-
 
 def sampling_seed(run_seed: int, step: int, prompt_index: int) -> int:
     """A 62-bit seed determined by (run seed, step, prompt index) only."""
@@ -37,12 +38,42 @@ class Rollout:
     texts: list[str] = field(default_factory=list)
     finish_reasons: list[str] = field(default_factory=list)
     group_index: list[int] = field(default_factory=list)
-    # per completion, bool over its tokens: False for tokens the policy did not sample; empty: all are the policy's
+    # per completion, bool over its tokens: False for tokens the policy did not sample (not scored at all: no
+    # trainer logprob, no sampler logprob, not in the loss or the parity metrics); empty: all are the policy's
     loss_mask: list[torch.Tensor] = field(default_factory=list)
 
     @property
     def seq_lens(self) -> list[int]:
-        return [len(c) for c in self.completion_ids]
+        """Scored tokens per completion: the policy's (all of them when `loss_mask` is empty)."""
+        if not self.loss_mask:
+            return [len(c) for c in self.completion_ids]
+        return [int(m.sum()) for m in self.loss_mask]
+
+    @property
+    def score_masks(self) -> list[torch.Tensor] | None:
+        """`loss_mask` for the trainer's forward (`sequence_logprobs`); None when every token is scored."""
+        return self.loss_mask or None
+
+    def reward_inputs(self, rows: list[dict]) -> tuple[list, list, dict]:
+        """(prompts, completions, extra columns) the reward functions get (`rows`: the step's rows):
+        `onpolicy.chat.reward_inputs` of the completion texts, no extra columns."""
+        from onpolicy.chat import reward_inputs
+
+        return (*reward_inputs([rows[i] for i in self.group_index], self.texts), {})
+
+    @property
+    def truncated(self) -> list[bool]:
+        """Completions cut off by a length limit (`trainer.overlong_filter`)."""
+        return [fr == "length" for fr in self.finish_reasons]
+
+    @property
+    def excluded(self) -> list[bool] | None:
+        """Completions kept out of the loss whatever their reward (None: none)."""
+        return None
+
+    def metrics(self) -> dict:
+        """Metrics of the rollout's own (a multi-turn rollout's `env/*`); none here."""
+        return {}
 
     @property
     def num_tokens(self) -> int:
@@ -81,19 +112,21 @@ def generate_rollouts(llm, prompt_ids: list[list[int]], sampling, *, run_seed: i
     return ro
 
 
+def _per_sequence_fields(ro: Rollout) -> list[str]:
+    """The fields holding one entry per sequence: every list field (a subclass's too)."""
+    return [f.name for f in dataclasses.fields(ro) if isinstance(getattr(ro, f.name), list)]
+
+
 def merge_rollouts(parts: list[Rollout]) -> Rollout:
     """Concatenate rank shares (in rank order) into the step's rollout, as one process would have made it."""
-    out = Rollout(group_size=parts[0].group_size)
-    for p in parts:
-        for name in FIELDS:
-            getattr(out, name).extend(getattr(p, name))
-    return out
+    names = _per_sequence_fields(parts[0])
+    return dataclasses.replace(parts[0], **{n: [x for p in parts for x in getattr(p, n)] for n in names})
 
 
 def sub_rollout(ro: Rollout, seqs: range) -> Rollout:
-    """Sequences `seqs` (a contiguous range) of `ro`."""
+    """Sequences `seqs` (a contiguous range) of `ro`, of its own type."""
     s = slice(seqs.start, seqs.stop)
-    return Rollout(group_size=ro.group_size, **{name: getattr(ro, name)[s] for name in FIELDS})
+    return dataclasses.replace(ro, **{n: getattr(ro, n)[s] for n in _per_sequence_fields(ro)})
 
 
 class RolloutSource(Protocol):

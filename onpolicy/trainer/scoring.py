@@ -81,14 +81,15 @@ def score_rollouts(cfg, rows: list[dict], ro: Rollout, rewards=None, step: int =
     messages for chat-message data, as strings otherwise: `onpolicy.chat.reward_inputs`), compute advantages
     (`trainer.algo`) and the loss mask (`Rollout.loss_mask`, `trainer.dynamic_sampling`,
     `trainer.overlong_filter`). `step`: 0-based."""
-    from onpolicy.chat import RESERVED_ROW_KEYS, reward_inputs
+    from onpolicy.chat import RESERVED_ROW_KEYS
     from onpolicy.rewards import combine_rewards, resolve_rewards
 
     t, g = cfg.trainer, ro.group_size
     reward_fns = resolve_rewards(cfg.rewards if rewards is None else rewards)
     expanded = [rows[i] for i in ro.group_index]
     columns = {k: [r.get(k) for r in expanded] for k in rows[0] if k not in RESERVED_ROW_KEYS + _NOT_COLUMNS}
-    prompts, completions = reward_inputs(expanded, ro.texts)
+    prompts, completions, extra = ro.reward_inputs(rows)  # a multi-turn rollout: messages, env_reward, ...
+    columns.update(extra)
     total, per_name = combine_rewards(reward_fns, prompts, completions,
                                       completion_ids=[list(c) for c in ro.completion_ids],
                                       trainer_state=RewardState(global_step=step, max_steps=t.steps), **columns)
@@ -97,14 +98,16 @@ def score_rollouts(cfg, rows: list[dict], ro: Rollout, rewards=None, step: int =
     if not (torch.isfinite(rewards).all() and torch.isfinite(adv).all()):
         raise ValueError(_overflow_message(reward_fns, per_name))
     lens = torch.tensor(ro.seq_lens, dtype=torch.long)
-    mask = torch.cat(ro.loss_mask).bool() if ro.loss_mask else torch.ones(ro.num_tokens, dtype=torch.bool)
+    mask = torch.ones(ro.num_tokens, dtype=torch.bool)  # scored tokens are the policy's (Rollout.loss_mask)
+    if ro.excluded is not None:  # e.g. trajectories an environment error ended
+        mask &= ~torch.repeat_interleave(torch.tensor(ro.excluded, dtype=torch.bool), lens)
     kept_groups = len(rows)
     if t.dynamic_sampling:
         dropped = zero_variance_groups(rewards, g)
         token_group = torch.repeat_interleave(torch.tensor(ro.group_index, dtype=torch.long), lens)
         mask &= ~dropped[token_group]
         kept_groups -= int(dropped.sum())
-    truncated = torch.tensor([fr == "length" for fr in ro.finish_reasons], dtype=torch.bool)
+    truncated = torch.tensor(ro.truncated, dtype=torch.bool)
     if t.overlong_filter:
         mask &= ~torch.repeat_interleave(truncated, lens)
     return ScoredBatch(rollout=ro, rewards=rewards, advantages=adv, loss_mask=mask, truncated=truncated,

@@ -113,6 +113,10 @@ def build_trainer(cfg, log=print, rewards=None, parts=None):
     load_reward_models(rewards, device, log)
     tokenizer = build_tokenizer(cfg)
     check_stop_strings(cfg, tokenizer)
+    if cfg.env.name is not None:  # multi-turn rollouts with an environment (onpolicy.envs)
+        from onpolicy.envs.source import with_env_rollouts
+
+        parts = with_env_rollouts(cfg, tokenizer, parts, log)
     rows = load_prompts(cfg.data, tokenizer)
     warn_unknown_chars(cfg, rows, log)
     eval_rows = load_eval_rows(cfg, tokenizer, rows) if t.eval_every else None

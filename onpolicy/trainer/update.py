@@ -69,11 +69,13 @@ def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
 
 
 def trainer_logprobs(model, ro, temperature: float, grad: bool) -> list[torch.Tensor]:
-    """Per-completion logprobs of `ro`'s tokens under `model` (same kernels as the sampler)."""
+    """Per-completion logprobs of `ro`'s policy tokens (`Rollout.loss_mask`) under `model` (same kernels as the
+    sampler)."""
     from onpolicy.model import sequence_logprobs
 
     with torch.set_grad_enabled(grad):
-        return sequence_logprobs(model, ro.prompt_ids, ro.completion_ids, temperature=temperature)
+        return sequence_logprobs(model, ro.prompt_ids, ro.completion_ids, temperature=temperature,
+                                 score_masks=ro.score_masks)
 
 
 class _FiniteChecks:

@@ -1,5 +1,6 @@
 """The Trainer's parts: the strategy is chosen from the launcher's environment; full fine-tuning selects every
-parameter; a rollout source's per-token `loss_mask` keeps those tokens out of the loss; a Trainer runs its
+parameter; a rollout source's per-token `loss_mask` makes the other tokens context only (not scored: not in the
+sampler's or the trainer's logprobs, the loss or the parity metrics); a Trainer runs its
 update on hand-made rollouts with a fake sampler and a fake loss (no engine), on-policy bitwise."""
 import torch
 
@@ -38,7 +39,7 @@ def _model():
 def _rollout(model, loss_mask=()) -> Rollout:
     """The sampler's logprobs computed by the same model and kernels (as the engine computes them)."""
     with torch.no_grad():
-        lps = [x.float() for x in sequence_logprobs(model, PROMPTS, COMPLETIONS)]
+        lps = [x.float() for x in sequence_logprobs(model, PROMPTS, COMPLETIONS, score_masks=list(loss_mask) or None)]
     return Rollout(group_size=2, prompt_ids=PROMPTS, completion_ids=COMPLETIONS, sampler_logprobs=lps,
                    texts=["abc", "de", "fghi", "j"], finish_reasons=["stop"] * 4, group_index=[0, 0, 1, 1],
                    loss_mask=list(loss_mask))
@@ -56,25 +57,33 @@ def test_full_fine_tuning_selects_every_parameter_in_order():
     assert [n for n, _ in FullFineTuning().select(model)] == [n for n, _ in model.named_parameters()]
 
 
-def test_rollout_loss_mask_keeps_environment_tokens_out_of_the_loss(tmp_path):
-    cfg = _cfg(tmp_path)
-    rows = [{"prompt": "p0"}, {"prompt": "p1"}]
-    env_tokens = [torch.tensor([True, False, True]), torch.tensor([True, True]), torch.tensor([False] * 4),
-                  torch.tensor([True])]
-    ro = _rollout(_model(), env_tokens)
-    scored = score_rollouts(cfg, rows, ro)
-    assert torch.equal(scored.loss_mask, torch.cat(env_tokens))
-    assert bool(score_rollouts(cfg, rows, _rollout(_model())).loss_mask.all())  # no mask: every token trains
-    halves = [sub_rollout(ro, range(0, 2)), sub_rollout(ro, range(2, 4))]
-    assert merge_rollouts(halves).loss_mask == ro.loss_mask and halves[1].loss_mask == env_tokens[2:]
-
-
 class _FakeSampler:
     def __init__(self):
         self.resets = 0
 
     def reset_prefix_cache(self):
         self.resets += 1
+
+
+def test_rollout_loss_mask_keeps_environment_tokens_out_of_the_loss(tmp_path):
+    cfg = _cfg(tmp_path)
+    rows = [{"prompt": "p0"}, {"prompt": "p1"}]
+    env_tokens = [torch.tensor([True, False, True]), torch.tensor([True, True]), torch.tensor([False] * 4),
+                  torch.tensor([True])]
+    model = _model()
+    ro = _rollout(model, env_tokens)
+    assert ro.seq_lens == [2, 2, 0, 1] and [len(x) for x in ro.sampler_logprobs] == ro.seq_lens
+    scored = score_rollouts(cfg, rows, ro)
+    assert scored.loss_mask.shape == (5,) and bool(scored.loss_mask.all())  # the policy's tokens alone train
+    assert bool(score_rollouts(cfg, rows, _rollout(model)).loss_mask.all())  # no mask: every token trains
+    halves = [sub_rollout(ro, range(0, 2)), sub_rollout(ro, range(2, 4))]
+    assert merge_rollouts(halves).loss_mask == ro.loss_mask and halves[1].loss_mask == env_tokens[2:]
+    strategy = Replicated()
+    optimizer = strategy.build_optimizer(model, FullFineTuning().select(model), cfg.trainer, torch.device("cpu"))
+    trainer = Trainer(cfg, device=torch.device("cpu"), strategy=strategy, model=model, optimizer=optimizer,
+                      sampler=_FakeSampler())
+    m = trainer.update(scored, 0)  # strict: every policy token's ratio is exactly 1
+    assert m["onpolicy/kl"] == 0.0 and m["onpolicy/mismatch_frac"] == 0.0 and m["grad_norm"] > 0
 
 
 def test_trainer_update_with_fakes_is_on_policy_and_moves_the_weights(tmp_path):
