@@ -156,3 +156,32 @@ def random_model(name: str, seed: int = 0):
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model
+
+
+def mixed_workload_pairs(model):
+    """(engine logprobs, trainer logprobs) per completion of one mixed engine workload on `model`'s device:
+    ragged prompts past position 1,000 (chunked prefill beside decode), n=2 samples sharing prompt blocks, two
+    temperatures; the trainer's are `sequence_logprobs` of the packed sequences, moved to the engine's device.
+    Returns (pairs, (prompts, completions)) -- the latter for further checks (e.g. MoE routing)."""
+    from onpolicy.engine import LLM, EngineConfig, SamplingParams
+    from onpolicy.model import sequence_logprobs
+    from onpolicy.model.tiny import CharTokenizer
+
+    llm = LLM(model, CharTokenizer(), EngineConfig(num_blocks=1024, block_size=16, max_num_batched_tokens=256,
+                                                   max_num_seqs=16))
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(4, 80, (n,), generator=g).tolist() for n in (1100, 700, 3, 64, 250, 17, 1, 129)]
+    params = [SamplingParams(n=2, temperature=[1.0, 0.7][i % 2], max_tokens=8 + 5 * i, seed=i) for i in range(8)]
+    groups, pairs, seqs = {}, [], ([], [])
+    for out, p in zip(llm.generate(prompts, params), params):
+        for c in out.outputs:
+            for part, item in zip(groups.setdefault(p.temperature, ([], [], [])),
+                                  (out.prompt_token_ids, c.token_ids, c.logprobs)):
+                part.append(item)
+    for t, (ps, cs, engine) in groups.items():
+        with torch.no_grad():
+            trainer = sequence_logprobs(model, ps, cs, t)
+        pairs += [(a, b.to(a.device)) for a, b in zip(engine, trainer)]
+        seqs[0].extend(ps)
+        seqs[1].extend(cs)
+    return pairs, seqs

@@ -10,11 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from arch_cases import random_model, real_shape_hf_config
-from onpolicy.engine import LLM, EngineConfig, SamplingParams
+from arch_cases import mixed_workload_pairs, random_model, real_shape_hf_config
 from onpolicy.kernels.moe_gemm import grouped_linear, grouped_linear_reference, moe_block_m
 from onpolicy.kernels.moe_routing import moe_layout
-from onpolicy.model import CausalLM, ModelConfig, sequence_logprobs
+from onpolicy.model import CausalLM, ModelConfig
 from onpolicy.model.routing import routing_parity
 from onpolicy.model.tiny import CharTokenizer
 
@@ -37,25 +36,10 @@ def _real_shape_model(name: str, layers=2, seed=3):
 @pytest.mark.parametrize("name", ["qwen3-moe", "qwen3-moe-mixed"])
 def test_moe_engine_equals_trainer_real_shape(name):
     model = _real_shape_model(name)
-    llm = LLM(model, CharTokenizer(), EngineConfig(num_blocks=1024, block_size=16, max_num_batched_tokens=256,
-                                                   max_num_seqs=16))
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(4, 80, (n,), generator=g).tolist() for n in (1100, 700, 3, 64, 250, 17, 1, 129)]
-    params = [SamplingParams(n=2, temperature=[1.0, 0.7][i % 2], max_tokens=8 + 5 * i, seed=i) for i in range(8)]
-    outs = llm.generate(prompts, params)
-    groups = {}
-    for out, p in zip(outs, params):
-        for c in out.outputs:
-            for part, item in zip(groups.setdefault(p.temperature, ([], [], [])),
-                                  (out.prompt_token_ids, c.token_ids, c.logprobs)):
-                part.append(item)
-    for t, (ps, cs, engine) in groups.items():
-        with torch.no_grad():
-            trainer = sequence_logprobs(model, ps, cs, t)
-        for i, (a, b) in enumerate(zip(engine, trainer)):
-            b = b.to(a.device)  # the engine returns logprobs on the CPU
-            assert torch.equal(a, b), (t, i, float((a - b).abs().max()))
-        assert routing_parity(model, ps, cs) == {"onpolicy/routing_mismatch": 0.0}
+    pairs, (ps, cs) = mixed_workload_pairs(model)
+    for i, (a, b) in enumerate(pairs):
+        assert torch.equal(a, b), (name, i, float((a - b).abs().max()))
+    assert routing_parity(model, ps, cs) == {"onpolicy/routing_mismatch": 0.0}
 
 
 @pytest.mark.parametrize("which", ["gate_up", "down"])
