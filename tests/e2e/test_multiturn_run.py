@@ -1,10 +1,12 @@
 """The embedded multi-turn task (configs/tiny-cpu-multiturn.yaml, the `guess` environment) through `train()`:
-onpolicy/kl exactly 0.0 over every model token of every turn, each step; env/* metrics; an exact resume; and
-(slow) the environment's reward rising from random weights."""
+onpolicy/kl exactly 0.0 over every model token of every turn, each step; env/* metrics; an exact resume; LoRA
+adapters (base frozen bitwise, exact resume); and (slow) the environment's reward rising from random weights."""
 import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from tests.e2e.conftest import REPO
 
@@ -47,6 +49,62 @@ def test_multiturn_steps_are_exactly_on_policy_and_resume_exactly(tmp_path):
     last, again = _rows(straight)[-1], _rows(resumed)[-1]
     for key in ("reward/mean", "loss", "grad_norm", "env/turns_mean", "env/reward_mean", "onpolicy/kl"):
         assert last[key] == again[key], key
+
+
+LORA = {**SMALL, "lora.r": 4, "lora.alpha": 8.0}
+
+
+def _train_keeping_weights(cfg, monkeypatch):
+    """train(cfg) -> (history, {name: parameter} after the run, {name: clone} before its first step)."""
+    from onpolicy.trainer import loop
+
+    seen = {}
+    build = loop.build_trainer
+
+    def spy(*a, **kw):
+        seen["trainer"] = build(*a, **kw)
+        seen["before"] = {n: p.detach().clone() for n, p in seen["trainer"].model.named_parameters()}
+        return seen["trainer"]
+
+    monkeypatch.setattr(loop, "build_trainer", spy)
+    history = loop.train(cfg, log=lambda *_: None)["history"]
+    return history, dict(seen["trainer"].model.named_parameters()), seen["before"]
+
+
+def test_multiturn_lora_is_exactly_on_policy_with_the_base_frozen(tmp_path, monkeypatch):
+    """After step 1 the adapters are non-zero, so KL 0.0 on steps 2-3 means the sampler runs them too."""
+    from onpolicy.model.layers import is_adapter
+
+    history, after, before = _train_keeping_weights(_cfg(tmp_path, **LORA, **{"trainer.steps": 3}), monkeypatch)
+    for m in history:
+        assert m["onpolicy/kl"] == 0.0 and m["onpolicy/mismatch_frac"] == 0.0 and m["onpolicy/logprob_diff/max"] == 0.0
+    assert max(m["env/turns_mean"] for m in history) > 1 and all(m["grad_norm"] > 0 for m in history)
+    adapters = [n for n in after if is_adapter(n)]
+    assert adapters and len(adapters) < len(after)
+    for name, p in after.items():
+        if not is_adapter(name):
+            assert torch.equal(p, before[name]) and not p.requires_grad, name
+    assert all(not torch.equal(after[n], before[n]) for n in adapters if n.endswith("lora_B")), "adapters unchanged"
+
+
+def test_multiturn_lora_resumes_exactly(tmp_path):
+    """bf16 with micro- and mini-batches: 3 steps straight equal 2 steps, a resume, and step 3."""
+    from onpolicy.lora.training import ADAPTER_DIR
+    from onpolicy.trainer import checkpoint
+
+    common = {**LORA, "model.dtype": "bfloat16", "trainer.micro_batch_tokens": 48, "trainer.mini_batches": 2}
+    straight = _cfg(tmp_path / "a", **common, **{"trainer.steps": 3})
+    _train(straight)
+    _train(_cfg(tmp_path / "b", **common, **{"trainer.steps": 2}))
+    resumed = _cfg(tmp_path / "b", **common, **{"trainer.steps": 3, "trainer.resume": True})
+    assert _train(resumed)["start_step"] == 2
+    assert all(m["onpolicy/kl"] == 0.0 for m in _rows(straight) + _rows(resumed))
+    last, again = _rows(straight)[-1], _rows(resumed)[-1]
+    for key in ("reward/mean", "loss", "grad_norm", "env/turns_mean", "env/model_tokens_mean"):
+        assert last[key] == again[key], key
+    a, b = (load_file(str(checkpoint.checkpoint_root(c) / "step-3" / ADAPTER_DIR / "adapter_model.safetensors"))
+            for c in (straight, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_environments_that_all_fail_never_stop_the_run(tmp_path):
