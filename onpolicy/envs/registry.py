@@ -13,26 +13,14 @@ import functools
 import inspect
 from typing import Callable
 
-_REGISTRY: dict[str, Callable] = {}
+from onpolicy.registry import Registry
 
-
-def register_env(name: str):
-    """Decorator: register an environment class (or factory) under `name`."""
-    if not isinstance(name, str) or not name or ":" in name:
-        raise ValueError(f"register_env: name must be a non-empty string without ':', got {name!r}")
-
-    def deco(cls):
-        old = _REGISTRY.get(name)
-        if old is not None and old is not cls and getattr(old, "__qualname__", None) != getattr(cls, "__qualname__", 0):
-            raise ValueError(f"register_env: name {name!r} is already taken by {old.__module__}.{old.__qualname__}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
+_REGISTRY = Registry("register_env", reserved=":")
+register_env = _REGISTRY.register  # decorator: an environment class (or factory) under a name
 
 
 def available_envs() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def _lookup(name: str, config_dir: str | None):

@@ -9,25 +9,11 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+from onpolicy.registry import Registry
+
 RewardFn = Callable[..., list]
-_REGISTRY: dict[str, RewardFn] = {}
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register `fn` under `name`; a second, different function for a taken name raises ValueError."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"register_reward: name must be a non-empty string, got {name!r}")
-
-    def deco(fn: RewardFn) -> RewardFn:
-        if not callable(fn):
-            raise ValueError(f"register_reward({name!r}): expected a callable, got {type(fn).__name__}")
-        old = _REGISTRY.get(name)
-        if old is not None and old is not fn and getattr(old, "__qualname__", None) != getattr(fn, "__qualname__", 0):
-            raise ValueError(f"register_reward: name {name!r} is already taken by {old.__module__}.{old.__qualname__}")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+_REGISTRY = Registry("register_reward")
+register_reward = _REGISTRY.register  # decorator: a reward function under a name
 
 
 def get_reward(name: str) -> RewardFn:
@@ -37,7 +23,7 @@ def get_reward(name: str) -> RewardFn:
 
 
 def available_rewards() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def check_rewards(reward_args: Sequence, config_dir: str | None = None) -> None:
