@@ -4,7 +4,9 @@
 (paged KV cache: every prompt prefilled in one step, then every completion but its last token in a second step
 that attends to the cached prompt, as the engine's prefill and decode read the cache) and in training mode (one
 packed varlen forward, as `sequence_logprobs`) -- and returns each token's experts in both, per sequence
-([tokens, moe layers, k]). `routing_mismatch` is the fraction of tokens whose expert *sets* differ in any layer.
+([tokens, moe layers, k]). `routes_differ` flags the tokens whose expert *sets* differ in any layer and
+`routing_mismatch` is their fraction; `mode_routes_differ(model, ...)` gives one rank's flags, which
+`onpolicy.trainer.distributed.gather_parity` gathers so that the logged value covers every rank's tokens.
 The routes are recomputed, not captured during the rollout: the engine-mode pass runs the sampler's kernels and
 cache layout on other batch compositions than the rollout's steps (whose bitwise logprobs the parity metrics
 already check), so the metric fails whenever the two modes route a token differently.
@@ -19,6 +21,7 @@ from onpolicy.model.metadata import AttentionMetadata
 from onpolicy.model.moe import moe_layers, record_routing
 
 BLOCK = 16  # engine-mode cache block size of the re-run
+ROUTING_KEY = "onpolicy/routing_mismatch"
 CHUNK_TOKENS = 16384  # tokens per re-run group (its KV cache: 16k tokens x layers x 2 x kv heads x head_dim)
 
 
@@ -76,17 +79,27 @@ def training_mode_routing(model, prompts: list[list[int]], completions: list[lis
     return [r[:-1] for r in torch.split(rec.forwards()[0], lens)]
 
 
-def routing_mismatch(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    """Fraction of tokens whose expert sets differ in any MoE layer between routes `a` and `b` (per sequence
-    [tokens, layers, k]); 0.0 for no tokens."""
+def routes_differ(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """bool [tokens]: True where a token's expert sets differ in any MoE layer between routes `a` and `b`
+    (per sequence [tokens, layers, k]), the sequences' tokens in order."""
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         raise ValueError("routing_mismatch: the two sides must have one [tokens, layers, k] tensor per sequence "
                          "of equal shapes")
+    if not a:
+        return torch.zeros(0, dtype=torch.bool)
     x, y = torch.cat(a), torch.cat(b)
-    if x.shape[0] == 0:
-        return 0.0
-    differ = (x.sort(-1).values != y.sort(-1).values).flatten(1).any(1)
-    return differ.double().mean().item()
+    return (x.sort(-1).values != y.sort(-1).values).flatten(1).any(1)
+
+
+def routing_mismatch(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Fraction of tokens whose expert sets differ in any MoE layer between routes `a` and `b` (per sequence
+    [tokens, layers, k]); 0.0 for no tokens."""
+    return routing_metrics(routes_differ(a, b))[ROUTING_KEY]
+
+
+def routing_metrics(differs: torch.Tensor) -> dict:
+    """{ROUTING_KEY: fraction of True} of `routes_differ`' flags (0.0 for no tokens)."""
+    return {ROUTING_KEY: differs.double().mean().item() if differs.numel() else 0.0}
 
 
 def _groups(prompts, completions, budget: int):
@@ -103,13 +116,20 @@ def _groups(prompts, completions, budget: int):
 
 
 def routing_parity(model, prompts: list[list[int]], completions: list[list[int]]) -> dict:
-    """{"onpolicy/routing_mismatch": fraction} for a model with MoE layers, {} for a dense one or no sequences.
-    Runs in groups of at most CHUNK_TOKENS tokens (the engine-mode pass allocates a KV cache for its group)."""
-    if not moe_layers(model) or not prompts:
-        return {}
+    """{ROUTING_KEY: fraction} for a model with MoE layers, {} for a dense one or no sequences."""
+    differs = mode_routes_differ(model, prompts, completions)
+    return {} if differs is None or not prompts else routing_metrics(differs)
+
+
+def mode_routes_differ(model, prompts: list[list[int]], completions: list[list[int]]) -> torch.Tensor | None:
+    """`routes_differ` between the engine's and the training mode for every token of the sequences (None for
+    a dense model). Runs in groups of at most CHUNK_TOKENS tokens (the engine-mode pass allocates a KV cache
+    for its group)."""
+    if not moe_layers(model):
+        return None
     sampler, trainer = [], []
     for g in _groups(prompts, completions, CHUNK_TOKENS):
         p, c = [prompts[i] for i in g], [completions[i] for i in g]
         sampler += engine_mode_routing(model, p, c)
         trainer += training_mode_routing(model, p, c)
-    return {"onpolicy/routing_mismatch": routing_mismatch(sampler, trainer)}
+    return routes_differ(sampler, trainer)

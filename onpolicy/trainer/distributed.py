@@ -180,17 +180,23 @@ class GradReduction:
         return [_detached(p, device) for rank_parts in self.dist.gather(mine) for p in rank_parts]
 
 
-def gather_parity(dist: Dist, sampler: list, trainer: list) -> dict:
+def gather_parity(dist: Dist, sampler: list, trainer: list, routes: torch.Tensor | None = None) -> dict:
     """The parity metrics over every rank's sequences in global order (as world size 1 computes them) and,
-    with several ranks, each rank's own as `rank<r>/onpolicy/...`."""
+    with several ranks, each rank's own as `rank<r>/onpolicy/...`. `routes`: MoE models' per-token flags of
+    `onpolicy.model.routing.mode_routes_differ` (None: no `onpolicy/routing_mismatch`)."""
+    from onpolicy.model.routing import routing_metrics
     from onpolicy.trainer.parity import parity_metrics
 
+    def metrics(s, t, r) -> dict:
+        return {**parity_metrics(s, t), **({} if r is None else routing_metrics(r))}
+
     if dist.world_size == 1:
-        return parity_metrics(sampler, trainer)
-    per_rank = dist.gather(([x.detach().cpu() for x in sampler], [x.detach().cpu() for x in trainer]))
-    out = parity_metrics([x for s, _ in per_rank for x in s], [x for _, t in per_rank for x in t])
-    for r, (s, t) in enumerate(per_rank):
-        out.update({f"rank{r}/{k}": v for k, v in parity_metrics(s, t).items()})
+        return metrics(sampler, trainer, routes)
+    per_rank = dist.gather(([x.detach().cpu() for x in sampler], [x.detach().cpu() for x in trainer], routes))
+    out = metrics([x for s, _, _ in per_rank for x in s], [x for _, t, _ in per_rank for x in t],
+                  None if routes is None else torch.cat([r for _, _, r in per_rank]))
+    for r, (s, t, f) in enumerate(per_rank):
+        out.update({f"rank{r}/{k}": v for k, v in metrics(s, t, f).items()})
     return out
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Callable
 import torch
 
 from onpolicy.model.moe import router_aux_loss
-from onpolicy.model.routing import routing_parity
+from onpolicy.model.routing import mode_routes_differ, routing_metrics
 from onpolicy.trainer.distributed import GradReduction, gather_parity
 from onpolicy.trainer.health import NonFiniteError, is_finite
 from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss, truncated_is_weights
@@ -218,13 +218,16 @@ def update_policy(parts: UpdateParts, scored: ScoredBatch, step: int) -> dict:
         group["lr"] = lr
     schedule = update_schedule(len(ro.seq_lens), t.mini_batches, t.num_iterations)
     first = _FirstUpdate(step, t.strict_onpolicy, _FiniteChecks(step, scored, len(schedule)))
-    # MoE models: onpolicy/routing_mismatch under the rollout's weights ({} for dense models)
-    per_update, metrics = [], routing_parity(parts.module, ro.prompt_ids, ro.completion_ids)
+    # MoE models: the tokens whose experts differ between the sampler's and the trainer's mode under the
+    # rollout's weights (None for dense models), gathered across ranks with the other parity metrics. Re-run on
+    # the engine's copy: its bits are those FSDP2 gathers, and it runs no collectives (ranks' counts differ)
+    routes = mode_routes_differ(parts.model, ro.prompt_ids, ro.completion_ids)
+    per_update, metrics = [], {} if routes is None else routing_metrics(routes)
     try:
         for upd in schedule:
             per_update.append(_one_update(parts, scored, upd, len(schedule), first, metrics))
             if upd.on_policy:
-                metrics.update(gather_parity(parts.strategy.dist, first.sampler, first.trainer))
+                metrics.update(gather_parity(parts.strategy.dist, first.sampler, first.trainer, routes))
     finally:
         parts.optimizer.zero_grad()
     metrics.update({"loss": _mean([u["loss"] for u in per_update]), "lr": lr})
