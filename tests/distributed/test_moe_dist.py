@@ -2,7 +2,7 @@
 (16 experts, top-8, bf16), 3 GRPO steps under DDP (configs/accelerate/cpu_ddp.yaml) and under FSDP2
 (cpu_fsdp2.yaml, the 3-D expert weights sharded along the expert dimension): KL and routing mismatch exactly 0.0
 globally and on every rank; two FSDP2 runs give identical weights; DDP on 2 ranks equals one process with the
-same reduction chunks bitwise. The reward counts digits (a random model never solves the task), so the
+same reduction chunks bitwise; the gathered routing metric covers every rank's tokens. The reward counts digits (a random model never solves the task), so the
 gradients are non-zero. Left out: expert parallelism (no strategy shards experts by rank)."""
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from onpolicy.trainer.distributed import Dist, gather_parity
 from tests.distributed.test_launch import ROOT, _accelerate, _rows, _run, _weights_hash
 
 pytest.importorskip("accelerate")
@@ -57,6 +59,28 @@ def _check_on_policy(out: Path) -> None:
         for key in KEYS:
             for name in (key, f"rank0/{key}", f"rank1/{key}"):
                 assert r[name] == 0.0, (name, r)
+
+
+class _TwoRanks(Dist):
+    """Rank 0 of two, whose `gather` returns the given other rank's object after its own."""
+
+    def __init__(self, other):
+        super().__init__(0, 2)
+        object.__setattr__(self, "other", other)
+
+    def gather(self, obj) -> list:
+        return [obj, self.other]
+
+
+def test_routing_mismatch_gathered_over_every_ranks_tokens():
+    """Global value: over all tokens of both ranks (1 of 6 here, not the mean of the ranks' fractions)."""
+    lps = [torch.zeros(3)]
+    rank1 = (lps, lps, torch.tensor([False, False]))
+    out = gather_parity(_TwoRanks(rank1), lps, lps, torch.tensor([True, False, False, False]))
+    assert out["onpolicy/routing_mismatch"] == 1 / 6
+    assert out["rank0/onpolicy/routing_mismatch"] == 0.25 and out["rank1/onpolicy/routing_mismatch"] == 0.0
+    assert out["onpolicy/kl"] == 0.0 and "rank1/onpolicy/kl" in out
+    assert "onpolicy/routing_mismatch" not in gather_parity(_TwoRanks((lps, lps, None)), lps, lps)  # dense
 
 
 def test_ddp_two_ranks_on_policy_and_equal_to_one_process(moe_dir, tmp_path):
