@@ -21,7 +21,9 @@ passes (each one is a collective): `idle_micro_batch` pads a rank with fewer mic
 Reductions: the reduce-scatter's order is the backend's (gloo; NCCL with `NCCL_PINS`); with 2 ranks a sum of
 two is commutative, so any order gives the same bits. World-size invariance does not hold: rank gradients
 are summed per micro-batch before accumulation, not per chunk in a fixed tree (docs/distributed.md).
-Left out: CPU offload, FSDP's own activation checkpointing (trainer.activation_checkpointing works),
+MoE layers: the 3-D expert tensors [E, rows, cols] shard along E like any parameter's dim 0 (an E that W does not
+divide is padded by FSDP); each layer's forward gathers every expert.
+Left out: expert parallelism, CPU offload, FSDP's own activation checkpointing (trainer.activation_checkpointing works),
 HSDP/tensor parallel, resuming on another world size (refused), the vLLM backend (refused).
 """
 from __future__ import annotations
