@@ -27,10 +27,8 @@ def digit_count(prompts, completions, **kwargs):
 
 @pytest.fixture(scope="module")
 def moe_dir(tmp_path_factory):
-    sys.path.insert(0, str(ROOT / "tests/model"))
-    from arch_cases import random_model
-
     from onpolicy.model.tiny import CharTokenizer
+    from tests.model.arch_cases import random_model
 
     path = tmp_path_factory.mktemp("qwen3-moe")
     random_model("qwen3-moe", seed=5).save_pretrained(path)
