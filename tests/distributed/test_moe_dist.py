@@ -3,7 +3,8 @@
 (cpu_fsdp2.yaml, the 3-D expert weights sharded along the expert dimension): KL and routing mismatch exactly 0.0
 globally and on every rank; two FSDP2 runs give identical weights; DDP on 2 ranks equals one process with the
 same reduction chunks bitwise; the gathered routing metric covers every rank's tokens. The reward counts digits (a random model never solves the task), so the
-gradients are non-zero. Left out: expert parallelism (no strategy shards experts by rank)."""
+gradients are non-zero. GPU (`gpu` marker, a host with 2+ GPUs): DDP and FSDP2 on NCCL, on policy and run to
+run. Left out: expert parallelism (no strategy shards experts by rank)."""
 from __future__ import annotations
 
 import sys
@@ -94,5 +95,19 @@ def test_fsdp2_two_ranks_on_policy_and_run_to_run_identical(moe_dir, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
         _ok(_run([*_accelerate("cpu_fsdp2.yaml", 2), *_args(moe_dir, out)]))
+        _check_on_policy(out)
+    assert _weights_hash(a, STEPS) == _weights_hash(b, STEPS)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("config", ["ddp.yaml", "fsdp2.yaml"])
+def test_two_gpus_nccl_on_policy_and_run_to_run_identical(moe_dir, tmp_path, config):
+    """On a host with 2+ GPUs: the same runs on 2 GPUs over NCCL (model.device auto -> cuda): KL and routing
+    mismatch exactly 0.0 on every rank, and two runs give identical weights."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 GPUs")
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        _ok(_run([*_accelerate(config, 2), *_args(moe_dir, out), "--model.device", "auto"]))
         _check_on_policy(out)
     assert _weights_hash(a, STEPS) == _weights_hash(b, STEPS)
