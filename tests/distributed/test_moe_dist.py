@@ -2,9 +2,10 @@
 (16 experts, top-8, bf16), 3 GRPO steps under DDP (configs/accelerate/cpu_ddp.yaml) and under FSDP2
 (cpu_fsdp2.yaml, the 3-D expert weights sharded along the expert dimension): KL and routing mismatch exactly 0.0
 globally and on every rank; two FSDP2 runs give identical weights; DDP on 2 ranks equals one process with the
-same reduction chunks bitwise; the gathered routing metric covers every rank's tokens. The reward counts digits (a random model never solves the task), so the
-gradients are non-zero. GPU (`gpu` marker, a host with 2+ GPUs): DDP and FSDP2 on NCCL, on policy and run to
-run. Left out: expert parallelism (no strategy shards experts by rank)."""
+same reduction chunks bitwise; the gathered routing metric covers every rank's tokens. The reward counts digits
+(a random model never solves the task), so the gradients are non-zero. GPU (`gpu` marker, a host with 2+ GPUs):
+DDP and FSDP2 on NCCL, on policy and run to run. Left out: expert parallelism (no strategy places experts on
+ranks)."""
 from __future__ import annotations
 
 import sys
