@@ -10,7 +10,10 @@ invariant (Triton batch-invariant kernels, CUDA graphs), onpolicy `invariant: fa
 cuBLAS, flash varlen training attention, chunked-vocab logprobs; the engine eager), and TRL's `GRPOTrainer` (HF
 generate) run live on the same weights, prompts and sampling (scripts/bench_rl_trl.py says how); without trl
 the figures recorded on an H100 80GB (TRL 1.16, 2026-11-24) stand in (marked "recorded") and a note is printed.
-Each system gets `--warmup` untimed steps (Triton compile, graph capture) then `--steps` timed ones; the
+Long-context workloads, run only when named: `0.6b-8x8x8192` and `0.6b-8x8x16384` (8 prompts x 8 samples,
+Qwen3's 40,960 positions, warm-up steps on 1,024-token completions, the 16k one 32 sequences at a time in the
+engine so its KV cache fits beside the trainer); TRL is skipped on them with a note (HF generate would run for
+hours). Each system gets `--warmup` untimed steps (Triton compile, graph capture) then `--steps` timed ones; the
 invariant system also checks onpolicy/kl == 0.0 every step.
 Writes bench_rl.json (after every measurement) and bench_rl.png to --out; prints the table with ratios.
 `--workloads` / `--systems` pick a part (to split a long run); `--merge a.json b.json` joins parts into one
@@ -25,153 +28,60 @@ TRL's vLLM backend.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
 import time
-from typing import NamedTuple
 
 import torch
 
 from scripts import bench_rl_report as report
 from scripts import bench_rl_trl
 from scripts.common import default_device, device_name
+from scripts.rl_workloads import (QUICK_WORKLOADS, WORKLOADS, Workload, build_system, model_config,  # noqa: F401
+                                  DEFAULT_WORKLOADS, prompt_ids, rollout, run_config, scored_batch,
+                                  workload_model_config)
 
 GIB = float(1 << 30)
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The synthetic workloads' settings on top of configs/tiny-cpu.yaml (a workload on a shipped config keeps its own).
-SYNTHETIC = {"engine.max_num_batched_tokens": 16384, "trainer.micro_batch_tokens": 16384,
-             "trainer.activation_checkpointing": True}
-
-
-class Workload(NamedTuple):
-    shape: str  # "tiny", "0.6b" or "1.7b"
-    prompts: int
-    generations: int
-    length: int  # completion tokens, exactly
-    prompt_len: int = 10
-    config: str = "tiny-cpu.yaml"  # base config under configs/ (SYNTHETIC applies on tiny-cpu.yaml)
-
-
-WORKLOADS = {"0.6b-16x8x256": Workload("0.6b", 16, 8, 256), "0.6b-32x8x512": Workload("0.6b", 32, 8, 512),
-             "0.6b-gsm8k": Workload("0.6b", 32, 8, 512, 512, "qwen3-0.6b-gsm8k.yaml"),
-             "1.7b-32x8x1024": Workload("1.7b", 32, 8, 1024),
-             "8b-16x8x512": Workload("8b", 16, 8, 512), "8b-32x8x1024": Workload("8b", 32, 8, 1024)}
-QUICK_WORKLOADS = {"tiny-2x4x8": Workload("tiny", 2, 4, 8)}
 # TRL 1.16 GRPOTrainer (HF generate) on an H100 80GB, 2026-11-24: (s/step, peak GiB); used without trl.
 TRL_RECORDED = {"0.6b-16x8x256": (12.0, 8.5), "0.6b-32x8x512": (22.3, 22.4)}
+# Workloads TRL is not run on, and why (printed as a note; the row is left out).
+TRL_SKIPPED = {name: f"HF generate of {w.prompts * w.generations} x {w.length:,} tokens (32x8x512 took 26 s) "
+               f"would run for hours, past any one device call" for name, w in WORKLOADS.items()
+               if name not in DEFAULT_WORKLOADS}
 SYSTEMS = report.SYSTEMS
-
-
-def model_config(shape: str):
-    from onpolicy.model.tiny import qwen3_0_6b_config, tiny_config
-
-    if shape == "tiny":
-        return tiny_config(dtype="bfloat16", head_dim=64, max_position_embeddings=64)
-    cfg = qwen3_0_6b_config(max_position_embeddings=2048)
-    if shape == "8b":
-        return cfg.replace(hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
-                           tie_word_embeddings=False)
-    return cfg if shape == "0.6b" else cfg.replace(hidden_size=2048, intermediate_size=6144)
-
-
-def run_config(work: Workload, invariant: bool, args):
-    """An ExperimentConfig for the trainer and KV sizing (the model is built here, not from model.path)."""
-    from onpolicy.config import parse_args
-
-    n, g = work.prompts, work.generations
-    over = dict(SYNTHETIC) if work.config == "tiny-cpu.yaml" else {}
-    over.update({"model.dtype": "bfloat16", "model.device": args.device, "data.max_prompt_tokens": work.prompt_len,
-                 "sampling.num_generations": g, "sampling.max_tokens": work.length, "trainer.prompts_per_step": n,
-                 "trainer.lr": 1e-6, "trainer.warmup_steps": 0, "trainer.invariant": invariant,
-                 "trainer.strict_onpolicy": False, "engine.max_num_seqs": n * g,
-                 "engine.use_cuda_graphs": args.device == "cuda", "logging.report_to": ["console"]})
-    if args.micro_batch_tokens is not None:
-        over["trainer.micro_batch_tokens"] = args.micro_batch_tokens
-    if args.no_checkpointing:
-        over["trainer.activation_checkpointing"] = False
-    argv = ["--config", os.path.join(REPO, "configs", work.config)]
-    for k, v in over.items():
-        argv += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
-    return parse_args(argv)
-
-
-def prompt_ids(work: Workload, step: int, vocab: int) -> list[list[int]]:
-    """Step `step`'s random prompts (ids >= 4, seeded by the step): the same for every system."""
-    gen = torch.Generator().manual_seed(1000 + step)
-    return torch.randint(4, vocab, (work.prompts, work.prompt_len), generator=gen).tolist()
-
-
-def _rollout(llm, work: Workload, step: int, vocab: int):
-    from onpolicy.engine import SamplingParams
-    from onpolicy.trainer.rollout import Rollout
-
-    prompts = prompt_ids(work, step, vocab)
-    params = [SamplingParams(n=work.generations, temperature=1.0, max_tokens=work.length, ignore_eos=True,
-                             logprobs=True, seed=step * 100003 + i) for i in range(work.prompts)]
-    ro = Rollout(group_size=work.generations)
-    for i, (ids, req) in enumerate(zip(prompts, llm.generate(prompts, params))):
-        for comp in sorted(req.outputs, key=lambda c: c.index):
-            ro.prompt_ids.append(ids)
-            ro.completion_ids.append(list(comp.token_ids))
-            ro.sampler_logprobs.append(comp.logprobs.float().cpu())
-            ro.texts.append("")
-            ro.finish_reasons.append(comp.finish_reason)
-            ro.group_index.append(i)
-    return ro
-
-
-def _scored(ro, step: int):
-    from onpolicy.trainer.advantages import group_advantages
-    from onpolicy.trainer.scoring import ScoredBatch
-
-    rewards = torch.rand(len(ro.seq_lens), generator=torch.Generator().manual_seed(step))
-    return ScoredBatch(rollout=ro, rewards=rewards, advantages=group_advantages(rewards, ro.group_size, "grpo"),
-                       loss_mask=torch.ones(ro.num_tokens, dtype=torch.bool),
-                       truncated=torch.tensor([f == "length" for f in ro.finish_reasons]), kept_groups=len(ro.seq_lens)
-                       // ro.group_size, reward_by_name={})
 
 
 def bench_onpolicy(name, work, state, invariant: bool, args):
     """Warm-up + timed steps of one onpolicy system; -> a result row (means over the timed steps)."""
     from onpolicy import kernels
-    from onpolicy.engine import LLM
-    from onpolicy.model import CausalLM
-    from onpolicy.trainer.memory import PhasePeak, kv_cache_blocks
-    from onpolicy.trainer import Replicated, Trainer
+    from onpolicy.trainer.memory import PhasePeak
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
     warmup, steps = (args.warmup, args.steps) if invariant else (args.default_warmup, args.default_steps)
-    cfg = run_config(work, invariant, args)
-    mc = model_config(work.shape)
     resident = torch.cuda.memory_allocated(device) / GIB if device.type == "cuda" else None  # others' leftovers
     with kernels.invariant_mode(invariant):
-        model = CausalLM(mc, init=False).to(device)
-        model.load_state_dict(state)
-        model.activation_checkpointing = cfg.trainer.activation_checkpointing
-        strategy = Replicated()
-        opt = strategy.build_optimizer(model, trainable_params(model, args), cfg.trainer, device)
-        engine = dataclasses.replace(cfg.engine, num_blocks=kv_cache_blocks(cfg, model, device))
-        llm = LLM(model, None, engine, seed=0)
-        trainer = Trainer(cfg, device=device, strategy=strategy, model=model, optimizer=opt, sampler=llm)
+        built = build_system(work, state, invariant, args, trainable_params)
+        cfg, vocab = built.cfg, built.model.config.vocab_size
         peak, rows = PhasePeak(device), []
         for step in range(warmup + steps):
+            length = work.warmup_length if step < warmup else None
             peak.start()
             t0 = time.perf_counter()
             with torch.no_grad():
-                ro = _rollout(llm, work, step, mc.vocab_size)
+                ro = rollout(built.llm, work, step, vocab, length)
             sync(device)
             t_sample, sample_peak = time.perf_counter() - t0, peak.gib()
             peak.start()
             t1 = time.perf_counter()
-            m = trainer.update(_scored(ro, step), step)
+            m = built.trainer.update(scored_batch(ro, step), step)
             sync(device)
             rows.append({"sample_s": t_sample, "train_s": time.perf_counter() - t1, "sample_peak_gib": sample_peak,
                          "train_peak_gib": peak.gib(), "kl": m["onpolicy/kl"], "tokens": ro.num_tokens})
             print(f"  {name} {'invariant' if invariant else 'default'} step {step}: {rows[-1]}", flush=True)
-    del trainer, llm, opt, model
+    num_blocks = built.num_blocks
+    del built
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -183,7 +93,7 @@ def bench_onpolicy(name, work, state, invariant: bool, args):
             "train_s": mean("train_s"), "step_s": mean("sample_s") + mean("train_s"),
             "sample_peak_gib": max((r["sample_peak_gib"] or 0.0) for r in rows) if peaks else None,
             "train_peak_gib": max((r["train_peak_gib"] or 0.0) for r in rows) if peaks else None,
-            "peak_gib": max(peaks) if peaks else None, "kl": [r["kl"] for r in rows], "kv_blocks": engine.num_blocks,
+            "peak_gib": max(peaks) if peaks else None, "kl": [r["kl"] for r in rows], "kv_blocks": num_blocks,
             "micro_batch_tokens": cfg.trainer.micro_batch_tokens, "resident_before_gib": resident,
             "tokens_per_step": timed[0]["tokens"], "lora": args.lora, "frozen_base": args.frozen_base}
 
@@ -206,11 +116,14 @@ def trainable_params(model, args) -> list:
 
 def trl_row(name, work: Workload, state, args):
     """TRL's GRPOTrainer live on the same weights and prompts when trl imports; else `TRL_RECORDED` (None for a
-    workload without them), with a note."""
+    workload without them), with a note. None, with a note, for a workload in `TRL_SKIPPED`."""
+    if name in TRL_SKIPPED:
+        print(f"  {name} trl: skipped: {TRL_SKIPPED[name]}", flush=True)
+        return None
     if bench_rl_trl.available():
         from onpolicy.model import CausalLM
 
-        model = CausalLM(model_config(work.shape), init=False)
+        model = CausalLM(workload_model_config(work), init=False)
         model.load_state_dict(state)
         bench = {"micro_batch_tokens": run_config(work, True, args).trainer.micro_batch_tokens, "lr": 1e-6,
                  "checkpointing": not args.no_checkpointing}
@@ -228,7 +141,8 @@ def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="outputs/bench_rl")
     ap.add_argument("--quick", action="store_true", help="tiny model on CPU, 2x4x8 (smoke run)")
-    ap.add_argument("--workloads", default=None, help=f"comma separated subset of {', '.join(WORKLOADS)}")
+    ap.add_argument("--workloads", default=None, help=f"comma separated subset of {', '.join(WORKLOADS)} (default: "
+                    f"{', '.join(DEFAULT_WORKLOADS)})")
     ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per system (default 2; quick 1)")
     ap.add_argument("--warmup", type=int, default=None, help="untimed steps per system (default 1; quick 0)")
@@ -253,7 +167,8 @@ def parse(argv):
     args.default_steps = args.steps if args.default_steps is None else args.default_steps
     args.default_warmup = args.warmup if args.default_warmup is None else args.default_warmup
     args.pool = QUICK_WORKLOADS if args.quick else WORKLOADS
-    args.names = args.workloads.split(",") if args.workloads else list(args.pool)
+    args.names = args.workloads.split(",") if args.workloads else list(QUICK_WORKLOADS if args.quick
+                                                                         else DEFAULT_WORKLOADS)
     bad = [n for n in args.names if n not in args.pool]
     if bad:
         raise SystemExit(f"--workloads: unknown {bad}; allowed: {', '.join(args.pool)}")
@@ -269,7 +184,8 @@ def meta(args, skipped) -> dict:
             "steps": args.steps, "warmup": args.warmup, "default_steps": args.default_steps,
             "default_warmup": args.default_warmup, "micro_batch_tokens": args.micro_batch_tokens,
             "checkpointing": not args.no_checkpointing, "lora": args.lora,
-            "trl_live": bench_rl_trl.available(), "skipped": skipped}
+            "trl_live": bench_rl_trl.available(), "skipped": skipped,
+            "trl_skipped": {n: TRL_SKIPPED[n] for n in args.names if n in TRL_SKIPPED and "trl" in args.system_list}}
 
 
 def lora_variants(args) -> list:
@@ -296,8 +212,9 @@ def measure(args) -> tuple[list, list]:
                 skipped.append(f"{name}/{system}")
                 continue
             work = args.pool[name]
-            if (system != "trl" or live_trl) and name not in states:
-                states[name] = CausalLM(model_config(work.shape)).state_dict()
+            needs_weights = system != "trl" or (live_trl and name not in TRL_SKIPPED)
+            if needs_weights and name not in states:
+                states[name] = CausalLM(workload_model_config(work)).state_dict()
             if system == "trl":
                 rows = [trl_row(name, work, states.get(name), args)]
             else:

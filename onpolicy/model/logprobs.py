@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from onpolicy.model.metadata import AttentionMetadata
+from onpolicy.profiling import phase
 
 
 def pack_sequences(prompts: list[list[int]], completions: list[list[int]], device, score_masks=None) -> tuple:
@@ -69,5 +70,6 @@ def sequence_logprobs(model, prompts: list[list[int]], completions: list[list[in
         raise ValueError(f"sequence_logprobs: a prompt+completion is longer than max_position_embeddings "
                          f"({model.config.max_position_embeddings})")
     hidden = model(ids, positions, AttentionMetadata.for_training(cu))
-    logprobs = model.token_logprobs(hidden[rows], targets, float(temperature))
+    with phase("logprobs"):
+        logprobs = model.token_logprobs(hidden[rows], targets, float(temperature))
     return list(torch.split(logprobs, counts))

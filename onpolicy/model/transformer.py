@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from onpolicy import kernels
+from onpolicy.profiling import phase
 from onpolicy.model.config import ModelConfig
 from onpolicy.kernels.attention import TRAINING_BLOCK_SIZE
 from onpolicy.model.layers import LAYERS, DecoderLayer, RMSNorm, _param
@@ -32,6 +33,13 @@ def _layer_with_add(layer: DecoderLayer, h, positions, rope_tables, meta):
     """One decoder layer with its last residual add done (the unit activation checkpointing saves: one tensor)."""
     h, delta = layer(h, None, positions, rope_tables, meta)
     return h if delta is None else h + delta
+
+
+@contextlib.contextmanager
+def _recompute_context(invariant: bool):
+    """Where a checkpointed layer is recomputed in backward: the forward's kernels mode, in a profiler scope."""
+    with kernels.invariant_mode(invariant), phase("recompute"):
+        yield
 
 
 class Decoder(nn.Module):
@@ -108,7 +116,7 @@ class CausalLM(nn.Module):
         # The recompute runs in the backward, on autograd's device thread for CUDA, which does not see this
         # thread's kernels.invariant_mode (a contextvar): re-enter the forward's mode there.
         mode = kernels.is_invariant()
-        context_fn = lambda: (contextlib.nullcontext(), kernels.invariant_mode(mode))  # noqa: E731
+        context_fn = lambda: (contextlib.nullcontext(), _recompute_context(mode))  # noqa: E731
         delta = None  # the last layer's MLP output, added to h by the next norm (add_rms_norm)
         for i, layer in enumerate(self.model.layers):
             if recompute:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import torch
 
+from onpolicy.profiling import phase
+
 
 class MasterWeightAdamW:
     """AdamW over fp32 masters of `params` (model parameters, any float dtype); see the module docstring."""
@@ -76,8 +78,9 @@ class MasterWeightAdamW:
 
     @torch.no_grad()
     def _refresh_params(self) -> None:
-        for i in self._low:
-            self.params[i].copy_(self.masters[i])
+        with phase("weight_copy"):
+            for i in self._low:
+                self.params[i].copy_(self.masters[i])
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(),

@@ -33,6 +33,7 @@ import torch
 
 from onpolicy.model.moe import router_aux_loss
 from onpolicy.model.routing import mode_routes_differ, routing_metrics
+from onpolicy.profiling import phase
 from onpolicy.trainer.distributed import GradReduction, gather_parity
 from onpolicy.trainer.health import NonFiniteError, is_finite
 from onpolicy.trainer.losses import LossAccumulator, loss_weights, slice_loss, truncated_is_weights
@@ -150,19 +151,23 @@ def _one_update(parts: UpdateParts, scored: ScoredBatch, upd, n_updates: int, fi
     plan = list(_chunk_micro_batches(reduction.my_chunks(), seq_tokens, mini.seq_lens, t.micro_batch_tokens))
     for seqs, span, chunk_end in plan:
         mb = sub_rollout(mini, seqs)
-        with router_aux_loss(parts.module, enabled=parts.cfg.model.router_aux_loss_coef > 0) as aux:  # MoE only
+        moe_aux = router_aux_loss(parts.module, enabled=parts.cfg.model.router_aux_loss_coef > 0)  # MoE only
+        with phase("forward"), moe_aux as aux:
             lps = trainer_logprobs(parts.module, mb, parts.cfg.sampling.temperature, grad=True)
         if upd.on_policy:
             first.check(mb, upd.seqs.start + seqs.start, torch.cat(mb.sampler_logprobs), lps)
         else:
             first.finite.check("trainer logprobs", torch.cat(lps).detach(), metrics, upd.index)
-        part = _micro_loss(parts, mb, lps, w.slice(span), on_policy=upd.on_policy,
-                           old_is_sampler=t.invariant or n_updates > 1)
+        with phase("loss"):
+            part = _micro_loss(parts, mb, lps, w.slice(span), on_policy=upd.on_policy,
+                               old_is_sampler=t.invariant or n_updates > 1)
         first.finite.check("loss", part.loss.detach(), {**metrics, **_parity(first, upd)}, upd.index)
         share = sum(seq_tokens[seqs.start:seqs.stop]) / sum(seq_tokens)  # this micro-batch's part of the mean
         coef = parts.cfg.model.router_aux_loss_coef
-        (part.loss if aux is None else part.loss + coef * share * aux.loss()).backward()
-        optimizer.accumulate_grads()
+        with phase("backward"):
+            (part.loss if aux is None else part.loss + coef * share * aux.loss()).backward()
+        with phase("optimizer"):
+            optimizer.accumulate_grads()
         acc.add(part)
         del lps, part
         if chunk_end:
@@ -172,11 +177,13 @@ def _one_update(parts: UpdateParts, scored: ScoredBatch, upd, n_updates: int, fi
     reduction.finish()
     acc.parts = reduction.loss_parts(acc.parts)
     stats = acc.result()
-    grad_norm = optimizer.clip_grad_norm_(t.max_grad_norm)
+    with phase("optimizer"):
+        grad_norm = optimizer.clip_grad_norm_(t.max_grad_norm)
     first.finite.check("gradient norm", grad_norm, {**metrics, **_parity(first, upd), "grad_norm": grad_norm},
                        upd.index)
-    optimizer.step()
-    optimizer.zero_grad()
+    with phase("optimizer"):
+        optimizer.step()
+        optimizer.zero_grad()
     return {"loss": stats.loss, "loss/clip_frac": stats.clip_frac, "loss/ratio_mean": stats.ratio_mean,
             "loss/kl_ref": stats.kl_ref, "grad_norm": grad_norm}
 
