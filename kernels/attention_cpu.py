@@ -6,8 +6,9 @@ exact zeros, online softmax in fp32 from a finite `EMPTY_MAX` running max; all (
 batch advance together, each matmul a torch.bmm call of one fixed shape (`CPU_BMM_CHUNK` matrices, zero padded)
 and each row sum a fixed pairwise tree. A sliding window starts a query tile at the key tile of its first row's
 first key (the tiles before it would leave every row's state exactly as it was). Backward (packed training
-K/V): an fp32 recomputation per sequence with an explicit softmax backward; the same bits for any thread
-count, not batch invariant. Left out: everything the Triton kernels leave out.
+K/V): an fp32 recomputation per sequence in fixed query tiles with an explicit softmax backward (memory
+linear in the sequence length); the same bits for any thread count, not batch invariant. Left out:
+everything the Triton kernels leave out.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from onpolicy.kernels.attention_triton import EMPTY_MAX, fwd_tile
 
 BLOCK_Q = 16  # queries per tile (one sequence per tile; decode pads)
 CPU_BMM_CHUNK = 32  # (tile, head) matrices per bmm call, zero padded: every call has one shape
+BWD_BLOCK_Q = 128  # query rows per backward tile (fixed): the recomputed scores are [Hq, 128, keys seen]
 
 
 def _bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -94,28 +96,36 @@ def _sum_groups(x: torch.Tensor, hkv: int) -> torch.Tensor:
 
 def _sequence_backward(q, k, v, do, scale, window):
     """fp32 (dq, dk, dv) of one causal sequence (keys of the last `window` positions; None: all): q/do [n, Hq, D],
-    k/v [n, Hkv, D]."""
-    n, hkv = q.shape[0], k.shape[1]
-    kr, vr = k.repeat_interleave(q.shape[1] // hkv, dim=1), v.repeat_interleave(q.shape[1] // hkv, dim=1)
-    s = torch.einsum("qhd,khd->hqk", q, kr) * scale
-    keep = torch.ones(n, n, dtype=torch.bool).tril()
-    if window is not None:
-        keep = keep.triu(1 - window)
-    s = s.masked_fill(~keep, float("-inf"))
-    e = torch.exp(s - s.amax(-1, keepdim=True))
-    p = e / tree_sum_last(e)[..., None]
-    dp = torch.einsum("qhd,khd->hqk", do, vr)
-    ds = p * (dp - tree_sum_last(p * dp)[..., None])  # softmax backward with a fixed-order row sum
-    dq = torch.einsum("hqk,khd->qhd", ds, kr) * scale
-    dk = torch.einsum("hqk,qhd->khd", ds, q) * scale
-    dv = torch.einsum("hqk,qhd->khd", p, do)
-    return dq, _sum_groups(dk, hkv), _sum_groups(dv, hkv)
+    k/v [n, Hkv, D]. Query tiles of BWD_BLOCK_Q rows against the keys they see, so memory is O(n) per tile,
+    never [n, n]; dk / dv add the tiles' parts in tile order."""
+    n, hq, hkv = q.shape[0], q.shape[1], k.shape[1]
+    qh, doh = (t.transpose(0, 1).contiguous() for t in (q, do))  # [Hq, n, D]
+    kh, vh = (t.repeat_interleave(hq // hkv, dim=1).transpose(0, 1).contiguous() for t in (k, v))
+    dq, dk, dv = torch.empty_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
+    for q0 in range(0, n, BWD_BLOCK_Q):
+        q1 = min(q0 + BWD_BLOCK_Q, n)
+        k0 = 0 if window is None else max(0, q0 - window + 1)
+        q_pos, k_pos = torch.arange(q0, q1)[:, None], torch.arange(k0, q1)[None, :]
+        keep = k_pos <= q_pos
+        if window is not None:
+            keep = keep & (k_pos > q_pos - window)
+        qt, dot, kt, vt = qh[:, q0:q1], doh[:, q0:q1], kh[:, k0:q1], vh[:, k0:q1]
+        s = (torch.bmm(qt, kt.transpose(1, 2)) * scale).masked_fill(~keep, float("-inf"))  # [Hq, tile, keys]
+        e = torch.exp(s - s.amax(-1, keepdim=True))
+        p = e / tree_sum_last(e)[..., None]
+        dp = torch.bmm(dot, vt.transpose(1, 2))
+        ds = p * (dp - tree_sum_last(p * dp)[..., None])  # softmax backward with a fixed-order row sum
+        dq[:, q0:q1] = torch.bmm(ds, kt) * scale
+        dk[:, k0:q1] += torch.bmm(ds.transpose(1, 2), qt) * scale
+        dv[:, k0:q1] += torch.bmm(p.transpose(1, 2), dot)
+    dk, dv = (t.transpose(0, 1) for t in (dk, dv))  # [n, Hq, D]
+    return dq.transpose(0, 1), _sum_groups(dk.contiguous(), hkv), _sum_groups(dv.contiguous(), hkv)
 
 
 def attention_backward_cpu(q, k, v, do, cu_seqlens, scale, window=None):
     """(dq, dk, dv) of packed causal attention, recomputed per sequence in fp32.
 
-    Same bits for any torch thread count: matmuls are torch.einsum (MKL GEMMs, measured thread invariant for a
+    Same bits for any torch thread count: matmuls are torch.bmm (MKL GEMMs, measured thread invariant for a
     fixed shape), every other reduction is a max or a `tree_sum_last`; torch's softmax backward is not used
     (its row sums change with the thread count)."""
     cu = cu_seqlens.tolist()

@@ -88,7 +88,7 @@ def profile_one(name: str, work, state: dict, system: str, args) -> dict:
                 sync()
         peak_gib = peak.gib()
     prof.export_chrome_trace(path)
-    flops = flop_counts(built.model, ro.seq_lens)
+    flops = flop_counts(built.model, [len(p) + len(c) for p, c in zip(ro.prompt_ids, ro.completion_ids)])
     del built, prof
     gc.collect()
     if device.type == "cuda":

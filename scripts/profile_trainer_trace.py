@@ -9,8 +9,8 @@ the profiler scopes) to one category, in this order:
    in the backward), logprobs, GEMM, norm, elementwise;
 3. the logprobs / loss scopes, also for a backward node whose forward op ran in them (autograd's fwd-bwd links);
 4. the kernel's name (`KERNEL_PATTERNS`); else "elementwise".
-Overlapping device events (several streams) share their time, so the categories add up to the device's busy
-time; host gaps = the update's wall time minus that. Left out: per-stream breakdowns, NCCL (one GPU).
+Where device events overlap (several streams) they share that time, so the categories add up to the device's
+busy time; host gaps = the update's wall time minus that. Left out: per-stream breakdowns, NCCL (one GPU).
 """
 from __future__ import annotations
 
@@ -152,13 +152,18 @@ def _self_spans(ops) -> list:
     return out
 
 
-def _union(spans, t0: float, t1: float) -> float:
-    total, end = 0.0, t0
-    for s, e in sorted((max(s, t0), min(e, t1)) for s, e in spans):
-        if e > end:
-            total += e - max(s, end)
-            end = e
-    return total
+def _shared_time(spans, t0: float, t1: float) -> list[float]:
+    """Each span's time inside [t0, t1], a stretch where k spans overlap giving 1/k of itself to each."""
+    edges = sorted([(max(s, t0), 1, i) for i, (s, e) in enumerate(spans) if e > s]
+                   + [(min(e, t1), -1, i) for i, (s, e) in enumerate(spans) if e > s])
+    out, active, last = [0.0] * len(spans), set(), t0
+    for t, kind, i in edges:
+        if active and t > last:
+            for j in active:
+                out[j] += (t - last) / len(active)
+        last = max(last, t)
+        (active.add if kind == 1 else active.discard)(i)
+    return out
 
 
 class _Context:
@@ -207,17 +212,16 @@ def analyze(trace: dict, top: int = 8) -> dict:
     ctx = _Context(events)
     raw, phases, kernels = defaultdict(float), defaultdict(float), defaultdict(lambda: [0, 0.0])
     launched = 0.0
-    for name, start, dur, launch in device:
+    shared = _shared_time([(s, s + d) for _, s, d, _ in device], t0, t1)
+    for (name, start, _, launch), dur in zip(device, shared):
         cat, scope = ctx.category(name, start, launch)
         raw[cat] += dur
         phases[scope or "(none)"] += dur
         kernels[(cat, name[:100])][0] += 1
         kernels[(cat, name[:100])][1] += dur
         launched += dur if launch is not None else 0.0
-    busy = _union([(s, s + d) for _, s, d, _ in device], t0, t1)
-    total = sum(raw.values())
-    share = busy / total if total > 0 else 0.0  # overlapping events share their time
-    ms = {cat: raw.get(cat, 0.0) * share / 1e3 for cat in CATEGORIES if cat != "host_gaps"}
+    busy = sum(shared)
+    ms = {cat: raw.get(cat, 0.0) / 1e3 for cat in CATEGORIES if cat != "host_gaps"}
     ms["host_gaps"] = (t1 - t0 - busy) / 1e3
     tops = {cat: [[n, c, d / 1e3] for (k, n), (c, d) in sorted(kernels.items(), key=lambda kv: -kv[1][1])
                   if k == cat][:top] for cat in CATEGORIES if cat != "host_gaps"}
@@ -226,8 +230,8 @@ def analyze(trace: dict, top: int = 8) -> dict:
         if t0 <= s <= t1:
             scope_wall[name] += (e - s) / 1e3
     return {"mode": mode, "wall_ms": (t1 - t0) / 1e3, "busy_ms": busy / 1e3, "categories": ms,
-            "overlap": total / busy if busy > 0 else 1.0, "device_events": len(device),
-            "launch_attributed": launched / total if total > 0 else 1.0,
+            "overlap": sum(d for _, _, d, _ in device) / busy if busy > 0 else 1.0, "device_events": len(device),
+            "launch_attributed": launched / busy if busy > 0 else 1.0,
             "phase_device_ms": {k: v / 1e3 for k, v in sorted(phases.items())},
             "phase_wall_ms": dict(sorted(scope_wall.items())), "top_kernels": tops}
 
