@@ -38,7 +38,8 @@ def test_bench_rl_quick_writes_json_and_png(tmp_path, capsys, monkeypatch):
 def test_workloads_parse_for_both_systems():
     bench = _bench()
     args = bench.parse(["--systems", "default"])
-    assert args.names == list(bench.WORKLOADS) and "1.7b-32x8x1024" in args.names  # invariant: false at 1.7B too
+    assert args.names == bench.DEFAULT_WORKLOADS and "1.7b-32x8x1024" in args.names  # invariant: false at 1.7B too
+    assert "0.6b-8x8x8192" not in args.names  # long context: only when named
     for name, work in bench.WORKLOADS.items():
         for invariant in (True, False):
             cfg = bench.run_config(work, invariant, args)
@@ -52,6 +53,35 @@ def test_workloads_parse_for_both_systems():
     over = bench.parse(["--micro-batch-tokens", "4096", "--no-checkpointing"])
     cfg = bench.run_config(bench.WORKLOADS["0.6b-gsm8k"], True, over)
     assert cfg.trainer.micro_batch_tokens == 4096 and not cfg.trainer.activation_checkpointing
+
+
+def test_long_context_workloads_fit_beside_the_trainer_on_an_h100():
+    """0.6B, 8 prompts x 8 samples x 8k / 16k tokens: the model takes enough positions, the KV cache of every
+    sequence the engine runs at once fits in what an H100 80GB has free at engine construction (~75 GiB, after
+    the bf16 model and fp32 masters) beside the trainer's reserve, the 16k sequence (longer than
+    trainer.micro_batch_tokens) is budgeted alone, both systems parse, and TRL is skipped with a reason."""
+    from onpolicy.model import CausalLM
+    from onpolicy.trainer.memory import kv_cache_blocks, step_tokens
+
+    bench = _bench()
+    args = bench.parse(["--workloads", "0.6b-8x8x8192,0.6b-8x8x16384", "--systems", "invariant,default,trl"])
+    assert args.system_list == ["invariant", "default", "trl"]
+    for name, seqs in (("0.6b-8x8x8192", 64), ("0.6b-8x8x16384", 32)):
+        work = bench.WORKLOADS[name]
+        seq = work.prompt_len + work.length
+        mc = bench.workload_model_config(work)
+        assert mc.max_position_embeddings >= seq + 1 and work.warmup_length == 1024
+        for invariant in (True, False):
+            cfg = bench.run_config(work, invariant, args)
+            assert (cfg.engine.max_num_seqs, cfg.sampling.max_tokens, cfg.trainer.invariant) == (seqs, work.length,
+                                                                                                invariant)
+        assert step_tokens(cfg) == max(cfg.trainer.micro_batch_tokens, seq)  # one sequence per micro-batch
+        with torch.device("meta"):
+            model = CausalLM(mc, init=False)
+        blocks = kv_cache_blocks(cfg, model, torch.device("cuda"), free_bytes=75 << 30)
+        assert blocks >= seqs * -(-(seq + 1) // cfg.engine.block_size), (name, blocks)  # no preemption
+        assert "hours" in bench.TRL_SKIPPED[name]
+    assert bench.trl_row("0.6b-8x8x8192", bench.WORKLOADS["0.6b-8x8x8192"], None, args) is None  # a note, no row
 
 
 def test_bad_selection_is_one_line_error():
