@@ -22,14 +22,14 @@ smoke run, not a measurement). LoRA: `--lora R` measures each onpolicy system tw
 baseline without adapters (base frozen, only the input embeddings train: the same sampling and the same
 activation backward through every layer, without the adapter GEMMs; system `invariant`), then rank-R adapters
 (alpha 2R) on every linear layer with the base frozen (system `invariant+loraR`), so the table's "time vs
-invariant" is the adapters' cost (`--workloads 8b-16x8x512`: Qwen3-8B's shape). Left out: real data and rewards, multi-GPU, sequence packing across steps,
-TRL's vLLM backend.
+invariant" is the adapters' cost (`--workloads 8b-16x8x512`: Qwen3-8B's shape). The workloads and the
+onpolicy system built for each live in scripts/rl_workloads.py (scripts/profile_trainer.py profiles the same).
+Left out: real data and rewards, multi-GPU, sequence packing across steps, TRL's vLLM backend.
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import time
 

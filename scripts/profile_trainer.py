@@ -109,7 +109,8 @@ def table(runs: list[dict]) -> str:
         cells = [f"{r['categories'][cat]:.1f} ms ({100 * r['categories'][cat] / r['wall_ms']:.1f}%)" for r in runs]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-    rows = [("wall (profiled)", lambda r: f"{r['wall_ms']:.1f} ms"), ("train_s (unprofiled)", lambda r: f"{r['train_s']:.3f} s"),
+    rows = [("wall (profiled)", lambda r: f"{r['wall_ms']:.1f} ms"),
+            ("train_s (unprofiled)", lambda r: f"{r['train_s']:.3f} s"),
             ("tokens", lambda r: f"{r['tokens']:,}"), ("N (parameters)", lambda r: f"{r['params'] / 1e6:.1f}M"),
             ("MFU (unprofiled / profiled)", lambda r: f"{100 * r['mfu']:.1f}% / {100 * r['mfu_profiled']:.1f}%"),
             ("GEMM TFLOP/s", lambda r: fmt(r["gemm_tflops"], ".0f")),
@@ -190,6 +191,9 @@ def main(argv=None) -> int:
         state = CausalLM(workload_model_config(work)).state_dict()  # bench_rl's weights (seed 0)
         for system in args.system_list:
             runs.append(profile_one(name, work, state, system, args))
+            r = runs[-1]
+            print(f"  {name} {system}: update {r['train_s']:.2f} s (profiled {r['wall_ms'] / 1e3:.2f} s), "
+                  f"MFU {100 * r['mfu']:.1f}%, host gaps {r['categories']['host_gaps'] / r['wall_ms']:.0%}", flush=True)
             with open(os.path.join(args.out, "profile_trainer.json"), "w") as f:
                 json.dump({"meta": meta, "runs": runs}, f, indent=1)
     print(table(runs))

@@ -62,7 +62,8 @@ def test_classifier_on_a_cuda_trace():
            (("forward", 10, 200), ("logprobs", 150, 50), ("loss", 220, 20), ("backward", 250, 500),
             ("optimizer", 800, 150), ("weight_copy", 900, 40))]
     ev += [_x("user_annotation", PREFIX + "recompute", 260, 100, tid=2)]
-    ev += [_x("cpu_op", "_Linear", 20, 30), _x("cpu_op", "_AttentionVarlen", 60, 30), _x("cpu_op", "aten::mul", 100, 10),
+    ev += [_x("cpu_op", "_Linear", 20, 30), _x("cpu_op", "_AttentionVarlen", 60, 30),
+           _x("cpu_op", "aten::mul", 100, 10),
            _x("cpu_op", "_TokenLogprobs", 160, 30), _x("cpu_op", "aten::exp", 225, 5),
            _x("cpu_op", "_Linear", 270, 20, tid=2),
            _x("cpu_op", trace.BACKWARD_NODE + "_LinearBackward", 400, 50, tid=2),
