@@ -10,9 +10,10 @@ invariant (Triton batch-invariant kernels, CUDA graphs), onpolicy `invariant: fa
 cuBLAS, flash varlen training attention, chunked-vocab logprobs; the engine eager), and TRL's `GRPOTrainer` (HF
 generate) run live on the same weights, prompts and sampling (scripts/bench_rl_trl.py says how); without trl
 the figures recorded on an H100 80GB (TRL 1.16, 2026-11-24) stand in (marked "recorded") and a note is printed.
-Long-context workloads, run only when named: `0.6b-8x8x8192` and `0.6b-8x8x16384` (8 prompts x 8 samples,
-Qwen3's 40,960 positions, warm-up steps on 1,024-token completions, the 16k one 32 sequences at a time in the
-engine so its KV cache fits beside the trainer); TRL is skipped on them with a note (HF generate would run for
+Long-context workloads, run only when named: `0.6b-8x8x8192`, `0.6b-8x8x16384` (8 prompts x 8 samples; the
+16k one 32 sequences at a time in the engine so its KV cache fits beside the trainer) and `0.6b-2x8x16384` (as
+much KV read while sampling as the 8k one); Qwen3's 40,960 positions, warm-up steps on 1,024-token completions,
+every 16k sequence longer than a micro-batch; TRL is skipped on them with a note (HF generate would run for
 hours). Each system gets `--warmup` untimed steps (Triton compile, graph capture) then `--steps` timed ones; the
 invariant system also checks onpolicy/kl == 0.0 every step.
 Writes bench_rl.json (after every measurement) and bench_rl.png to --out; prints the table with ratios.

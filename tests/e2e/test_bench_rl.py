@@ -66,7 +66,7 @@ def test_long_context_workloads_fit_beside_the_trainer_on_an_h100():
     bench = _bench()
     args = bench.parse(["--workloads", "0.6b-8x8x8192,0.6b-8x8x16384", "--systems", "invariant,default,trl"])
     assert args.system_list == ["invariant", "default", "trl"]
-    for name, seqs in (("0.6b-8x8x8192", 64), ("0.6b-8x8x16384", 32)):
+    for name, seqs in (("0.6b-8x8x8192", 64), ("0.6b-8x8x16384", 32), ("0.6b-2x8x16384", 16)):
         work = bench.WORKLOADS[name]
         seq = work.prompt_len + work.length
         mc = bench.workload_model_config(work)

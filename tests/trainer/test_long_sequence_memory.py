@@ -3,8 +3,8 @@ checkpointing, a sequence longer than trainer.micro_batch_tokens trained alone) 
 with the square of the sequence length ([S, S] attention scores) or holds a [tokens, vocab] logits matrix, in
 both kernel modes. Measured as the largest tensor any op returns (a TorchDispatchMode), at S and 2S tokens: linear
 growth doubles it, an [S, S] score matrix quadruples it. The vocab is 3 logprob chunks wide, so a whole-vocab
-logits tensor would be 3x the chunk the logprobs hold. CPU paths here; the GPU kernels keep the same tiling
-(tests/kernels/test_attention.py, test_logprobs.py)."""
+logits tensor would be 3x the chunk the logprobs hold. CPU at 1k / 2k tokens; on the GPU (Triton kernels, flash
+varlen for `invariant: false`) at 8k / 16k tokens in bf16, with the peak allocated memory too."""
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -45,7 +45,7 @@ def _config(invariant: bool):
 
     over = {"trainer.micro_batch_tokens": MICRO_BATCH_TOKENS, "trainer.activation_checkpointing": "true",
             "trainer.invariant": str(invariant).lower(), "trainer.prompts_per_step": 1,
-            "sampling.num_generations": 2, "sampling.max_tokens": 4096, "trainer.strict_onpolicy": "false"}
+            "sampling.num_generations": 2, "sampling.max_tokens": 16384, "trainer.strict_onpolicy": "false"}
     argv = ["--config", "configs/tiny-cpu.yaml"]
     for k, v in over.items():
         argv += [f"--{k}", str(v)]
@@ -69,27 +69,44 @@ def _scored(long: int) -> ScoredBatch:
                        kept_groups=1, reward_by_name={})
 
 
-def _largest_tensor(invariant: bool, long: int) -> int:
-    cfg = _config(invariant)
-    model = CausalLM(tiny_config(vocab_size=VOCAB, num_hidden_layers=1, max_position_embeddings=4096))
+def _largest_tensor(invariant: bool, long: int, device: str = "cpu") -> tuple[int, int]:
+    """(largest tensor's numel, peak allocated bytes above the start: CUDA only, else 0) of one update."""
+    cfg, device = _config(invariant), torch.device(device)
+    dtype = "bfloat16" if device.type == "cuda" else "float32"
+    mc = tiny_config(vocab_size=VOCAB, num_hidden_layers=1, max_position_embeddings=1 << 15, dtype=dtype)
+    model = CausalLM(mc).to(device)
     model.activation_checkpointing = True
     strategy = Replicated()
-    opt = strategy.build_optimizer(model, list(model.named_parameters()), cfg.trainer, torch.device("cpu"))
-    parts = UpdateParts(cfg=cfg, device=torch.device("cpu"), model=model, module=model, optimizer=opt,
-                        strategy=strategy)
+    opt = strategy.build_optimizer(model, list(model.named_parameters()), cfg.trainer, device)
+    parts = UpdateParts(cfg=cfg, device=device, model=model, module=model, optimizer=opt, strategy=strategy)
     scored = _scored(long)
     seq_tokens = [len(PROMPT) + n for n in scored.rollout.seq_lens]
     assert oversized(seq_tokens, MICRO_BATCH_TOKENS) == [0]  # the long sequence gets a micro-batch of its own
     assert plan_micro_batches(seq_tokens, MICRO_BATCH_TOKENS) == [range(0, 1), range(1, 2)]
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = torch.cuda.memory_allocated() if cuda else 0
     with kernels.invariant_mode(invariant), LargestTensor() as largest:
         metrics = update_policy(parts, scored, 0)
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["grad_norm"] > 0
-    return largest.numel
+    return largest.numel, (torch.cuda.max_memory_allocated() - start if cuda else 0)
 
 
 @pytest.mark.parametrize("invariant", [True, False], ids=["invariant", "default"])
 def test_largest_trainer_tensor_grows_linearly_with_the_sequence(invariant):
     short, long = 1020, 2044  # + the 4-token prompt: 1,024 and 2,048 positions
-    at_s, at_2s = _largest_tensor(invariant, short), _largest_tensor(invariant, long)
+    (at_s, _), (at_2s, _) = _largest_tensor(invariant, short), _largest_tensor(invariant, long)
     assert at_2s <= 2.2 * at_s, (at_s, at_2s)  # an [S, S] tensor would make this 4x
     assert at_2s < long * VOCAB / 2, (at_2s, long * VOCAB)  # no [tokens, vocab] logits
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("invariant", [True, False], ids=["invariant", "default"])
+def test_gpu_trainer_memory_grows_linearly_at_8k_and_16k_tokens(invariant):
+    short, long = 8188, 16380
+    (at_s, peak_s), (at_2s, peak_2s) = (_largest_tensor(invariant, n, "cuda") for n in (short, long))
+    print(f"largest tensor {at_s:,} -> {at_2s:,}; peak {peak_s / 2**20:.0f} -> {peak_2s / 2**20:.0f} MiB")
+    assert at_2s <= 2.2 * at_s and at_2s < long * VOCAB / 2, (at_s, at_2s)
+    assert peak_2s <= 2.3 * peak_s, (peak_s, peak_2s)  # [Hq, S, S] fp32 scores alone would be 4 GiB at 16k
