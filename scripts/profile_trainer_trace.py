@@ -15,6 +15,7 @@ busy time; host gaps = the update's wall time minus that. Left out: per-stream b
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import re
 from collections import defaultdict
@@ -86,6 +87,7 @@ class Timeline:
         return self.stacks[bisect.bisect_right(self.starts, t) - 1]
 
 
+@functools.lru_cache(maxsize=None)
 def _label(ops: tuple) -> str | None:
     for op in ops:
         for label, subs in OP_LABELS:
