@@ -1,9 +1,9 @@
 """`train(cfg)`: the RL step loop of a `Trainer`. One step = sample -> score -> update, along the data flow:
 
 `Trainer.rollouts.collect` (default: the engine, which holds the same model object as the trainer:
-`trainer.prompts_per_step` prompts x `sampling.num_generations` seeded samples) -> `Rollout` -> `score_rollouts`
-(rewards, group advantages, loss mask) -> `ScoredBatch` -> `Trainer.update` (trainer forward, parity, loss,
-backward, optimizer step) -> metrics.
+`trainer.prompts_per_step` prompts x `sampling.num_generations` seeded samples) -> `Rollout` -> `Trainer.score`
+(default `score_rollouts`: rewards, group advantages, loss mask) -> `ScoredBatch` -> `Trainer.update` (trainer
+forward, parity, loss, backward, optimizer step) -> metrics.
 On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (peak allocated per phase).
 `train()` enters the kernels' invariant mode (`trainer.invariant`) once around the whole run, checkpoints every
 `save_every` steps and always at the end (the final policy is an HF directory loadable by transformers),
@@ -25,7 +25,6 @@ import time
 from onpolicy.trainer.failure import StepMark, interrupted, keep_progress, resume_command, stop_signals
 from onpolicy.trainer.health import CollapseWatch, NonFiniteError
 from onpolicy.trainer.memory import PhasePeak
-from onpolicy.trainer.scoring import score_rollouts
 from onpolicy.trainer.setup import build_trainer
 from onpolicy.trainer.summary import format_summary, summarize
 from onpolicy.trainer.trainer import Trainer
@@ -46,7 +45,7 @@ def rl_step(trainer: Trainer, step: int) -> dict:
     ro = trainer.rollouts.collect(rows, step)
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()
-    scored = score_rollouts(trainer.cfg, rows, ro, rewards=trainer.rewards, step=step)
+    scored = trainer.score(rows, ro, step)
     trainer.logger.log_samples(step + 1, [r["prompt"] for r in rows], scored)
     peak.start()
     t1 = time.perf_counter()
