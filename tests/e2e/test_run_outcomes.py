@@ -132,11 +132,11 @@ def test_nan_logprobs_stop_the_run_not_a_parity_violation(tiny_cfg, monkeypatch)
     good = tiny_cfg("good", **{"trainer.steps": 1})
     _train(good)
     cfg = tiny_cfg("nan", **{"trainer.steps": 3, "trainer.strict_onpolicy": True})
-    _nan_at(1, monkeypatch, "trainer logprobs")
+    parts = _nan_at(1, monkeypatch, "trainer logprobs")
     lines = []
     with pytest.raises(NonFiniteError, match=r"step 2: trainer logprobs non-finite .*update was not applied.*"
                                              r"last good policy \(before step 2\) is saved in .*step-1/policy") as e:
-        _train(cfg, lines)
+        _train(cfg, lines, parts=parts)
     assert "doctor" not in str(e.value) and "strict_onpolicy" not in str(e.value)
     assert _steps_saved(cfg) == [1]
     _assert_same_weights(_weights(Path(e.value.saved)), _weights(Path(good.logging.output_dir) /
