@@ -16,8 +16,8 @@ later updates clip for real. With `invariant: false` and one update per batch th
 logprobs are the old policy (as TRL); with several updates the sampler's (as verl's rollout-logprob mode;
 `tis_cap` corrects the mismatch). Parity metrics cover update 1's sequences (the first mini-batch): after it the
 weights are no longer the sampler's. Non-finite logprobs, loss or gradient norm raise `NonFiniteError` before
-that update's optimizer step; when earlier updates of the step were applied (`e.partial`), `train()` saves
-nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means over the
+that update's optimizer step; when earlier updates of the step were applied (`e.update`: (k, n) with k > 1),
+`train()` saves nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means over the
 updates; with several updates also `train/updates`, `loss/clip_frac_last` and `loss/ratio_mean_last`.
 Left out: shuffling between iterations, micro-batch-size-independent weight
 gradients (fixed-order chunked reduction): they differ by fp32 rounding (tiny default: relative L2 ~1.5e-7
