@@ -47,8 +47,8 @@ class Trainer:
     `prompts`, `logger`, `rewards`, `threads` and `eval_rows` are what a full run adds (None in a benchmark);
     `start_step`, `setup_time` and `sft_stats` describe how it was built."""
 
-    def __init__(self, cfg: ExperimentConfig, *, device: torch.device, strategy: ParallelStrategy, model: torch.nn.Module,
-                 optimizer, sampler, tokenizer=None, parts: TrainerParts | None = None,
+    def __init__(self, cfg: ExperimentConfig, *, device: torch.device, strategy: ParallelStrategy,
+                 model: torch.nn.Module, optimizer, sampler, tokenizer=None, parts: TrainerParts | None = None,
                  ref_model: torch.nn.Module | None = None, prompts=None, rewards: list | None = None,
                  eval_rows: list | None = None, threads=None):
         self.cfg, self.device, self.strategy, self.dist = cfg, device, strategy, strategy.dist

@@ -17,8 +17,8 @@ logprobs are the old policy (as TRL); with several updates the sampler's (as ver
 `tis_cap` corrects the mismatch). Parity metrics cover update 1's sequences (the first mini-batch): after it the
 weights are no longer the sampler's. Non-finite logprobs, loss or gradient norm raise `NonFiniteError` before
 that update's optimizer step; when earlier updates of the step were applied (`e.update`: (k, n) with k > 1),
-`train()` saves nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means over the
-updates; with several updates also `train/updates`, `loss/clip_frac_last` and `loss/ratio_mean_last`.
+`train()` saves nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means
+over the updates; with several updates also `train/updates`, `loss/clip_frac_last` and `loss/ratio_mean_last`.
 Left out: shuffling between iterations, micro-batch-size-independent weight
 gradients (fixed-order chunked reduction): they differ by fp32 rounding (tiny default: relative L2 ~1.5e-7
 between 1-sequence micro-batches and one batch; ~3.5e-3 with a bf16 model, whose per-micro-batch weight grads

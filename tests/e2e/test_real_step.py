@@ -80,8 +80,8 @@ def test_mini_batches_first_ratio_exactly_one_later_updates_clip(tiny_cfg):
         ratios.append((k["check_on_policy"], out.ratio))
         return out
 
-    m, _, _ = _one_step(tiny_cfg, "mini", TrainerParts(loss_fn=spy), **{"trainer.mini_batches": 2, "trainer.num_iterations": 2,
-                                             "trainer.micro_batch_tokens": 64, "trainer.lr": 3e-2})
+    m, _, _ = _one_step(tiny_cfg, "mini", TrainerParts(loss_fn=spy), **{
+        "trainer.mini_batches": 2, "trainer.num_iterations": 2, "trainer.micro_batch_tokens": 64, "trainer.lr": 3e-2})
     assert m["train/updates"] == 4 and m["onpolicy/kl"] == 0.0 and m["onpolicy/mismatch_frac"] == 0.0
     first = [r for on, r in ratios if on]
     later = [r for on, r in ratios if not on]

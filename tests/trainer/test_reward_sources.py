@@ -156,7 +156,8 @@ def test_python_entry_point_callable_drives_the_advantages(tmp_path):
         return scored[-1]
 
     out = tmp_path / "run"
-    cfg = {"model": {"path": "tiny", "device": "cpu"}, "data": {"dataset": "embedded:reverse", "num_examples": 8, "max_prompt_tokens": 16},
+    cfg = {"model": {"path": "tiny", "device": "cpu"},
+           "data": {"dataset": "embedded:reverse", "num_examples": 8, "max_prompt_tokens": 16},
            "sampling": {"num_generations": 4, "max_tokens": 4},
            "trainer": {"steps": 1, "prompts_per_step": 2, "lr": 1e-3},
            "logging": {"output_dir": str(out), "plot": False}}
