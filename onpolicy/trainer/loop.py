@@ -116,11 +116,12 @@ def _stop(trainer: Trainer, mark: StepMark, e: BaseException, history: list[dict
     return e
 
 
-def train(cfg, log=print, rewards=None, parts=None) -> dict:
+def train(cfg, log=print, rewards=None, parts=None, builder=build_trainer) -> dict:
     """Run `cfg.trainer.steps` RL steps (after the optional SFT warm-start); returns a summary dict.
     The policy after the last step is always saved (`summary["final_policy"]`). `rewards`: resolved
     `onpolicy.rewards.sources.Reward`s (Python callables; `onpolicy.train`), default `cfg.rewards`; `parts`:
-    `trainer.TrainerParts` (what is trainable, where rollouts come from, the loss), default the standard ones."""
+    `trainer.TrainerParts` (what is trainable, where rollouts come from, the loss), default the standard ones;
+    `builder`: makes the Trainer once the run directory is claimed (`setup.build_trainer`'s signature)."""
     from onpolicy import kernels
     from onpolicy.lora.training import ADAPTER_DIR, save_final_merged
     from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root
@@ -130,7 +131,7 @@ def train(cfg, log=print, rewards=None, parts=None) -> dict:
     run_dir = claim(cfg, log) if Dist.current().is_main else None
     try:
         with kernels.invariant_mode(cfg.trainer.invariant):
-            trainer = build_trainer(cfg, log=log, rewards=rewards, parts=parts)
+            trainer = builder(cfg, log=log, rewards=rewards, parts=parts)
             wall0 = time.perf_counter()
             history: list[dict] = []
             mark = StepMark(trainer)
