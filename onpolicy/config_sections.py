@@ -105,7 +105,7 @@ class TrainerArgs(Section):
     adam_betas: list[float] = _f(help="AdamW betas [beta1, beta2]", factory=lambda: [0.9, 0.99])
     warmup_steps: int = _f(0, "linear LR warmup steps", ge=0)
     max_grad_norm: float = _f(1.0, "gradient clipping norm", gt=0)
-    epsilon_low: float = _f(0.2, "lower clip range", ge=0)
+    epsilon_low: float = _f(0.2, "lower clip range (ratio >= 1 - epsilon_low)", ge=0, lt=1)
     epsilon_high: float | None = _f(None, "upper clip range; null = algo default (0.2, dapo: 0.28)", ge=0)
     beta: float = _f(0.0, "KL penalty to a frozen reference model (0 = no reference model)", ge=0)
     loss_agg: str | None = _f(None, "loss aggregation; null = algo default (grpo/rloo: sequence, dapo: token, "

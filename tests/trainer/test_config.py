@@ -207,6 +207,7 @@ def test_check_context_before_any_model_is_built(tmp_path, monkeypatch):
     (["--engine.kv_cache_memory_fraction", "0"],
      "engine.kv_cache_memory_fraction: got 0.0; allowed: a float in (0, 1]"),
     (["--engine.num_blocks", "0"], "engine.num_blocks: got 0; allowed: null or an int >= 1"),
+    (["--trainer.epsilon_low", "1"], "trainer.epsilon_low: got 1.0; allowed: a float in [0, 1)"),
     (["--data.prompt_column", " "], "data.prompt_column: got ' '; allowed: a non-blank string"),
     (["--model.path", ""], "model.path: got ''; allowed: 'tiny' or a model directory"),
     (["--trainer.epsilon_high", "-0.1"], "trainer.epsilon_high: got -0.1; allowed: null or a float >= 0"),
