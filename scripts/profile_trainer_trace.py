@@ -1,8 +1,8 @@
 """Where a profiled trainer update's time goes: torch.profiler's chrome trace -> milliseconds per category.
 
 Device events: CUDA kernels, memcpys and memsets (on a CPU-only run: each CPU op's self time). Each is charged at its
-launch (the CUDA runtime or driver call with the same correlation id; without one, the GPU-side projection of
-the profiler scopes) to one category, in this order:
+launch (the CUDA runtime or driver call with the same correlation id, else the start of the CPU op its External
+id names; without either, the GPU-side projection of the profiler scopes) to one category, in this order:
 1. the innermost `onpolicy.profiling` scope open at launch: recompute, optimizer, weight_copy win outright;
 2. the outermost op on the launching thread that names a layer kind (`OP_LABELS`: our autograd Functions in
    forward and as backward nodes, torch's GEMM / attention ops): attention (forward, or backward when launched
@@ -116,12 +116,27 @@ def _spans(events, cat: str, strip: str = "") -> list:
             if e.get("cat") == cat and e["name"].startswith(strip)]
 
 
-def _device_events(events, t0: float, t1: float, launches: dict) -> tuple[list, str]:
-    """[(kernel name, start, dur, launch (tid, ts) or None)] in the window, and "cuda" or "cpu" (leaf CPU ops)."""
+def _launch_points(events) -> tuple[dict, dict]:
+    """({correlation id: (tid, ts) of the runtime / driver launch call}, {External id: (tid, ts) of that CPU op})."""
+    launches, ops = {}, {}
+    for e in events:
+        args = e.get("args", {})
+        if e.get("cat") in LAUNCH_CATS and "correlation" in args:
+            launches[args["correlation"]] = (e["tid"], e["ts"])
+        elif e.get("cat") in ("cpu_op", "user_annotation") and "External id" in args:
+            ops[args["External id"]] = (e["tid"], e["ts"])
+    return launches, ops
+
+
+def _device_events(events, t0: float, t1: float) -> tuple[list, str]:
+    """[(kernel name, start, dur, launch (tid, ts) or None)] in the window, and "cuda" or "cpu" (CPU ops' self
+    time). A kernel's launch point: its launch call, else the start of the CPU op its External id names."""
     out = []
+    launches, ops = _launch_points(events)
     for e in events:
         if e.get("cat") in DEVICE_CATS:
-            launch = launches.get(e.get("args", {}).get("correlation"))
+            args = e.get("args", {})
+            launch = launches.get(args.get("correlation")) or ops.get(args.get("External id"))
             if t0 <= (launch[1] if launch else e["ts"]) <= t1:
                 out.append((e["name"], e["ts"], e["dur"], launch))
     if out:
@@ -208,9 +223,7 @@ def analyze(trace: dict, top: int = 8) -> dict:
     if len(win) != 1:
         raise ValueError(f"analyze: the trace needs exactly one {WINDOW!r} scope, found {len(win)}")
     t0, t1 = win[0]["ts"], win[0]["ts"] + win[0]["dur"]
-    launches = {e["args"]["correlation"]: (e["tid"], e["ts"]) for e in events
-                if e.get("cat") in LAUNCH_CATS and "correlation" in e.get("args", {})}
-    device, mode = _device_events(events, t0, t1, launches)
+    device, mode = _device_events(events, t0, t1)
     ctx = _Context(events)
     raw, phases, kernels = defaultdict(float), defaultdict(float), defaultdict(lambda: [0, 0.0])
     launched = 0.0

@@ -1,6 +1,6 @@
 """scripts/profile_trainer.py: a CPU smoke run (--quick, both systems) whose JSON has every category adding up to
-the wall time; the trace classifier on a hand-made CUDA trace (launch links, scopes, backward nodes, autograd's
-forward -> backward links, overlapping kernels); on the H100, 0.6B 32x8x512 (no warm-up: a check that every
+the wall time; the trace classifier on a hand-made CUDA trace (launch calls and External ids, scopes, backward nodes,
+autograd's forward -> backward links, overlapping kernels); on the H100, 0.6B 32x8x512 (no warm-up: a check that every
 kernel is found through its launch, not a measurement)."""
 import importlib
 import json
@@ -70,7 +70,8 @@ def test_classifier_on_a_cuda_trace():
            _x("cpu_op", trace.BACKWARD_NODE + "_LinearBackward", 400, 50, tid=2),
            _x("cpu_op", trace.BACKWARD_NODE + "_AttentionVarlenBackward", 500, 50, tid=2),
            _x("cpu_op", trace.BACKWARD_NODE + "ExpBackward0", 600, 20, tid=2),
-           _x("cpu_op", "ExpBackward0", 601, 10, tid=2)]
+           _x("cpu_op", "ExpBackward0", 601, 10, tid=2),
+           _x("cpu_op", trace.BACKWARD_NODE + "_AddRMSNormBackward", 650, 30, tid=2, **{"External id": 99})]
     ev += [{"ph": "s", "cat": "fwdbwd", "name": "fwdbwd", "id": 5, "ts": 225, "tid": 1, "pid": 1},
            {"ph": "f", "cat": "fwdbwd", "name": "fwdbwd", "id": 5, "ts": 601, "tid": 2, "pid": 1, "bp": "e"}]
     kernels = [("_matmul_kernel", 30, 100, 1, 21), ("_attn_fwd_kernel", 130, 20, 2, 61),
@@ -83,14 +84,15 @@ def test_classifier_on_a_cuda_trace():
     for name, ts, dur, corr, launch in kernels:
         ev += _kernel(name, ts, dur, corr, launch, tid=2 if 250 <= launch < 750 else 1)
     ev += [_x("kernel", "_matmul_kernel", 965, 10, tid=8, correlation=15)]  # overlaps the one above: shared
+    ev += [_x("kernel", "vectorized_elementwise_kernel", 700, 10, tid=7, correlation=16, **{"External id": 99})]
     res = trace.analyze({"traceEvents": ev})
     ms = {k: round(v * 1e3, 6) for k, v in res["categories"].items()}  # microseconds
     assert ms == {"gemm": 100 + 60 + 7.5 + 7.5, "attention_fwd": 20, "attention_bwd": 70,
-                  "logprobs_loss": 30 + 5 + 4 + 5, "norms": 0, "elementwise": 10, "recompute": 40, "optimizer": 50,
-                  "weight_copy": 20, "host_gaps": 1000 - 429}
-    assert res["busy_ms"] == pytest.approx(0.429) and res["overlap"] == pytest.approx(434 / 429)
-    assert res["launch_attributed"] == pytest.approx((429 - 7.5) / 429)  # the last kernel has no launch record
-    assert res["phase_device_ms"]["backward"] == pytest.approx((60 + 70 + 5) / 1e3)
+                  "logprobs_loss": 30 + 5 + 4 + 5, "norms": 10, "elementwise": 10, "recompute": 40, "optimizer": 50,
+                  "weight_copy": 20, "host_gaps": 1000 - 439}
+    assert res["busy_ms"] == pytest.approx(0.439) and res["overlap"] == pytest.approx(444 / 439)
+    assert res["launch_attributed"] == pytest.approx((439 - 7.5) / 439)  # one kernel has no launch record
+    assert res["phase_device_ms"]["backward"] == pytest.approx((60 + 70 + 5 + 10) / 1e3)
     assert res["top_kernels"]["gemm"][0][:2] == ["_matmul_kernel", 3]
     with pytest.raises(ValueError, match="exactly one"):
         trace.analyze({"traceEvents": ev[1:]})
