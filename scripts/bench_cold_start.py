@@ -13,7 +13,9 @@ time/sample, scoring and time/train (metrics.jsonl). The cold-minus-warm column 
 stage. The cold run's Triton cache is then listed: kernels compiled (one cache entry per specialisation),
 grouped by kernel name and by the phase whose wall-clock span holds the entry's write time.
 Prints the table; writes bench_cold_start.json to --out. `--quick`: the tiny shape on the CPU (2 prompts x 2
-samples x 8 tokens; no Triton compiles there): a smoke run, not a measurement.
+samples x 8 tokens; no Triton compiles there): a smoke run, not a measurement. `--stop-ids N` makes completions
+end at spread lengths, as a real model's do (random weights otherwise run every completion to max_tokens, so
+the decode batch never shrinks and only its largest CUDA-graph bucket is captured).
 Left out: a cold page cache and .pyc files (the checkpoint was just written; imports are warm), the real Qwen3
 tokenizer, several GPUs.
 """
@@ -173,6 +175,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--workdir", default=None, help="checkpoint, data, caches and run outputs (default: a temp "
                     "dir, deleted at the end); an existing checkpoint there is reused")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is stopped")
+    ap.add_argument("--stop-ids", type=int, default=0, metavar="N",
+                    help="N extra stop token ids (the vocab's last N): random-weight completions then end at spread "
+                    "lengths (geometric, mean ~vocab/N tokens) as a real model's do, so the decode tail runs the "
+                    "smaller batch sizes (their CUDA graphs and kernel specialisations); 0: every completion "
+                    "runs to sampling.max_tokens")
     ap.add_argument("--set", nargs="*", default=[], metavar="SECTION.FIELD=VALUE",
                     help="more recipe overrides, e.g. --set engine.use_cuda_graphs=false")
     args = ap.parse_args(argv)
@@ -198,9 +205,17 @@ def prepare(work: Path, quick: bool) -> tuple[Path, Path]:
     return model, data
 
 
+def recipe_overrides(args, vocab: int) -> list[str]:
+    """The recipe arguments beyond child_command's: --quick's, --stop-ids' and --set's."""
+    if not 0 <= args.stop_ids < vocab - 4:
+        raise SystemExit(f"--stop-ids: {args.stop_ids}; allowed: 0 to {vocab - 5} (the vocab has {vocab} ids)")
+    stop = ["--sampling.stop_token_ids", str(list(range(vocab - args.stop_ids, vocab)))] if args.stop_ids else []
+    return (QUICK if args.quick else []) + stop + args.overrides
+
+
 def measure(args, work: Path, model: Path, data: Path) -> tuple[dict, dict | None]:
     cache = work / "triton-cache"
-    extra = (QUICK if args.quick else []) + args.overrides
+    extra = recipe_overrides(args, json.loads((model / "config.json").read_text())["vocab_size"])
     results, cache_summary = {}, None
     for kind in args.runs:
         if kind == "cold":
@@ -209,7 +224,8 @@ def measure(args, work: Path, model: Path, data: Path) -> tuple[dict, dict | Non
         out = work / f"run-{kind}"
         shutil.rmtree(out, ignore_errors=True)
         cmd = child_command(args.config, str(model), str(data), str(out), extra)
-        print(f"== {kind}: {' '.join(cmd[1:])}", flush=True)
+        shown = [a if len(a) < 80 else a[:40] + " ... " + a[-20:] for a in cmd[1:]]
+        print(f"== {kind}: {' '.join(shown)}", flush=True)
         run = run_child(cmd, str(cache), args.timeout)
         if run["step1_s"] is None:
             tail = "\n".join(s for _, s in run["lines"][-30:])
@@ -242,7 +258,8 @@ def main(argv=None) -> int:
               f"{cache['by_phase']}")
         for name, n in cache["by_name"].items():
             print(f"  {n:>3}  {name}")
-    meta = {"device": device_name(device), "config": args.config, "quick": args.quick, "overrides": args.set}
+    meta = {"device": device_name(device), "config": args.config, "quick": args.quick, "stop_ids": args.stop_ids,
+            "overrides": args.set}
     with open(os.path.join(args.out, "bench_cold_start.json"), "w") as f:
         json.dump({"meta": meta, "runs": results, "triton_cache": cache}, f, indent=2)
     print(f"wrote {args.out}/bench_cold_start.json")

@@ -91,3 +91,12 @@ def test_bad_arguments_are_one_line_errors(capsys):
             bench.parse(argv)
         assert message in capsys.readouterr().err
     assert bench.parse(["--set", "engine.block_size=32"]).overrides == ["--engine.block_size", "32"]
+
+
+def test_stop_ids_become_the_vocab_tail():
+    bench = _bench()
+    args = bench.parse(["--stop-ids", "3", "--set", "trainer.seed=1"])
+    assert bench.recipe_overrides(args, 100) == ["--sampling.stop_token_ids", "[97, 98, 99]", "--trainer.seed", "1"]
+    assert bench.recipe_overrides(bench.parse([]), 100) == []
+    with pytest.raises(SystemExit, match="--stop-ids: 96; allowed: 0 to 95"):
+        bench.recipe_overrides(bench.parse(["--stop-ids", "96"]), 100)
