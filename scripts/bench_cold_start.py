@@ -33,9 +33,11 @@ import time
 from pathlib import Path
 
 from scripts.cold_start_inputs import write_checkpoint, write_gsm8k
+from scripts.cold_start_triton import print_compiles, read_compile_log, summarize_cache, triton_cache_entries
 from scripts.common import default_device, device_name
 
 REPO = Path(__file__).resolve().parents[1]
+HOOK = Path(__file__).resolve().parent / "cold_start_hook"
 CONFIG = "configs/qwen3-0.6b-gsm8k.yaml"
 QUICK = ["--model.device", "cpu", "--model.dtype", "float32", "--trainer.prompts_per_step", "2",
          "--sampling.num_generations", "2", "--sampling.max_tokens", "8", "--data.max_prompt_tokens", "256",
@@ -52,10 +54,13 @@ def child_command(config: str, model: str, data: str, out: str, extra: list[str]
             "--logging.progress_bar", "false", *extra]
 
 
-def run_child(cmd: list[str], triton_cache: str, timeout: float) -> dict:
+def run_child(cmd: list[str], triton_cache: str, timeout: float, compile_log: str | None = None) -> dict:
     """Spawn `cmd`, stamp each output line (seconds since spawn), stop at the "step 1 |" line; -> {"lines":
     [[t, text], ...], "spawn_wall": time.time() at spawn, "step1_s": t of that line or None, "rc"}."""
     env = dict(os.environ, TRITON_CACHE_DIR=triton_cache, PYTHONUNBUFFERED="1", WANDB_MODE="disabled")
+    if compile_log:  # the compilation listener (cold_start_hook/sitecustomize.py)
+        env["COLD_START_TRITON_LOG"] = compile_log
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HOOK), os.environ.get("PYTHONPATH")) if p)
     env.pop("TRITON_INTERPRET", None)
     spawn_wall, t0 = time.time(), time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -120,39 +125,6 @@ def phase_bounds(run: dict, metrics: dict | None) -> list[tuple[str, float]]:
     step_end = run["spawn_wall"] + run["step1_s"]
     return [("set-up", setup_end), ("step 1 sampling", step_end - metrics["time/step"] + metrics["time/sample"]),
             ("step 1 scoring + training", step_end + 1.0)]
-
-
-def triton_cache_entries(cache_dir: str) -> list[dict]:
-    """One entry per compiled kernel specialisation in a Triton cache directory: {"name", "mtime", "dir",
-    "num_warps", "num_stages"}, from each `<name>.json` metadata file (not `__grp__*`); sorted by mtime."""
-    entries = []
-    for meta in Path(cache_dir).glob("*/*.json"):
-        if meta.name.startswith("__grp__"):
-            continue
-        try:
-            data = json.loads(meta.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(data, dict) or "name" not in data:
-            continue
-        entries.append({"name": data["name"], "mtime": meta.stat().st_mtime, "dir": meta.parent.name,
-                        "num_warps": data.get("num_warps"), "num_stages": data.get("num_stages")})
-    return sorted(entries, key=lambda e: e["mtime"])
-
-
-def summarize_cache(entries: list[dict], bounds: list[tuple[str, float]], cache_dir: str) -> dict:
-    """Kernel specialisations per name and per phase, and the cache's file count and size."""
-    by_name: dict[str, int] = {}
-    by_phase: dict[str, int] = {}
-    for e in entries:
-        by_name[e["name"]] = by_name.get(e["name"], 0) + 1
-        phase = next((p for p, end in bounds if e["mtime"] <= end), "after step 1" if bounds else "unknown")
-        by_phase[phase] = by_phase.get(phase, 0) + 1
-    files = [p for p in Path(cache_dir).rglob("*") if p.is_file()]
-    return {"specialisations": len(entries), "kernels": len(by_name),
-            "by_name": dict(sorted(by_name.items(), key=lambda kv: (-kv[1], kv[0]))), "by_phase": by_phase,
-            "files": len(files), "bytes": sum(p.stat().st_size for p in files),
-            "shared_objects": sorted({p.name for p in files if p.suffix == ".so"})}
 
 
 def print_table(results: dict) -> None:
@@ -226,15 +198,19 @@ def measure(args, work: Path, model: Path, data: Path) -> tuple[dict, dict | Non
         cmd = child_command(args.config, str(model), str(data), str(out), extra)
         shown = [a if len(a) < 80 else a[:40] + " ... " + a[-20:] for a in cmd[1:]]
         print(f"== {kind}: {' '.join(shown)}", flush=True)
-        run = run_child(cmd, str(cache), args.timeout)
+        log = work / f"compile-log-{kind}.jsonl"
+        log.unlink(missing_ok=True)
+        run = run_child(cmd, str(cache), args.timeout, str(log))
         if run["step1_s"] is None:
             tail = "\n".join(s for _, s in run["lines"][-30:])
             raise SystemExit(f"{kind} run: no 'step 1 |' line (exit {run['rc']}); last output:\n{tail}")
         metrics = read_metrics(str(out))
-        results[kind] = {"stages": stages(run, metrics), "lines": run["lines"]}
+        bounds = phase_bounds(run, metrics)
+        results[kind] = {"stages": stages(run, metrics), "lines": run["lines"],
+                         "triton_compiles": read_compile_log(log, bounds)}
         print(f"   step 1 ended {run['step1_s']:.1f} s after the spawn", flush=True)
         if kind == "cold":
-            cache_summary = summarize_cache(triton_cache_entries(str(cache)), phase_bounds(run, metrics), str(cache))
+            cache_summary = summarize_cache(triton_cache_entries(str(cache)), bounds, str(cache))
     return results, cache_summary
 
 
@@ -252,12 +228,7 @@ def main(argv=None) -> int:
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     print_table(results)
-    if cache is not None:
-        print(f"Triton cache after the cold run: {cache['specialisations']} kernel specialisations of "
-              f"{cache['kernels']} kernels, {cache['files']} files, {cache['bytes'] / 2**20:.1f} MiB; by phase "
-              f"{cache['by_phase']}")
-        for name, n in cache["by_name"].items():
-            print(f"  {n:>3}  {name}")
+    print_compiles(results, cache)
     meta = {"device": device_name(device), "config": args.config, "quick": args.quick, "stop_ids": args.stop_ids,
             "overrides": args.set}
     with open(os.path.join(args.out, "bench_cold_start.json"), "w") as f:

@@ -23,9 +23,10 @@ def test_quick_run_times_both_runs_by_stage(tmp_path, capsys):
         assert total > 0 and sum(stages.values()) == pytest.approx(total)
         assert run["lines"][-1][1].startswith("step 1 |")
     assert data["triton_cache"]["specialisations"] == 0  # the CPU runs the torch paths: nothing compiles
+    assert data["runs"]["cold"]["triton_compiles"] is None
     out = capsys.readouterr().out
     assert "total to the end of step 1" in out and "cold - warm" in out
-    assert not (tmp_path / "work" / "run-cold" / "checkpoints").exists()  # stopped after step 1, no save
+    assert not any(text.startswith("done:") for _, text in data["runs"]["cold"]["lines"])  # stopped at step 1
 
 
 def test_offline_inputs_load_as_the_config_reads_them(tmp_path):
@@ -80,7 +81,7 @@ def test_triton_cache_listing(tmp_path):
                                     str(tmp_path))
     assert summary["by_name"] == {"_matmul_kernel": 2, "_attn_fwd_kernel": 1} and summary["kernels"] == 2
     assert summary["by_phase"] == {"set-up": 1, "sampling": 1, "after step 1": 1}
-    assert summary["shared_objects"] == ["cuda_utils.so"] and summary["files"] == 7
+    assert summary["shared_objects"] == {"cuda_utils.so": 1} and summary["files"] == 7
 
 
 def test_bad_arguments_are_one_line_errors(capsys):
@@ -100,3 +101,32 @@ def test_stop_ids_become_the_vocab_tail():
     assert bench.recipe_overrides(bench.parse([]), 100) == []
     with pytest.raises(SystemExit, match="--stop-ids: 96; allowed: 0 to 95"):
         bench.recipe_overrides(bench.parse(["--stop-ids", "96"]), 100)
+
+
+def test_compile_listener_log(tmp_path, monkeypatch):
+    """The child's listener (cold_start_hook/sitecustomize.py) writes one row per compile / cache load, and
+    read_compile_log sums them per kernel and per phase."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    triton = pytest.importorskip("triton")
+    if not hasattr(getattr(triton, "knobs", None), "compilation"):
+        pytest.skip("this Triton has no compilation listener")
+    monkeypatch.delenv("COLD_START_TRITON_LOG", raising=False)
+    spec = importlib.util.spec_from_file_location("cold_start_hook", "scripts/cold_start_hook/sitecustomize.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setattr(triton.knobs.compilation, "listener", None)
+    hook._install_listener(str(log))
+    listener = triton.knobs.compilation.listener
+    times = SimpleNamespace(total=2_500_000, lowering_stages=[("ttir", 1_000_000), ("cubin", 1_500_000)])
+    for name, hit in (("_matmul_kernel", False), ("_matmul_kernel", False), ("_rms_norm_kernel", True)):
+        listener(src=SimpleNamespace(name=name, signature={"M": "i32"}, constexprs={(4,): 128}, attrs={}),
+                 metadata={"num_warps": 8, "num_stages": 3}, metadata_group={}, times=times, cache_hit=hit)
+    got = _bench().read_compile_log(log, [("set-up", 0.0), ("step 1 sampling", 4e9)])
+    assert got["compiles"] == 2 and got["compile_s"] == 5.0 and got["cache_loads"] == 1
+    assert got["by_name"] == {"_matmul_kernel": [2, 5.0]} and got["by_phase"] == {"step 1 sampling": [2, 5.0]}
+    spec0 = got["specialisations"][0]
+    assert spec0["stages_us"] == {"ttir": 1_000_000, "cubin": 1_500_000} and "'M': 'i32'" in spec0["signature"]
+    assert _bench().read_compile_log(tmp_path / "none.jsonl", []) is None

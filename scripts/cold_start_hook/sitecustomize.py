@@ -1,0 +1,50 @@
+"""Loaded by scripts/bench_cold_start.py's child processes only (this folder goes first on their PYTHONPATH):
+when COLD_START_TRITON_LOG names a file, a Triton compilation listener appends one JSON line per kernel
+compile or cache load to it (wall time, kernel name, cache hit, compile microseconds per stage, the
+specialisation: signature, constexprs, attributes). The environment's own sitecustomize, if any, runs first.
+Left out: Triton versions without `knobs.compilation.listener` (the bench then reads the cache's file times).
+"""
+import importlib.machinery
+import importlib.util
+import os
+import sys
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _chain_site_customize() -> None:
+    paths = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
+    spec = importlib.machinery.PathFinder.find_spec("sitecustomize", paths)
+    if spec is not None and spec.loader is not None:
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def _install_listener(path: str) -> None:
+    import json
+    import threading
+    import time
+
+    try:
+        from triton import knobs
+    except ImportError:
+        return
+    if not hasattr(knobs, "compilation") or not hasattr(knobs.compilation, "listener"):
+        return
+    lock = threading.Lock()
+
+    def listener(*, src, metadata, metadata_group, times, cache_hit):
+        row = {"t": time.time(), "name": getattr(src, "name", "?"), "cache_hit": bool(cache_hit),
+               "total_us": int(getattr(times, "total", 0)),
+               "stages_us": dict(getattr(times, "lowering_stages", []) or []),
+               "signature": repr(getattr(src, "signature", None)), "constexprs": repr(getattr(src, "constexprs", None)),
+               "attrs": repr(getattr(src, "attrs", None)),
+               "num_warps": metadata.get("num_warps"), "num_stages": metadata.get("num_stages")}
+        with lock, open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    knobs.compilation.listener = listener
+
+
+_chain_site_customize()
+if os.environ.get("COLD_START_TRITON_LOG"):
+    _install_listener(os.environ["COLD_START_TRITON_LOG"])
