@@ -10,8 +10,11 @@ process is then killed: the final save is not part of the measurement). Stages c
 (stamped on arrival) and its own figures: start-up (interpreter, imports, config) up to the "run directory:"
 line; the "set-up:" line's stages (tokenizer and data, model, SFT, optimizer, engine, logger); step 1's
 time/sample, scoring and time/train (metrics.jsonl). The cold-minus-warm column is what compiling costs in each
-stage. The cold run's Triton cache is then listed: kernels compiled (one cache entry per specialisation),
-grouped by kernel name and by the phase whose wall-clock span holds the entry's write time.
+stage. Triton's side (scripts/cold_start_triton.py): each child runs with a compilation listener
+(scripts/cold_start_hook/sitecustomize.py, first on its PYTHONPATH) that logs every kernel compile and cache load
+with its seconds and specialisation -- per kernel and per phase (set-up, step-1 sampling, step-1 scoring +
+training) in the table; and the cold run's cache directory is listed (one entry per specialisation, placed in a
+phase by its write time; this part works on a Triton without the listener).
 Prints the table; writes bench_cold_start.json to --out. `--quick`: the tiny shape on the CPU (2 prompts x 2
 samples x 8 tokens; no Triton compiles there): a smoke run, not a measurement. `--stop-ids N` makes completions
 end at spread lengths, as a real model's do (random weights otherwise run every completion to max_tokens, so
