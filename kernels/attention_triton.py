@@ -30,6 +30,7 @@ BLOCK_K = 64  # keys per tile, tiles start at key position 0 (the CPU path reduc
 # (two while splits fold) and the K/V tiles fit the H100's registers and shared memory.
 WIDE_TILE = {torch.bfloat16: (64, 8), torch.float32: (16, 8)}
 WIDE_BLOCK_K = 32
+FWD_STAGES = 2  # software-pipelining depth of the key loop: changes speed, never a row's arithmetic
 
 
 def fwd_tile(dtype: torch.dtype, head_dim: int) -> tuple[int, int, int]:
@@ -321,7 +322,7 @@ def attention_forward_triton(q, k, v, cu_q, seqlens_k, block_table, kv_offsets, 
         out.stride(0), out.stride(1), block_table.stride(0),
         GROUP=group, HEAD_DIM=d, HEAD_PAD=pad, BQ=block_q, BK=block_k, ST=KV_SPLIT // block_k,
         MULTI=max_keys is None or max_keys > KV_SPLIT, WRITE_LSE=with_lse, IEEE=q.dtype == torch.float32,
-        PACK=pack, SPLIT=n_splits > 0, WINDOWED=windowed, num_warps=warps, num_stages=2,
+        PACK=pack, SPLIT=n_splits > 0, WINDOWED=windowed, num_warps=warps, num_stages=FWD_STAGES,
     )
     if n_splits:
         _combine_splits_kernel[(t + num_seqs, hq)](part, out, cu_q, seqlens_k, num_seqs, n_splits,

@@ -265,7 +265,7 @@ def parse(argv):
 
 
 def meta(args, skipped) -> dict:
-    return {"device": device_name(args.device), "torch": torch.__version__,
+    return {"device": device_name(args.device), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
             "steps": args.steps, "warmup": args.warmup, "default_steps": args.default_steps,
             "default_warmup": args.default_warmup, "micro_batch_tokens": args.micro_batch_tokens,
             "checkpointing": not args.no_checkpointing, "lora": args.lora,
@@ -322,7 +322,7 @@ def main(argv=None) -> int:
     print(report.table(results))
     if skipped:
         print(f"skipped (time budget): {', '.join(skipped)}")
-    report.plot(results, os.path.join(args.out, "bench_rl.png"))
+    report.plot(results, os.path.join(args.out, "bench_rl.png"), report.title(info))
     bad_kl = [r for r in results if r["system"].startswith("invariant") and any(k != 0.0 for k in r["kl"])]
     if bad_kl:
         print(f"FAIL: invariant onpolicy/kl != 0.0 in {[r['workload'] for r in bad_kl]}")

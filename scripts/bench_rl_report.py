@@ -53,7 +53,21 @@ def table(results) -> str:
     return "\n".join(lines)
 
 
-def plot(results, path) -> None:
+def title(meta: dict) -> str:
+    """'bench_rl, <device>, <date>' from a run's meta (a merge: its files' devices and dates)."""
+    parts = meta.get("merged", [meta])
+    devices = sorted({m.get("device", "?") for m in parts})
+    dates = sorted({m.get("date", "date not recorded") for m in parts})
+    return f"bench_rl, {' / '.join(devices)}, {' / '.join(dates)}"
+
+
+def systems_ran(results) -> list[str]:
+    """The systems in the rows: the standard ones in their order, then the others (e.g. invariant+lora32)."""
+    seen = list(dict.fromkeys(r["system"] for r in results))
+    return [s for s in SYSTEMS if s in seen] + [s for s in seen if s not in SYSTEMS]
+
+
+def plot(results, path, heading: str = "") -> None:
     """Two bar charts (s/step, peak GiB) by workload, one bar per system that ran (one colour per system)."""
     import matplotlib
 
@@ -62,18 +76,25 @@ def plot(results, path) -> None:
 
     names = list(dict.fromkeys(r["workload"] for r in results))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    ran = [s for s in SYSTEMS if any(r["system"] == s for r in results)]
+    ran = systems_ran(results)
     width = 0.8 / len(ran)
+    extra = [s for s in ran if s not in SYSTEMS]
+    colours = {s: f"C{i}" for i, s in enumerate([*SYSTEMS, *extra])}  # a standard system keeps its colour
     for j, system in enumerate(ran):
         by = {r["workload"]: r for r in results if r["system"] == system}
         xs = [i + j * width for i, n in enumerate(names) if n in by]
-        style = dict(width=width, label=system, color=f"C{SYSTEMS.index(system)}")
+        frozen = any(r.get("frozen_base") for r in by.values())
+        label = system + (" (no adapters, base frozen)" if frozen else "")
+        style = dict(width=width, label=label, color=colours[system])
         axes[0].bar(xs, [by[n]["step_s"] for n in names if n in by], **style)
         axes[1].bar(xs, [by[n]["peak_gib"] or 0.0 for n in names if n in by], **style)
     for ax, label in zip(axes, ("seconds per RL step", "peak GPU memory (GiB)")):
         ax.set_xticks([i + width * (len(ran) - 1) / 2 for i in range(len(names))], names)
         ax.set_ylabel(label)
-        ax.legend()
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(ran), frameon=False)
+    if heading:
+        fig.suptitle(heading)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)

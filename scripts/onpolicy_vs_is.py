@@ -11,7 +11,8 @@ each with the held-out evaluation every `--eval-every` steps (greedy, `--eval-ex
 one after another (`<out>/<arm>/metrics.jsonl`); then one PNG, `<out>/onpolicy_vs_is.png`, plots per step the
 sampler-vs-trainer KL, max |logprob diff|, reward and held-out accuracy of the three arms (date and hardware in
 its title), and `<out>/numbers.json` holds the figures docs/onpolicy-vs-is.md quotes. Extra arguments after
-`--` go to every arm (e.g. `-- --trainer.lr 1e-3`). Left out: several seeds per arm, GPU-sized models.
+`--` go to every arm (e.g. `-- --trainer.lr 1e-3`); `--gpu` runs a wider model on CUDA (`GPU_PRESET`).
+Left out: several seeds per arm, models of a real checkpoint's size.
 """
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ ARMS = {
     "b_no_correction": ("(b) invariant: false, no correction", ["--trainer.invariant", "false"]),
     "c_tis": ("(c) invariant: false, tis_cap 2", ["--trainer.invariant", "false", "--trainer.tis_cap", "2.0"]),
 }
+# `--gpu`: the same task on CUDA with a wider, deeper model (Qwen3-0.6B's attention heads, 4 layers, ~60 M
+# parameters) where torch's bf16 GPU kernels (cuBLAS, flash attention) give the sampler and the trainer different
+# bits; smaller steps than the CPU default's for the wider model. Arguments after `--` still apply after it.
+GPU_PRESET = ["--model.device", "cuda", "--engine.use_cuda_graphs", "true", "--model.tiny.hidden_size", "1024",
+              "--model.tiny.intermediate_size", "3072", "--model.tiny.num_hidden_layers", "4",
+              "--model.tiny.num_attention_heads", "16", "--model.tiny.num_key_value_heads", "8",
+              "--model.tiny.head_dim", "128", "--trainer.lr", "2e-4", "--trainer.sft_lr", "1e-3"]
 STYLES = {"a_invariant": "-", "b_no_correction": "-", "c_tis": "--"}  # (c) dashed: it may lie on (b)
 PANELS = (("onpolicy/kl", "sampler vs trainer KL"), ("onpolicy/logprob_diff/max", "max |logprob diff|"),
           ("reward/mean", "reward (train batch)"), ("eval/accuracy", "held-out accuracy (greedy)"))
@@ -111,8 +119,9 @@ def main(argv=None):
     p.add_argument("--eval-examples", type=int, default=128)
     p.add_argument("--out", default=str(ROOT / "outputs/onpolicy-vs-is"))
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--gpu", action="store_true", help="the CUDA preset (GPU_PRESET) before the arguments after --")
     args = p.parse_args(argv)
-    args.extra = extra
+    args.extra = (GPU_PRESET if args.gpu else []) + extra
     if not args.plot_only:
         run_arms(args)
     plot(args)

@@ -108,6 +108,7 @@ def shard_trainer(engine_model, device: torch.device):
         for name, p in model.named_parameters():
             mine = distribute_tensor(full[name].detach().float(), mesh, p.placements, src_data_rank=None)
             p.to_local().copy_(mine.to_local())
+            p.requires_grad_(full[name].requires_grad)  # frozen weights (e.g. `model.freeze_router`) get no grads
     model.activation_checkpointing = engine_model.activation_checkpointing
     return model
 

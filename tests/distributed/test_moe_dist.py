@@ -112,3 +112,35 @@ def test_two_gpus_nccl_on_policy_and_run_to_run_identical(moe_dir, tmp_path, con
         _ok(_run([*_accelerate(config, 2), *_args(moe_dir, out), "--model.device", "auto"]))
         _check_on_policy(out)
     assert _weights_hash(a, STEPS) == _weights_hash(b, STEPS)
+
+
+def _frozen_router_worker(rank: int, init_file: str, out: dict) -> None:
+    import torch.distributed as td
+
+    from onpolicy.model import CausalLM
+    from onpolicy.model.moe import freeze_router
+    from onpolicy.model.tiny import tiny_config
+    from onpolicy.trainer.fsdp import idle_micro_batch, shard_trainer
+
+    td.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=1)
+    try:
+        torch.manual_seed(0)
+        model = CausalLM(tiny_config(architecture="qwen3_moe", num_experts=4, num_experts_per_tok=2,
+                                     moe_intermediate_size=32, num_hidden_layers=2, head_dim=64))
+        freeze_router(model)
+        sharded = shard_trainer(model, torch.device("cpu"))
+        idle_micro_batch(sharded)
+        out["frozen"] = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
+        out["no_grad"] = sorted(n for n, p in sharded.named_parameters() if p.grad is None)
+    finally:
+        td.destroy_process_group()
+
+
+def test_fsdp2_trainer_keeps_frozen_routers_frozen(tmp_path):
+    """`model.freeze_router` under FSDP2: the sharded fp32 trainer module's routers get no gradients either."""
+    import torch.multiprocessing as mp
+
+    out = mp.Manager().dict()
+    mp.spawn(_frozen_router_worker, args=(str(tmp_path / "init"), out), nprocs=1, join=True)
+    assert out["frozen"] and all(".gate." in n for n in out["frozen"])
+    assert out["no_grad"] == out["frozen"]

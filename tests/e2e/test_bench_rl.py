@@ -113,3 +113,23 @@ def test_qwen3_0_6b_shape_32x8x512_three_steps_exactly_on_policy(tmp_path):
     print(f"0.6B 32x8x512: {row['step_s']:.2f} s/step, peak {row['peak_gib']:.1f} GiB, kl {row['kl']}")
     assert row["kl"] == [0.0, 0.0, 0.0] and row["tokens_per_step"] == 32 * 8 * 512
     assert row["peak_gib"] < 79.0
+
+
+def test_plot_keeps_extra_systems_and_titles_device_and_date():
+    report = _bench().report
+    rows = [{"workload": "w", "system": s} for s in ("invariant+lora32", "trl", "invariant")]
+    assert report.systems_ran(rows) == ["invariant", "trl", "invariant+lora32"]
+    merged = {"merged": [{"device": "H100", "date": "2026-12-08"}, {"device": "H100"}]}
+    assert report.title(merged) == "bench_rl, H100, 2026-12-08 / date not recorded"
+
+
+@pytest.mark.gpu
+def test_qwen3_8b_shape_lora_three_steps_exactly_on_policy(tmp_path):
+    """Qwen3-8B's shape with rank-32 adapters on every linear layer fits one H100 for 3 RL steps, KL 0.0 each."""
+    bench = _bench()
+    assert bench.main(["--workloads", "8b-16x8x512", "--systems", "invariant", "--lora", "32", "--warmup", "0",
+                       "--steps", "3", "--out", str(tmp_path)]) == 0
+    rows = {r["system"]: r for r in json.loads((tmp_path / "bench_rl.json").read_text())["results"]}
+    lora = rows["invariant+lora32"]
+    print(f"8B LoRA r=32 16x8x512: {lora['step_s']:.2f} s/step, peak {lora['peak_gib']:.1f} GiB, kl {lora['kl']}")
+    assert lora["kl"] == [0.0, 0.0, 0.0] and lora["lora"] == 32 and lora["peak_gib"] < 79.0
