@@ -54,7 +54,7 @@ def child_command(config: str, model: str, data: str, out: str, extra: list[str]
     return [sys.executable, str(REPO / "recipes" / "grpo.py"), "--config", config, "--model.path", model,
             "--data.dataset", data, "--trainer.steps", "1", "--trainer.save_every", "0",
             "--logging.output_dir", out, "--logging.report_to", "[console]", "--logging.plot", "false",
-            "--logging.progress_bar", "false", *extra]
+            "--logging.progress_bar", "false", "--logging.log_every", "1", *extra]
 
 
 def run_child(cmd: list[str], triton_cache: str, timeout: float, compile_log: str | None = None) -> dict:
