@@ -15,7 +15,8 @@ stage. Triton's side (scripts/cold_start_triton.py): each child runs with a comp
 with its seconds and specialisation -- per kernel and per phase (set-up, step-1 sampling, step-1 scoring +
 training) in the table; and the cold run's cache directory is listed (one entry per specialisation, placed in a
 phase by its write time; this part works on a Triton without the listener).
-Prints the table; writes bench_cold_start.json to --out. `--quick`: the tiny shape on the CPU (2 prompts x 2
+Prints the table; writes bench_cold_start.json and the compilation logs (compile-log-<run>.jsonl, input of
+scripts/bench_compile.py: the same specialisations compiled serially vs in parallel) to --out. `--quick`: the tiny shape on the CPU (2 prompts x 2
 samples x 8 tokens; no Triton compiles there): a smoke run, not a measurement. `--stop-ids N` makes completions
 end at spread lengths, as a real model's do (random weights otherwise run every completion to max_tokens, so
 the decode batch never shrinks and only its largest CUDA-graph bucket is captured).
@@ -209,6 +210,8 @@ def measure(args, work: Path, model: Path, data: Path) -> tuple[dict, dict | Non
             raise SystemExit(f"{kind} run: no 'step 1 |' line (exit {run['rc']}); last output:\n{tail}")
         metrics = read_metrics(str(out))
         bounds = phase_bounds(run, metrics)
+        if log.exists():  # kept beside the JSON: scripts/bench_compile.py --log compiles it again
+            shutil.copy(log, Path(args.out) / log.name)
         results[kind] = {"stages": stages(run, metrics), "lines": run["lines"],
                          "triton_compiles": read_compile_log(log, bounds)}
         print(f"   step 1 ended {run['step1_s']:.1f} s after the spawn", flush=True)
