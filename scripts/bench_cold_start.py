@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def run_child(cmd: list[str], triton_cache: str, timeout: float, compile_log: st
     spawn_wall, t0 = time.time(), time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines, step1 = [], None
+    watchdog = threading.Timer(timeout, proc.kill)  # a child that hangs without output is stopped too
+    watchdog.start()
     try:
         for text in proc.stdout:
             t = time.perf_counter() - t0
@@ -76,9 +79,8 @@ def run_child(cmd: list[str], triton_cache: str, timeout: float, compile_log: st
             if text.startswith("step 1 |"):
                 step1 = t
                 break
-            if t > timeout:
-                break
     finally:
+        watchdog.cancel()
         if proc.poll() is None:
             proc.kill()
         proc.wait()

@@ -130,3 +130,11 @@ def test_compile_listener_log(tmp_path, monkeypatch):
     spec0 = got["specialisations"][0]
     assert spec0["stages_us"] == {"ttir": 1_000_000, "cubin": 1_500_000} and "'M': 'i32'" in spec0["signature"]
     assert _bench().read_compile_log(tmp_path / "none.jsonl", []) is None
+
+
+def test_a_silent_child_is_stopped_at_the_timeout():
+    import sys
+
+    run = _bench().run_child([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+                             "/tmp/unused-triton-cache", timeout=2.0)
+    assert run["step1_s"] is None and run["lines"][0][1] == "up" and run["rc"] != 0
