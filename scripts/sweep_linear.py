@@ -8,7 +8,8 @@ same row inside M=4096 (torch.equal). Writes JSON to --out; prints the best conf
 Part C (--part probe): candidate configs per shape with each schedule forced (whole-K, split with and
 without the PDL piece sum), CUDA-graph time ratio vs cuBLAS, and `same`: whether the config's whole-K output
 equals the current config's bitwise (a tile change that keeps the K order -- 64-row tiles -- may keep the bits;
-a new PIECE_K changes them by design). Includes Qwen3-0.6B's fused decode shapes (qkv, gate_up). Left out: warp-specialised variants, fp16, bias.
+a new PIECE_K changes them by design). Includes Qwen3-0.6B's fused decode shapes (qkv, gate_up).
+Left out: warp-specialised variants, fp16, bias.
 """
 from __future__ import annotations
 
