@@ -16,8 +16,9 @@ with its seconds and specialisation -- per kernel and per phase (set-up, step-1 
 training) in the table; and the cold run's cache directory is listed (one entry per specialisation, placed in a
 phase by its write time; this part works on a Triton without the listener).
 Prints the table; writes bench_cold_start.json and the compilation logs (compile-log-<run>.jsonl, input of
-scripts/bench_compile.py: the same specialisations compiled serially vs in parallel) to --out. `--quick`: the tiny shape on the CPU (2 prompts x 2
-samples x 8 tokens; no Triton compiles there): a smoke run, not a measurement. `--stop-ids N` makes completions
+scripts/bench_compile.py: the same specialisations compiled serially vs in parallel) to --out. `--quick`: the
+tiny shape on the CPU (2 prompts x 2 samples x 8 tokens; no Triton compiles there): a smoke run, not a
+measurement. `--stop-ids N` makes completions
 end at spread lengths, as a real model's do (random weights otherwise run every completion to max_tokens, so
 the decode batch never shrinks and only its largest CUDA-graph bucket is captured).
 Left out: a cold page cache and .pyc files (the checkpoint was just written; imports are warm), the real Qwen3
