@@ -1,7 +1,8 @@
 """Loaded by scripts/bench_cold_start.py's child processes only (this folder goes first on their PYTHONPATH):
 when COLD_START_TRITON_LOG names a file, a Triton compilation listener appends one JSON line per kernel
 compile or cache load to it (wall time, kernel name, cache hit, compile microseconds per stage, the
-specialisation: signature, constexprs, attributes, and a "spec" that scripts/bench_compile.py compiles again). The environment's own sitecustomize, if any, runs first.
+specialisation: signature, constexprs, attributes, and a "spec" that scripts/bench_compile.py compiles
+again). The environment's own sitecustomize, if any, runs first.
 Left out: Triton versions without `knobs.compilation.listener` (the bench then reads the cache's file times).
 """
 import importlib.machinery
