@@ -122,10 +122,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--log", default=None, help="a compilation log (compile-log-cold.jsonl of bench_cold_start)")
     ap.add_argument("--pools", default="serial,threads:4,threads:16,processes:4,processes:16")
     ap.add_argument("--out", default="outputs/bench_compile")
-    ap.add_argument("--quick", action="store_true", help="two small kernels for sm_90 from a log written here")
+    ap.add_argument("--quick", action="store_true",
+                    help="two small kernels for sm_90 from a log written here; serial, 2 threads, 2 processes")
     args = ap.parse_args(argv)
     if args.quick:
-        args.pools = "serial,threads:2"
+        args.pools = "serial,threads:2,processes:2"
     elif args.log is None:
         ap.error("--log: required (a compilation log); or --quick")
     for pool in args.pools.split(","):

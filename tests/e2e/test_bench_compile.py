@@ -22,8 +22,8 @@ def test_quick_roundtrip_compiles_the_logged_specialisations(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     data = json.loads((tmp_path / "bench_compile.json").read_text())
     assert data["specs"] == 2 and data["replay_cache_hits"] == 2
-    assert [(r["pool"], r["compiled"], r["failed"]) for r in data["results"]] == [("serial", 2, 0),
-                                                                                   ("threads:2", 2, 0)]
+    assert [(r["pool"], r["compiled"], r["failed"]) for r in data["results"]] == [
+        ("serial", 2, 0), ("threads:2", 2, 0), ("processes:2", 2, 0)]
     assert all(r["wall_s"] > 0 for r in data["results"])
 
 
