@@ -56,7 +56,13 @@ def _install_listener(path: str) -> None:
         return
     lock = threading.Lock()
 
-    def listener(*, src, metadata, metadata_group, times, cache_hit):
+    def listener(**kwargs):
+        try:
+            _write(**kwargs)
+        except Exception:  # noqa: BLE001 -- the log must never break a compile (another Triton's arguments)
+            pass
+
+    def _write(*, src, metadata, times, cache_hit, **_):
         row = {"t": time.time(), "name": getattr(src, "name", "?"), "cache_hit": bool(cache_hit),
                "total_us": int(getattr(times, "total", 0)),
                "stages_us": dict(getattr(times, "lowering_stages", []) or []),

@@ -124,6 +124,7 @@ def test_compile_listener_log(tmp_path, monkeypatch):
     for name, hit in (("_matmul_kernel", False), ("_matmul_kernel", False), ("_rms_norm_kernel", True)):
         listener(src=SimpleNamespace(name=name, signature={"M": "i32"}, constexprs={(4,): 128}, attrs={}),
                  metadata={"num_warps": 8, "num_stages": 3}, metadata_group={}, times=times, cache_hit=hit)
+    listener(src=None, other_triton_argument=1)  # arguments of another Triton version: no row, no error
     got = _bench().read_compile_log(log, [("set-up", 0.0), ("step 1 sampling", 4e9)])
     assert got["compiles"] == 2 and got["compile_s"] == 5.0 and got["cache_loads"] == 1
     assert got["by_name"] == {"_matmul_kernel": [2, 5.0]} and got["by_phase"] == {"step 1 sampling": [2, 5.0]}
