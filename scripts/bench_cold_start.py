@@ -1,5 +1,7 @@
-"""bench_cold_start: seconds from `python recipes/grpo.py --config <config>` to the end of RL step 1, first with
-an empty Triton cache (cold: every kernel compiles), then with the cache that run filled (warm), split by stage.
+"""bench_cold_start: seconds from `python recipes/grpo.py` to the end of RL step 1, cold vs warm Triton cache.
+
+First with an empty Triton cache (cold: every kernel compiles), then with the cache that run filled (warm), each
+split by stage.
 
 Default (GPU): configs/qwen3-0.6b-gsm8k.yaml's shape and settings on a random-weight Qwen3-0.6B-shape checkpoint
 and a GSM8K-format JSON-lines file written offline first (scripts/cold_start_inputs.py: a character tokenizer,
