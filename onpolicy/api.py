@@ -84,10 +84,11 @@ def as_config(config: Any, rewards: list[dict] | None = None):
 
 
 def train(config: Any, reward_funcs: Sequence | Callable | str | None = None,
-          reward_weights: Sequence[float] | None = None, log: Callable = print) -> dict:
+          reward_weights: Sequence[float] | None = None, log: Callable = print, parts=None) -> dict:
     """Check the rewards and the launch, start the processes of a multi-process launch, run `config`'s RL steps;
     returns the run summary (`final_policy`, rewards, KL, ...). Errors in the config, the rewards or the launch
-    raise ValueError (one line) before any compute."""
+    raise ValueError (one line) before any compute. `parts`: `onpolicy.trainer.TrainerParts` to swap (where
+    rollouts come from, how they are scored, the loss, ...), default the standard ones."""
     from onpolicy.config import ConfigError, check_env
     from onpolicy.rewards.sources import resolve_rewards
     from onpolicy.trainer import train as run_steps
@@ -104,4 +105,4 @@ def train(config: Any, reward_funcs: Sequence | Callable | str | None = None,
     check_env(cfg, config_dir)  # an import-path environment next to the config file resolves from there
     check_launch(cfg)
     is_main = start_processes(cfg)
-    return run_steps(cfg, log=log if is_main else (lambda *a, **k: None), rewards=rewards)
+    return run_steps(cfg, log=log if is_main else (lambda *a, **k: None), rewards=rewards, parts=parts)

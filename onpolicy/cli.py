@@ -59,16 +59,17 @@ def user_errors(debug: bool = False):
         raise SystemExit(getattr(e, "exit_code", 130)) from None
 
 
-def train_command(argv: list[str] | None = None, algo: str | None = None) -> dict:
+def train_command(argv: list[str] | None = None, algo: str | None = None, parts=None) -> dict:
     """A training recipe: parse argv (`onpolicy.config.parse_args`; `algo` fixes trainer.algo) and run
-    `onpolicy.train` on it; returns the run summary."""
+    `onpolicy.train` on it (`parts`: onpolicy.trainer.TrainerParts to swap, default the standard ones); returns
+    the run summary."""
     from onpolicy.api import train
     from onpolicy.config import parse_args
 
     argv, debug = split_debug(argv)
     with user_errors(debug):
         cfg = parse_args(argv, forced={"trainer.algo": algo} if algo else None)
-        return train(cfg)
+        return train(cfg, parts=parts)
 
 
 def command(main, argv: list[str] | None = None) -> Any:

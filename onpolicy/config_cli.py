@@ -1,9 +1,9 @@
 """Command line -> config dict: YAML `--config FILE`, `--section.field VALUE` overrides, `--print-config`,
 `--help` (what a user error then does: onpolicy.cli).
 
-Generic over a `{section name: dataclass}` table (onpolicy.config.SECTIONS); the schema and its validation
-live in onpolicy.config / onpolicy.config_fields. CLI values are parsed as YAML scalars or flow lists
-(`[a, b]`), except that string fields take the text as given ('null'/'~' = None where allowed). A dotted key
+Generic over a `{section name: dataclass}` table (onpolicy.config_experiment.SECTIONS); the schema and its
+validation live in onpolicy.config_sections / onpolicy.config_fields. CLI values are parsed as YAML scalars or
+flow lists (`[a, b]`), except that string fields take the text as given ('null'/'~' = None where allowed). A dotted key
 inside a dict-valued field (`--model.tiny.hidden_size 64`) is merged into that dict; a bare `--flag` means true
 for bool fields only; an unknown key names the closest existing ones ("did you mean").
 Left out: environment-variable overrides, per-element edits of list sections (`rewards` is set whole).

@@ -11,9 +11,10 @@ over micro-batches planned within the chunk, then the chunks are summed in one b
 the rank's own (aligned) subtree (`ChunkTree`), then across ranks by recursive doubling (`tree_sum_`, partner
 rank ^ 2^k at level k). fp32 addition is commutative bitwise (a+b == b+a), so every rank ends with the same
 ((g0+g1)+(g2+g3)) and the result does not depend on how the C chunks are spread over 1, 2, 4, ... ranks.
-C and W must be powers of two with W | C (onpolicy.trainer.launch checks it before compute). Cost of the fixed order vs NCCL's all_reduce: each rank sends
-log2(W) full fp32 gradients (a ring all_reduce sends 2(W-1)/W of one), no overlap with the backward, and
-up to log2(C/W)+2 flat fp32 gradient buffers (the tree's partial sums and the receive buffer).
+C and W must be powers of two with W | C (onpolicy.trainer.launch checks it before compute). Cost of the fixed
+order vs NCCL's all_reduce: each rank sends log2(W) full fp32 gradients (a ring all_reduce sends 2(W-1)/W of
+one), no overlap with the backward, and up to log2(C/W)+2 flat fp32 gradient buffers (the tree's partial sums
+and the receive buffer).
 Metrics: every rank gets the whole step's rollout (gathered in rank order) and scores it, so rewards and
 advantages are world size 1's; loss and parity gather per-token values and reduce them in global order.
 `trainer.grad_reduction: all_reduce` replaces the cross-rank tree by the backend's all_reduce (for measuring

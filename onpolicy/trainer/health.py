@@ -2,10 +2,10 @@
 
 `NonFiniteError` is raised by `update_policy` before the optimizer step when the sampler or trainer logprobs,
 the loss or the gradient norm is NaN/inf, built there once with the step's metrics: the bad update is never
-applied, so the weights in memory are the last good ones (`train()` saves them and records where). A NaN is not a parity violation and is reported
-before the strict on-policy check runs. `CollapseWatch` flags `COLLAPSE_STEPS` consecutive steps with
-reward/std == 0 and grad_norm == 0 (e.g. `trainer.lr: 1e3`). Left out: loss-spike detection, automatic
-rollback and retry with a lower learning rate.
+applied, so the weights in memory are the last good ones (`train()` saves them and records where). A NaN is
+not a parity violation and is reported before the strict on-policy check runs. `CollapseWatch` flags
+`COLLAPSE_STEPS` consecutive steps with reward/std == 0 and grad_norm == 0 (e.g. `trainer.lr: 1e3`). Left out:
+loss-spike detection, automatic rollback and retry with a lower learning rate.
 """
 from __future__ import annotations
 

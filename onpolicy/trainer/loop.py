@@ -1,9 +1,9 @@
 """`train(cfg)`: the RL step loop of a `Trainer`. One step = sample -> score -> update, along the data flow:
 
 `Trainer.rollouts.collect` (default: the engine, which holds the same model object as the trainer:
-`trainer.prompts_per_step` prompts x `sampling.num_generations` seeded samples) -> `Rollout` -> `score_rollouts`
-(rewards, group advantages, loss mask) -> `ScoredBatch` -> `Trainer.update` (trainer forward, parity, loss,
-backward, optimizer step) -> metrics.
+`trainer.prompts_per_step` prompts x `sampling.num_generations` seeded samples) -> `Rollout` -> `Trainer.score`
+(default `score_rollouts`: rewards, group advantages, loss mask) -> `ScoredBatch` -> `Trainer.update` (trainer
+forward, parity, loss, backward, optimizer step) -> metrics.
 On CUDA each step logs `memory/sample_peak_gib` and `memory/train_peak_gib` (peak allocated per phase).
 `train()` enters the kernels' invariant mode (`trainer.invariant`) once around the whole run, checkpoints every
 `save_every` steps and always at the end (the final policy is an HF directory loadable by transformers),
@@ -25,7 +25,6 @@ import time
 from onpolicy.trainer.failure import StepMark, interrupted, keep_progress, resume_command, stop_signals
 from onpolicy.trainer.health import CollapseWatch, NonFiniteError
 from onpolicy.trainer.memory import PhasePeak
-from onpolicy.trainer.scoring import score_rollouts
 from onpolicy.trainer.setup import build_trainer
 from onpolicy.trainer.summary import format_summary, summarize
 from onpolicy.trainer.trainer import Trainer
@@ -46,7 +45,7 @@ def rl_step(trainer: Trainer, step: int) -> dict:
     ro = trainer.rollouts.collect(rows, step)
     t_sample = time.perf_counter() - t0
     sample_peak = peak.gib()
-    scored = score_rollouts(trainer.cfg, rows, ro, rewards=trainer.rewards, step=step)
+    scored = trainer.score(rows, ro, step)
     trainer.logger.log_samples(step + 1, [r["prompt"] for r in rows], scored)
     peak.start()
     t1 = time.perf_counter()
@@ -117,11 +116,12 @@ def _stop(trainer: Trainer, mark: StepMark, e: BaseException, history: list[dict
     return e
 
 
-def train(cfg, log=print, rewards=None, parts=None) -> dict:
+def train(cfg, log=print, rewards=None, parts=None, builder=build_trainer) -> dict:
     """Run `cfg.trainer.steps` RL steps (after the optional SFT warm-start); returns a summary dict.
     The policy after the last step is always saved (`summary["final_policy"]`). `rewards`: resolved
     `onpolicy.rewards.sources.Reward`s (Python callables; `onpolicy.train`), default `cfg.rewards`; `parts`:
-    `trainer.TrainerParts` (what is trainable, where rollouts come from, the loss), default the standard ones."""
+    `trainer.TrainerParts` (what is trainable, where rollouts come from, the loss), default the standard ones;
+    `builder`: makes the Trainer once the run directory is claimed (`setup.build_trainer`'s signature)."""
     from onpolicy import kernels
     from onpolicy.lora.training import ADAPTER_DIR, save_final_merged
     from onpolicy.trainer.checkpoint import POLICY_DIR, checkpoint_root
@@ -131,7 +131,7 @@ def train(cfg, log=print, rewards=None, parts=None) -> dict:
     run_dir = claim(cfg, log) if Dist.current().is_main else None
     try:
         with kernels.invariant_mode(cfg.trainer.invariant):
-            trainer = build_trainer(cfg, log=log, rewards=rewards, parts=parts)
+            trainer = builder(cfg, log=log, rewards=rewards, parts=parts)
             wall0 = time.perf_counter()
             history: list[dict] = []
             mark = StepMark(trainer)

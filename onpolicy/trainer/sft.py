@@ -62,16 +62,13 @@ def sft_cache_key(model: torch.nn.Module, prompts: list[list[int]], completions:
     return h.hexdigest()[:16]
 
 
-def _check(prompts, completions, steps, lr, batch_size):
+def _check(prompts, completions, batch_size):
+    """The examples and the batch size; `steps` and `lr` come from the trainer section, checked at load."""
     if len(prompts) != len(completions) or not prompts:
         raise ValueError(f"sft: prompts ({len(prompts)}) and completions ({len(completions)}) must be equal-length "
                          "and non-empty")
     if any(len(c) == 0 for c in completions):
         raise ValueError("sft: every completion needs at least one token")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"trainer.sft_warmup_steps must be an int >= 0; got {steps!r}")
-    if not lr > 0:
-        raise ValueError(f"trainer.sft_lr must be > 0; got {lr!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"sft batch_size must be an int >= 1; got {batch_size!r}")
 
@@ -81,7 +78,7 @@ def sft_warmup(model: torch.nn.Module, prompts: list[list[int]], completions: li
                log=print, on_step=None) -> dict:
     """Train `model` in place for `steps` steps; returns {"sft/loss_first", "sft/loss_last", "sft/cached", ...}.
     `on_step()` (progress bar, thread count) runs after each step."""
-    _check(prompts, completions, steps, lr, batch_size)
+    _check(prompts, completions, batch_size)
     if steps == 0:
         return {"sft/steps": 0, "sft/cached": False}
     from onpolicy.model import sequence_logprobs

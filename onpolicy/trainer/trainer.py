@@ -7,7 +7,8 @@ strategy chosen once at build time (onpolicy.trainer.parallel).
     trainer.save(step)                                 # a checkpoint, as the strategy writes it
 
 `TrainerParts` holds the parts a caller may swap: what is trainable (trainable.TrainableParams), where rollouts
-come from (a factory `Trainer -> RolloutSource`) and the per-micro-batch loss. Tests pass fakes through it;
+come from (a factory `Trainer -> RolloutSource`), how they are scored (`scoring.score_rollouts`'s signature),
+the trainer's logprobs (`update.trainer_logprobs`'s) and the per-micro-batch loss. Tests pass fakes through it;
 LoRA and multi-turn environments plug in there. A benchmark builds a `Trainer` from its own model, optimizer
 and engine and leaves the run-only parts (prompts, logger, rewards) out. Left out: several models (a critic).
 """
@@ -21,8 +22,9 @@ import torch
 
 from onpolicy.trainer.losses import slice_loss
 from onpolicy.trainer.rollout import RolloutSource, SingleTurnRollouts
+from onpolicy.trainer.scoring import score_rollouts
 from onpolicy.trainer.trainable import FullFineTuning, TrainableParams
-from onpolicy.trainer.update import UpdateParts, update_policy
+from onpolicy.trainer.update import UpdateParts, trainer_logprobs, update_policy
 
 if TYPE_CHECKING:
     from onpolicy.config import ExperimentConfig
@@ -31,9 +33,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainerParts:
-    """The swappable parts of a Trainer (defaults: full fine-tuning, single-turn engine rollouts, slice_loss)."""
+    """The swappable parts of a Trainer (defaults: full fine-tuning, single-turn engine rollouts, score_rollouts,
+    trainer_logprobs, slice_loss)."""
     trainable: TrainableParams = field(default_factory=FullFineTuning)
     rollouts: Callable[[Trainer], RolloutSource] = SingleTurnRollouts.for_trainer
+    score_fn: Callable = score_rollouts
+    logprobs_fn: Callable = trainer_logprobs
     loss_fn: Callable = slice_loss
 
 
@@ -42,8 +47,8 @@ class Trainer:
     `prompts`, `logger`, `rewards`, `threads` and `eval_rows` are what a full run adds (None in a benchmark);
     `start_step`, `setup_time` and `sft_stats` describe how it was built."""
 
-    def __init__(self, cfg: ExperimentConfig, *, device: torch.device, strategy: ParallelStrategy, model: torch.nn.Module,
-                 optimizer, sampler, tokenizer=None, parts: TrainerParts | None = None,
+    def __init__(self, cfg: ExperimentConfig, *, device: torch.device, strategy: ParallelStrategy,
+                 model: torch.nn.Module, optimizer, sampler, tokenizer=None, parts: TrainerParts | None = None,
                  ref_model: torch.nn.Module | None = None, prompts=None, rewards: list | None = None,
                  eval_rows: list | None = None, threads=None):
         self.cfg, self.device, self.strategy, self.dist = cfg, device, strategy, strategy.dist
@@ -55,8 +60,12 @@ class Trainer:
         self.start_step, self.setup_time, self.sft_stats = 0, 0.0, {}
         self.update_parts = UpdateParts(cfg=cfg, device=device, model=model, module=strategy.train_module(model),
                                         optimizer=optimizer, strategy=strategy, loss_fn=self.parts.loss_fn,
-                                        ref_model=ref_model)
+                                        logprobs_fn=self.parts.logprobs_fn, ref_model=ref_model)
         self.rollouts: RolloutSource = self.parts.rollouts(self)
+
+    def score(self, rows: list[dict], rollout, step: int):
+        """The step's `ScoredBatch`: rewards, group advantages and loss mask of `rollout` (TrainerParts.score_fn)."""
+        return self.parts.score_fn(self.cfg, rows, rollout, rewards=self.rewards, step=step)
 
     def update(self, scored, step: int) -> dict:
         """The optimizer updates of one step (update.update_policy); the engine's prefix cache is reset after

@@ -16,9 +16,9 @@ later updates clip for real. With `invariant: false` and one update per batch th
 logprobs are the old policy (as TRL); with several updates the sampler's (as verl's rollout-logprob mode;
 `tis_cap` corrects the mismatch). Parity metrics cover update 1's sequences (the first mini-batch): after it the
 weights are no longer the sampler's. Non-finite logprobs, loss or gradient norm raise `NonFiniteError` before
-that update's optimizer step; when earlier updates of the step were applied (`e.partial`), `train()` saves
-nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means over the
-updates; with several updates also `train/updates`, `loss/clip_frac_last` and `loss/ratio_mean_last`.
+that update's optimizer step; when earlier updates of the step were applied (`e.update`: (k, n) with k > 1),
+`train()` saves nothing and points at the last checkpoint instead. Metrics: loss, grad_norm, loss/* are means
+over the updates; with several updates also `train/updates`, `loss/clip_frac_last` and `loss/ratio_mean_last`.
 Left out: shuffling between iterations, micro-batch-size-independent weight
 gradients (fixed-order chunked reduction): they differ by fp32 rounding (tiny default: relative L2 ~1.5e-7
 between 1-sequence micro-batches and one batch; ~3.5e-3 with a bf16 model, whose per-micro-batch weight grads
@@ -48,26 +48,6 @@ if TYPE_CHECKING:
     from onpolicy.trainer.precision import MasterWeightAdamW
 
 
-@dataclass(frozen=True)
-class UpdateParts:
-    """What the optimizer updates act on. `model`: the engine's model (its weights refreshed by the optimizer's
-    step); `module`: the module the trainer's forward runs (`strategy.train_module(model)`); `loss_fn`: the
-    per-micro-batch loss (`losses.slice_loss`'s signature); `ref_model`: the frozen reference of trainer.beta."""
-    cfg: ExperimentConfig
-    device: torch.device
-    model: torch.nn.Module
-    module: torch.nn.Module
-    optimizer: MasterWeightAdamW | ShardedAdamW
-    strategy: ParallelStrategy
-    loss_fn: Callable = slice_loss
-    ref_model: torch.nn.Module | None = None
-
-
-def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warmup over `warmup_steps` (step is 0-based), then constant."""
-    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
-
-
 def trainer_logprobs(model, ro, temperature: float, grad: bool) -> list[torch.Tensor]:
     """Per-completion logprobs of `ro`'s policy tokens (`Rollout.loss_mask`) under `model` (same kernels as the
     sampler)."""
@@ -76,6 +56,29 @@ def trainer_logprobs(model, ro, temperature: float, grad: bool) -> list[torch.Te
     with torch.set_grad_enabled(grad):
         return sequence_logprobs(model, ro.prompt_ids, ro.completion_ids, temperature=temperature,
                                  score_masks=ro.score_masks)
+
+
+@dataclass(frozen=True)
+class UpdateParts:
+    """What the optimizer updates act on. `model`: the engine's model (its weights refreshed by the optimizer's
+    step); `module`: the module the trainer's forward runs (`strategy.train_module(model)`); `loss_fn`: the
+    per-micro-batch loss (`losses.slice_loss`'s signature); `logprobs_fn`: the trainer's per-completion logprobs
+    (`trainer_logprobs`'s signature; the policy's and the reference's); `ref_model`: the frozen reference of
+    trainer.beta."""
+    cfg: ExperimentConfig
+    device: torch.device
+    model: torch.nn.Module
+    module: torch.nn.Module
+    optimizer: MasterWeightAdamW | ShardedAdamW
+    strategy: ParallelStrategy
+    loss_fn: Callable = slice_loss
+    logprobs_fn: Callable = trainer_logprobs
+    ref_model: torch.nn.Module | None = None
+
+
+def learning_rate(step: int, lr: float, warmup_steps: int) -> float:
+    """Linear warmup over `warmup_steps` (step is 0-based), then constant."""
+    return lr * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else lr
 
 
 class _FiniteChecks:
@@ -123,7 +126,7 @@ def _micro_loss(parts: UpdateParts, mb: Rollout, lps, w, *, old_is_sampler: bool
     old = sampler_lp if old_is_sampler else lp.detach()
     ref_lp = None
     if t.beta > 0:
-        ref_lp = torch.cat(trainer_logprobs(parts.ref_model, mb, parts.cfg.sampling.temperature, grad=False))
+        ref_lp = torch.cat(parts.logprobs_fn(parts.ref_model, mb, parts.cfg.sampling.temperature, grad=False))
     is_w = truncated_is_weights(lp, sampler_lp, t.tis_cap) if t.tis_cap is not None else None
     return parts.loss_fn(lp, old, w, epsilon_low=t.epsilon_low, epsilon_high=t.epsilon_high, beta=t.beta,
                          ref_logprobs=ref_lp, is_weights=is_w,
@@ -151,7 +154,7 @@ def _one_update(parts: UpdateParts, scored: ScoredBatch, upd, n_updates: int, fi
     for seqs, span, chunk_end in plan:
         mb = sub_rollout(mini, seqs)
         with router_aux_loss(parts.module, enabled=parts.cfg.model.router_aux_loss_coef > 0) as aux:  # MoE only
-            lps = trainer_logprobs(parts.module, mb, parts.cfg.sampling.temperature, grad=True)
+            lps = parts.logprobs_fn(parts.module, mb, parts.cfg.sampling.temperature, grad=True)
         if upd.on_policy:
             first.check(mb, upd.seqs.start + seqs.start, torch.cat(mb.sampler_logprobs), lps)
         else:

@@ -132,11 +132,13 @@ def test_signals_stop_with_one_line_and_the_resume_command(e2e_root, sig, name, 
     out = e2e_root / f"signal-{name}"
     args = ["--config", "configs/tiny-cpu.yaml", "--trainer.steps", "3", "--logging.output_dir", str(out),
             "--logging.plot", "false", *[x for k, v in FAST.items() if k != "rewards" for x in (f"--{k}", str(v))]]
-    code_text = ("import os, sys; from onpolicy.trainer import loop; real = loop.rl_step\n"
-                 f"def rl_step(run, step):\n    if step == 1: os.kill(os.getpid(), {int(sig)})\n"
-                 "    return real(run, step)\n"
-                 f"loop.rl_step = rl_step; sys.argv = ['grpo.py', *{args!r}]\n"
-                 "import runpy; runpy.run_path('recipes/grpo.py', run_name='__main__')\n")
+    code_text = ("import os; from onpolicy.cli import train_command\n"
+                 "from onpolicy.trainer import SingleTurnRollouts, TrainerParts\n"
+                 "class SignalInStep2(SingleTurnRollouts):\n"
+                 "    def collect(self, rows, step):\n"
+                 f"        if step == 1: os.kill(os.getpid(), {int(sig)})\n"
+                 "        return super().collect(rows, step)\n"
+                 f"train_command({args!r}, parts=TrainerParts(rollouts=SignalInStep2.for_trainer))\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, "-c", code_text], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=600)

@@ -22,21 +22,20 @@ def _rows(cfg):
         return [json.loads(line) for line in f]
 
 
-def _train_capturing(cfg, monkeypatch):
+def _train_capturing(cfg):
     """train(cfg); returns (summary, the Trainer, weights before the first RL step: {name: clone})."""
-    from onpolicy.trainer import loop
+    from onpolicy.trainer import train
+    from onpolicy.trainer.setup import build_trainer
 
     seen = {}
-    build = loop.build_trainer
 
     def spy(*a, **kw):
-        trainer = build(*a, **kw)
+        trainer = build_trainer(*a, **kw)
         seen["run"] = trainer
         seen["before"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
         return trainer
 
-    monkeypatch.setattr(loop, "build_trainer", spy)
-    summary = loop.train(cfg, log=lambda *a: None)
+    summary = train(cfg, log=lambda *a: None, builder=spy)
     return summary, seen["run"], seen["before"]
 
 
@@ -45,9 +44,9 @@ def _train_capturing(cfg, monkeypatch):
     ("bfloat16", {"trainer.micro_batch_tokens": 40, "trainer.mini_batches": 2,
                   "trainer.activation_checkpointing": True, "lora.target_modules": ["q_proj", "v_proj", "down_proj"]}),
 ], ids=["fp32", "bf16-micro-mini-ckpt-partial"])
-def test_lora_run_on_policy_base_frozen(tiny_cfg, monkeypatch, dtype, extra):
+def test_lora_run_on_policy_base_frozen(tiny_cfg, dtype, extra):
     cfg = tiny_cfg(**{**LORA, "model.dtype": dtype, **extra})
-    summary, run, before = _train_capturing(cfg, monkeypatch)
+    summary, run, before = _train_capturing(cfg)
     rows = _rows(cfg)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
@@ -82,7 +81,7 @@ def _adapter(cfg, step):
     return load_file(str(checkpoint.checkpoint_root(cfg) / f"step-{step}" / ADAPTER_DIR / "adapter_model.safetensors"))
 
 
-def test_lora_resume_is_bitwise_identical(tiny_cfg, monkeypatch):
+def test_lora_resume_is_bitwise_identical(tiny_cfg):
     from onpolicy.trainer import train
 
     common = {**LORA, "model.dtype": "bfloat16", "trainer.steps": 4, "trainer.save_every": 2}
@@ -103,7 +102,7 @@ def test_lora_resume_is_bitwise_identical(tiny_cfg, monkeypatch):
 
     path = str(checkpoint.checkpoint_root(straight) / "step-4" / ADAPTER_DIR)
     cfg = tiny_cfg("init-from", **{**LORA, "model.dtype": "bfloat16", "trainer.steps": 1, "lora.init_from": path})
-    _, run, before = _train_capturing(cfg, monkeypatch)
+    _, run, before = _train_capturing(cfg)
     saved = _adapter(straight, 4)
     key = "base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"
     assert torch.equal(before["model.layers.0.mlp.down_proj.lora.lora_B"], saved[key])
@@ -162,12 +161,12 @@ def test_lora_nan_loss_stops_before_the_update_and_keeps_the_last_good_adapters(
 
 
 @pytest.mark.gpu
-def test_lora_run_on_cuda_bf16_is_on_policy(tiny_cfg, monkeypatch):
+def test_lora_run_on_cuda_bf16_is_on_policy(tiny_cfg):
     """On the H100: the default with adapters on CUDA in bf16 (Triton kernels, CUDA-graph decode, micro-batches
     with activation checkpointing): KL exactly 0.0 every step, base unchanged bitwise, adapters trained."""
     cfg = tiny_cfg(**{**LORA, "model.device": "cuda", "model.dtype": "bfloat16", "engine.use_cuda_graphs": True,
                       "trainer.micro_batch_tokens": 64, "trainer.activation_checkpointing": True})
-    _, run, before = _train_capturing(cfg, monkeypatch)
+    _, run, before = _train_capturing(cfg)
     rows = _rows(cfg)
     assert len(rows) == 3 and all(r[key] == 0.0 for r in rows for key in PARITY)
     after = dict(run.model.named_parameters())

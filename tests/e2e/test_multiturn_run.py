@@ -54,28 +54,27 @@ def test_multiturn_steps_are_exactly_on_policy_and_resume_exactly(tmp_path):
 LORA = {**SMALL, "lora.r": 4, "lora.alpha": 8.0}
 
 
-def _train_keeping_weights(cfg, monkeypatch):
+def _train_keeping_weights(cfg):
     """train(cfg) -> (history, {name: parameter} after the run, {name: clone} before its first step)."""
-    from onpolicy.trainer import loop
+    from onpolicy.trainer import train
+    from onpolicy.trainer.setup import build_trainer
 
     seen = {}
-    build = loop.build_trainer
 
     def spy(*a, **kw):
-        seen["trainer"] = build(*a, **kw)
+        seen["trainer"] = build_trainer(*a, **kw)
         seen["before"] = {n: p.detach().clone() for n, p in seen["trainer"].model.named_parameters()}
         return seen["trainer"]
 
-    monkeypatch.setattr(loop, "build_trainer", spy)
-    history = loop.train(cfg, log=lambda *_: None)["history"]
+    history = train(cfg, log=lambda *_: None, builder=spy)["history"]
     return history, dict(seen["trainer"].model.named_parameters()), seen["before"]
 
 
-def test_multiturn_lora_is_exactly_on_policy_with_the_base_frozen(tmp_path, monkeypatch):
+def test_multiturn_lora_is_exactly_on_policy_with_the_base_frozen(tmp_path):
     """After step 1 the adapters are non-zero, so KL 0.0 on steps 2-3 means the sampler runs them too."""
     from onpolicy.model.layers import is_adapter
 
-    history, after, before = _train_keeping_weights(_cfg(tmp_path, **LORA, **{"trainer.steps": 3}), monkeypatch)
+    history, after, before = _train_keeping_weights(_cfg(tmp_path, **LORA, **{"trainer.steps": 3}))
     for m in history:
         assert m["onpolicy/kl"] == 0.0 and m["onpolicy/mismatch_frac"] == 0.0 and m["onpolicy/logprob_diff/max"] == 0.0
     assert max(m["env/turns_mean"] for m in history) > 1 and all(m["grad_norm"] > 0 for m in history)

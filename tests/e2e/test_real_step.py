@@ -55,14 +55,17 @@ def test_micro_batch_sizes_agree(tiny_cfg, checkpointing):
             torch.testing.assert_close(g, r, atol=1e-7, rtol=1e-5)
 
 
-def test_micro_batch_budget_splits_the_step(tiny_cfg, monkeypatch):
-    from onpolicy.trainer import update
+def test_micro_batch_budget_splits_the_step(tiny_cfg):
+    from onpolicy.trainer import TrainerParts
+    from onpolicy.trainer.update import trainer_logprobs
 
     calls = []
-    real = update.trainer_logprobs
-    monkeypatch.setattr(update, "trainer_logprobs", lambda m, ro, t, grad: calls.append(len(ro.prompt_ids))
-                        or real(m, ro, t, grad))
-    _one_step(tiny_cfg, "split", **{"trainer.micro_batch_tokens": 48})
+
+    def counted(model, ro, temperature, grad):
+        calls.append(len(ro.prompt_ids))
+        return trainer_logprobs(model, ro, temperature, grad)
+
+    _one_step(tiny_cfg, "split", TrainerParts(logprobs_fn=counted), **{"trainer.micro_batch_tokens": 48})
     assert sum(calls) == 16 and 3 < len(calls) < 16 and max(calls) >= 2
 
 
@@ -77,8 +80,8 @@ def test_mini_batches_first_ratio_exactly_one_later_updates_clip(tiny_cfg):
         ratios.append((k["check_on_policy"], out.ratio))
         return out
 
-    m, _, _ = _one_step(tiny_cfg, "mini", TrainerParts(loss_fn=spy), **{"trainer.mini_batches": 2, "trainer.num_iterations": 2,
-                                             "trainer.micro_batch_tokens": 64, "trainer.lr": 3e-2})
+    m, _, _ = _one_step(tiny_cfg, "mini", TrainerParts(loss_fn=spy), **{
+        "trainer.mini_batches": 2, "trainer.num_iterations": 2, "trainer.micro_batch_tokens": 64, "trainer.lr": 3e-2})
     assert m["train/updates"] == 4 and m["onpolicy/kl"] == 0.0 and m["onpolicy/mismatch_frac"] == 0.0
     first = [r for on, r in ratios if on]
     later = [r for on, r in ratios if not on]

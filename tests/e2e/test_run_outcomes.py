@@ -91,22 +91,21 @@ def test_last_steps_are_saved_and_keep_last_n(tiny_cfg):
 def _nan_at(step_index, monkeypatch, target):
     """Make `target` ('trainer logprobs' | 'loss' | 'gradient norm') NaN at the 0-based RL step `step_index`;
     -> the trainer parts to run with (the loss: a loss function that returns NaN)."""
-    from onpolicy.trainer import TrainerParts, update
+    from onpolicy.trainer import TrainerParts
     from onpolicy.trainer.losses import slice_loss
+    from onpolicy.trainer.update import trainer_logprobs
 
     calls = {"n": 0}
     if target == "trainer logprobs":
-        real = update.trainer_logprobs
-
-        def patched(model, ro, temperature, grad):
-            out = real(model, ro, temperature, grad)
+        def nan_logprobs(model, ro, temperature, grad):
+            out = trainer_logprobs(model, ro, temperature, grad)
             if grad:
                 calls["n"] += 1
                 if calls["n"] == step_index + 1:
                     out = [lp * float("nan") for lp in out]
             return out
 
-        monkeypatch.setattr(update, "trainer_logprobs", patched)
+        return TrainerParts(logprobs_fn=nan_logprobs)
     elif target == "loss":
         def nan_loss(*a, **k):  # one call per micro-batch: the default has one
             out = slice_loss(*a, **k)
@@ -133,11 +132,11 @@ def test_nan_logprobs_stop_the_run_not_a_parity_violation(tiny_cfg, monkeypatch)
     good = tiny_cfg("good", **{"trainer.steps": 1})
     _train(good)
     cfg = tiny_cfg("nan", **{"trainer.steps": 3, "trainer.strict_onpolicy": True})
-    _nan_at(1, monkeypatch, "trainer logprobs")
+    parts = _nan_at(1, monkeypatch, "trainer logprobs")
     lines = []
     with pytest.raises(NonFiniteError, match=r"step 2: trainer logprobs non-finite .*update was not applied.*"
                                              r"last good policy \(before step 2\) is saved in .*step-1/policy") as e:
-        _train(cfg, lines)
+        _train(cfg, lines, parts=parts)
     assert "doctor" not in str(e.value) and "strict_onpolicy" not in str(e.value)
     assert _steps_saved(cfg) == [1]
     _assert_same_weights(_weights(Path(e.value.saved)), _weights(Path(good.logging.output_dir) /
@@ -163,12 +162,13 @@ def test_nan_loss_or_gradient_stops_before_the_update(tiny_cfg, monkeypatch, tar
 
 def test_nan_exits_nonzero_from_the_recipe(e2e_root):
     out = e2e_root / "recipe-nan"  # a sibling of the session's SFT cache
-    code = ("import sys, torch; from onpolicy.trainer import update; real = update.trainer_logprobs\n"
-            "update.trainer_logprobs = lambda m, ro, t, grad: [x * float('nan') for x in real(m, ro, t, grad)]\n"
-            "sys.argv = ['grpo.py', '--config', 'configs/tiny-cpu.yaml', '--trainer.steps', '2', "
-            "'--trainer.prompts_per_step', '4', '--sampling.num_generations', '4', '--logging.plot', 'false', "
-            f"'--logging.output_dir', {str(out)!r}, '--trainer.sft_cache_dir', {str(e2e_root / 'cache')!r}]\n"
-            "import runpy; runpy.run_path('recipes/grpo.py', run_name='__main__')\n")
+    args = ["--config", "configs/tiny-cpu.yaml", "--trainer.steps", "2", "--trainer.prompts_per_step", "4",
+            "--sampling.num_generations", "4", "--logging.plot", "false", "--logging.output_dir", str(out),
+            "--trainer.sft_cache_dir", str(e2e_root / "cache")]
+    code = ("from onpolicy.cli import train_command; from onpolicy.trainer import TrainerParts\n"
+            "from onpolicy.trainer.update import trainer_logprobs\n"
+            "def nan(m, ro, t, grad):\n    return [x * float('nan') for x in trainer_logprobs(m, ro, t, grad)]\n"
+            f"train_command({args!r}, parts=TrainerParts(logprobs_fn=nan))\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     p = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 1 and "Traceback" not in p.stderr

@@ -173,6 +173,14 @@ def test_modules_import_without_optional_packages():
     assert out.returncode == 0, out.stderr
 
 
+def test_config_imports_nothing_from_the_trainer():
+    """onpolicy.config and its modules stand alone: importing them loads no onpolicy.trainer module."""
+    code = ("import sys, onpolicy.config; bad = sorted(m for m in sys.modules if m.startswith('onpolicy.trainer')); "
+            "assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+
+
 def test_check_context_before_any_model_is_built(tmp_path, monkeypatch):
     """The context budget and the model path are checked from config.json alone (no weights read)."""
     from onpolicy.build import check_context
@@ -199,6 +207,7 @@ def test_check_context_before_any_model_is_built(tmp_path, monkeypatch):
     (["--engine.kv_cache_memory_fraction", "0"],
      "engine.kv_cache_memory_fraction: got 0.0; allowed: a float in (0, 1]"),
     (["--engine.num_blocks", "0"], "engine.num_blocks: got 0; allowed: null or an int >= 1"),
+    (["--trainer.epsilon_low", "1"], "trainer.epsilon_low: got 1.0; allowed: a float in [0, 1)"),
     (["--data.prompt_column", " "], "data.prompt_column: got ' '; allowed: a non-blank string"),
     (["--model.path", ""], "model.path: got ''; allowed: 'tiny' or a model directory"),
     (["--trainer.epsilon_high", "-0.1"], "trainer.epsilon_high: got -0.1; allowed: null or a float >= 0"),

@@ -126,26 +126,26 @@ def test_grpo_step_with_a_reward_model(tmp_path, device):
     """One GRPO step scored by the reward model (YAML form `{model: DIR}`): KL 0, the rewards are the reward
     model's scores of prompt + completion (on the policy's device), logged as reward/<dir name>/mean."""
     import onpolicy
-    from onpolicy.trainer import loop
+    from onpolicy.trainer import TrainerParts, score_rollouts
 
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs CUDA")
 
     path = _save_rm(tmp_path / "judge")
     scored = []
-    real = loop.score_rollouts
-    loop.score_rollouts = lambda *a, **k: scored.append(real(*a, **k)) or scored[-1]
-    try:
-        out = tmp_path / "run"
-        summary = onpolicy.train({
-            "model": {"path": "tiny", "device": device},
-            "data": {"dataset": "embedded:reverse", "num_examples": 8, "max_prompt_tokens": 16},
-            "sampling": {"num_generations": 4, "max_tokens": 4},
-            "trainer": {"steps": 1, "prompts_per_step": 2, "lr": 1e-3},
-            "rewards": [{"model": path, "weight": 1.0}],
-            "logging": {"output_dir": str(out), "plot": False}}, log=lambda *a: None)
-    finally:
-        loop.score_rollouts = real
+
+    def kept(*a, **k):
+        scored.append(score_rollouts(*a, **k))
+        return scored[-1]
+
+    out = tmp_path / "run"
+    summary = onpolicy.train({
+        "model": {"path": "tiny", "device": device},
+        "data": {"dataset": "embedded:reverse", "num_examples": 8, "max_prompt_tokens": 16},
+        "sampling": {"num_generations": 4, "max_tokens": 4},
+        "trainer": {"steps": 1, "prompts_per_step": 2, "lr": 1e-3},
+        "rewards": [{"model": path, "weight": 1.0}],
+        "logging": {"output_dir": str(out), "plot": False}}, log=lambda *a: None, parts=TrainerParts(score_fn=kept))
     batch = scored[0]
     prompts = [r for r in batch.rollout.prompt_ids]
     tok = CharTokenizer()

@@ -135,14 +135,14 @@ def test_per_reward_metrics_beside_the_total():
     assert not any(k.startswith("reward/judge") for k in scored.metrics())
 
 
-def test_python_entry_point_callable_drives_the_advantages(tmp_path, monkeypatch):
+def test_python_entry_point_callable_drives_the_advantages(tmp_path):
     """`onpolicy.train(cfg, reward_funcs=[fn], reward_weights=[w])` scores with the callable (TRL's keyword
     arguments included), its weighted values become the step's rewards and advantages, and metrics.jsonl logs
     reward/<name>/mean beside reward/mean; the saved config names the callable."""
     import yaml
 
     import onpolicy
-    from onpolicy.trainer import loop
+    from onpolicy.trainer import TrainerParts, score_rollouts
     from onpolicy.trainer.advantages import group_advantages
 
     calls, scored = [], []
@@ -151,14 +151,18 @@ def test_python_entry_point_callable_drives_the_advantages(tmp_path, monkeypatch
         calls.append((len(completions), trainer_state.global_step, trainer_state.max_steps))
         return [float(sum(ch.isdigit() for ch in c)) for c in completions]
 
-    real = loop.score_rollouts
-    monkeypatch.setattr(loop, "score_rollouts", lambda *a, **k: scored.append(real(*a, **k)) or scored[-1])
+    def kept(*a, **k):
+        scored.append(score_rollouts(*a, **k))
+        return scored[-1]
+
     out = tmp_path / "run"
-    cfg = {"model": {"path": "tiny", "device": "cpu"}, "data": {"dataset": "embedded:reverse", "num_examples": 8, "max_prompt_tokens": 16},
+    cfg = {"model": {"path": "tiny", "device": "cpu"},
+           "data": {"dataset": "embedded:reverse", "num_examples": 8, "max_prompt_tokens": 16},
            "sampling": {"num_generations": 4, "max_tokens": 4},
            "trainer": {"steps": 1, "prompts_per_step": 2, "lr": 1e-3},
            "logging": {"output_dir": str(out), "plot": False}}
-    onpolicy.train(cfg, reward_funcs=[digit_count], reward_weights=[0.5], log=lambda *a: None)
+    onpolicy.train(cfg, reward_funcs=[digit_count], reward_weights=[0.5], log=lambda *a: None,
+                   parts=TrainerParts(score_fn=kept))
     assert calls == [(8, 0, 1)]
     batch = scored[0]
     values = [float(sum(ch.isdigit() for ch in t)) for t in batch.rollout.texts]

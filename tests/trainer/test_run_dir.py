@@ -134,13 +134,12 @@ def test_only_rank_0_takes_the_lock(tmp_path, monkeypatch):
         def built(*a, **k):
             raise RuntimeError("build_trainer reached")
 
-        monkeypatch.setattr(loop, "build_trainer", built)
         monkeypatch.setattr(Dist, "current", staticmethod(lambda: Dist(rank=1, world_size=2)))
         with pytest.raises(RuntimeError, match="build_trainer reached"):
-            loop.train(_cfg(out), log=lambda *a: None)
+            loop.train(_cfg(out), log=lambda *a: None, builder=built)
         monkeypatch.setattr(Dist, "current", staticmethod(lambda: Dist(rank=0, world_size=2)))
         with pytest.raises(ValueError, match="is in use by another run"):
-            loop.train(_cfg(out), log=lambda *a: None)
+            loop.train(_cfg(out), log=lambda *a: None, builder=built)
         assert json.loads((out / run_dir.LOCK).read_text())["pid"] == holder.pid
     finally:
         holder.kill()
