@@ -28,7 +28,7 @@ from typing import Any
 from onpolicy.plots import plot_metrics, read_metrics
 from onpolicy.samples import SampleLog, console_lines, sample_rows, wandb_table
 
-__all__ = ["METRIC_NAMES", "RunLogger", "beside_bar", "plot_metrics", "progress_bar", "read_metrics",
+__all__ = ["METRIC_NAMES", "RunLogger", "StageTimes", "beside_bar", "plot_metrics", "progress_bar", "read_metrics",
            "wandb_api_key_configured"]
 
 METRIC_NAMES = (
@@ -81,6 +81,24 @@ def beside_bar(log, bar):
             log(*args, **kwargs)
 
     return write
+
+
+class StageTimes:
+    """Wall seconds of consecutive stages: `mark(name)` ends the stage running since the previous mark (or
+    construction); `line()` -> "set-up: 12.3 s (data 0.4, model 3.1, ...)"."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def mark(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = self.stages.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def line(self, what: str = "set-up") -> str:
+        parts = ", ".join(f"{name} {secs:.1f}" for name, secs in self.stages.items())
+        return f"{what}: {self.last - self.start:.1f} s ({parts})"
 
 
 def hardware_name(device: str = "auto") -> str:

@@ -6,7 +6,10 @@ TMA GEMM launched directly and `kernels.linear`. Part B (--part sweep): cold-L2 
 config on Qwen3 shapes; each config is also checked against F.linear (allclose) and for a row alone == the
 same row inside M=4096 (torch.equal). Writes JSON to --out; prints the best config per shape last.
 Part C (--part probe): candidate configs per shape with each schedule forced (whole-K, split with and
-without the PDL piece sum), CUDA-graph time ratio vs cuBLAS. Left out: warp-specialised variants, fp16, bias.
+without the PDL piece sum), CUDA-graph time ratio vs cuBLAS, and `same`: whether the config's whole-K output
+equals the current config's bitwise (a tile change that keeps the K order -- 64-row tiles -- may keep the bits;
+a new PIECE_K changes them by design). Includes Qwen3-0.6B's fused decode shapes (qkv, gate_up).
+Left out: warp-specialised variants, fp16, bias.
 """
 from __future__ import annotations
 
@@ -171,9 +174,18 @@ def _wide(pk: int, stages: int = 4) -> dict:
     return dict(BLOCK_M=128, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=8, num_stages=stages, PIECE_K=pk)
 
 
+def _m64(pk: int) -> dict:
+    """A 64-row tile (one warpgroup): half the padded tensor-core work of a 128-row tile at decode sizes."""
+    return dict(BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, GROUP_M=8, num_warps=4, num_stages=4, PIECE_K=pk)
+
+
 # Part C (--part probe): per shape, the current tile_config and candidates, each schedule forced, GPU time only.
-PROBE = {(1024, 3072): [_wide(256), _wide(512)], (2048, 6144): [_wide(512), _wide(1024)],
-         (3072, 1024): [_wide(1024), _wide(256)], (2048, 1024): [_wide(1024)], (6144, 2048): [_wide(512), _wide(2048)],
+# Qwen3-0.6B's fused decode shapes: qkv 1024x4096, gate_up 1024x6144, o 2048x1024, down 3072x1024.
+PROBE = {(1024, 4096): [_wide(256), _wide(512), _m64(1024), _m64(256)],
+         (1024, 6144): [_wide(256), _wide(512), _m64(1024), _m64(256)],
+         (1024, 3072): [_wide(256), _wide(512)], (2048, 6144): [_wide(512), _wide(1024)],
+         (3072, 1024): [_wide(1024), _wide(256), _m64(512)], (2048, 1024): [_wide(1024), _wide(256), _m64(512)],
+         (6144, 2048): [_wide(512), _wide(2048)],
          (12288, 4096): [_wide(1024), _wide(2048)], (1024, 151936): [_wide(256), _wide(512)],
          (2048, 151936): [_wide(512), _wide(1024)]}
 
@@ -191,6 +203,7 @@ def part_probe(out: list, ms: list[int], kn: str) -> None:
         ref = F.linear(big, w).float()
         base = {M: graph_time(lambda i, M=M: (lambda: F.linear(big[:M], wcs[i])), copies) for M in ms}
         cur = dict(mm.tile_config(torch.bfloat16, K, N))
+        cur_whole = mm._linear_tma(big, w, None, cur, split=False)
         for cfg in [cur] + extra:
             pieces = -(-K // cfg["PIECE_K"])
             scheds = [("whole", False, True)] + ([("split", True, True), ("split_nopdl", True, False)]
@@ -204,22 +217,23 @@ def part_probe(out: list, ms: list[int], kn: str) -> None:
                     whole = mm._linear_tma(big, w, None, c2, split=False)
                     ok = torch.allclose(whole.float(), ref, atol=2e-2, rtol=2e-2)
                     inv = all(torch.equal(f(big[i:i + m], w), whole[i:i + m]) for m in (1, 3, 200) for i in (0, 17))
+                    same = torch.equal(whole, cur_whole)  # the current config's bits (a tile change alone)
                 except Exception as exc:  # a config that does not compile or fit is skipped, not fatal
                     print(f"K={K} N={N} {name(cfg)} {sname} FAILED {type(exc).__name__}: {str(exc)[:300]}")
                     continue
                 label = name(cfg) + ("*" if cfg is cur else "")
-                line = f"K={K:5d} N={N:6d} {label:<26} {sname:<11} ok={ok:d} inv={inv:d}"
+                line = f"K={K:5d} N={N:6d} {label:<26} {sname:<11} ok={ok:d} inv={inv:d} same={same:d}"
                 for M in ms:
                     if M > big.shape[0] or (split and pieces * M * N * 4 > 2**30):
                         continue
                     t = graph_time(lambda i, M=M: (lambda: f(big[:M], wcs[i])), copies)
-                    out.append(dict(K=K, N=N, M=M, cfg=cfg, sched=sname, ok=ok, inv=inv, graph_ms=t,
+                    out.append(dict(K=K, N=N, M=M, cfg=cfg, sched=sname, ok=ok, inv=inv, same=same, graph_ms=t,
                                     cublas_ms=base[M]))
                     line += f" {M}:{base[M] / t:.2f}"
                 print(line, flush=True)
         print(f"K={K:5d} N={N:6d} cublas us " + " ".join(f"{M}:{base[M] * 1e3:.1f}" for M in ms), flush=True)
         dump(out, OUT_DIR[0])
-        w = wcs = big = ref = None  # free this shape's GPU buffers before the next
+        w = wcs = big = ref = cur_whole = None  # free this shape's GPU buffers before the next
         torch.cuda.empty_cache()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 
 
 SFT_BATCH_SIZE = 64
@@ -94,6 +93,7 @@ def build_trainer(cfg, log=print, rewards=None, parts=None):
                                 check_stop_strings, load_reward_models, resolve_device, warn_unknown_chars)
     from onpolicy.data import PromptIterator, load_prompts
     from onpolicy.eval_run import load_eval_rows
+    from onpolicy.logging import StageTimes
     from onpolicy.lora.training import LoraAdapters
     from onpolicy.rewards.sources import resolve_rewards
     from onpolicy.trainer.cpu_threads import CpuThreads
@@ -101,7 +101,7 @@ def build_trainer(cfg, log=print, rewards=None, parts=None):
     from onpolicy.trainer.parallel import choose_strategy
     from onpolicy.trainer.trainer import Trainer, TrainerParts
 
-    t0 = time.perf_counter()
+    clock = StageTimes()
     t = cfg.trainer
     parts = LoraAdapters.for_config(cfg, parts or TrainerParts(), log)  # lora.r > 0: the adapters train
     strategy = choose_strategy(Dist.current())
@@ -120,14 +120,19 @@ def build_trainer(cfg, log=print, rewards=None, parts=None):
     rows = load_prompts(cfg.data, tokenizer)
     warn_unknown_chars(cfg, rows, log)
     eval_rows = load_eval_rows(cfg, tokenizer, rows) if t.eval_every else None
+    clock.mark("tokenizer and data")
     model = build_model(cfg, device, t.seed)
     attach_generation_settings(model, tokenizer, log)
+    clock.mark("model")
     sft_stats = _warm_start(cfg, model, tokenizer, rows, strategy.dist, threads, log)
+    clock.mark("SFT")
     ref_model = copy.deepcopy(model).eval().requires_grad_(False) if t.beta > 0 else None
     trainable = parts.trainable.select(model)
     model.activation_checkpointing = t.activation_checkpointing
     optimizer = strategy.build_optimizer(model, trainable, t, device)
+    clock.mark("optimizer")
     llm = build_sampler(cfg, model, tokenizer, device, strategy.dist.world_size, sharded=strategy.shards_masters)
+    clock.mark("engine")
     prompts = PromptIterator(rows, t.prompts_per_step, seed=cfg.data.shuffle_seed)
     trainer = Trainer(cfg, device=device, strategy=strategy, model=model, optimizer=optimizer, sampler=llm,
                       tokenizer=tokenizer, parts=parts, ref_model=ref_model, prompts=prompts, rewards=rewards,
@@ -135,7 +140,9 @@ def build_trainer(cfg, log=print, rewards=None, parts=None):
     trainer.sft_stats = sft_stats
     _resume_and_log(trainer, log)
     threads.update()  # the first decision, from the load seen during set-up
-    trainer.setup_time = time.perf_counter() - t0
+    clock.mark("logger")
+    trainer.setup_time = clock.last - clock.start
+    log(clock.line("set-up"))
     return trainer
 
 
