@@ -41,7 +41,7 @@ from scripts import bench_rl_trl
 from scripts.common import default_device, device_name
 from scripts.rl_workloads import (QUICK_WORKLOADS, WORKLOADS, Workload, build_system, model_config,  # noqa: F401
                                   DEFAULT_WORKLOADS, prompt_ids, rollout, run_config, scored_batch,
-                                  workload_model_config)
+                                  workload_model_config, check_selection)
 
 GIB = float(1 << 30)
 # TRL 1.16 GRPOTrainer (HF generate) on an H100 80GB, 2026-11-24: (s/step, peak GiB); used without trl.
@@ -170,13 +170,8 @@ def parse(argv):
     args.pool = QUICK_WORKLOADS if args.quick else WORKLOADS
     args.names = args.workloads.split(",") if args.workloads else list(QUICK_WORKLOADS if args.quick
                                                                          else DEFAULT_WORKLOADS)
-    bad = [n for n in args.names if n not in args.pool]
-    if bad:
-        raise SystemExit(f"--workloads: unknown {bad}; allowed: {', '.join(args.pool)}")
     args.system_list = args.systems.split(",")
-    bad = [s for s in args.system_list if s not in SYSTEMS]
-    if bad:
-        raise SystemExit(f"--systems: unknown {bad}; allowed: {', '.join(SYSTEMS)}")
+    check_selection(args.names, args.pool, args.system_list, SYSTEMS)
     return args
 
 

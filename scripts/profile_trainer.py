@@ -28,8 +28,8 @@ import torch
 
 from scripts import profile_trainer_trace as trace
 from scripts.common import default_device, device_name
-from scripts.rl_workloads import (QUICK_WORKLOADS, WORKLOADS, build_system, rollout, scored_batch,
-                                  workload_model_config)
+from scripts.rl_workloads import (QUICK_WORKLOADS, WORKLOADS, build_system, check_selection, rollout,
+                                  scored_batch, workload_model_config)
 
 PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 SYSTEMS = ("invariant", "default")
@@ -159,13 +159,8 @@ def parse(argv):
     args.pool = QUICK_WORKLOADS if args.quick else WORKLOADS
     args.names = args.workloads.split(",") if args.workloads else list(args.pool)[:1] if args.quick \
         else ["0.6b-32x8x512"]
-    bad = [n for n in args.names if n not in args.pool]
-    if bad:
-        raise SystemExit(f"--workloads: unknown {bad}; allowed: {', '.join(args.pool)}")
     args.system_list = args.systems.split(",")
-    bad = [s for s in args.system_list if s not in SYSTEMS]
-    if bad:
-        raise SystemExit(f"--systems: unknown {bad}; allowed: {', '.join(SYSTEMS)}")
+    check_selection(args.names, args.pool, args.system_list, SYSTEMS)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     if args.warmup < 0:
         raise SystemExit(f"--warmup: got {args.warmup}; allowed: an int >= 0")

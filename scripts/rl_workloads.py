@@ -54,6 +54,14 @@ DEFAULT_WORKLOADS = [name for name, w in WORKLOADS.items() if w.max_positions ==
 QUICK_WORKLOADS = {"tiny-2x4x8": Workload("tiny", 2, 4, 8)}
 
 
+def check_selection(names: list[str], pool: dict, systems: list[str], allowed_systems) -> None:
+    """One-line SystemExit for a --workloads name not in `pool` or a --systems name not in `allowed_systems`."""
+    for flag, chosen, allowed in (("--workloads", names, list(pool)), ("--systems", systems, allowed_systems)):
+        bad = [n for n in chosen if n not in allowed]
+        if bad:
+            raise SystemExit(f"{flag}: unknown {bad}; allowed: {', '.join(allowed)}")
+
+
 def model_config(shape: str, max_positions: int = SHORT_POSITIONS):
     from onpolicy.model.tiny import qwen3_0_6b_config, tiny_config
 
