@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from onpolicy.kernels._common import (check, check_same_device, check_tensor, is_invariant, require_triton, tl, triton,
                                      use_triton)
-from onpolicy.kernels.matmul import _linear_tma, _mm_cpu, _mm_triton, _tma_ok, grad_mm
+from onpolicy.kernels.matmul import _Linear, _linear_tma, _mm_cpu, _mm_triton, _tma_ok, grad_mm
 
 SHRINK_PIECE_K = 256  # K piece: K = 4096 gives 16 parallel pieces for a one-tile (decode) product
 
@@ -50,18 +50,14 @@ def lora_shrink_reference(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     return F.linear(x, a)
 
 
-class _Shrink(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x2d, a):
-        ctx.save_for_backward(x2d, a)
-        return _shrink_invariant(x2d, a)
+class _Shrink(_Linear):
+    """x @ a.T with the shrink's forward; the backward is `linear`'s (no bias)."""
 
     @staticmethod
-    def backward(ctx, grad_out):
-        x2d, a = ctx.saved_tensors
-        grad_x = grad_mm(grad_out, a) if ctx.needs_input_grad[0] else None
-        grad_a = grad_mm(grad_out.t(), x2d) if ctx.needs_input_grad[1] else None
-        return grad_x, grad_a
+    def forward(ctx, x2d, a, bias=None):
+        ctx.save_for_backward(x2d, a)
+        ctx.has_bias = False
+        return _shrink_invariant(x2d, a)
 
 
 def lora_shrink(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -77,7 +73,7 @@ def lora_shrink(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     lead = x.shape[:-1]
     x2d = x.reshape(-1, x.shape[-1]).contiguous()
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or a.requires_grad)
-    out = _Shrink.apply(x2d, a) if needs_grad else _shrink_invariant(x2d, a)
+    out = _Shrink.apply(x2d, a, None) if needs_grad else _shrink_invariant(x2d, a)
     return out.reshape(*lead, a.shape[0])
 
 
